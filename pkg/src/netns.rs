@@ -1,0 +1,1 @@
+//! Network namespaces: open by path, enter and return (scoped), identify.

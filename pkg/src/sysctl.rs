@@ -1,0 +1,1 @@
+//! sysctl through /proc/sys/net of the calling thread's network namespace.
