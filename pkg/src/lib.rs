@@ -6,9 +6,12 @@
 pub mod args;
 pub mod error;
 pub mod ipam;
+pub mod masq;
 pub mod netlink;
 pub mod netns;
+pub mod peers;
 pub mod skeleton;
+pub mod subnet_file;
 pub mod sysctl;
 pub mod types;
 pub mod version;

@@ -1,0 +1,1 @@
+//! ipMasq: one nftables rule set per network, created once and checked cheaply.
