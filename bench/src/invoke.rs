@@ -88,7 +88,10 @@ pub fn enter_netns(path: &Path) -> Result<(), String> {
 pub fn twill_bin_dir() -> PathBuf {
     match std::env::var_os("TWILL_BIN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+        None => {
+            let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+            d.canonicalize().unwrap_or(d)
+        }
     }
 }
 
