@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 /// The route protocol (`rtm_protocol`) that marks routes installed by twill.
 /// TODO(netlink merge): replace with `crate::netlink::TWILL_PROTO`.
-pub const TWILL_PROTO: u8 = 0x77;
+pub const TWILL_PROTO: u8 = 116;
 
 /// Where state files live unless the config says otherwise (`runDir`).
 pub const DEFAULT_RUN_DIR: &str = "/run/twill";
@@ -224,10 +224,10 @@ pub trait PeerRouteOps {
     fn main_routes(&mut self) -> Result<Vec<KernelRoute>>;
     /// Creates or replaces `route` in the main table with protocol [`TWILL_PROTO`]
     /// (`NLM_F_CREATE | NLM_F_REPLACE`: never fails with EEXIST).
-    fn replace_route(&mut self, route: &PeerRoute) -> Result<()>;
+    fn replace_peer_route(&mut self, route: &PeerRoute) -> Result<()>;
     /// Deletes `route` from the main table; the request carries protocol [`TWILL_PROTO`] and
     /// the route's metric so the kernel can only match twill's route. Already gone is `Ok`.
-    fn delete_route(&mut self, route: &KernelRoute) -> Result<()>;
+    fn delete_peer_route(&mut self, route: &KernelRoute) -> Result<()>;
 }
 
 /// How peers become routes. Each variant's parameters are part of the fingerprint.
@@ -533,12 +533,12 @@ pub fn reconcile<T: PeerRouteOps + ?Sized>(
     }
     let mut failures: Vec<Error> = Vec::new();
     for r in &plan.replace {
-        if let Err(e) = ops.replace_route(r) {
+        if let Err(e) = ops.replace_peer_route(r) {
             failures.push(e.context(format!("route {} via {:?}", r.dst, r.gateway)));
         }
     }
     for r in &plan.delete {
-        if let Err(e) = ops.delete_route(r) {
+        if let Err(e) = ops.delete_peer_route(r) {
             failures.push(e.context(format!("delete route {}", r.dst)));
         }
     }
@@ -636,7 +636,7 @@ mod tests {
             self.calls += 1;
             Ok(self.routes.clone())
         }
-        fn replace_route(&mut self, r: &PeerRoute) -> Result<()> {
+        fn replace_peer_route(&mut self, r: &PeerRoute) -> Result<()> {
             self.calls += 1;
             if self.fail_replace == Some(r.dst) {
                 return Err(Error::new(crate::code::NETLINK, "Network is unreachable"));
@@ -654,7 +654,7 @@ mod tests {
             });
             Ok(())
         }
-        fn delete_route(&mut self, r: &KernelRoute) -> Result<()> {
+        fn delete_peer_route(&mut self, r: &KernelRoute) -> Result<()> {
             self.calls += 1;
             self.routes.retain(|k| {
                 !(k.dst == r.dst && k.priority == r.priority && k.protocol == TWILL_PROTO)

@@ -307,12 +307,12 @@ fn masquerades_real_packets_leaving_the_cluster_only() {
     link(&node, "vext", &ext, "eth0");
     link(&node, "vpeer", &peer, "eth0");
     node.run(&["ip", "addr", "add", "10.80.1.1/24", "dev", "vpod"]);
-    node.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "vext"]);
+    node.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "vext"]);
     node.run(&["ip", "addr", "add", "10.80.2.1/24", "dev", "vpeer"]);
     node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     pod.run(&["ip", "addr", "add", "10.80.1.2/24", "dev", "eth0"]);
     pod.run(&["ip", "route", "add", "default", "via", "10.80.1.1"]);
-    ext.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "eth0"]);
+    ext.run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
     peer.run(&["ip", "addr", "add", "10.80.2.2/24", "dev", "eth0"]);
     peer.run(&["ip", "route", "add", "10.80.1.0/24", "via", "10.80.2.1"]);
     // Count, at each destination, packets by source address.
@@ -321,13 +321,13 @@ fn masquerades_real_packets_leaving_the_cluster_only() {
             "nft",
             "add table inet seen; add chain inet seen in { type filter hook input priority 0; }; \
              add rule inet seen in ip saddr 10.80.1.2 counter; \
-             add rule inet seen in ip saddr 192.0.2.1 counter; \
+             add rule inet seen in ip saddr 198.51.100.1 counter; \
              add rule inet seen in ip saddr 10.80.2.1 counter",
         ]);
     }
     node.enter(|| masq::ensure("pkt", &[net("10.80.1.0/24")], &[net("10.80.0.0/16")]))
         .unwrap();
-    pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "192.0.2.2"]);
+    pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.51.100.2"]);
     pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.80.2.2"]);
     let counts = |ns: &TestNs| -> Vec<(String, u64)> {
         objects(&ns.ruleset_json(), "rule")
