@@ -66,3 +66,41 @@ fn open_if_exists_after_delete() {
     }
     assert!(Netns::open_if_exists(&path).unwrap().is_none());
 }
+
+#[test]
+fn sysctl_set_get_inside_test_netns() {
+    let a = TestNs::new();
+    let ns = a.open();
+    let home_fwd = twill::sysctl::get("net.ipv4.ip_forward").unwrap();
+    ns.run(|| {
+        assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), "0");
+        twill::sysctl::set("net.ipv4.ip_forward", "1").unwrap();
+        assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), "1");
+        // Path form, as needed for interface names containing dots.
+        twill::sysctl::set("net/ipv4/conf/lo/arp_notify", "1").unwrap();
+        assert_eq!(
+            twill::sysctl::get("net.ipv4.conf.lo.arp_notify").unwrap(),
+            "1"
+        );
+        let e = twill::sysctl::set("net.ipv4.conf.nonexistent0.arp_notify", "1").unwrap_err();
+        assert_eq!(e.code, twill::code::IO);
+        assert!(
+            e.msg.contains("net.ipv4.conf.nonexistent0.arp_notify"),
+            "{e}"
+        );
+    })
+    .unwrap();
+    // The root namespace was not touched, and the change is visible from outside via ip netns.
+    assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), home_fwd);
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.name,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+}

@@ -9,16 +9,25 @@
 //! Errors are [`NetlinkError`]s naming the operation and carrying the kernel's errno and
 //! extended-ACK text; they convert into [`crate::Error`] with code 100 (NETLINK).
 
+mod addr;
 mod attr;
 mod error;
 mod link;
+mod neigh;
+mod route;
 mod socket;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use addr::{
+    AddrOptions, Address, Broadcast, IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_NOPREFIXROUTE,
+    IFA_F_TENTATIVE,
+};
 pub use error::{NetlinkError, NetlinkErrorKind, NlResult};
 pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname};
+pub use neigh::{FdbEntry, Neighbour, NeighbourSpec, nud};
+pub use route::{Route, RouteFilter, RouteSpec, TWILL_PROTO, rt_scope, rt_table};
 pub use socket::DUMP_RETRIES;
 
 use crate::netns::Netns;
