@@ -69,7 +69,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message, no details.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        Error { code, msg: msg.into(), details: String::new() }
+        Error {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
     /// The same error with `details` attached.
     pub fn with_details(mut self, details: impl fmt::Display) -> Self {
