@@ -38,6 +38,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 105;
     /// twill: an external tool (nft) failed.
     pub const EXTERNAL_TOOL: u32 = 106;
+    /// A plugin bug (panic); the value the reference libraries use for untyped errors
+    /// (`ErrInternal`).
+    pub const INTERNAL: u32 = 999;
 }
 
 /// A failure with its CNI error code, a message a human can act on, and optional details.

@@ -28,8 +28,12 @@ use crate::types::{CniResult, is_cni_identifier, validate_network_name};
 use crate::version::{self, IMPLICIT, LATEST, SUPPORTED, Version};
 use serde::Serialize;
 use serde_json::Value;
+use std::cell::RefCell;
+use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// A CNI command (`CNI_COMMAND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,34 +186,73 @@ pub fn validate_ifname(name: &str) -> Result<()> {
 
 /// Runs `plugin` as the current process's CNI command and exits with the right code.
 /// `about` is printed to stderr when the binary is run without `CNI_COMMAND`.
+///
+/// Stdout is reserved for the answer: it is kept on a private (close-on-exec) descriptor and
+/// file descriptor 1 is pointed at stderr, so stray prints and the output of child tools cannot
+/// corrupt the JSON the runtime parses. A panic still yields a CNI error object (code
+/// [`crate::code::INTERNAL`]) before the process dies.
 pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
     let env = |key: &str| std::env::var_os(key).map(|v| v.to_string_lossy().into_owned());
-    let mut stdout = io::stdout().lock();
-    let mut stderr = io::stderr().lock();
+    let mut stderr = io::stderr();
+    let answer = answer_channel();
+    install_panic_hook();
     // VERSION may come without stdin; never block on a terminal waiting for one.
     let is_version = env("CNI_COMMAND").as_deref() == Some("VERSION");
-    let code = if is_version && io::stdin().is_terminal() {
-        run_with(
-            plugin,
-            about,
-            &env,
-            &mut io::empty(),
-            &mut stdout,
-            &mut stderr,
-        )
+    let mut stdin: Box<dyn Read> = if is_version && io::stdin().is_terminal() {
+        Box::new(io::empty())
     } else {
-        run_with(
+        Box::new(io::stdin().lock())
+    };
+    let code = match answer {
+        Some(mut file) => run_with(plugin, about, &env, &mut stdin, &mut file, &mut stderr),
+        None => run_with(
             plugin,
             about,
             &env,
-            &mut io::stdin().lock(),
-            &mut stdout,
+            &mut stdin,
+            &mut io::stdout(),
             &mut stderr,
-        )
+        ),
     };
-    let _ = stdout.flush();
-    let _ = stderr.flush();
+    let _ = io::stdout().flush();
     std::process::exit(code)
+}
+
+/// The runtime's stdout, kept for the answer only (see [`run`]).
+static ANSWER: OnceLock<File> = OnceLock::new();
+
+thread_local! {
+    /// The version the current invocation answers errors in (read by the panic hook).
+    static REPLY_VERSION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Moves the runtime's stdout to a close-on-exec descriptor and points fd 1 at stderr. `None`
+/// (answer on plain stdout) if stdout cannot be duplicated.
+fn answer_channel() -> Option<&'static File> {
+    let saved = io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let file = ANSWER.get_or_init(|| File::from(saved));
+    // If this fails, stray output keeps going to the real stdout; the answer is unaffected.
+    let _ = nix::unistd::dup2_stdout(io::stderr());
+    Some(file)
+}
+
+/// Prints a CNI error object for a panic (then runs the default hook, which reports on stderr).
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let version = REPLY_VERSION
+            .try_with(|v| v.borrow().clone())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| LATEST.to_owned());
+        let err = Error::new(crate::code::INTERNAL, "the plugin crashed (bug)").with_details(info);
+        let reply = ErrorReply::new(&version, &err);
+        let _ = match ANSWER.get() {
+            Some(mut file) => write_json(&mut file, &reply),
+            None => write_json(&mut io::stdout(), &reply),
+        };
+        default_hook(info);
+    }));
 }
 
 /// The testable core of [`run`]: reads the environment through `env` and the config from
@@ -1238,5 +1281,145 @@ mod tests {
             .code,
             0
         );
+    }
+
+    /// The environment variable that turns [`run_child`] into a plugin process.
+    const CHILD_MODE: &str = "TWILL_SKELETON_CHILD_MODE";
+
+    /// A plugin that misbehaves the way real code can: prints to stdout, runs a child tool that
+    /// writes to its inherited stdout, or panics.
+    struct Rowdy(String);
+
+    impl Plugin for Rowdy {
+        fn add(&self, _args: &CmdArgs) -> Result<CniResult> {
+            match self.0.as_str() {
+                "noisy" => {
+                    println!("stray println");
+                    let status = std::process::Command::new("sh")
+                        .args(["-c", "echo stray child output"])
+                        .status()
+                        .map_err(|e| Error::io("spawn sh", e))?;
+                    assert!(status.success());
+                    Ok(sample_result())
+                }
+                "panic" => panic!("deliberate test panic"),
+                "fail" => Err(Error::invalid_config("bad bridge").with_details("no such device")),
+                _ => Ok(sample_result()),
+            }
+        }
+        fn del(&self, _args: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+        fn check(&self, _args: &CmdArgs) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Not a test by itself: the body of the plugin process [`run_end_to_end`] starts (this
+    /// test binary re-executed with [`CHILD_MODE`] set). Without it, returns at once.
+    #[test]
+    fn run_child() {
+        if let Ok(mode) = std::env::var(CHILD_MODE) {
+            run(&Rowdy(mode), "twill skeleton test child");
+        }
+    }
+
+    /// Runs the real [`run`] in a child process; returns (exit status, the stdout the child wrote
+    /// after the test harness's banner, stderr).
+    fn spawn_child(
+        mode: &str,
+        command: &str,
+        stdin: &[u8],
+    ) -> (std::process::ExitStatus, String, String) {
+        use std::process::{Command as Proc, Stdio};
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Proc::new(exe)
+            .args([
+                "skeleton::tests::run_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
+            .env(CHILD_MODE, mode)
+            .env("CNI_COMMAND", command)
+            .envs(ATTACH_ENV.iter().copied())
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        // The harness prints "running 1 test" before the test body runs; the rest is ours.
+        let banner = "running 1 test\n";
+        let at = stdout
+            .find(banner)
+            .unwrap_or_else(|| panic!("no harness banner in {stdout:?}"));
+        let ours = stdout[at + banner.len()..].to_owned();
+        (
+            out.status,
+            ours,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[test]
+    fn run_end_to_end() {
+        // Success: exactly the result on stdout, exit 0.
+        let (status, stdout, _) = spawn_child("ok", "ADD", &conf("0.4.0"));
+        assert_eq!(status.code(), Some(0), "{stdout}");
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            json,
+            version::result_to_json(&sample_result(), "0.4.0").unwrap()
+        );
+
+        // Stray output from the plugin and from a child tool goes to stderr, not stdout.
+        let (status, stdout, stderr) = spawn_child("noisy", "ADD", &conf("1.0.0"));
+        assert_eq!(status.code(), Some(0), "{stdout} {stderr}");
+        let json: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+        assert_eq!(json["cniVersion"], "1.0.0");
+        assert!(stderr.contains("stray println"), "{stderr}");
+        assert!(stderr.contains("stray child output"), "{stderr}");
+
+        // A plugin error: one error object, exit 1.
+        let (status, stdout, _) = spawn_child("fail", "ADD", &conf("0.3.1"));
+        assert_eq!(status.code(), Some(1));
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            json,
+            json!({"cniVersion": "0.3.1", "code": 7, "msg": "bad bridge", "details": "no such device"})
+        );
+
+        // A panic: an error object with the internal code, non-zero exit.
+        let (status, stdout, stderr) = spawn_child("panic", "ADD", &conf("1.1.0"));
+        assert!(!status.success());
+        let json: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+        assert_eq!(json["code"], code::INTERNAL);
+        assert_eq!(json["cniVersion"], "1.1.0");
+        assert!(
+            json["details"]
+                .as_str()
+                .unwrap()
+                .contains("deliberate test panic"),
+            "{json}"
+        );
+        assert!(stderr.contains("deliberate test panic"), "{stderr}");
+
+        // VERSION and DEL print what they should through the real process too.
+        let (status, stdout, _) = spawn_child("ok", "VERSION", b"");
+        assert_eq!(status.code(), Some(0));
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(
+            json,
+            json!({"cniVersion": LATEST, "supportedVersions": SUPPORTED})
+        );
+        let (status, stdout, _) = spawn_child("ok", "DEL", &conf("1.0.0"));
+        assert_eq!((status.code(), stdout.as_str()), (Some(0), ""));
     }
 }
