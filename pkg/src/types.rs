@@ -172,13 +172,45 @@ pub struct CniResult {
 ///
 /// Code 6 (decode) when the bytes are not JSON (syntax error, truncated, empty); code 7 (invalid
 /// config) when the JSON does not fit the config type (wrong type, missing required plugin key,
-/// not an object). The message carries serde's description, which names the field when serde
-/// knows it (`missing field `bridge``, `unknown field ...`), and the line/column.
+/// not an object). The message names the field: serde's own wording for missing/unknown fields
+/// (``missing field `bridge` ``), else the top-level key the bad value is under
+/// (`"mtu": invalid type: string "big", expected u32`).
 ///
 /// Re-serializing the result (`serde_json::to_vec`) keeps every key `P` keeps: with the default
 /// `P = Map<String, Value>` that is every key of the input (used for IPAM delegation).
 pub fn parse_netconf<P: DeserializeOwned>(bytes: &[u8]) -> Result<NetConf<P>> {
-    serde_json::from_slice(bytes).map_err(|e| json_error("network config", &e))
+    serde_json::from_slice(bytes).map_err(|e| {
+        let blamed = (e.classify() == serde_json::error::Category::Data)
+            .then(|| blame_field::<NetConf<P>>(bytes))
+            .flatten();
+        match blamed {
+            Some(msg) => Error::invalid_config(format!("invalid network config: {msg}")),
+            None => json_error("network config", &e),
+        }
+    })
+}
+
+/// For a data error in `T` from a JSON object: `"key": <serde message>` naming the top-level key
+/// the error is about (found by deserializing again without one key at a time; error path
+/// only). `None` when no single key is to blame (e.g. a missing field, which serde names).
+fn blame_field<T: DeserializeOwned>(bytes: &[u8]) -> Option<String> {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+        return None;
+    };
+    let baseline = T::deserialize(&Value::Object(map.clone()))
+        .err()?
+        .to_string();
+    map.keys()
+        .find(|key| {
+            let mut rest = map.clone();
+            rest.remove(key.as_str());
+            T::deserialize(&Value::Object(rest))
+                .map_err(|e| e.to_string())
+                .err()
+                .as_ref()
+                != Some(&baseline)
+        })
+        .map(|key| format!("{key:?}: {baseline}"))
 }
 
 /// Maps a serde_json error to the CNI code it is reported with: syntax and EOF are 6, data
@@ -351,6 +383,35 @@ mod tests {
         assert_eq!(err.code, code::INVALID_CONFIG, "{err}");
         let err = parse_netconf::<BridgeKeys>(br#"{"bridge":"b","mtu":"big"}"#).unwrap_err();
         assert_eq!(err.code, code::INVALID_CONFIG, "{err}");
+    }
+
+    #[test]
+    fn parse_netconf_names_the_bad_field() {
+        for (input, field) in [
+            (&br#"{"name":5,"bridge":"b"}"#[..], "\"name\": "),
+            (br#"{"bridge":"b","ipMasq":"yes"}"#, "\"ipMasq\": "),
+            (br#"{"bridge":"b","mtu":"big"}"#, "\"mtu\": "),
+            (br#"{"bridge":"b","mtu":-1}"#, "\"mtu\": "),
+            (br#"{"bridge":"b","dns":{"nameservers":"x"}}"#, "\"dns\": "),
+            (br#"{"bridge":7}"#, "\"bridge\": "),
+            // Two bad keys: the one serde reports is named (typed keys before flattened ones).
+            (
+                br#"{"bridge":"b","mtu":"x","name":[]}"#,
+                "\"name\": invalid type: sequence",
+            ),
+        ] {
+            let err = parse_netconf::<BridgeKeys>(input).unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG);
+            assert!(
+                err.msg.contains(field),
+                "{}: {}",
+                String::from_utf8_lossy(input),
+                err.msg
+            );
+        }
+        // Missing fields keep serde's wording.
+        let err = parse_netconf::<BridgeKeys>(br#"{"name":"n"}"#).unwrap_err();
+        assert!(err.msg.contains("missing field `bridge`"), "{}", err.msg);
     }
 
     #[test]
