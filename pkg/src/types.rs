@@ -51,6 +51,20 @@ pub struct NetConf<P = Map<String, Value>> {
     pub plugin: P,
 }
 
+impl<P> NetConf<P> {
+    /// The parsed `prevResult` (DEL, CHECK, chained ADD), read in its own `cniVersion` or else
+    /// the config's; `None` when absent. Code 6 when it has the wrong shape, 1 when its version
+    /// is unsupported (see [`crate::version::parse_result`]).
+    pub fn prev_result(&self) -> Result<Option<CniResult>> {
+        match &self.prev_result {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => crate::version::parse_result(v, &self.cni_version)
+                .map(Some)
+                .map_err(|e| e.context("prevResult")),
+        }
+    }
+}
+
 /// An interface in a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -490,5 +504,27 @@ mod tests {
             let err = validate_network_name(bad).unwrap_err();
             assert_eq!(err.code, code::INVALID_CONFIG, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn prev_result_parsed_in_config_version() {
+        let conf: NetConf = parse_netconf(
+            br#"{"cniVersion":"0.4.0","name":"n","prevResult":{"ips":[{"version":"4","address":"10.1.0.5/24"}]}}"#,
+        )
+        .unwrap();
+        let prev = conf.prev_result().unwrap().unwrap();
+        assert_eq!(
+            prev.ips[0].address,
+            "10.1.0.5/24".parse::<IpNetwork>().unwrap()
+        );
+        let conf: NetConf = parse_netconf(br#"{"cniVersion":"1.0.0","name":"n"}"#).unwrap();
+        assert_eq!(conf.prev_result().unwrap(), None);
+        let conf: NetConf = parse_netconf(
+            br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#,
+        )
+        .unwrap();
+        let err = conf.prev_result().unwrap_err();
+        assert_eq!(err.code, code::DECODE);
+        assert!(err.msg.starts_with("prevResult: "), "{}", err.msg);
     }
 }
