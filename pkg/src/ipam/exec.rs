@@ -187,3 +187,176 @@ pub fn simple<P: Serialize>(
 ) -> Result<()> {
     run(plugin_type, command, args, conf).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::fs;
+
+    /// A directory of fake plugins, removed when dropped.
+    struct PluginDir(PathBuf);
+
+    impl PluginDir {
+        fn new(test: &str) -> PluginDir {
+            let p = std::env::temp_dir().join(format!("twill-exec-{}-{test}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            PluginDir(p)
+        }
+        fn script(&self, name: &str, body: &str) {
+            let path = self.0.join(name);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    impl Drop for PluginDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn args(dir: &PluginDir, container_id: &str) -> CmdArgs {
+        CmdArgs {
+            command: Command::Add,
+            container_id: container_id.into(),
+            netns: Some(PathBuf::from("/var/run/netns/x")),
+            ifname: if container_id.is_empty() {
+                String::new()
+            } else {
+                "eth0".into()
+            },
+            args: "IgnoreUnknown=1;K8S_POD_NAME=p".into(),
+            path: vec![PathBuf::from("/nonexistent-dir"), dir.0.clone()],
+            stdin: Vec::new(),
+            cni_version: "1.0.0".into(),
+        }
+    }
+
+    fn conf(ipam_type: &str) -> NetConf {
+        serde_json::from_value(json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "bridge", "bridge": "cni0",
+            "ipam": {"type": ipam_type, "custom": [1, 2]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn plugin_names_are_file_names() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../host-local",
+            "/usr/lib/cni/host-local",
+            "a\0b",
+        ] {
+            let e = find_plugin(bad, &[PathBuf::from("/usr/lib/cni")]).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn not_found_and_not_executable() {
+        let d = PluginDir::new("notfound");
+        fs::write(d.0.join("plain"), "#!/bin/sh\n").unwrap();
+        let e = find_plugin("plain", std::slice::from_ref(&d.0)).unwrap_err();
+        assert_eq!(e.code, code::IPAM_DELEGATE);
+        assert!(e.msg.contains(&d.0.display().to_string()), "{e}");
+        d.script("ok", "exit 0");
+        assert_eq!(
+            find_plugin("ok", &args(&d, "c").path).unwrap(),
+            d.0.join("ok")
+        );
+    }
+
+    #[test]
+    fn plugin_error_object_keeps_its_code() {
+        let d = PluginDir::new("errobj");
+        d.script(
+            "myipam",
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":11,"msg":"busy","details":"retry"}'; exit 1"#,
+        );
+        let e = crate::ipam::del(&args(&d, "c"), &conf("myipam")).unwrap_err();
+        assert_eq!(e.code, code::TRY_AGAIN);
+        assert!(e.msg.contains("busy") && e.msg.contains("myipam"), "{e}");
+        assert_eq!(e.details, "retry");
+    }
+
+    #[test]
+    fn unparseable_failure_is_103_with_stderr() {
+        let d = PluginDir::new("garbage");
+        d.script("myipam", "echo 'not json'; echo 'it broke' >&2; exit 3");
+        let e = crate::ipam::check(&args(&d, "c"), &conf("myipam")).unwrap_err();
+        assert_eq!(e.code, code::IPAM_DELEGATE);
+        assert!(
+            e.details.contains("it broke") && e.details.contains("not json"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_and_stdin_passed_with_the_delegated_command() {
+        let d = PluginDir::new("env");
+        let out = d.0.join("seen");
+        d.script(
+            "myipam",
+            &format!(
+                "env | grep '^CNI_' | sort > {o}.env; cat > {o}.stdin",
+                o = out.display()
+            ),
+        );
+        let c = conf("myipam");
+        crate::ipam::del(&args(&d, "ctr1"), &c).unwrap();
+        let env = fs::read_to_string(out.with_extension("env")).unwrap();
+        let want = format!(
+            "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=p\nCNI_COMMAND=DEL\nCNI_CONTAINERID=ctr1\n\
+             CNI_IFNAME=eth0\nCNI_NETNS=/var/run/netns/x\nCNI_PATH=/nonexistent-dir:{}\n",
+            d.0.display()
+        );
+        assert_eq!(env, want);
+        let stdin: Value =
+            serde_json::from_slice(&fs::read(out.with_extension("stdin")).unwrap()).unwrap();
+        assert_eq!(stdin, serde_json::to_value(&c).unwrap());
+        assert_eq!(stdin["ipam"]["custom"], json!([1, 2]));
+        assert_eq!(stdin["bridge"], "cni0");
+
+        // GC and STATUS carry no container ID / ifname
+        crate::ipam::gc(&args(&d, ""), &c).unwrap();
+        let env = fs::read_to_string(out.with_extension("env")).unwrap();
+        assert!(env.contains("CNI_COMMAND=GC\n"), "{env}");
+        assert!(
+            !env.contains("CNI_CONTAINERID") && !env.contains("CNI_IFNAME"),
+            "{env}"
+        );
+        crate::ipam::status(&args(&d, ""), &c).unwrap();
+        let env = fs::read_to_string(out.with_extension("env")).unwrap();
+        assert!(env.contains("CNI_COMMAND=STATUS\n"), "{env}");
+    }
+
+    #[test]
+    fn add_without_json_is_103() {
+        let d = PluginDir::new("addjunk");
+        d.script("myipam", "cat >/dev/null; echo hello");
+        let e = crate::ipam::add(&args(&d, "c"), &conf("myipam")).unwrap_err();
+        assert_eq!(e.code, code::IPAM_DELEGATE);
+        assert!(e.details.contains("hello"), "{e}");
+    }
+
+    #[test]
+    fn missing_ipam_type() {
+        let d = PluginDir::new("notype");
+        let mut c = conf("x");
+        c.ipam = Some(json!({"subnet": "10.0.0.0/24"}));
+        assert_eq!(
+            crate::ipam::add(&args(&d, "c"), &c).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+        c.ipam = None;
+        assert_eq!(
+            crate::ipam::del(&args(&d, "c"), &c).unwrap_err().code,
+            code::INVALID_CONFIG
+        );
+    }
+}
