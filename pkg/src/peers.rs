@@ -22,18 +22,17 @@
 //! changes; CHECK/GC ([`verify`]) are the places that look at the kernel again.
 
 use crate::error::{Error, Result};
+use crate::netlink::{Netlink, RouteFilter, RouteSpec, rt_table};
 use crate::subnet_file::network_of;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// The route protocol (`rtm_protocol`) that marks routes installed by twill.
-/// TODO(netlink merge): replace with `crate::netlink::TWILL_PROTO`.
-pub const TWILL_PROTO: u8 = 116;
+pub use crate::netlink::TWILL_PROTO;
 
 /// Where state files live unless the config says otherwise (`runDir`).
 pub const DEFAULT_RUN_DIR: &str = "/run/twill";
@@ -230,6 +229,63 @@ pub trait PeerRouteOps {
     fn delete_peer_route(&mut self, route: &KernelRoute) -> Result<()>;
 }
 
+/// `rtm_type` of a plain unicast route.
+const RTN_UNICAST: u8 = 1;
+
+/// The real thing: the node's routes over twill's rtnetlink client (its socket's namespace).
+impl PeerRouteOps for Netlink {
+    fn local_addrs(&mut self) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .addresses(None, None)?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect())
+    }
+
+    fn main_routes(&mut self) -> Result<Vec<KernelRoute>> {
+        let filter = RouteFilter {
+            table: Some(rt_table::MAIN),
+            ..RouteFilter::default()
+        };
+        Ok(self
+            .routes(&filter)?
+            .into_iter()
+            .filter(|r| r.kind == RTN_UNICAST)
+            .map(|r| KernelRoute {
+                dst: r.dst,
+                gateway: r.gateway,
+                oif: r.oif,
+                onlink: r.onlink,
+                protocol: r.protocol,
+                priority: r.metric.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    fn replace_peer_route(&mut self, route: &PeerRoute) -> Result<()> {
+        let spec = RouteSpec {
+            gateway: route.gateway,
+            oif: route.oif,
+            onlink: route.onlink,
+            ..RouteSpec::new(route.dst)
+        };
+        Ok(self.replace_route(&spec)?)
+    }
+
+    fn delete_peer_route(&mut self, route: &KernelRoute) -> Result<()> {
+        let spec = RouteSpec {
+            gateway: route.gateway,
+            metric: Some(route.priority),
+            protocol: TWILL_PROTO,
+            ..RouteSpec::new(route.dst)
+        };
+        match self.delete_route(&spec) {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => Ok(r?),
+        }
+    }
+}
+
 /// How peers become routes. Each variant's parameters are part of the fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -304,33 +360,49 @@ pub fn plan_routes(
     existing: &[KernelRoute],
     managed: &BTreeSet<IpNetwork>,
 ) -> RoutePlan {
+    // Index both sides by destination: O((n + m) log n) for clusters of thousands of nodes.
+    let mut by_dst: BTreeMap<IpNetwork, Vec<&KernelRoute>> = BTreeMap::new();
+    for r in existing {
+        by_dst.entry(r.dst).or_default().push(r);
+    }
+    let mut wanted: BTreeMap<IpNetwork, Vec<&PeerRoute>> = BTreeMap::new();
+    for w in desired {
+        wanted.entry(w.dst).or_default().push(w);
+    }
     let mut plan = RoutePlan::default();
-    let ours = |r: &&KernelRoute| r.protocol == TWILL_PROTO;
     for want in desired {
-        let same_key = |r: &&KernelRoute| {
-            r.dst == want.dst && effective_metric(&r.dst, r.priority) == want.metric()
-        };
-        if existing.iter().filter(ours).any(|r| r.satisfies(want)) {
+        let here = by_dst.get(&want.dst).map(Vec::as_slice).unwrap_or_default();
+        if here
+            .iter()
+            .any(|r| r.protocol == TWILL_PROTO && r.satisfies(want))
+        {
             continue;
         }
-        let foreign: Vec<&KernelRoute> = existing
+        let foreign: Vec<&&KernelRoute> = here
             .iter()
-            .filter(|r| r.protocol != TWILL_PROTO)
-            .filter(same_key)
+            .filter(|r| {
+                r.protocol != TWILL_PROTO && effective_metric(&r.dst, r.priority) == want.metric()
+            })
             .collect();
         if foreign.is_empty() {
             plan.replace.push(want.clone());
         } else {
-            plan.conflicts.extend(foreign.into_iter().cloned());
+            plan.conflicts
+                .extend(foreign.into_iter().map(|r| (*r).clone()));
         }
     }
-    for have in existing.iter().filter(ours) {
-        let wanted_here = desired
-            .iter()
-            .any(|w| w.dst == have.dst && w.metric() == effective_metric(&have.dst, have.priority));
-        let desired_dst = desired.iter().any(|w| w.dst == have.dst);
-        // Not wanted at all (and ours), or ours at a stray metric for a wanted destination.
-        if (!desired_dst && managed.contains(&have.dst)) || (desired_dst && !wanted_here) {
+    for have in existing.iter().filter(|r| r.protocol == TWILL_PROTO) {
+        let keep = match wanted.get(&have.dst) {
+            // Ours at a stray metric for a wanted destination goes; at the wanted metric it
+            // is kept (or overwritten in place by the replace).
+            Some(ws) => {
+                let metric = effective_metric(&have.dst, have.priority);
+                ws.iter().any(|w| w.metric() == metric)
+            }
+            // Not wanted: only this network's own destinations are deleted.
+            None => !managed.contains(&have.dst),
+        };
+        if !keep {
             plan.delete.push(have.clone());
         }
     }
@@ -338,28 +410,74 @@ pub fn plan_routes(
 }
 
 /// FNV-1a, 64 bit: a stable hash for fingerprints (same input, same value, any build).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
     }
-    h
 }
 
-/// The fingerprint of what a reconcile depends on: the view, the node's own subnets, the mode.
+impl Fnv1a64 {
+    /// Feeds `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// Feeds an address as family tag + octets (fixed length per family: unambiguous).
+    pub fn write_ip(&mut self, ip: &IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.write(&[4]);
+                self.write(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.write(&[6]);
+                self.write(&a.octets());
+            }
+        }
+    }
+    /// Feeds a network as its address and prefix length.
+    pub fn write_net(&mut self, n: &IpNetwork) {
+        self.write_ip(&n.ip());
+        self.write(&[n.prefix()]);
+    }
+    /// The hash so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// FNV-1a 64 of `bytes` in one go.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h = Fnv1a64::default();
+    h.write(bytes);
+    h.finish()
+}
+
+/// The fingerprint of what a reconcile depends on: the view, the node's own subnets, the mode
+/// (and twill's route protocol and this encoding's version).
 pub fn fingerprint(view: &ClusterView, own_subnets: &[IpNetwork], mode: &RouteMode) -> u64 {
     let mut own: Vec<IpNetwork> = own_subnets.iter().map(|s| network_of(*s)).collect();
     own.sort();
     own.dedup();
-    let mut text = format!("twill-peers 1 proto {TWILL_PROTO}\nmode {}\n", mode.key());
+    let mut h = Fnv1a64::default();
+    h.write(b"twill-peers 1\0");
+    h.write(&[TWILL_PROTO]);
+    h.write(mode.key().as_bytes());
+    h.write(&[0]);
+    h.write(&(own.len() as u64).to_le_bytes());
     for s in &own {
-        text.push_str(&format!("own {s}\n"));
+        h.write_net(s);
     }
     for p in view.peers() {
-        text.push_str(&format!("peer {} {}\n", p.node_ip, p.pod_cidr));
+        h.write_ip(&p.node_ip);
+        h.write_net(&p.pod_cidr);
     }
-    fnv1a64(text.as_bytes())
+    h.finish()
 }
 
 /// Network names become file names: letters, digits, `_`, `.`, `-`, not starting with `.`.
@@ -418,10 +536,9 @@ impl StateFile {
 
     /// True when the file exists and records exactly `fp` (one read, no parsing beyond it).
     pub fn matches(&self, fp: u64) -> bool {
-        match std::fs::read(&self.path) {
-            Ok(b) => b.len() >= 17 && b[16] == b'\n' && b[..16] == *format!("{fp:016x}").as_bytes(),
-            Err(_) => false,
-        }
+        let mut head = [0u8; 17];
+        let read = File::open(&self.path).and_then(|mut f| f.read_exact(&mut head));
+        read.is_ok() && head[16] == b'\n' && head[..16] == *format!("{fp:016x}").as_bytes()
     }
 
     /// Reads the state; a missing or unreadable file is the empty state, a corrupt line is
