@@ -4,11 +4,12 @@
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
-use std::fs::File;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use twill::masq;
+use twill::netns::Netns;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -41,19 +42,10 @@ impl TestNs {
     }
     /// Runs `f` on this thread with the thread inside the namespace, then returns.
     fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
-        struct Back(File);
-        impl Drop for Back {
-            fn drop(&mut self) {
-                nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns back");
-            }
-        }
-        let back = Back(File::open("/proc/thread-self/ns/net").unwrap());
-        let target = File::open(self.path()).unwrap();
-        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let r = f();
-        drop(back);
-        r
+        Netns::open(Path::new(&self.path()))
+            .unwrap()
+            .run(f)
+            .unwrap()
     }
     fn ruleset_json(&self) -> Vec<Value> {
         let out = self.run(&["nft", "-j", "list", "ruleset"]);
