@@ -565,9 +565,9 @@ impl StateFile {
         for d in &state.managed {
             text.push_str(&format!("{d}\n"));
         }
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
         let res = File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
