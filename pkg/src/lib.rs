@@ -4,6 +4,7 @@
 //! CNI types and versions, the skeleton that talks to the runtime, IPAM, netlink, netns, sysctl.
 
 pub mod args;
+pub mod bridge;
 pub mod error;
 pub mod ipam;
 pub mod masq;
@@ -15,6 +16,7 @@ pub mod subnet_file;
 pub mod sysctl;
 pub mod types;
 pub mod version;
+pub mod veth;
 
 pub use error::{Error, Result, ResultExt, code};
 pub use skeleton::{CmdArgs, Command, Plugin};

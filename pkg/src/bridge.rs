@@ -1,0 +1,273 @@
+//! The node's bridge: made on first use (MTU, fixed MAC, up in one request), its gateway
+//! addresses, and hairpin mode on its ports.
+//!
+//! Hot path (bridge and gateway already there): one RTM_GETLINK and one RTM_NEWADDR per
+//! gateway answered with EEXIST; no dumps.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::error::{Error, Result, code};
+use crate::netlink::{AddrOptions, BridgeSpec, Family, Link, MacAddr, Netlink, validate_ifname};
+use crate::sysctl;
+use crate::types::IpConfig;
+
+/// The bridge as [`ensure`] leaves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    /// ifindex in the node netns.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// MAC address.
+    pub mac: Option<MacAddr>,
+    /// MTU.
+    pub mtu: u32,
+    /// True when this call created it (so it holds no address yet).
+    pub created: bool,
+}
+
+/// Checks a configured bridge name (code 7 when it cannot be an interface name).
+pub fn validate_name(name: &str) -> Result<()> {
+    validate_ifname(name).map_err(|_| {
+        Error::invalid_config(format!(
+            "\"bridge\": invalid interface name {name:?}: 1-15 bytes, no '/', ':' or whitespace"
+        ))
+    })
+}
+
+/// The link named `name` when it is a bridge; None when there is no such link; code 104 when
+/// a link of another kind holds the name (what STATUS reports as 50).
+pub fn find(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
+    validate_name(name)?;
+    match nl.link_by_name(name)? {
+        Some(l) if l.kind.as_deref() == Some("bridge") => Ok(Some(l)),
+        Some(l) => Err(Error::new(
+            code::CONFLICT,
+            format!(
+                "{name:?} exists but is a {}, not a bridge: rename it or configure another \
+                 \"bridge\"",
+                l.kind.as_deref().unwrap_or("device of no kind")
+            ),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Makes sure bridge `name` exists, is up and has MTU `mtu`.
+///
+/// Missing: created in one request (MTU, a random fixed MAC so the gateway's MAC never follows
+/// port churn, up); a concurrent creator (EEXIST) is tolerated and its bridge used. Present:
+/// one lookup, plus a change only when it is down or has another MTU. A non-bridge link of that
+/// name is code 104.
+pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
+    if let Some(l) = find(nl, name)? {
+        return adopt(nl, l, mtu, false);
+    }
+    let spec = BridgeSpec {
+        name,
+        mtu: Some(mtu),
+        mac: Some(crate::veth::random_mac()),
+        up: true,
+    };
+    let created = match nl.create_bridge(&spec) {
+        Ok(()) => true,
+        Err(e) if e.is_exists() => false,
+        Err(e) => return Err(e.into()),
+    };
+    let l = find(nl, name)?.ok_or_else(|| {
+        Error::new(
+            code::NETLINK,
+            format!("bridge {name:?} disappeared right after it was created"),
+        )
+    })?;
+    adopt(nl, l, mtu, created)
+}
+
+fn adopt(nl: &mut Netlink, mut l: Link, mtu: u32, created: bool) -> Result<Bridge> {
+    if !l.admin_up {
+        nl.set_link_up(l.index, true)?;
+    }
+    if l.mtu != mtu {
+        nl.set_mtu(l.index, mtu)?;
+        l.mtu = mtu;
+    }
+    Ok(Bridge {
+        index: l.index,
+        name: l.name,
+        mac: l.mac,
+        mtu: l.mtu,
+        created,
+    })
+}
+
+/// Puts gateway address `gw` (gateway/prefix of the pod subnet) on the bridge.
+///
+/// Already there: one RTM_NEWADDR answered with EEXIST. Newly added to a bridge that existed
+/// before: its addresses of that family are listed, and any *other* address that conflicts
+/// (IPv4: any; IPv6: one whose subnet overlaps `gw`'s) is an error, code 104, unless `force`,
+/// which replaces them. IPv6 gateways skip DAD so pods can use them at once.
+pub fn ensure_gateway(nl: &mut Netlink, br: &Bridge, gw: IpNetwork, force: bool) -> Result<()> {
+    let opts = AddrOptions {
+        nodad: true,
+        ..Default::default()
+    };
+    match nl.add_address(br.index, gw, &opts) {
+        Err(e) if e.is_exists() => return Ok(()),
+        Err(e) => return Err(e.into()),
+        Ok(()) if br.created => return Ok(()),
+        Ok(()) => {}
+    }
+    let family = Family::of(&gw.ip());
+    let conflicts: Vec<IpNetwork> = nl
+        .addresses(Some(br.index), Some(family))?
+        .iter()
+        .map(|a| a.network())
+        .filter(|a| *a != gw && conflicts_with(a, &gw))
+        .collect();
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        let _ = nl.delete_address(br.index, gw);
+        let list: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
+        return Err(Error::new(
+            code::CONFLICT,
+            format!(
+                "bridge {:?} already has address {} instead of gateway {gw}: remove it or set \
+                 \"forceAddress\": true",
+                br.name,
+                list.join(", ")
+            ),
+        ));
+    }
+    for c in &conflicts {
+        match nl.delete_address(br.index, *c) {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+    }
+    // Removing a primary IPv4 address may have taken ours (a secondary) with it.
+    nl.replace_address(br.index, gw, &opts)?;
+    Ok(())
+}
+
+/// CHECK: bridge `name` (ifindex `index`) carries every gateway address of `gws` (one address
+/// dump); code 105 naming the first one missing.
+pub fn check_gateways(nl: &mut Netlink, index: u32, name: &str, gws: &[IpNetwork]) -> Result<()> {
+    if gws.is_empty() {
+        return Ok(());
+    }
+    let have: Vec<IpNetwork> = nl
+        .addresses(Some(index), None)?
+        .iter()
+        .map(|a| a.network())
+        .collect();
+    match gws.iter().find(|g| !have.contains(g)) {
+        Some(g) => Err(Error::new(
+            code::CHECK_FAILED,
+            format!("bridge {name:?} does not have gateway address {g}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// True when bridge address `have` stands in the way of gateway `want` (same family assumed):
+/// any IPv4 address; an IPv6 address whose subnet overlaps (link-local ones never do).
+pub fn conflicts_with(have: &IpNetwork, want: &IpNetwork) -> bool {
+    match (have, want) {
+        (IpNetwork::V4(_), IpNetwork::V4(_)) => true,
+        (IpNetwork::V6(h), IpNetwork::V6(w)) => h.contains(w.ip()) || w.contains(h.ip()),
+        _ => false,
+    }
+}
+
+/// Sets hairpin mode on bridge port `port` (ifindex): frames may leave through the port they
+/// came in on, so a pod reaches itself through a service IP. One request.
+pub fn set_hairpin(nl: &mut Netlink, port: u32, on: bool) -> Result<()> {
+    Ok(nl.set_hairpin(port, on)?)
+}
+
+/// The address the bridge carries for pod address `ip`: its gateway with the pod subnet's
+/// prefix (e.g. `10.1.0.1/24` for `10.1.0.5/24` via `10.1.0.1`). None without a gateway.
+pub fn gateway_address(ip: &IpConfig) -> Option<IpNetwork> {
+    IpNetwork::new(ip.gateway?, ip.address.prefix()).ok()
+}
+
+/// The gateway of subnet `net` when IPAM names none: the subnet's first address.
+pub fn default_gateway(net: &IpNetwork) -> IpAddr {
+    match net.network() {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(1).into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(1).into()),
+    }
+}
+
+/// Turns on IP forwarding in the calling thread's netns for the families asked for (IPv4:
+/// `net.ipv4.ip_forward`, IPv6: `net.ipv6.conf.all.forwarding`), reading first and writing
+/// only when it is off.
+pub fn enable_forwarding(v4: bool, v6: bool) -> Result<()> {
+    let keys = [
+        (v4, "net.ipv4.ip_forward"),
+        (v6, "net.ipv6.conf.all.forwarding"),
+    ];
+    for (_, key) in keys.iter().filter(|(on, _)| *on) {
+        if sysctl::get(key)? != "1" {
+            sysctl::set(key, "1")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn conflict_rules() {
+        assert!(conflicts_with(&n("10.9.0.1/24"), &n("10.1.0.1/24")));
+        assert!(conflicts_with(&n("10.1.0.1/16"), &n("10.1.0.1/24")));
+        assert!(!conflicts_with(&n("fe80::1/64"), &n("fd00::1/64")));
+        assert!(conflicts_with(&n("fd00::9/64"), &n("fd00::1/64")));
+        assert!(conflicts_with(&n("fd00::9/48"), &n("fd00:0:0:1::1/64")));
+        assert!(!conflicts_with(&n("fd01::1/64"), &n("fd00::1/64")));
+        assert!(!conflicts_with(&n("10.1.0.1/24"), &n("fd00::1/64")));
+    }
+
+    #[test]
+    fn gateways() {
+        let ip = IpConfig {
+            address: n("10.1.0.5/24"),
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            interface: None,
+        };
+        assert_eq!(gateway_address(&ip), Some(n("10.1.0.1/24")));
+        assert_eq!(
+            gateway_address(&IpConfig {
+                gateway: None,
+                ..ip
+            }),
+            None
+        );
+        assert_eq!(
+            default_gateway(&n("10.1.2.77/24")),
+            "10.1.2.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            default_gateway(&n("fd00:1::99/64")),
+            "fd00:1::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn bridge_names() {
+        assert!(validate_name("cni0").is_ok());
+        for bad in ["", "a/b", "sixteen-chars-xx", "..", "a b"] {
+            assert_eq!(validate_name(bad).unwrap_err().code, code::INVALID_CONFIG);
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The veth pair of one attachment: a host end on the bridge, named deterministically from
+//! (container ID, ifname), and a pod end made directly in the pod's netns under `CNI_IFNAME`.
+//!
+//! Because the host end's name is a pure function of the attachment, DEL needs neither the
+//! netns nor a prevResult (one RTM_DELLINK by name removes the pair), and GC can tell which
+//! ports of the bridge belong to attachments the runtime still knows.
+
+use std::collections::HashSet;
+
+use ipnetwork::IpNetwork;
+
+use crate::error::{Error, Result, code};
+use crate::netlink::{
+    AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
+};
+use crate::netns::Netns;
+use crate::sysctl;
+use crate::types::{Attachment, CniResult, IpConfig, Route};
+
+/// Prefix of every host-side veth name twill makes; the rest is [`HASH_HEX_DIGITS`] hex digits.
+pub const HOST_PREFIX: &str = "tw";
+/// Number of lowercase hex digits after [`HOST_PREFIX`] (2 + 13 = 15 = IFNAMSIZ - 1).
+pub const HASH_HEX_DIGITS: usize = 13;
+/// `rtm_protocol` of the routes made in the pod (RTPROT_BOOT, what `ip route add` uses).
+pub const POD_ROUTE_PROTO: u8 = 3;
+
+/// The host-side veth name of attachment (`container_id`, `ifname`): `tw` + 13 hex digits of a
+/// 64-bit FNV-1a hash of both (a NUL between them), mixed and truncated to 52 bits.
+///
+/// Stable across versions and builds: DEL after an upgrade must find the same name.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64 finalizer: every input bit reaches the 52 bits kept.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    format!("{HOST_PREFIX}{:013x}", h >> (64 - 4 * HASH_HEX_DIGITS))
+}
+
+/// True for names of the [`host_ifname`] shape (`tw` + 13 lowercase hex digits).
+pub fn is_host_ifname(name: &str) -> bool {
+    name.strip_prefix(HOST_PREFIX).is_some_and(|rest| {
+        rest.len() == HASH_HEX_DIGITS
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A random unicast, locally administered MAC address (getrandom(2)).
+pub fn random_mac() -> MacAddr {
+    let mut b = [0u8; 6];
+    // SAFETY: writes at most b.len() bytes into b.
+    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // No entropy syscall: fall back to std's OS-seeded hasher keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::hash::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        b.copy_from_slice(&h.finish().to_ne_bytes()[..6]);
+    }
+    b[0] = (b[0] & 0xfe) | 0x02;
+    MacAddr(b)
+}
+
+/// What [`create`] makes.
+#[derive(Debug, Clone)]
+pub struct PairSpec<'a> {
+    /// `CNI_CONTAINERID` (names the host end).
+    pub container_id: &'a str,
+    /// `CNI_IFNAME`: the pod end's name in the pod netns.
+    pub ifname: &'a str,
+    /// The pod's netns, where the pod end is created.
+    pub pod_ns: &'a Netns,
+    /// MTU of both ends.
+    pub mtu: u32,
+    /// Bridge ifindex the host end is enslaved to.
+    pub bridge: u32,
+    /// MAC of the pod end (runtimeConfig `mac`); random when None.
+    pub pod_mac: Option<MacAddr>,
+}
+
+/// The host end as created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEnd {
+    /// Its name ([`host_ifname`]).
+    pub name: String,
+    /// Its MAC (chosen here, so it need not be read back).
+    pub mac: MacAddr,
+}
+
+/// Why [`create`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The host end exists: this attachment is set up already (the runtime must DEL it first).
+    /// Its IP reservation belongs to the live attachment and must not be released.
+    #[error(
+        "host veth {name} of container {container_id} ifname {ifname} already exists: the \
+         attachment is set up already (DEL it first)"
+    )]
+    AttachmentExists {
+        /// The host end's name.
+        name: String,
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+    },
+    /// The pod netns already has an interface called `ifname`.
+    #[error("interface {ifname:?} already exists in netns {netns}")]
+    IfnameTaken {
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// The pod netns path.
+        netns: String,
+    },
+    /// Any other kernel refusal.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+impl From<CreateError> for Error {
+    /// Name clashes are code 104 (CONFLICT), kernel refusals 100.
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Netlink(n) => n.into(),
+            clash => Error::new(code::CONFLICT, clash.to_string()),
+        }
+    }
+}
+
+/// Creates the pair in one RTM_NEWLINK on the node socket `nl`: the host end up, with MTU,
+/// MAC and bridge master; the pod end (down) directly in `spec.pod_ns` as `spec.ifname`.
+///
+/// Nothing is left behind on failure. A name clash says which name (one extra lookup, on the
+/// error path only).
+pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateError> {
+    let name = host_ifname(spec.container_id, spec.ifname);
+    let mac = random_mac();
+    let veth = VethSpec {
+        name: &name,
+        mtu: Some(spec.mtu),
+        mac: Some(mac),
+        master: Some(spec.bridge),
+        up: true,
+        peer_name: spec.ifname,
+        peer_netns: Some(spec.pod_ns.as_fd()),
+        peer_mtu: Some(spec.mtu),
+        peer_mac: spec.pod_mac,
+    };
+    match nl.create_veth(&veth) {
+        Ok(()) => Ok(HostEnd { name, mac }),
+        Err(e) if e.is_exists() => {
+            if nl.link_by_name(&name)?.is_some() {
+                Err(CreateError::AttachmentExists {
+                    name,
+                    container_id: spec.container_id.to_string(),
+                    ifname: spec.ifname.to_string(),
+                })
+            } else {
+                Err(CreateError::IfnameTaken {
+                    ifname: spec.ifname.to_string(),
+                    netns: spec.pod_ns.path().display().to_string(),
+                })
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the host end of attachment (`container_id`, `ifname`) by name, which removes the
+/// pod end too: one RTM_DELLINK. Ok(false) when it was already gone.
+pub fn delete(nl: &mut Netlink, container_id: &str, ifname: &str) -> Result<bool> {
+    Ok(nl.delete_link_if_exists(&host_ifname(container_id, ifname))?)
+}
+
+/// The pod end after [`configure_pod`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEnd {
+    /// Its ifindex in the pod netns.
+    pub index: u32,
+    /// Its MAC.
+    pub mac: Option<MacAddr>,
+    /// Its peer's (the host end's) ifindex in the node netns, as the kernel reports it.
+    pub peer_index: Option<u32>,
+}
+
+/// Configures the pod end inside `pod_ns` over one socket made there: addresses (IPv6 without
+/// DAD), `arp_notify=1` (so bringing it up announces the IPv4 addresses with a gratuitous ARP),
+/// up, then `routes` (their `oif` is set to the interface; protocol [`POD_ROUTE_PROTO`] unless
+/// set). One setns bracket for all of it.
+pub fn configure_pod(
+    pod_ns: &Netns,
+    ifname: &str,
+    addrs: &[IpNetwork],
+    routes: &[RouteSpec],
+) -> Result<PodEnd> {
+    pod_ns.run(|| -> Result<PodEnd> {
+        let mut nl = Netlink::new()?;
+        let link = nl.link_by_name(ifname)?.ok_or_else(|| {
+            Error::new(
+                code::NETLINK,
+                format!(
+                    "interface {ifname:?} vanished from netns {} right after it was created",
+                    pod_ns.path().display()
+                ),
+            )
+        })?;
+        if addrs.iter().any(IpNetwork::is_ipv6) {
+            // Harmless when already 0; the file is missing only when IPv6 is off in the kernel,
+            // and then the address below fails with a clear error.
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
+        }
+        if addrs.iter().any(IpNetwork::is_ipv4) {
+            sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
+        }
+        let opts = AddrOptions {
+            nodad: true,
+            ..Default::default()
+        };
+        for a in addrs {
+            nl.add_address(link.index, *a, &opts)?;
+        }
+        nl.set_link_up(link.index, true)?;
+        for r in routes {
+            let mut r = r.clone();
+            r.oif = Some(link.index);
+            nl.add_route(&r)?;
+        }
+        Ok(PodEnd {
+            index: link.index,
+            mac: link.mac,
+            peer_index: link.link,
+        })
+    })?
+}
+
+/// The ports of bridge `bridge` (ifindex) that are twill host veths of attachments not in
+/// `valid` (GC): veth links named like [`host_ifname`] whose name is no valid attachment's.
+/// One link dump.
+pub fn stale_host_ends(nl: &mut Netlink, bridge: u32, valid: &[Attachment]) -> Result<Vec<Link>> {
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|a| host_ifname(&a.container_id, &a.ifname))
+        .collect();
+    Ok(nl
+        .links()?
+        .into_iter()
+        .filter(|l| {
+            l.master == Some(bridge)
+                && l.kind.as_deref() == Some("veth")
+                && is_host_ifname(&l.name)
+                && !keep.contains(&l.name)
+        })
+        .collect())
+}
+
+/// CHECK of one attachment against its `prev` result: the host end exists, is a veth and a
+/// port of bridge `bridge` (ifindex); the pod end `ifname` exists in `pod_ns`, is the host
+/// end's peer, has the MAC `prev` reports, every address `prev` assigns to it and every route
+/// of `prev`. Code 105 naming the first thing that differs.
+pub fn check(
+    nl: &mut Netlink,
+    pod_ns: &Netns,
+    bridge: u32,
+    container_id: &str,
+    ifname: &str,
+    prev: &CniResult,
+) -> Result<()> {
+    let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
+    let host_name = host_ifname(container_id, ifname);
+    let host = nl
+        .link_by_name(&host_name)?
+        .ok_or_else(|| failed(format!("host veth {host_name} does not exist")))?;
+    if host.kind.as_deref() != Some("veth") {
+        return Err(failed(format!(
+            "host interface {host_name} is a {}, not a veth",
+            host.kind.as_deref().unwrap_or("device of no kind")
+        )));
+    }
+    if host.master != Some(bridge) {
+        return Err(failed(format!(
+            "host veth {host_name} is not a port of the bridge (ifindex {bridge}; its master \
+             is {:?})",
+            host.master
+        )));
+    }
+    if let Some(i) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_none() && i.name == host_name)
+        && let (Some(want), Some(have)) = (&i.mac, host.mac)
+        && !mac_eq(want, &have)
+    {
+        return Err(failed(format!(
+            "host veth {host_name} has MAC {have}, prevResult says {want}"
+        )));
+    }
+
+    let (pod, addrs, routes) = pod_ns.run(|| -> Result<_> {
+        let mut pnl = Netlink::new()?;
+        let Some(pod) = pnl.link_by_name(ifname)? else {
+            return Ok((None, vec![], vec![]));
+        };
+        let addrs = pnl.addresses(Some(pod.index), None)?;
+        let routes = pnl.routes(&RouteFilter::default())?;
+        Ok((Some(pod), addrs, routes))
+    })??;
+    let pod = pod.ok_or_else(|| {
+        failed(format!(
+            "interface {ifname:?} does not exist in netns {}",
+            pod_ns.path().display()
+        ))
+    })?;
+    if pod.link != Some(host.index) {
+        return Err(failed(format!(
+            "interface {ifname:?} in the pod is not the peer of host veth {host_name}"
+        )));
+    }
+    if !pod.admin_up {
+        return Err(failed(format!("interface {ifname:?} in the pod is down")));
+    }
+    let pod_pos = prev
+        .interfaces
+        .iter()
+        .position(|i| i.sandbox.is_some() && i.name == ifname);
+    if let Some(p) = pod_pos
+        && let (Some(want), Some(have)) = (&prev.interfaces[p].mac, pod.mac)
+        && !mac_eq(want, &have)
+    {
+        return Err(failed(format!(
+            "interface {ifname:?} has MAC {have}, prevResult says {want}"
+        )));
+    }
+    for ip in &prev.ips {
+        if ip.interface.is_some() && ip.interface != pod_pos {
+            continue;
+        }
+        let there = addrs
+            .iter()
+            .any(|a| a.addr == ip.address.ip() && a.prefix_len == ip.address.prefix());
+        if !there {
+            return Err(failed(format!(
+                "interface {ifname:?} does not have address {}",
+                ip.address
+            )));
+        }
+    }
+    for r in &prev.routes {
+        let dst = canonical(r.dst);
+        let there = routes.iter().any(|k| {
+            canonical(k.dst) == dst
+                && r.gw.is_none_or(|gw| k.gateway == Some(gw))
+                && r.table.is_none_or(|t| k.table == t)
+        });
+        if !there {
+            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(failed(format!(
+                "route {}{via} is missing in netns {}",
+                r.dst,
+                pod_ns.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The routes of the pod: for each family with a gateway in `ips`, the default route via it
+/// when `default_route` and `ipam_routes` has no default route of that family; then every
+/// route of `ipam_routes` (without `gw`: via its family's gateway, or on-link when there is
+/// none). Routes of a family the pod has no address in cannot work and are left out.
+///
+/// Returns the kernel requests (oif is set by [`configure_pod`]) and the result's routes
+/// (IPAM's as given, plus the default routes added here).
+pub fn pod_routes(
+    ips: &[IpConfig],
+    ipam_routes: &[Route],
+    default_route: bool,
+) -> (Vec<RouteSpec>, Vec<Route>) {
+    let gateway = |v4: bool| {
+        ips.iter()
+            .filter(|c| c.address.is_ipv4() == v4)
+            .find_map(|c| c.gateway)
+    };
+    let has_family = |v4: bool| ips.iter().any(|c| c.address.is_ipv4() == v4);
+    let mut specs = Vec::new();
+    let mut result = Vec::new();
+    for v4 in [true, false] {
+        let has_default = ipam_routes
+            .iter()
+            .any(|r| r.dst.is_ipv4() == v4 && r.dst.prefix() == 0);
+        if let Some(gw) = gateway(v4).filter(|_| default_route && !has_default) {
+            let spec = RouteSpec {
+                protocol: POD_ROUTE_PROTO,
+                ..RouteSpec::default_via(gw)
+            };
+            result.push(Route::new(spec.dst, Some(gw)));
+            specs.push(spec);
+        }
+    }
+    for r in ipam_routes.iter().filter(|r| has_family(r.dst.is_ipv4())) {
+        let mut spec = RouteSpec::new(canonical(r.dst));
+        spec.gateway = r.gw.or_else(|| gateway(r.dst.is_ipv4()));
+        spec.protocol = POD_ROUTE_PROTO;
+        spec.metric = r.priority;
+        spec.mtu = r.mtu;
+        spec.scope = r.scope;
+        if let Some(t) = r.table {
+            spec.table = t;
+        }
+        specs.push(spec);
+        result.push(r.clone());
+    }
+    (specs, result)
+}
+
+/// `dst` reduced to its network address (`10.1.0.5/24` → `10.1.0.0/24`).
+fn canonical(dst: IpNetwork) -> IpNetwork {
+    IpNetwork::new(dst.network(), dst.prefix()).unwrap_or(dst)
+}
+
+fn mac_eq(text: &str, mac: &MacAddr) -> bool {
+    text.parse::<MacAddr>().is_ok_and(|m| m == *mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_stable_and_shaped() {
+        let a = host_ifname("abc123", "eth0");
+        assert_eq!(a.len(), 15);
+        assert!(is_host_ifname(&a), "{a}");
+        assert_eq!(a, host_ifname("abc123", "eth0"));
+        assert_ne!(a, host_ifname("abc123", "eth1"));
+        assert_ne!(a, host_ifname("abc12", "3eth0"));
+        // Pinned: a changed hash would orphan every existing attachment.
+        assert_eq!(host_ifname("c1", "eth0"), "tw3a1b67a6af217");
+        assert_eq!(host_ifname("c2", "eth0"), "twc2534c44b1b58");
+        let names: HashSet<String> = (0..2000)
+            .map(|i| host_ifname(&format!("container-{i}"), "eth0"))
+            .collect();
+        assert_eq!(names.len(), 2000);
+    }
+
+    #[test]
+    fn host_ifname_shape_check() {
+        assert!(is_host_ifname("tw0123456789abc"));
+        for bad in [
+            "tw0123456789ab",
+            "tw0123456789abcd",
+            "tw0123456789abC",
+            "tx0123456789abc",
+            "twg123456789abc",
+            "cni0",
+        ] {
+            assert!(!is_host_ifname(bad), "{bad}");
+        }
+    }
+
+    fn ipc(addr: &str, gw: Option<&str>) -> IpConfig {
+        IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            interface: Some(2),
+        }
+    }
+
+    #[test]
+    fn pod_routes_default_and_ipam() {
+        let ips = [
+            ipc("10.1.0.5/24", Some("10.1.0.1")),
+            ipc("fd00::5/64", Some("fd00::1")),
+        ];
+        let ipam = [
+            Route::new("10.0.0.0/8".parse().unwrap(), None),
+            Route::new(
+                "172.16.0.0/12".parse().unwrap(),
+                Some("10.1.0.254".parse().unwrap()),
+            ),
+        ];
+        let (specs, result) = pod_routes(&ips, &ipam, true);
+        let got: Vec<(String, Option<String>)> = specs
+            .iter()
+            .map(|s| (s.dst.to_string(), s.gateway.map(|g| g.to_string())))
+            .collect();
+        let want = [
+            ("0.0.0.0/0", Some("10.1.0.1")),
+            ("::/0", Some("fd00::1")),
+            ("10.0.0.0/8", Some("10.1.0.1")),
+            ("172.16.0.0/12", Some("10.1.0.254")),
+        ];
+        let want: Vec<(String, Option<String>)> = want
+            .iter()
+            .map(|(d, g)| (d.to_string(), g.map(str::to_string)))
+            .collect();
+        assert_eq!(got, want);
+        assert!(specs.iter().all(|s| s.protocol == POD_ROUTE_PROTO));
+        assert_eq!(result.len(), 4);
+        assert_eq!(result[2], ipam[0], "IPAM routes are reported as given");
+    }
+
+    #[test]
+    fn pod_routes_no_duplicate_default_and_no_foreign_family() {
+        let ips = [ipc("10.1.0.5/24", Some("10.1.0.1"))];
+        let ipam = [
+            Route::new("0.0.0.0/0".parse().unwrap(), None),
+            Route::new("fd00::/8".parse().unwrap(), None),
+        ];
+        let (specs, result) = pod_routes(&ips, &ipam, true);
+        assert_eq!(specs.len(), 1, "{specs:?}");
+        assert_eq!(specs[0].gateway, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(result, vec![ipam[0].clone()]);
+        let (specs, _) = pod_routes(&ips, &[], false);
+        assert!(specs.is_empty());
+        let (specs, _) = pod_routes(&[ipc("10.1.0.5/24", None)], &ipam[..1], true);
+        assert_eq!(specs[0].gateway, None, "on-link without a gateway");
+    }
+
+    #[test]
+    fn random_mac_is_local_unicast() {
+        let a = random_mac();
+        let b = random_mac();
+        assert_ne!(a, b);
+        for m in [a, b] {
+            assert_eq!(m.0[0] & 0x03, 0x02, "{m}");
+        }
+    }
+}

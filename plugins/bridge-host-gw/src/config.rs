@@ -1,0 +1,332 @@
+//! The network config of bridge-host-gw: its keys, their defaults, and what is derived from
+//! flannel's subnet file (IPAM, MTU, ipMasq) and from the node (uplink MTU).
+
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use twill::args::CniArgs;
+use twill::ipam::host_local::{self, HostLocal};
+use twill::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
+use twill::peers::{self, PeersConf, RouteMode, StateFile};
+use twill::subnet_file::{self, SubnetFile};
+use twill::types::parse_netconf;
+use twill::{CmdArgs, Error, NetConf, Result, bridge, code, masq};
+
+/// Bridge name unless `bridge` says otherwise.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+/// MTU when neither the config, the subnet file nor the node's uplink gives one.
+pub const FALLBACK_MTU: u32 = 1500;
+
+/// The plugin's own keys (everything else is kept in `rest`, so IPAM delegation and GC see the
+/// config as given).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Keys {
+    /// `bridge`: the bridge to attach pods to (default [`DEFAULT_BRIDGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// `mtu` of the bridge and both veth ends (0 = unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// `isGateway`: put the gateway addresses on the bridge (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_gateway: Option<bool>,
+    /// `isDefaultGateway`: default route via the bridge in the pod (default true; implies
+    /// `isGateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_default_gateway: Option<bool>,
+    /// `hairpinMode` on the host veth port (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hairpin_mode: Option<bool>,
+    /// `forceAddress`: replace a conflicting bridge address (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_address: Option<bool>,
+    /// `subnetFile` (default [`subnet_file::DEFAULT_PATH`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_file: Option<PathBuf>,
+    /// `dataDir` of the host-local IPAM derived from the subnet file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `peers` / `peersFile` / `runDir`: the cluster view and where fingerprints live.
+    #[serde(flatten)]
+    pub peers: PeersConf,
+    /// Every other key, kept as given.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+/// The network config with every default and derivation applied.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The config; `ipam` is the configured one or the one derived from the subnet file.
+    pub conf: NetConf<Keys>,
+    /// Bridge name.
+    pub bridge: String,
+    /// Gateway addresses on the bridge.
+    pub is_gateway: bool,
+    /// Default route via the gateway in the pod.
+    pub is_default_gateway: bool,
+    /// Hairpin mode on the host veth.
+    pub hairpin: bool,
+    /// Replace conflicting bridge addresses.
+    pub force_address: bool,
+    /// Masquerade traffic leaving the cluster.
+    pub ip_masq: bool,
+    /// The subnet file, when it was needed and present.
+    pub subnet: Option<SubnetFile>,
+}
+
+/// How much a command needs the subnet file when the config has no `ipam`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// ADD, CHECK, STATUS: a missing file is an error naming it.
+    Required,
+    /// DEL, GC: a missing file is tolerated (host-local then releases by owner alone).
+    Release,
+}
+
+impl Network {
+    /// Parses the config from stdin and applies the defaults. Without `ipam`, host-local IPAM
+    /// is derived from the subnet file as flannel's CNI plugin does (ranges from
+    /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
+    pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
+        let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
+        let k = &conf.plugin;
+        let bridge = k.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        bridge::validate_name(&bridge)?;
+        if let Some(mtu) = k.mtu.filter(|&m| m != 0 && !(68..=65535).contains(&m)) {
+            return Err(Error::invalid_config(format!(
+                "\"mtu\": {mtu} is out of range (68-65535)"
+            )));
+        }
+        let is_default_gateway = k.is_default_gateway.unwrap_or(true);
+        let is_gateway = k.is_gateway.unwrap_or(true) || is_default_gateway;
+        let path = k
+            .subnet_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(subnet_file::DEFAULT_PATH));
+        let wants_file = conf.ipam.is_none()
+            || (need == Need::Required && (k.mtu.unwrap_or(0) == 0 || conf.ip_masq.is_none()));
+        let subnet = if wants_file {
+            read_subnet_file(&path)?
+        } else {
+            None
+        };
+        if conf.ipam.is_none() {
+            match &subnet {
+                Some(sf) => conf.ipam = Some(subnet_file::derive_ipam(sf, k.data_dir.as_deref())),
+                None if need == Need::Required => {
+                    // Reports the missing file by name.
+                    SubnetFile::load(&path)?;
+                }
+                None => {}
+            }
+        }
+        let ip_masq = conf
+            .ip_masq
+            .unwrap_or_else(|| subnet.as_ref().is_some_and(|s| !s.ip_masq));
+        let k = &conf.plugin;
+        Ok(Network {
+            bridge,
+            is_gateway,
+            is_default_gateway,
+            hairpin: k.hairpin_mode.unwrap_or(true),
+            force_address: k.force_address.unwrap_or(false),
+            ip_masq,
+            subnet,
+            conf,
+        })
+    }
+
+    /// The MTU: `mtu`, else the subnet file's FLANNEL_MTU, else the MTU of the link of the
+    /// node's default route (IPv4, then IPv6), else [`FALLBACK_MTU`]. Only the last two ask the
+    /// kernel (a main-table dump and one lookup).
+    pub fn mtu(&self, node: &mut Netlink) -> Result<u32> {
+        if let Some(m) = self.conf.plugin.mtu.filter(|&m| m != 0) {
+            return Ok(m);
+        }
+        if let Some(sf) = &self.subnet {
+            return Ok(sf.mtu);
+        }
+        for family in [Family::V4, Family::V6] {
+            let filter = RouteFilter {
+                family: Some(family),
+                table: Some(rt_table::MAIN),
+                ..Default::default()
+            };
+            let uplink = node
+                .routes(&filter)?
+                .into_iter()
+                .find(|r| r.dst.prefix() == 0 && r.kind == 1)
+                .and_then(|r| r.oif);
+            if let Some(oif) = uplink
+                && let Some(link) = node.link_by_index(oif)?
+            {
+                return Ok(link.mtu);
+            }
+        }
+        Ok(FALLBACK_MTU)
+    }
+
+    /// The pod MAC asked for: `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS `MAC`.
+    /// Code 7 when it is not a MAC address.
+    pub fn pod_mac(&self, args: &CmdArgs) -> Result<Option<MacAddr>> {
+        let from_conf = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let runtime = from_conf(self.conf.runtime_config.as_ref().and_then(|r| r.get("mac")));
+        let cni = from_conf(
+            self.conf
+                .args
+                .as_ref()
+                .and_then(|a| a.get("cni"))
+                .and_then(|c| c.get("mac")),
+        );
+        let env = CniArgs::parse(&args.args)?.get("MAC").map(str::to_owned);
+        match runtime.or(cni).or(env).filter(|m| !m.is_empty()) {
+            None => Ok(None),
+            Some(m) => m
+                .parse::<MacAddr>()
+                .map(Some)
+                .map_err(|e| Error::invalid_config(format!("pod MAC: {e}"))),
+        }
+    }
+
+    /// IPAM DEL. With neither `ipam` nor a subnet file, host-local is asked to release the
+    /// attachment's reservations under `dataDir` (or its default) all the same.
+    pub fn release(&self, args: &CmdArgs) -> Result<()> {
+        if self.conf.ipam.is_some() {
+            return twill::ipam::del(args, &self.conf);
+        }
+        self.bare_host_local().del(&args.container_id, &args.ifname)
+    }
+
+    /// IPAM GC, with the same fallback as [`Network::release`].
+    pub fn ipam_gc(&self, args: &CmdArgs) -> Result<()> {
+        if self.conf.ipam.is_some() {
+            return twill::ipam::gc(args, &self.conf);
+        }
+        let valid: Vec<host_local::Attachment> = twill::types::valid_attachments(&args.stdin)?
+            .into_iter()
+            .map(|a| host_local::Attachment {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect();
+        self.bare_host_local().gc(&valid)
+    }
+
+    fn bare_host_local(&self) -> HostLocal {
+        HostLocal::new(host_local::Config {
+            network: self.conf.name.clone(),
+            cni_version: self.conf.cni_version.clone(),
+            data_dir: self
+                .conf
+                .plugin
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(host_local::DEFAULT_DATA_DIR)),
+            resolv_conf: None,
+            routes: Vec::new(),
+            range_sets: Vec::new(),
+        })
+    }
+
+    /// The cluster networks (subnet file), for the masquerade exemption.
+    pub fn cluster_networks(&self) -> Vec<IpNetwork> {
+        self.subnet
+            .as_ref()
+            .map(SubnetFile::cluster_networks)
+            .unwrap_or_default()
+    }
+
+    /// Makes the node's routes to the other nodes' pod subnets match the cluster view
+    /// (host-gw), skipping all kernel work when the view's fingerprint is unchanged. No view
+    /// configured: nothing to do.
+    pub fn reconcile_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
+        let Some(view) = self.conf.plugin.peers.view()? else {
+            return Ok(());
+        };
+        let state = self.peer_state(node)?;
+        peers::reconcile(node, &state, &view, own, &RouteMode::HostGw)?;
+        Ok(())
+    }
+
+    /// CHECK of the peer routes: the node's routes are what [`Network::reconcile_peers`]
+    /// would leave (code 105 naming the difference).
+    pub fn check_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
+        let Some(view) = self.conf.plugin.peers.view()? else {
+            return Ok(());
+        };
+        let state = self.peer_state(node)?;
+        let plan = peers::verify(node, &state, &view, own, &RouteMode::HostGw)?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut what = Vec::new();
+        what.extend(
+            plan.replace
+                .iter()
+                .map(|r| format!("missing {} via {:?}", r.dst, r.gateway)),
+        );
+        what.extend(plan.delete.iter().map(|r| format!("stale {}", r.dst)));
+        what.extend(
+            plan.conflicts
+                .iter()
+                .map(|r| format!("foreign route on {}", r.dst)),
+        );
+        Err(Error::new(
+            code::CHECK_FAILED,
+            format!(
+                "peer routes differ from the cluster view: {}",
+                what.join("; ")
+            ),
+        ))
+    }
+
+    fn peer_state(&self, node: &mut Netlink) -> Result<StateFile> {
+        let cookie = node.netns_cookie()?;
+        StateFile::new(self.conf.plugin.peers.run_dir(), &self.conf.name, cookie)
+    }
+
+    /// ipMasq: the network's masquerade rule set exists (one netfilter request when it does).
+    pub fn ensure_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if !self.ip_masq {
+            return Ok(());
+        }
+        masq::ensure(&self.conf.name, pod_subnets, &self.cluster_networks())
+    }
+
+    /// CHECK of ipMasq (code 105 when the rule set is missing or altered).
+    pub fn check_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if !self.ip_masq {
+            return Ok(());
+        }
+        masq::check(&self.conf.name, pod_subnets, &self.cluster_networks())
+    }
+}
+
+/// The subnet file at `path`, or None when it does not exist (code 7 when malformed, 5 when
+/// unreadable).
+fn read_subnet_file(path: &Path) -> Result<Option<SubnetFile>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => SubnetFile::parse(&text, path).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(
+            format!("read flannel subnet file {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// The pod subnets of `ips` (each address reduced to its network).
+pub fn subnets_of<'a>(ips: impl IntoIterator<Item = &'a IpNetwork>) -> Vec<IpNetwork> {
+    let mut out: Vec<IpNetwork> = Vec::new();
+    for a in ips {
+        let n = IpNetwork::new(a.network(), a.prefix()).unwrap_or(*a);
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}

@@ -1,0 +1,233 @@
+//! twill bridge-host-gw: pods on a Linux bridge (reference `bridge` behaviour) and the other
+//! nodes' pod subnets routed via their node IPs (flannel host-gw), in one binary.
+//!
+//! ADD, start to end: parse the config, make the pair (host end on the bridge, pod end made in
+//! the pod netns), allocate, put the gateways on the bridge, set up the pod side, reconcile
+//! peer routes and masquerading, print the result. Any failure undoes what this ADD made.
+//! The mechanisms live in `twill::{bridge, veth, ipam, peers, masq}`.
+
+mod config;
+mod rollback;
+
+use config::{Need, Network, subnets_of};
+use ipnetwork::IpNetwork;
+use rollback::Undo;
+use twill::netlink::Netlink;
+use twill::netns::Netns;
+use twill::veth::{self, HostEnd, PairSpec, PodEnd};
+use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, bridge, code};
+
+struct BridgeHostGw;
+
+impl Plugin for BridgeHostGw {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult> {
+        let net = Network::load(args, Need::Required)?;
+        let pod_ns = open_netns(args)?;
+        let mut node = Netlink::new()?;
+        let mut undo = Undo::default();
+
+        let mtu = net.mtu(&mut node)?;
+        let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
+        let pair = PairSpec {
+            container_id: &args.container_id,
+            ifname: &args.ifname,
+            pod_ns: &pod_ns,
+            mtu: br.mtu,
+            bridge: br.index,
+            pod_mac: net.pod_mac(args)?,
+        };
+        let host = veth::create(&mut node, &pair)?;
+        undo.push("delete the veth pair", || {
+            veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
+        });
+
+        let ipam = twill::ipam::add(args, &net.conf)?;
+        undo.push("release the IP addresses", || net.release(args));
+        let ips = with_gateways(&net, ipam.ips);
+        let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
+
+        bridge::enable_forwarding(
+            addrs.iter().any(IpNetwork::is_ipv4),
+            addrs.iter().any(IpNetwork::is_ipv6),
+        )?;
+        for gw in ips.iter().filter(|_| net.is_gateway) {
+            if let Some(gw) = bridge::gateway_address(gw) {
+                bridge::ensure_gateway(&mut node, &br, gw, net.force_address)?;
+            }
+        }
+
+        let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, net.is_default_gateway);
+        let pod = veth::configure_pod(&pod_ns, &args.ifname, &addrs, &routes)?;
+        if net.hairpin {
+            let port = host_index(&mut node, &pod, &host)?;
+            bridge::set_hairpin(&mut node, port, true)?;
+        }
+
+        let subnets = subnets_of(&addrs);
+        net.reconcile_peers(&mut node, &subnets)?;
+        net.ensure_masq(&subnets)?;
+        undo.commit();
+
+        let sandbox = pod_ns.path().to_string_lossy().into_owned();
+        Ok(CniResult {
+            interfaces: vec![
+                iface(&br.name, br.mac.map(|m| m.to_string()), None),
+                iface(&host.name, Some(host.mac.to_string()), None),
+                iface(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+            ],
+            ips,
+            routes: result_routes,
+            dns: merge_dns(net.conf.dns.clone(), ipam.dns),
+        })
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        let net = Network::load(args, Need::Release)?;
+        veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname)?;
+        net.release(args)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        let net = Network::load(args, Need::Required)?;
+        let prev = net
+            .conf
+            .prev_result()?
+            .ok_or_else(|| Error::invalid_config("CHECK needs the ADD result as \"prevResult\""))?;
+        let pod_ns = open_netns(args)?;
+        let mut node = Netlink::new()?;
+        let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
+            Error::new(
+                code::CHECK_FAILED,
+                format!("bridge {:?} does not exist", net.bridge),
+            )
+        })?;
+        veth::check(
+            &mut node,
+            &pod_ns,
+            br.index,
+            &args.container_id,
+            &args.ifname,
+            &prev,
+        )?;
+        if net.is_gateway {
+            let gws: Vec<IpNetwork> = prev
+                .ips
+                .iter()
+                .filter_map(bridge::gateway_address)
+                .collect();
+            bridge::check_gateways(&mut node, br.index, &net.bridge, &gws)?;
+        }
+        twill::ipam::check(args, &net.conf)?;
+        let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
+        net.check_peers(&mut node, &subnets)?;
+        net.check_masq(&subnets)
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<()> {
+        let valid = twill::types::valid_attachments(&args.stdin)?;
+        let net = Network::load(args, Need::Release)?;
+        let mut node = Netlink::new()?;
+        if let Some(br) = bridge::find(&mut node, &net.bridge)? {
+            for stale in veth::stale_host_ends(&mut node, br.index, &valid)? {
+                match node.delete_link(stale.index) {
+                    Err(e) if !e.is_not_found() => return Err(e.into()),
+                    _ => {}
+                }
+            }
+        }
+        net.ipam_gc(args)
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        twill::types::parse_netconf::<config::Keys>(&args.stdin)?;
+        let net = Network::load(args, Need::Required).map_err(unavailable)?;
+        let mut node = Netlink::new()?;
+        bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
+        net.conf.plugin.peers.view().map_err(unavailable)?;
+        twill::ipam::status(args, &net.conf).map_err(unavailable)
+    }
+}
+
+/// The pod's netns (ADD, CHECK); code 3 when it does not exist.
+fn open_netns(args: &CmdArgs) -> Result<Netns> {
+    let path = args
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
+    Netns::open_if_exists(path)?.ok_or_else(|| {
+        Error::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} does not exist", path.display()),
+        )
+    })
+}
+
+/// IPAM's addresses on interface 2 (the pod's), each with a gateway when the bridge is one
+/// (IPAM's, else the subnet's first address).
+fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
+    for ip in &mut ips {
+        ip.interface = Some(2);
+        if net.is_gateway && ip.gateway.is_none() {
+            ip.gateway = Some(bridge::default_gateway(&ip.address));
+        }
+    }
+    ips
+}
+
+/// The host end's ifindex: as the pod end's peer reported it, else looked up by name.
+fn host_index(node: &mut Netlink, pod: &PodEnd, host: &HostEnd) -> Result<u32> {
+    if let Some(i) = pod.peer_index {
+        return Ok(i);
+    }
+    node.link_by_name(&host.name)?
+        .map(|l| l.index)
+        .ok_or_else(|| Error::new(code::NETLINK, format!("host veth {} vanished", host.name)))
+}
+
+fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
+    Interface {
+        name: name.to_string(),
+        mac,
+        sandbox,
+        ..Default::default()
+    }
+}
+
+/// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
+fn merge_dns(conf: Option<Dns>, ipam: Dns) -> Dns {
+    let Some(c) = conf else { return ipam };
+    Dns {
+        nameservers: if c.nameservers.is_empty() {
+            ipam.nameservers
+        } else {
+            c.nameservers
+        },
+        domain: c.domain.or(ipam.domain),
+        search: if c.search.is_empty() {
+            ipam.search
+        } else {
+            c.search
+        },
+        options: if c.options.is_empty() {
+            ipam.options
+        } else {
+            c.options
+        },
+    }
+}
+
+/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
+/// already says 50 or 51.
+fn unavailable(e: Error) -> Error {
+    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
+        return e;
+    }
+    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
+}
+
+fn main() {
+    twill::skeleton::run(
+        &BridgeHostGw,
+        "twill bridge-host-gw: pods on a bridge, host-gw routes to the other nodes' pods",
+    )
+}
