@@ -192,10 +192,18 @@ pub struct PodEnd {
 }
 
 /// Configures the pod end inside `pod_ns` over one socket made there: addresses (IPv6 without
-/// DAD), `arp_notify=1` (so bringing it up announces the IPv4 addresses with a gratuitous ARP),
-/// up, then `routes` (their `oif` is set to the interface; protocol [`POD_ROUTE_PROTO`] unless
-/// set). One setns bracket for all of it.
+/// DAD), `arp_notify=1`, up, an announcement of its IPv4 addresses, then `routes` (their `oif`
+/// is set to the interface; protocol [`POD_ROUTE_PROTO`] unless set). One setns bracket.
+///
+/// The announcement: with arp_notify the kernel sends a gratuitous ARP when the interface comes
+/// up, but through a bridge that one is lost, because the host end's carrier reaches the
+/// bridge asynchronously (linkwatch) and its port still drops frames. So the host end is looked
+/// up on `node` (RTM_GETLINK runs the device's pending linkwatch work: the port forwards from
+/// then on) and the pod end's MAC is set to itself, which makes the kernel announce again
+/// (NETDEV_CHANGEADDR with arp_notify). Two extra round trips, no waiting; stale neighbour
+/// entries of a reused IP are corrected on the node and the other pods at once.
 pub fn configure_pod(
+    node: &mut Netlink,
     pod_ns: &Netns,
     ifname: &str,
     addrs: &[IpNetwork],
@@ -212,12 +220,13 @@ pub fn configure_pod(
                 ),
             )
         })?;
+        let v4 = addrs.iter().any(IpNetwork::is_ipv4);
         if addrs.iter().any(IpNetwork::is_ipv6) {
             // Harmless when already 0; the file is missing only when IPv6 is off in the kernel,
             // and then the address below fails with a clear error.
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
         }
-        if addrs.iter().any(IpNetwork::is_ipv4) {
+        if v4 {
             sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
         }
         let opts = AddrOptions {
@@ -228,6 +237,10 @@ pub fn configure_pod(
             nl.add_address(link.index, *a, &opts)?;
         }
         nl.set_link_up(link.index, true)?;
+        if v4 && let (Some(peer), Some(mac)) = (link.link, link.mac) {
+            node.link_by_index(peer)?;
+            nl.set_mac(link.index, mac)?;
+        }
         for r in routes {
             let mut r = r.clone();
             r.oif = Some(link.index);
