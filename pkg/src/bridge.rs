@@ -1,4 +1,4 @@
-//! The node's bridge: made on first use (MTU, fixed MAC, up in one request), its gateway
+//! The node's bridge: made on first use (MTU, fixed MAC, no IPv6 DAD, up), its gateway
 //! addresses, and hairpin mode on its ports.
 //!
 //! Hot path (bridge and gateway already there): one RTM_GETLINK and one RTM_NEWADDR per
@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 
 use crate::error::{Error, Result, code};
 use crate::netlink::{AddrOptions, BridgeSpec, Family, Link, MacAddr, Netlink, validate_ifname};
+use crate::netns::Netns;
 use crate::sysctl;
 use crate::types::IpConfig;
 
@@ -26,6 +27,8 @@ pub struct Bridge {
     pub mtu: u32,
     /// True when this call created it (so it holds no address yet).
     pub created: bool,
+    /// It had carrier (an active port) when looked up; see [`settle_carrier`].
+    pub carrier: bool,
 }
 
 /// Checks a configured bridge name (code 7 when it cannot be an interface name).
@@ -57,10 +60,16 @@ pub fn find(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
 
 /// Makes sure bridge `name` exists, is up and has MTU `mtu`.
 ///
-/// Missing: created in one request (MTU, a random fixed MAC so the gateway's MAC never follows
-/// port churn, up); a concurrent creator (EEXIST) is tolerated and its bridge used. Present:
-/// one lookup, plus a change only when it is down or has another MTU. A non-bridge link of that
-/// name is code 104.
+/// Missing: created in one request (MTU, and a random fixed MAC so the gateway's MAC never
+/// follows port churn); a concurrent creator (EEXIST) is tolerated and its bridge used.
+/// Present: one lookup, plus a change only when it is down or has another MTU. A non-bridge
+/// link of that name is code 104.
+///
+/// A bridge brought up here first gets `accept_dad=0` (when the calling thread is in `nl`'s
+/// netns): its IPv6 link-local address is then
+/// usable at once. While it is tentative the kernel cannot send neighbour solicitations for
+/// packets it forwards to pods, so IPv6 traffic from other nodes to the first pods would be
+/// dropped for the second or two DAD takes.
 pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
     if let Some(l) = find(nl, name)? {
         return adopt(nl, l, mtu, false);
@@ -69,7 +78,7 @@ pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
         name,
         mtu: Some(mtu),
         mac: Some(crate::veth::random_mac()),
-        up: true,
+        up: false,
     };
     let created = match nl.create_bridge(&spec) {
         Ok(()) => true,
@@ -87,6 +96,11 @@ pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
 
 fn adopt(nl: &mut Netlink, mut l: Link, mtu: u32, created: bool) -> Result<Bridge> {
     if !l.admin_up {
+        // sysctl acts in the calling thread's netns: only when that is `nl`'s (as in a
+        // plugin). The file is absent only when IPv6 is off in the kernel: nothing to do then.
+        if nl.netns_cookie()? == Netns::current()?.cookie()? {
+            let _ = sysctl::set(&format!("net/ipv6/conf/{}/accept_dad", l.name), "0");
+        }
         nl.set_link_up(l.index, true)?;
     }
     if l.mtu != mtu {
@@ -99,7 +113,19 @@ fn adopt(nl: &mut Netlink, mut l: Link, mtu: u32, created: bool) -> Result<Bridg
         mac: l.mac,
         mtu: l.mtu,
         created,
+        carrier: l.oper_up,
     })
+}
+
+/// Once a port of a bridge that had no carrier is up: looks the bridge up again, which makes
+/// the kernel process its carrier change now (RTM_GETLINK runs pending linkwatch work) instead
+/// of up to a second later. Until then the bridge has no IPv6 link-local address and cannot
+/// resolve pods for the IPv6 packets it forwards to them. No request when it had carrier.
+pub fn settle_carrier(nl: &mut Netlink, br: &Bridge) -> Result<()> {
+    if !br.carrier {
+        nl.link_by_index(br.index)?;
+    }
+    Ok(())
 }
 
 /// Puts gateway address `gw` (gateway/prefix of the pod subnet) on the bridge.

@@ -53,6 +53,31 @@ fn ensure_creates_up_with_mtu_and_a_mac_that_ignores_ports() {
 }
 
 #[test]
+fn a_bridge_made_here_has_a_usable_ipv6_link_local_at_once() {
+    let ns = TestNs::new();
+    let n = ns.open();
+    let mut nl = ns.netlink();
+    // As in a plugin: the thread is in the node netns.
+    n.run(|| bridge::ensure(&mut nl, "twbr0", 1500).unwrap())
+        .unwrap();
+    assert_eq!(ns.sysctl("net/ipv6/conf/twbr0/accept_dad"), "0");
+    // The link-local appears when the bridge gets carrier (first port up).
+    ns.ip(&[
+        "link", "add", "p0", "master", "twbr0", "up", "type", "veth", "peer", "name", "p1",
+    ]);
+    ns.ip(&["link", "set", "p1", "up"]);
+    ns.ip(&["link", "show", "dev", "p0"]);
+    ns.ip(&["link", "show", "dev", "twbr0"]);
+    let j = ns.ip_json(&["-6", "addr", "show", "dev", "twbr0", "scope", "link"]);
+    let infos = bridge_common::first(&j)["addr_info"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(infos.len(), 1, "{infos:?}");
+    assert_ne!(infos[0]["tentative"], true, "{infos:?}");
+}
+
+#[test]
 fn ensure_fixes_an_existing_bridge_that_is_down_or_has_another_mtu() {
     let ns = TestNs::new();
     ns.ip(&["link", "add", "twbr0", "mtu", "1500", "type", "bridge"]);

@@ -58,6 +58,7 @@ impl Plugin for BridgeHostGw {
 
         let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, net.is_default_gateway);
         let pod = veth::configure_pod(&mut node, &pod_ns, &args.ifname, &addrs, &routes)?;
+        bridge::settle_carrier(&mut node, &br)?;
         if net.hairpin {
             let port = host_index(&mut node, &pod, &host)?;
             bridge::set_hairpin(&mut node, port, true)?;
