@@ -298,10 +298,12 @@ pub fn check(
         )));
     }
     if host.master != Some(bridge) {
+        let master = host.master.map_or_else(
+            || "it has none".to_string(),
+            |m| format!("its master is ifindex {m}"),
+        );
         return Err(failed(format!(
-            "host veth {host_name} is not a port of the bridge (ifindex {bridge}; its master \
-             is {:?})",
-            host.master
+            "host veth {host_name} is not a port of the bridge (ifindex {bridge}; {master})"
         )));
     }
     if let Some(i) = prev

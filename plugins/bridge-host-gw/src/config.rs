@@ -12,7 +12,7 @@ use twill::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use twill::peers::{self, PeersConf, RouteMode, StateFile};
 use twill::subnet_file::{self, SubnetFile};
 use twill::types::parse_netconf;
-use twill::{CmdArgs, Error, NetConf, Result, bridge, code, masq};
+use twill::{CmdArgs, CniResult, Error, NetConf, Result, bridge, code, masq};
 
 /// Bridge name unless `bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "cni0";
@@ -76,6 +76,11 @@ pub struct Network {
     pub ip_masq: bool,
     /// The subnet file, when it was needed and present.
     pub subnet: Option<SubnetFile>,
+    /// `"ipam": {}`: a layer-2 only network, no addresses (as the reference bridge allows).
+    pub l2_only: bool,
+    /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
+    /// `MAC`.
+    pub pod_mac: Option<MacAddr>,
 }
 
 /// How much a command needs the subnet file when the config has no `ipam`.
@@ -91,6 +96,9 @@ impl Network {
     /// Parses the config from stdin and applies the defaults. Without `ipam`, host-local IPAM
     /// is derived from the subnet file as flannel's CNI plugin does (ranges from
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
+    ///
+    /// For [`Need::Required`] everything that can be checked before touching the node is: a
+    /// host-local `ipam` section and the pod MAC (code 7), so bad input changes nothing.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
@@ -101,7 +109,8 @@ impl Network {
                 "\"mtu\": {mtu} is out of range (68-65535)"
             )));
         }
-        let is_default_gateway = k.is_default_gateway.unwrap_or(true);
+        // isDefaultGateway follows isGateway unless given; given true, it implies isGateway.
+        let is_default_gateway = k.is_default_gateway.or(k.is_gateway).unwrap_or(true);
         let is_gateway = k.is_gateway.unwrap_or(true) || is_default_gateway;
         let path = k
             .subnet_file
@@ -124,9 +133,23 @@ impl Network {
                 None => {}
             }
         }
+        let l2_only = conf
+            .ipam
+            .as_ref()
+            .is_some_and(|i| i.as_object().is_some_and(Map::is_empty));
         let ip_masq = conf
             .ip_masq
             .unwrap_or_else(|| subnet.as_ref().is_some_and(|s| !s.ip_masq));
+        let pod_mac = match need {
+            Need::Required => pod_mac(&conf, args)?,
+            Need::Release => None,
+        };
+        if need == Need::Required
+            && !l2_only
+            && twill::ipam::ipam_type(&conf)? == twill::ipam::HOST_LOCAL
+        {
+            HostLocal::from_netconf(&conf)?;
+        }
         let k = &conf.plugin;
         Ok(Network {
             bridge,
@@ -136,6 +159,8 @@ impl Network {
             force_address: k.force_address.unwrap_or(false),
             ip_masq,
             subnet,
+            l2_only,
+            pod_mac,
             conf,
         })
     }
@@ -170,39 +195,47 @@ impl Network {
         Ok(FALLBACK_MTU)
     }
 
-    /// The pod MAC asked for: `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS `MAC`.
-    /// Code 7 when it is not a MAC address.
-    pub fn pod_mac(&self, args: &CmdArgs) -> Result<Option<MacAddr>> {
-        let from_conf = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-        let runtime = from_conf(self.conf.runtime_config.as_ref().and_then(|r| r.get("mac")));
-        let cni = from_conf(
-            self.conf
-                .args
-                .as_ref()
-                .and_then(|a| a.get("cni"))
-                .and_then(|c| c.get("mac")),
-        );
-        let env = CniArgs::parse(&args.args)?.get("MAC").map(str::to_owned);
-        match runtime.or(cni).or(env).filter(|m| !m.is_empty()) {
-            None => Ok(None),
-            Some(m) => m
-                .parse::<MacAddr>()
-                .map(Some)
-                .map_err(|e| Error::invalid_config(format!("pod MAC: {e}"))),
+    /// IPAM ADD (nothing for a layer-2 only network).
+    pub fn allocate(&self, args: &CmdArgs) -> Result<CniResult> {
+        if self.l2_only {
+            return Ok(CniResult::default());
         }
+        twill::ipam::add(args, &self.conf)
     }
 
     /// IPAM DEL. With neither `ipam` nor a subnet file, host-local is asked to release the
     /// attachment's reservations under `dataDir` (or its default) all the same.
     pub fn release(&self, args: &CmdArgs) -> Result<()> {
+        if self.l2_only {
+            return Ok(());
+        }
         if self.conf.ipam.is_some() {
             return twill::ipam::del(args, &self.conf);
         }
         self.bare_host_local().del(&args.container_id, &args.ifname)
     }
 
+    /// IPAM CHECK.
+    pub fn ipam_check(&self, args: &CmdArgs) -> Result<()> {
+        if self.l2_only {
+            return Ok(());
+        }
+        twill::ipam::check(args, &self.conf)
+    }
+
+    /// IPAM STATUS.
+    pub fn ipam_status(&self, args: &CmdArgs) -> Result<()> {
+        if self.l2_only {
+            return Ok(());
+        }
+        twill::ipam::status(args, &self.conf)
+    }
+
     /// IPAM GC, with the same fallback as [`Network::release`].
     pub fn ipam_gc(&self, args: &CmdArgs) -> Result<()> {
+        if self.l2_only {
+            return Ok(());
+        }
         if self.conf.ipam.is_some() {
             return twill::ipam::gc(args, &self.conf);
         }
@@ -291,7 +324,7 @@ impl Network {
 
     /// ipMasq: the network's masquerade rule set exists (one netfilter request when it does).
     pub fn ensure_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
-        if !self.ip_masq {
+        if !self.ip_masq || pod_subnets.is_empty() {
             return Ok(());
         }
         masq::ensure(&self.conf.name, pod_subnets, &self.cluster_networks())
@@ -299,10 +332,31 @@ impl Network {
 
     /// CHECK of ipMasq (code 105 when the rule set is missing or altered).
     pub fn check_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
-        if !self.ip_masq {
+        if !self.ip_masq || pod_subnets.is_empty() {
             return Ok(());
         }
         masq::check(&self.conf.name, pod_subnets, &self.cluster_networks())
+    }
+}
+
+/// The pod MAC asked for: `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS `MAC`.
+/// Code 7 when it is not a MAC address.
+fn pod_mac(conf: &NetConf<Keys>, args: &CmdArgs) -> Result<Option<MacAddr>> {
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let runtime = text(conf.runtime_config.as_ref().and_then(|r| r.get("mac")));
+    let cni = text(
+        conf.args
+            .as_ref()
+            .and_then(|a| a.get("cni"))
+            .and_then(|c| c.get("mac")),
+    );
+    let env = CniArgs::parse(&args.args)?.get("MAC").map(str::to_owned);
+    match runtime.or(cni).or(env).filter(|m| !m.is_empty()) {
+        None => Ok(None),
+        Some(m) => m
+            .parse::<MacAddr>()
+            .map(Some)
+            .map_err(|e| Error::invalid_config(format!("pod MAC: {e}"))),
     }
 }
 

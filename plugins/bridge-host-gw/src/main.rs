@@ -34,14 +34,14 @@ impl Plugin for BridgeHostGw {
             pod_ns: &pod_ns,
             mtu: br.mtu,
             bridge: br.index,
-            pod_mac: net.pod_mac(args)?,
+            pod_mac: net.pod_mac,
         };
         let host = veth::create(&mut node, &pair)?;
         undo.push("delete the veth pair", || {
             veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
         });
 
-        let ipam = twill::ipam::add(args, &net.conf)?;
+        let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
         let ips = with_gateways(&net, ipam.ips);
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
@@ -118,7 +118,7 @@ impl Plugin for BridgeHostGw {
                 .collect();
             bridge::check_gateways(&mut node, br.index, &net.bridge, &gws)?;
         }
-        twill::ipam::check(args, &net.conf)?;
+        net.ipam_check(args)?;
         let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
         net.check_peers(&mut node, &subnets)?;
         net.check_masq(&subnets)
@@ -145,7 +145,7 @@ impl Plugin for BridgeHostGw {
         let mut node = Netlink::new()?;
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
         net.conf.plugin.peers.view().map_err(unavailable)?;
-        twill::ipam::status(args, &net.conf).map_err(unavailable)
+        net.ipam_status(args).map_err(unavailable)
     }
 }
 
