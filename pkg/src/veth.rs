@@ -192,16 +192,16 @@ pub struct PodEnd {
 }
 
 /// Configures the pod end inside `pod_ns` over one socket made there: addresses (IPv6 without
-/// DAD), `arp_notify=1`, up, an announcement of its IPv4 addresses, then `routes` (their `oif`
+/// DAD), up, an announcement of its IPv4 addresses (gratuitous ARP), then `routes` (their `oif`
 /// is set to the interface; protocol [`POD_ROUTE_PROTO`] unless set). One setns bracket.
 ///
-/// The announcement: with arp_notify the kernel sends a gratuitous ARP when the interface comes
-/// up, but through a bridge that one is lost, because the host end's carrier reaches the
-/// bridge asynchronously (linkwatch) and its port still drops frames. So the host end is looked
-/// up on `node` (RTM_GETLINK runs the device's pending linkwatch work: the port forwards from
-/// then on) and the pod end's MAC is set to itself, which makes the kernel announce again
-/// (NETDEV_CHANGEADDR with arp_notify). Two extra round trips, no waiting; stale neighbour
-/// entries of a reused IP are corrected on the node and the other pods at once.
+/// The announcement corrects stale neighbour entries of a reused IP on the node and the other
+/// pods. A gratuitous ARP sent as the interface comes up (arp_notify) is not reliable through a
+/// bridge: the host end's carrier reaches the bridge asynchronously (linkwatch), and until then
+/// its port may drop frames. So: up with `arp_notify` still 0; look the host end up on `node`
+/// (RTM_GETLINK runs the device's pending linkwatch work, so the port forwards from then on);
+/// set `arp_notify=1` and the pod end's MAC to itself, which makes the kernel announce every
+/// IPv4 address (NETDEV_CHANGEADDR). One ARP flood per ADD, two extra round trips, no waiting.
 pub fn configure_pod(
     node: &mut Netlink,
     pod_ns: &Netns,
@@ -226,9 +226,6 @@ pub fn configure_pod(
             // and then the address below fails with a clear error.
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
         }
-        if v4 {
-            sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
-        }
         let opts = AddrOptions {
             nodad: true,
             ..Default::default()
@@ -239,6 +236,7 @@ pub fn configure_pod(
         nl.set_link_up(link.index, true)?;
         if v4 && let (Some(peer), Some(mac)) = (link.link, link.mac) {
             node.link_by_index(peer)?;
+            sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
             nl.set_mac(link.index, mac)?;
         }
         for r in routes {
