@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use twill::args::CniArgs;
 use twill::ipam::host_local::{self, HostLocal};
 use twill::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
-use twill::peers::{self, PeersConf, RouteMode, StateFile};
+use twill::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
 use twill::subnet_file::{self, SubnetFile};
 use twill::types::parse_netconf;
 use twill::{CmdArgs, CniResult, Error, NetConf, Result, bridge, code, masq};
@@ -78,6 +78,9 @@ pub struct Network {
     pub subnet: Option<SubnetFile>,
     /// `"ipam": {}`: a layer-2 only network, no addresses (as the reference bridge allows).
     pub l2_only: bool,
+    /// The cluster view (`peers` / `peersFile`), read once for ADD, CHECK and STATUS; None
+    /// when the config has neither (no peer routes are managed then).
+    pub view: Option<ClusterView>,
     /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
     /// `MAC`.
     pub pod_mac: Option<MacAddr>,
@@ -98,7 +101,8 @@ impl Network {
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
     ///
     /// For [`Need::Required`] everything that can be checked before touching the node is: a
-    /// host-local `ipam` section and the pod MAC (code 7), so bad input changes nothing.
+    /// host-local `ipam` section, the pod MAC and the cluster view (`peersFile` read here), so
+    /// bad input changes nothing.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
@@ -140,9 +144,9 @@ impl Network {
         let ip_masq = conf
             .ip_masq
             .unwrap_or_else(|| subnet.as_ref().is_some_and(|s| !s.ip_masq));
-        let pod_mac = match need {
-            Need::Required => pod_mac(&conf, args)?,
-            Need::Release => None,
+        let (pod_mac, view) = match need {
+            Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.view()?),
+            Need::Release => (None, None),
         };
         if need == Need::Required
             && !l2_only
@@ -161,6 +165,7 @@ impl Network {
             subnet,
             l2_only,
             pod_mac,
+            view,
             conf,
         })
     }
@@ -277,22 +282,22 @@ impl Network {
     /// (host-gw), skipping all kernel work when the view's fingerprint is unchanged. No view
     /// configured: nothing to do.
     pub fn reconcile_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = self.conf.plugin.peers.view()? else {
+        let Some(view) = &self.view else {
             return Ok(());
         };
         let state = self.peer_state(node)?;
-        peers::reconcile(node, &state, &view, own, &RouteMode::HostGw)?;
+        peers::reconcile(node, &state, view, own, &RouteMode::HostGw)?;
         Ok(())
     }
 
     /// CHECK of the peer routes: the node's routes are what [`Network::reconcile_peers`]
     /// would leave (code 105 naming the difference).
     pub fn check_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = self.conf.plugin.peers.view()? else {
+        let Some(view) = &self.view else {
             return Ok(());
         };
         let state = self.peer_state(node)?;
-        let plan = peers::verify(node, &state, &view, own, &RouteMode::HostGw)?;
+        let plan = peers::verify(node, &state, view, own, &RouteMode::HostGw)?;
         if plan.is_empty() {
             return Ok(());
         }

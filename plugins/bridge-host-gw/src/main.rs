@@ -144,23 +144,24 @@ impl Plugin for BridgeHostGw {
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
         let mut node = Netlink::new()?;
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
-        net.conf.plugin.peers.view().map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
     }
 }
 
-/// The pod's netns (ADD, CHECK); code 3 when it does not exist.
+/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
+/// network namespace, 5 when it cannot be opened.
 fn open_netns(args: &CmdArgs) -> Result<Netns> {
     let path = args
         .netns
         .as_deref()
         .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    Netns::open_if_exists(path)?.ok_or_else(|| {
-        Error::new(
+    if !path.exists() {
+        return Err(Error::new(
             code::UNKNOWN_CONTAINER,
             format!("network namespace {} does not exist", path.display()),
-        )
-    })
+        ));
+    }
+    Netns::open(path)
 }
 
 /// IPAM's addresses on interface 2 (the pod's), each with a gateway when the bridge is one
