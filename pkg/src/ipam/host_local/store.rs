@@ -288,7 +288,8 @@ impl Store {
 
     /// The round-robin cursor of range set `set`, if present and an address.
     pub fn cursor(&self, set: usize) -> Option<IpAddr> {
-        let text = fs::read_to_string(self.dir.join(format!("{CURSOR_PREFIX}{set}"))).ok()?;
+        let bytes = read_small(&self.dir.join(format!("{CURSOR_PREFIX}{set}")))?;
+        let text = std::str::from_utf8(&bytes).ok()?;
         text.trim()
             .parse::<IpAddr>()
             .ok()
@@ -319,19 +320,23 @@ impl Store {
     }
 }
 
-/// Reads a reservation file's owner, with a single `read` for the usual tiny file; `None` when
-/// it cannot be read.
+/// Reads a reservation file's owner; `None` when it cannot be read.
 fn read_owner(path: &Path) -> Option<StoredOwner> {
+    read_small(path).map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
+}
+
+/// Reads a file that is normally tiny (an owner, a cursor) with a single `read`; `None` when it
+/// cannot be read.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
     let mut file = File::open(path).ok()?;
     let mut buf = [0u8; 512];
     let n = file.read(&mut buf).ok()?;
-    if n < buf.len() {
-        return Some(StoredOwner::parse(&String::from_utf8_lossy(&buf[..n])));
+    let mut all = buf[..n].to_vec();
+    if n == buf.len() {
+        // longer than anything twill or the reference writes: read the rest
+        file.read_to_end(&mut all).ok()?;
     }
-    // longer than anything twill or the reference writes: read it all
-    let mut all = buf.to_vec();
-    file.read_to_end(&mut all).ok()?;
-    Some(StoredOwner::parse(&String::from_utf8_lossy(&all)))
+    Some(all)
 }
 
 #[cfg(test)]
