@@ -44,6 +44,27 @@ impl DirSnapshot {
         self.entries.get(rel.as_ref()).and_then(|b| b.as_deref())
     }
 
+    /// Makes the tree under `root` exactly this snapshot again (contents, not modes): removes
+    /// `root` and rewrites every directory and file (a symlink comes back as a regular file).
+    /// For isolating test cases that share one tree.
+    pub fn restore(&self, root: impl AsRef<Path>) {
+        let root = root.as_ref();
+        if let Err(e) = std::fs::remove_dir_all(root)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            panic!("remove {}: {e}", root.display());
+        }
+        std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
+        for (rel, bytes) in &self.entries {
+            let path = root.join(rel);
+            match bytes {
+                None => std::fs::create_dir_all(&path),
+                Some(b) => std::fs::write(&path, b),
+            }
+            .unwrap_or_else(|e| panic!("restore {}: {e}", path.display()));
+        }
+    }
+
     /// Human-readable differences from `self` (before) to `after`; empty when identical.
     pub fn diff(&self, after: &DirSnapshot) -> Vec<String> {
         let mut out = Vec::new();

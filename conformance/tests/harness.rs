@@ -101,6 +101,11 @@ fn snapshot_sees_every_change() {
     assert!(d[0].starts_with("changed: a"), "{d:?}");
     assert!(d[1].starts_with("added: d"), "{d:?}");
     assert_eq!(after.get("a"), Some(&b"2"[..]));
+    before.restore(t.path());
+    assert!(
+        before.diff(&DirSnapshot::take(t.path())).is_empty(),
+        "restore is exact"
+    );
 }
 
 #[test]
