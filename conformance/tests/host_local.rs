@@ -646,6 +646,153 @@ fn legacy_reservation_without_ifname_is_released() {
     assert_eq!(env.reservations().len(), 1);
 }
 
+#[test]
+fn gc_touches_only_reservations_of_its_own_network() {
+    let env = Env::new();
+    let conf = env.conf("1.1.0", json!([[{"subnet": "10.63.2.0/24"}]]));
+    let gone = unique_name("gone");
+    env.add(&gone, &conf);
+    // Foreign files in the network dir and a sibling network's reservation.
+    std::fs::write(env.net_dir().join("notes.txt"), b"operator notes").expect("write");
+    let sibling = env.data_dir().join("other-net");
+    std::fs::create_dir_all(&sibling).expect("mkdir");
+    std::fs::write(sibling.join("10.63.2.9"), owner(&gone, "eth0")).expect("write");
+    let before = env.snapshot();
+    env.plain(&ours(), "GC", &with_attachments(&conf, &[]))
+        .run()
+        .assert_ok_empty();
+    let d = before.diff(&env.snapshot());
+    let want = format!("removed: data/{}/10.63.2.2", env.name);
+    assert_eq!(
+        d,
+        vec![want],
+        "GC may only remove this network's stale reservation"
+    );
+}
+
+#[test]
+fn del_releases_only_the_exact_owner() {
+    let env = Env::new();
+    let conf = env.conf4("10.62.7.0/24");
+    let base = unique_name("id");
+    let longer = format!("{base}0");
+    env.add(&base, &conf);
+    env.add(&longer, &conf);
+    env.call_if(&ours(), "ADD", &base, "eth00", &conf)
+        .run()
+        .assert_ok();
+    env.call_if(&ours(), "ADD", &longer, "eth0", &conf).run();
+    let before = env.reservations();
+    assert_eq!(before.len(), 3, "{before:?}");
+    env.call(&ours(), "DEL", &base, &conf)
+        .run()
+        .assert_ok_empty();
+    let after = env.reservations();
+    let mut want = before.clone();
+    want.retain(|_, o| *o != owner(&base, "eth0"));
+    assert_eq!(after, want, "only {base}/eth0 may be released");
+}
+
+#[test]
+fn resolv_conf_dns_matches_reference() {
+    let env = Env::new();
+    let resolv = env.tmp.join("resolv.conf");
+    let text = "# comment\nnameserver 10.0.0.53\nnameserver fd00::53\n\
+                domain corp.example\nsearch a.example b.example\noptions ndots:5 timeout:2\n";
+    std::fs::write(&resolv, text).expect("write");
+    let mut conf = env.conf4("10.62.8.0/24");
+    conf["ipam"]["resolvConf"] = json!(resolv);
+    let ours_res = env
+        .call(&ours(), "ADD", &unique_name("a"), &conf)
+        .run()
+        .assert_ok();
+    let ref_res = env
+        .call(&reference(), "ADD", &unique_name("b"), &conf)
+        .run()
+        .assert_ok();
+    assert_eq!(ours_res["dns"], ref_res["dns"], "dns from resolvConf");
+    assert_eq!(
+        ours_res["dns"]["nameservers"],
+        json!(["10.0.0.53", "fd00::53"])
+    );
+}
+
+#[test]
+fn kubernetes_cni_args_with_ignore_unknown() {
+    let env = Env::new();
+    let conf = env.conf(
+        "1.0.0",
+        json!([[{"subnet": "10.62.9.0/24"}], [{"subnet": "fd62:9::/64"}]]),
+    );
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+                K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;IP=10.62.9.40,fd62:9::40";
+    let res = env
+        .call(&ours(), "ADD", &unique_name("a"), &conf)
+        .cni_args(args)
+        .run()
+        .assert_ok();
+    let ips: Vec<String> = result_ips(&res).iter().map(IpAddr::to_string).collect();
+    assert_eq!(ips, vec!["10.62.9.40", "fd62:9::40"], "{res}");
+    // Only the IPv4 one requested: the IPv6 set allocates normally (after its cursor, ::40).
+    let res = env
+        .call(&ours(), "ADD", &unique_name("b"), &conf)
+        .cni_args("IP=10.62.9.41")
+        .run();
+    let ips: Vec<String> = result_ips(&res.assert_ok())
+        .iter()
+        .map(IpAddr::to_string)
+        .collect();
+    assert_eq!(ips, vec!["10.62.9.41", "fd62:9::41"]);
+}
+
+#[test]
+fn check_fails_when_the_address_belongs_to_someone_else() {
+    let env = Env::new();
+    let conf = env.conf("1.0.0", json!([[{"subnet": "10.62.10.0/24"}]]));
+    let (a, b) = (unique_name("a"), unique_name("b"));
+    let res_a = env.call(&ours(), "ADD", &a, &conf).run().assert_ok();
+    env.add(&b, &conf);
+    let mut check = conf.clone();
+    check["prevResult"] = res_a.clone();
+    env.call(&ours(), "CHECK", &a, &check)
+        .run()
+        .assert_ok_empty();
+    // SPEC CHECK: the plugin must consult prevResult for the expected addresses; holding some
+    // address is not enough.
+    let snap = env.snapshot();
+    // b claims a's result: its own reservation is a different address.
+    let out = env.call(&ours(), "CHECK", &b, &check).run();
+    if let Err(e) = out.check_error_shape() {
+        panic!("CHECK of someone else's address must fail: {e}\n{out}");
+    }
+    // A prevResult address outside every range.
+    let mut forged = check.clone();
+    forged["prevResult"]["ips"][0]["address"] = json!("192.0.2.7/24");
+    let out = env.call(&ours(), "CHECK", &a, &forged).run();
+    if let Err(e) = out.check_error_shape() {
+        panic!("CHECK of an address outside the ranges must fail: {e}\n{out}");
+    }
+    snap.assert_same(&env.snapshot(), "failed CHECKs");
+}
+
+#[test]
+fn long_container_ids_and_longest_ifname_are_accepted() {
+    let env = Env::new();
+    let conf = env.conf4("10.62.11.0/24");
+    // 64 hex characters, as containerd and CRI-O use; a 15-byte ifname (IFNAMSIZ - 1).
+    let id = format!("{:0>64}", format!("{:x}", std::process::id()));
+    let res = env
+        .call_if(&ours(), "ADD", &id, "abcdefghijklmno", &conf)
+        .run()
+        .assert_ok();
+    let ip = result_ips(&res)[0].to_string();
+    assert_eq!(env.reservations()[&ip], owner(&id, "abcdefghijklmno"));
+    env.call_if(&ours(), "DEL", &id, "abcdefghijklmno", &conf)
+        .run()
+        .assert_ok_empty();
+    assert_eq!(env.reservations(), BTreeMap::new());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Interchange with the reference host-local (same dataDir, CNI 1.0.0: the reference's newest)
 // ---------------------------------------------------------------------------------------------
@@ -768,11 +915,23 @@ fn interchange_each_side_releases_the_others_reservation() {
     assert_eq!(env.reservations(), BTreeMap::new());
 }
 
-/// The same sequence on two dataDirs, one driven by ours and one by the reference, leaves
-/// byte-identical trees (file names, reservation contents, cursors, lock file) and identical
-/// results.
+/// One step of a scripted sequence run on both implementations.
+enum Op {
+    Add(usize, &'static str),
+    Del(usize, &'static str),
+    /// ADD with `CNI_ARGS` `IP=<addresses>`.
+    AddIp(usize, &'static str, &'static str),
+    /// Overwrite `last_reserved_ip.<set>` with these bytes (a corrupt or stale cursor).
+    Cursor(usize, &'static str),
+}
+
+/// The same sequence on two dataDirs, one driven by ours and one by the reference, gives the
+/// same address at every step and leaves byte-identical trees (file names, reservation
+/// contents, cursors, lock file). The sequence fills two ranges of one set, frees addresses,
+/// wraps the cursor around, and recovers from a garbage and an out-of-range cursor.
 #[test]
 fn interchange_on_disk_state_is_byte_identical() {
+    use Op::*;
     let ours_env = Env::new();
     let ref_env = Env {
         tmp: TempDir::new("hl-ref"),
@@ -783,29 +942,65 @@ fn interchange_on_disk_state_is_byte_identical() {
         [{"subnet": "10.70.3.0/29"}, {"subnet": "10.70.4.0/29"}],
         [{"subnet": "fd70:3::/64", "rangeStart": "fd70:3::10", "rangeEnd": "fd70:3::20"}]
     ]);
-    let ids: Vec<String> = (0..7)
+    let mut ops: Vec<Op> = (0..9)
+        .map(|i| Add(i, if i % 2 == 0 { "eth0" } else { "net1" }))
+        .collect();
+    ops.extend([Del(1, "net1"), Del(3, "net1"), Del(6, "eth0")]);
+    ops.extend([Add(9, "eth0"), Add(10, "eth0")]); // the second one wraps around
+    ops.extend([Cursor(0, "garbage\n"), Add(11, "eth0")]);
+    ops.extend([Cursor(1, "fd70:3::99"), Add(12, "eth0")]);
+    ops.extend([Del(0, "eth0"), Add(0, "net1")]);
+    ops.extend([
+        Del(2, "eth0"),
+        AddIp(13, "eth0", "10.70.3.4"),
+        Del(4, "eth0"),
+        Add(14, "eth0"),
+    ]);
+    let ids: Vec<String> = (0..15)
         .map(|i| format!("ctr-{i}-{}", std::process::id()))
         .collect();
-    let run = |env: &Env, bin: &Path| -> Vec<Value> {
+    let run = |env: &Env, bin: &Path| -> Vec<String> {
         let conf = env.conf("1.0.0", ranges.clone());
-        let mut results = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            let ifname = if i % 2 == 0 { "eth0" } else { "net1" };
-            results.push(env.call_if(bin, "ADD", id, ifname, &conf).run().assert_ok());
+        let mut trace = Vec::new();
+        for op in &ops {
+            match op {
+                Add(i, ifn) => {
+                    let res = env
+                        .call_if(bin, "ADD", &ids[*i], ifn, &conf)
+                        .run()
+                        .assert_ok();
+                    trace.push(format!(
+                        "ADD {i}/{ifn}: ips={} routes={}",
+                        res["ips"], res["routes"]
+                    ));
+                }
+                AddIp(i, ifn, ips) => {
+                    let call = env.call_if(bin, "ADD", &ids[*i], ifn, &conf);
+                    let res = call.cni_args(&format!("IP={ips}")).run().assert_ok();
+                    trace.push(format!("ADD {i}/{ifn} IP={ips}: ips={}", res["ips"]));
+                }
+                Del(i, ifn) => {
+                    env.call_if(bin, "DEL", &ids[*i], ifn, &conf)
+                        .run()
+                        .assert_ok_empty();
+                    trace.push(format!("DEL {i}/{ifn}"));
+                }
+                Cursor(set, bytes) => {
+                    let f = env.net_dir().join(format!("last_reserved_ip.{set}"));
+                    std::fs::write(&f, bytes).expect("write cursor");
+                    trace.push(format!("cursor {set} := {bytes:?}"));
+                }
+            }
         }
-        for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 3 == 1) {
-            let ifname = if i % 2 == 0 { "eth0" } else { "net1" };
-            env.call_if(bin, "DEL", id, ifname, &conf)
-                .run()
-                .assert_ok_empty();
-        }
-        results
+        trace
     };
-    let ours_results = run(&ours_env, &ours());
-    let ref_results = run(&ref_env, &reference());
-    for (o, r) in ours_results.iter().zip(&ref_results) {
-        assert_eq!(o["ips"], r["ips"], "ADD results differ");
-        assert_eq!(o["routes"], r["routes"], "ADD routes differ");
+    let ours_trace = run(&ours_env, &ours());
+    let ref_trace = run(&ref_env, &reference());
+    for (o, r) in ours_trace.iter().zip(&ref_trace) {
+        assert_eq!(
+            o, r,
+            "ours vs reference diverge\nours: {ours_trace:#?}\nref: {ref_trace:#?}"
+        );
     }
     let a = DirSnapshot::take(ours_env.data_dir());
     let b = DirSnapshot::take(ref_env.data_dir());
@@ -815,6 +1010,81 @@ fn interchange_on_disk_state_is_byte_identical() {
         "ours (after) vs reference (before):\n  {}",
         d.join("\n  ")
     );
+}
+
+/// Ours and the reference allocate concurrently from one dataDir: they must serialise on the
+/// same lock file and never hand out one address twice.
+#[test]
+fn interchange_concurrent_mixed_allocation() {
+    const N: usize = 64;
+    let env = Env::new();
+    let conf = env.conf4("10.70.7.0/24");
+    let ids: Vec<String> = (0..N)
+        .map(|i| format!("mix-{i}-{}", std::process::id()))
+        .collect();
+    let bins = [ours(), reference()];
+    let next = AtomicUsize::new(0);
+    let got: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= N {
+                        break;
+                    }
+                    let out = env.call(&bins[i % 2], "ADD", &ids[i], &conf).run();
+                    match out
+                        .stdout_json
+                        .as_ref()
+                        .filter(|_| out.success())
+                        .map(result_ips)
+                    {
+                        Some(ips) if ips.len() == 1 => got
+                            .lock()
+                            .expect("lock")
+                            .push((ids[i].clone(), ips[0].to_string())),
+                        _ => failures.lock().expect("lock").push(out.to_string()),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("lock");
+    assert!(
+        failures.is_empty(),
+        "{} ADDs failed, first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    let got = got.into_inner().expect("lock");
+    let distinct: BTreeSet<&str> = got.iter().map(|(_, ip)| ip.as_str()).collect();
+    assert_eq!(distinct.len(), N, "one address handed out twice");
+    let files = env.reservations();
+    assert_eq!(files.len(), N);
+    for (id, ip) in &got {
+        assert_eq!(files.get(ip), Some(&owner(id, "eth0")), "file for {ip}");
+    }
+    // Release crosswise: ours frees the reference's and vice versa.
+    std::thread::scope(|s| {
+        for chunk in ids.chunks(N / 8).map(|c| c.to_vec()).collect::<Vec<_>>() {
+            let (env, conf, bins) = (&env, &conf, &bins);
+            s.spawn(move || {
+                for id in &chunk {
+                    let i: usize = id[4..]
+                        .split('-')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    env.call(&bins[(i + 1) % 2], "DEL", id, conf)
+                        .run()
+                        .assert_ok_empty();
+                }
+            });
+        }
+    });
+    assert_eq!(env.reservations(), BTreeMap::new());
 }
 
 /// Ours' GC releases reservations the reference made and leaves the valid ones, which the
