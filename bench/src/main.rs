@@ -1,1 +1,184 @@
-fn main() {}
+//! twill-bench: times whole plugin invocations (exec with env + stdin, wait, read stdout) of twill
+//! against the reference Go plugins, in the same run, and prints median, p95 and ratios.
+//!
+//! Usage:
+//!   twill-bench host-local [--n 200] [--warmup 5]
+//!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
+//!   twill-bench all [all of the options above]
+//!
+//! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
+//! BENCH_OUT_DIR (default <workspace>/bench/out). Exit status is non-zero only when the harness
+//! could not measure (missing binaries, a plugin error, a signal); missed targets print "MISSED".
+
+mod bare;
+mod bridge;
+mod cleanup;
+mod host_local;
+mod invoke;
+mod report;
+mod runner;
+mod stats;
+
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
+       twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
+       twill-bench all [options of both]";
+
+/// Parsed command line.
+struct Args {
+    what: String,
+    n: usize,
+    warmup: usize,
+    bridge: bridge::BridgeOpts,
+}
+
+fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String> {
+    let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+    let n: usize = v
+        .parse()
+        .map_err(|_| format!("{flag}: not a number: {v}"))?;
+    if n == 0 || n > max {
+        return Err(format!("{flag}: must be in 1..={max}"));
+    }
+    Ok(n)
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let what = it.next().ok_or_else(|| USAGE.to_string())?;
+    if !["host-local", "bridge", "all"].contains(&what.as_str()) {
+        return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
+    }
+    let mut a = Args {
+        what,
+        n: 200,
+        warmup: 5,
+        bridge: bridge::BridgeOpts {
+            pods: 100,
+            concurrency: vec![1, 8],
+            masq: vec![false, true],
+        },
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--n" => a.n = parse_num("--n", it.next(), 100_000)?,
+            "--warmup" => {
+                let v = it.next().ok_or("--warmup needs a value")?;
+                a.warmup = v
+                    .parse()
+                    .map_err(|_| format!("--warmup: not a number: {v}"))?;
+                if a.warmup > 1000 {
+                    return Err("--warmup: at most 1000".into());
+                }
+            }
+            "--pods" => a.bridge.pods = parse_num("--pods", it.next(), 2000)?,
+            "--concurrency" => {
+                let v = it.next().ok_or("--concurrency needs a value")?;
+                a.bridge.concurrency = v
+                    .split(',')
+                    .map(|c| parse_num("--concurrency", Some(c.trim().to_string()), 64))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--masq" => {
+                a.bridge.masq = match it.next().as_deref() {
+                    Some("both") => vec![false, true],
+                    Some("on") => vec![true],
+                    Some("off") => vec![false],
+                    other => return Err(format!("--masq: both|on|off, got {other:?}")),
+                }
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn out_dir() -> PathBuf {
+    match std::env::var_os("BENCH_OUT_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/out")),
+    }
+}
+
+fn machine() -> Value {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "loadavg": read("/proc/loadavg"),
+    })
+}
+
+/// Runs the requested benchmarks, filling `doc`; Err on harness failure.
+fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("must run as root (network namespaces)".into());
+    }
+    if args.what == "host-local" || args.what == "all" {
+        let v = host_local::run(args.n, args.warmup)?;
+        doc.insert("host_local".into(), v);
+    }
+    if args.what == "bridge" || args.what == "all" {
+        let v = bridge::run(&args.bridge)?;
+        doc.insert("bridge".into(), v);
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = cleanup::install_handlers() {
+        eprintln!("twill-bench: {e}");
+        std::process::exit(1);
+    }
+    let ts = report::timestamp();
+    let mut doc = serde_json::Map::new();
+    doc.insert("timestamp".into(), json!(ts));
+    doc.insert("machine".into(), machine());
+    doc.insert(
+        "command".into(),
+        json!(std::env::args().skip(1).collect::<Vec<_>>()),
+    );
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&args, &mut doc)));
+    // Guards have run by now; this only catches what a panic skipped.
+    cleanup::remove_all_registered();
+    let status = match outcome {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("twill-bench: FAILED: {e}");
+            doc.insert("error".into(), json!(e));
+            1
+        }
+        Err(_) => {
+            doc.insert("error".into(), json!("panic"));
+            1
+        }
+    };
+    let dir = out_dir();
+    let path = dir.join(format!("{ts}.json"));
+    let written = std::fs::create_dir_all(&dir).and_then(|_| {
+        let text = serde_json::to_string_pretty(&Value::Object(doc)).unwrap_or_default();
+        std::fs::write(&path, text + "\n")
+    });
+    match written {
+        Ok(()) => println!("results: {}", path.display()),
+        Err(e) => {
+            eprintln!("twill-bench: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+    std::process::exit(status);
+}

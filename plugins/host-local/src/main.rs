@@ -1,1 +1,48 @@
-fn main() {}
+//! twill host-local: the file-locked IPAM plugin, a drop-in for the reference host-local (same
+//! config, same on-disk state under `dataDir`). All the work is in `twill::ipam::host_local`.
+
+use twill::ipam::host_local;
+use twill::{CmdArgs, CniResult, Error, NetConf, Plugin, Result};
+
+/// The host-local plugin: each command parses the config and runs in-process.
+struct HostLocal;
+
+/// The network config from stdin (code 6 when not JSON, 7 when of the wrong shape).
+fn netconf(args: &CmdArgs) -> Result<NetConf> {
+    serde_json::from_slice(&args.stdin).map_err(|e| {
+        if e.is_data() {
+            Error::invalid_config(format!("invalid network config: {e}"))
+        } else {
+            Error::decode(format!("network config is not valid JSON: {e}"))
+        }
+    })
+}
+
+impl Plugin for HostLocal {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult> {
+        host_local::add(args, &netconf(args)?)
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        host_local::del(args, &netconf(args)?)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        host_local::check(args, &netconf(args)?)
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<()> {
+        host_local::gc(args, &netconf(args)?)
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        host_local::status(args, &netconf(args)?)
+    }
+}
+
+fn main() {
+    twill::skeleton::run(
+        &HostLocal,
+        "twill host-local: IP address management from local ranges (reference-compatible state)",
+    )
+}

@@ -1,0 +1,413 @@
+//! `twill-bench bridge`: twill `bridge-host-gw` vs reference `bridge` + `host-local`, each run in
+//! its own "node" netns, pods in pre-created netns; sequential and concurrent, ipMasq on/off;
+//! plus the bare veth delete baseline.
+
+use crate::bare::{BRIDGE, BareVeths};
+use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
+use crate::host_local::ratio;
+use crate::invoke::{find_bin, ref_bin_dir, twill_bin_dir};
+use crate::report::{self, Target};
+use crate::runner::{Job, Op, Results, Side, alternate, run_phase};
+use crate::stats::Summary;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// Network name of the bridge configs.
+const NETWORK: &str = "twbench";
+/// Pod subnet (host-local range), a /16.
+const SUBNET: &str = "10.88.0.0/16";
+/// Cluster network written to twill's subnet file.
+const CLUSTER: &str = "10.0.0.0/8";
+/// Warm-up pods per side and config (untimed ADD+DEL; also creates the bridge and masq rules).
+const WARMUP: usize = 3;
+/// ADD median twill/ref target.
+const ADD_RATIO_TARGET: f64 = 0.20;
+/// DEL median / bare veth delete target.
+const DEL_BARE_TARGET: f64 = 1.2;
+/// ipMasq ADD cost target (ms).
+const MASQ_COST_TARGET_MS: f64 = 1.0;
+
+/// Options of the bridge benchmark.
+pub struct BridgeOpts {
+    /// Timed pods per side and config.
+    pub pods: usize,
+    /// Concurrency levels.
+    pub concurrency: Vec<usize>,
+    /// ipMasq values.
+    pub masq: Vec<bool>,
+}
+
+/// The reference config (`bridge` + `host-local`).
+fn ref_config(masq: bool, data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "type": "bridge",
+        "bridge": BRIDGE,
+        "isGateway": true,
+        "ipMasq": masq,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": SUBNET }]],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+            "dataDir": data_dir,
+        }
+    })
+}
+
+/// twill's config: the same keys, type `bridge-host-gw`, plus `subnetFile` and `peers`.
+fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
+    let mut c = ref_config(masq, data_dir);
+    c["type"] = json!("bridge-host-gw");
+    c["subnetFile"] = json!(subnet_file);
+    c["peers"] = json!([]);
+    c
+}
+
+/// A flannel-style subnet.env matching the host-local range.
+fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
+    let p = dir.join("subnet.env");
+    let text = format!(
+        "FLANNEL_NETWORK={CLUSTER}\nFLANNEL_SUBNET=10.88.0.1/16\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ={masq}\n"
+    );
+    std::fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+struct Bins {
+    twill: Option<(PathBuf, PathBuf)>,
+    reference: (PathBuf, PathBuf),
+}
+
+fn find_bins() -> Result<Bins, String> {
+    let td = twill_bin_dir();
+    let rd = ref_bin_dir();
+    let reference = find_bin(&rd, "bridge")
+        .filter(|_| find_bin(&rd, "host-local").is_some())
+        .ok_or_else(|| {
+            format!(
+                "reference bridge/host-local not found in {} (install containernetworking-plugins or set REF_CNI_DIR)",
+                rd.display()
+            )
+        })?;
+    Ok(Bins {
+        twill: find_bin(&td, "bridge-host-gw").map(|b| (b, td)),
+        reference: (reference, rd),
+    })
+}
+
+/// Runs the benchmark; returns its JSON.
+pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
+    let bins = find_bins()?;
+    println!(
+        "== bridge: pods={} concurrency={:?} ipMasq={:?} warm-up={WARMUP}, {SUBNET}",
+        opts.pods, opts.concurrency, opts.masq
+    );
+    match &bins.twill {
+        Some((b, _)) => println!("   twill: {}", b.display()),
+        None => println!(
+            "   twill: SKIPPED (bridge-host-gw absent from {}): reference side only",
+            twill_bin_dir().display()
+        ),
+    }
+    println!("   ref:   {} + host-local", bins.reference.0.display());
+
+    let p = prefix();
+    let total = WARMUP + opts.pods;
+    // Pod netns are made once and reused by every config (DEL leaves them empty).
+    let mut names: Vec<String> = Vec::new();
+    let tw_pods: Vec<String> = (0..total).map(|i| format!("{p}-tp{i}")).collect();
+    let ref_pods: Vec<String> = (0..total).map(|i| format!("{p}-rp{i}")).collect();
+    let bare_pods: Vec<String> = (0..opts.pods).map(|i| format!("{p}-bp{i}")).collect();
+    let bare_node = format!("{p}-bnode");
+    if bins.twill.is_some() {
+        names.extend(tw_pods.iter().cloned());
+    }
+    names.extend(ref_pods.iter().cloned());
+    let bare_needed = opts.concurrency.contains(&1);
+    if bare_needed {
+        names.extend(bare_pods.iter().cloned());
+        names.push(bare_node.clone());
+    }
+    let pool = NetnsSet::create(names)?;
+
+    let mut configs = Vec::new();
+    let mut masq_medians: Vec<(usize, bool, &'static str, f64)> = Vec::new();
+    for &conc in &opts.concurrency {
+        for &masq in &opts.masq {
+            check_interrupted()?;
+            let cfg = run_config(
+                &bins,
+                conc,
+                masq,
+                opts.pods,
+                &tw_pods,
+                &ref_pods,
+                bare_needed.then_some((&bare_node, &bare_pods[..])),
+            )?;
+            for label in ["twill", "ref"] {
+                if let Some(m) = cfg.1.get(label) {
+                    masq_medians.push((conc, masq, label, *m));
+                }
+            }
+            configs.push(cfg.0);
+        }
+    }
+    drop(pool);
+
+    let mut masq_figures = Vec::new();
+    if opts.masq.len() == 2 {
+        println!("-- ipMasq cost on ADD (masq-on median - masq-off median)");
+        for &conc in &opts.concurrency {
+            for label in ["twill", "ref"] {
+                let get = |m: bool| {
+                    masq_medians
+                        .iter()
+                        .find(|x| x.0 == conc && x.1 == m && x.2 == label)
+                        .map(|x| x.3)
+                };
+                if let (Some(on), Some(off)) = (get(true), get(false)) {
+                    let target = if label == "twill" {
+                        Target::Below(MASQ_COST_TARGET_MS)
+                    } else {
+                        Target::Info
+                    };
+                    let mut f = report::figure(
+                        &format!("{label} ipMasq ADD cost, concurrency {conc}"),
+                        on - off,
+                        " ms",
+                        target,
+                    );
+                    f["concurrency"] = json!(conc);
+                    masq_figures.push(f);
+                }
+            }
+        }
+    }
+    Ok(json!({
+        "pods": opts.pods,
+        "warmup": WARMUP,
+        "twill_skipped": bins.twill.is_none(),
+        "configs": configs,
+        "masq_cost": masq_figures,
+    }))
+}
+
+/// One (concurrency, ipMasq) configuration on fresh node netns and dataDirs. Returns its JSON
+/// and the ADD median per label.
+fn run_config(
+    bins: &Bins,
+    conc: usize,
+    masq: bool,
+    pods: usize,
+    tw_pods: &[String],
+    ref_pods: &[String],
+    bare: Option<(&String, &[String])>,
+) -> Result<(Value, std::collections::BTreeMap<&'static str, f64>), String> {
+    let tag = format!("c{conc}-{}", if masq { "masq" } else { "nomasq" });
+    println!("-- concurrency {conc}, ipMasq {masq}");
+    let p = prefix();
+    let tw_node = format!("{p}-tnode-{tag}");
+    let ref_node = format!("{p}-rnode-{tag}");
+    let mut node_names = vec![ref_node.clone()];
+    if bins.twill.is_some() {
+        node_names.push(tw_node.clone());
+    }
+    let nodes = NetnsSet::create(node_names)?;
+    let ref_data = TempDir::create(&format!("br-ref-{tag}"))?;
+    let tw_data = TempDir::create(&format!("br-twill-{tag}"))?;
+    let total = WARMUP + pods;
+    let ids = |label: &str| -> Vec<String> {
+        (0..total)
+            .map(|i| format!("{p}-{label}-{tag}-{i}"))
+            .collect()
+    };
+    let paths =
+        |names: &[String]| -> Vec<PathBuf> { names.iter().map(|n| netns_path(n)).collect() };
+
+    let refp = Side::new(
+        "ref",
+        bins.reference.0.clone(),
+        bins.reference.1.clone(),
+        Some(netns_path(&ref_node)),
+        paths(ref_pods),
+        ids("ref"),
+        ref_config(masq, ref_data.path()),
+    );
+    let twill = match &bins.twill {
+        Some((bin, dir)) => {
+            let subnet_file = write_subnet_file(tw_data.path(), masq)?;
+            let ipam_dir = tw_data.path().join("ipam");
+            std::fs::create_dir(&ipam_dir)
+                .map_err(|e| format!("create {}: {e}", ipam_dir.display()))?;
+            Some(Side::new(
+                "twill",
+                bin.clone(),
+                dir.clone(),
+                Some(netns_path(&tw_node)),
+                paths(tw_pods),
+                ids("twill"),
+                twill_config(masq, &ipam_dir, &subnet_file),
+            ))
+        }
+        None => None,
+    };
+    let sides: Vec<&Side> = twill.iter().chain(std::iter::once(&refp)).collect();
+
+    // Warm-up, untimed: creates the bridge and (ipMasq) the masquerade rules in each node.
+    let warm: Vec<usize> = (0..WARMUP).collect();
+    for side in &sides {
+        for op in [Op::Add, Op::Del] {
+            run_phase(Job::Plugin(side, op), &warm, 1)?;
+        }
+    }
+    // Bare veth pairs for the baseline, sequential configs only, made before any timing.
+    let bare_veths = match bare {
+        Some((node, pods)) if conc == 1 => Some(BareVeths::create(node, pods)?),
+        _ => None,
+    };
+
+    let timed: Vec<usize> = (WARMUP..total).collect();
+    let chunk = 2 * conc;
+    let mut results = Results::new();
+    let add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
+    let del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
+    match &bare_veths {
+        Some(b) => {
+            // Plugin DELs and bare deletes interleave chunk by chunk; bare uses indices 0..pods.
+            let mut jobs = del_jobs.clone();
+            jobs.push(Job::BareDel(b));
+            let bare_idx: Vec<usize> = (0..pods).collect();
+            for (k, part) in timed.chunks(chunk).enumerate() {
+                let bpart = &bare_idx[k * chunk..(k * chunk + part.len()).min(pods)];
+                for j in 0..jobs.len() {
+                    let job = jobs[(j + k) % jobs.len()];
+                    let idx = if matches!(job, Job::BareDel(_)) {
+                        bpart
+                    } else {
+                        part
+                    };
+                    let s = run_phase(job, idx, conc)?;
+                    let e = results.entry((job.label(), job.op())).or_default();
+                    e.lat.extend(s.lat);
+                    e.wall += s.wall;
+                }
+            }
+        }
+        None => alternate(&del_jobs, &timed, chunk, conc, &mut results)?,
+    }
+
+    let leftovers: Vec<(String, usize)> = sides
+        .iter()
+        .map(|s| {
+            let node = s.node.as_deref().unwrap_or(Path::new(""));
+            (s.label.to_string(), leftover_links(node))
+        })
+        .collect();
+    drop(nodes);
+
+    let thru = conc > 1;
+    report::header(if thru { "   pods/s" } else { "" });
+    let mut res_json = serde_json::Map::new();
+    let mut add_medians = std::collections::BTreeMap::new();
+    let order = ["twill", "ref", "bare"]
+        .into_iter()
+        .flat_map(|l| [(l, Op::Add), (l, Op::Del)]);
+    for (label, op) in order {
+        let Some((s, sum)) = results
+            .get(&(label, op))
+            .and_then(|s| Some((s, Summary::of(&s.lat)?)))
+        else {
+            continue;
+        };
+        let rate = s.lat.len() as f64 / s.wall.as_secs_f64().max(1e-9);
+        let extra = if thru {
+            format!(" {rate:>8.1}")
+        } else {
+            String::new()
+        };
+        report::row(label, op.name(), &sum, &extra);
+        let mut j = sum.to_json();
+        j["per_second"] = json!(crate::stats::round3(rate));
+        res_json
+            .entry(label.to_string())
+            .or_insert_with(|| json!({}))[op.name()] = j;
+        if op == Op::Add {
+            add_medians.insert(label, sum.median_ms);
+        }
+    }
+    let mut figures = Vec::new();
+    if let Some(r) = ratio(&results, Op::Add) {
+        figures.push(report::figure(
+            "ADD median ratio twill/ref",
+            r,
+            "",
+            Target::AtMost(ADD_RATIO_TARGET),
+        ));
+    }
+    if let Some(r) = ratio(&results, Op::Del) {
+        figures.push(report::figure(
+            "DEL median ratio twill/ref",
+            r,
+            "",
+            Target::Info,
+        ));
+    }
+    let bare_med = results
+        .get(&("bare", Op::Del))
+        .and_then(|s| Summary::of(&s.lat))
+        .map(|s| s.median_ms);
+    for label in ["twill", "ref"] {
+        let del = results
+            .get(&(label, Op::Del))
+            .and_then(|s| Summary::of(&s.lat));
+        if let (Some(del), Some(bare)) = (del, bare_med) {
+            let (name, target) = if label == "twill" {
+                (
+                    "DEL median vs bare veth delete".to_string(),
+                    Target::AtMost(DEL_BARE_TARGET),
+                )
+            } else {
+                (
+                    "ref DEL median vs bare veth delete".to_string(),
+                    Target::Info,
+                )
+            };
+            figures.push(report::figure(&name, del.median_ms / bare, "", target));
+        }
+    }
+    for (label, n) in &leftovers {
+        if *n != 0 {
+            println!(
+                "  WARNING: {label} left {n} link(s) other than lo/{BRIDGE} in its node netns after DEL"
+            );
+        }
+    }
+    let json = json!({
+        "concurrency": conc,
+        "ipMasq": masq,
+        "results": res_json,
+        "figures": figures,
+        "leftover_node_links": leftovers.iter().map(|(l, n)| json!({"plugin": l, "links": n})).collect::<Vec<_>>(),
+    });
+    Ok((json, add_medians))
+}
+
+/// Links in the node netns other than lo and the bridge (veth ends a DEL should have removed).
+fn leftover_links(node: &Path) -> usize {
+    let Some(name) = node.file_name().and_then(|n| n.to_str()) else {
+        return 0;
+    };
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-n", name, "-o", "link", "show"])
+        .output()
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|n| *n != "lo" && *n != BRIDGE)
+        .count()
+}

@@ -1,0 +1,114 @@
+//! One timed plugin invocation, exactly what a runtime pays: spawn the binary with the CNI
+//! environment, write the config to its stdin, wait, read its stdout.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The CNI environment of one invocation.
+pub struct CniEnv<'a> {
+    /// `CNI_COMMAND`: "ADD" or "DEL".
+    pub command: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS`.
+    pub netns: &'a Path,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `CNI_PATH`.
+    pub cni_path: &'a Path,
+}
+
+/// What a successful invocation returned.
+pub struct Invocation {
+    /// Wall time from spawn to the collected exit status and stdout.
+    pub elapsed: Duration,
+    /// The plugin's stdout.
+    pub stdout: Vec<u8>,
+}
+
+/// Runs `bin` once and times it. The child inherits the calling thread's network namespace
+/// (see [`enter_netns`]). Non-zero exit is an `Err` with the plugin's stdout and stderr.
+pub fn invoke(bin: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Invocation, String> {
+    let mut cmd = Command::new(bin);
+    cmd.env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("CNI_COMMAND", env.command)
+        .env("CNI_CONTAINERID", env.container_id)
+        .env("CNI_NETNS", env.netns)
+        .env("CNI_IFNAME", env.ifname)
+        .env("CNI_PATH", env.cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A config is far below the pipe buffer: this never blocks on the child.
+        pipe.write_all(stdin)
+            .map_err(|e| format!("write stdin of {}: {e}", bin.display()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("wait {}: {e}", bin.display()))?;
+    let elapsed = start.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} {} failed ({}): stdout: {} stderr: {}",
+            bin.display(),
+            env.command,
+            env.container_id,
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(Invocation {
+        elapsed,
+        stdout: out.stdout,
+    })
+}
+
+/// Moves the calling thread (only it) into the named netns; processes it spawns afterwards start
+/// there. Only for harness worker threads, never the main thread.
+pub fn enter_netns(path: &Path) -> Result<(), String> {
+    let f = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {}: {e}", path.display()))
+}
+
+/// Where the twill binaries are: `$TWILL_BIN_DIR`, else `<workspace>/target/release`.
+pub fn twill_bin_dir() -> PathBuf {
+    match std::env::var_os("TWILL_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+            d.canonicalize().unwrap_or(d)
+        }
+    }
+}
+
+/// Where the reference plugins are: `$REF_CNI_DIR`, else `/usr/lib/cni`.
+pub fn ref_bin_dir() -> PathBuf {
+    match std::env::var_os("REF_CNI_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from("/usr/lib/cni"),
+    }
+}
+
+/// `dir/name` if it is an executable file.
+pub fn find_bin(dir: &Path, name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Some(p),
+        _ => None,
+    }
+}
