@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod code {
     pub const INCOMPATIBLE_VERSION: u64 = 1;
     pub const INVALID_ENV: u64 = 4;
+    pub const IO: u64 = 5;
     pub const DECODE: u64 = 6;
     pub const INVALID_CONFIG: u64 = 7;
     pub const NOT_AVAILABLE: u64 = 50;
@@ -788,6 +789,39 @@ fn long_container_ids_and_longest_ifname_are_accepted() {
     let ip = result_ips(&res)[0].to_string();
     assert_eq!(env.reservations()[&ip], owner(&id, "abcdefghijklmno"));
     env.call_if(&ours(), "DEL", &id, "abcdefghijklmno", &conf)
+        .run()
+        .assert_ok_empty();
+    assert_eq!(env.reservations(), BTreeMap::new());
+}
+
+/// A /8 and a /64 are allocated from and reported on without walking the range.
+#[test]
+fn huge_ranges_are_served_quickly() {
+    let env = Env::new();
+    let conf = env.conf(
+        "1.1.0",
+        json!([[{"subnet": "10.0.0.0/8"}],
+               [{"subnet": "fd00:8::/64", "rangeStart": "fd00:8::ffff:ffff:ffff:fff0"}]]),
+    );
+    let bound = std::time::Duration::from_secs(3);
+    for i in 0..3 {
+        let out = env
+            .call(&ours(), "ADD", &format!("big-{i}"), &conf)
+            .timeout(bound)
+            .run();
+        let ips: Vec<String> = result_ips(&out.assert_ok())
+            .iter()
+            .map(IpAddr::to_string)
+            .collect();
+        let v6 = format!("fd00:8::ffff:ffff:ffff:fff{}", i);
+        assert_eq!(ips, vec![format!("10.0.0.{}", i + 2), v6]);
+    }
+    env.plain(&ours(), "STATUS", &conf)
+        .timeout(bound)
+        .run()
+        .assert_ok_empty();
+    env.plain(&ours(), "GC", &with_attachments(&conf, &[]))
+        .timeout(bound)
         .run()
         .assert_ok_empty();
     assert_eq!(env.reservations(), BTreeMap::new());
@@ -1584,6 +1618,12 @@ fn malformed_cases(env: &Env, owner_id: &str) -> Vec<Bad> {
         "args.cni.ips not a list",
         with(&|c: &mut Value| c["args"] = json!({"cni": {"ips": "10.55.0.9"}})),
         code::INVALID_CONFIG,
+    );
+    // State that cannot be written: dataDir below a regular file (the sentinel).
+    push(
+        "dataDir below a regular file",
+        ipam("dataDir", json!(env.tmp.join("sentinel").join("data"))),
+        code::IO,
     );
     // Requested addresses that cannot be had.
     push(
