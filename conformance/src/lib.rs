@@ -18,6 +18,8 @@
 //! - [`fabric`]: multi-node test fabrics (one L2 segment, or two joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
 
+#![deny(missing_docs)]
+
 pub mod bins;
 pub mod fabric;
 pub mod kernel;
