@@ -38,6 +38,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 105;
     /// twill: an external tool (nft) failed.
     pub const EXTERNAL_TOOL: u32 = 106;
+    /// A plugin bug (panic); the value the reference libraries use for untyped errors
+    /// (`ErrInternal`).
+    pub const INTERNAL: u32 = 999;
 }
 
 /// A failure with its CNI error code, a message a human can act on, and optional details.
@@ -69,7 +72,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message, no details.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        Error { code, msg: msg.into(), details: String::new() }
+        Error {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
     /// The same error with `details` attached.
     pub fn with_details(mut self, details: impl fmt::Display) -> Self {

@@ -1,1 +1,247 @@
-//! Network namespaces: open by path, enter and return (scoped), identify.
+//! Network namespaces: open by path, enter and return (scoped, per thread), identify.
+//!
+//! setns(2) changes the namespace of the calling *thread* only; [`Netns::run`] enters a
+//! namespace on the current thread, runs a closure and always returns to the namespace the
+//! thread was in before. Sockets opened inside stay in that namespace afterwards, which is how
+//! [`crate::netlink::Netlink::new_in`] works.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+use nix::sched::{CloneFlags, setns};
+use nix::sys::stat::fstat;
+use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
+
+use crate::error::{Error, Result, code};
+
+/// The calling thread's own network namespace file.
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// An open network namespace (an fd on its nsfs file) and its identity.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Netns {
+    /// Opens the network namespace at `path` (e.g. `/var/run/netns/x`, `/proc/PID/ns/net`).
+    /// Code 5 (I/O) when it cannot be opened, code 7 (invalid config) when it is not a
+    /// network namespace file.
+    pub fn open(path: &Path) -> Result<Netns> {
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("open network namespace {}", path.display()), e))?;
+        Self::from_file(file, path)
+    }
+
+    /// Like [`Netns::open`], but Ok(None) when the path is gone or no longer a namespace
+    /// (what an idempotent DEL tolerates).
+    pub fn open_if_exists(path: &Path) -> Result<Option<Netns>> {
+        match File::open(path) {
+            Ok(file) => match Self::from_file(file, path) {
+                Ok(ns) => Ok(Some(ns)),
+                Err(e) if e.code == code::INVALID_CONFIG => Ok(None),
+                Err(e) => Err(e),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("open network namespace {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// The calling thread's current network namespace.
+    pub fn current() -> Result<Netns> {
+        Self::open(Path::new(THREAD_NETNS))
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Netns> {
+        let what = || format!("network namespace {}", path.display());
+        let fs = fstatfs(&file).map_err(|e| Error::io(format!("statfs {}", what()), e.into()))?;
+        if fs.filesystem_type() != NSFS_MAGIC {
+            return Err(Error::invalid_config(format!(
+                "{} is not a namespace file",
+                path.display()
+            )));
+        }
+        // NS_GET_NSTYPE (kernel >= 4.11): refuse mount/pid/... namespaces.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        let ty = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if ty >= 0 && ty != libc::CLONE_NEWNET {
+            return Err(Error::invalid_config(format!(
+                "{} is a namespace file, but not a network namespace",
+                path.display()
+            )));
+        }
+        let st = fstat(&file).map_err(|e| Error::io(format!("stat {}", what()), e.into()))?;
+        Ok(Netns {
+            file,
+            path: path.to_path_buf(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The nsfs fd (e.g. for IFLA_NET_NS_FD).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Identity of the namespace: (device, inode) of its nsfs file; equal ids = same namespace.
+    pub fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    /// Whether this is the calling thread's current network namespace.
+    pub fn is_current(&self) -> Result<bool> {
+        let st = nix::sys::stat::stat(THREAD_NETNS)
+            .map_err(|e| Error::io(format!("stat {THREAD_NETNS}"), e.into()))?;
+        Ok((st.st_dev, st.st_ino) == self.id())
+    }
+
+    /// Enters this namespace on the calling thread, runs `f`, and returns to the thread's
+    /// previous namespace (directly, without setns, when this already is the current one).
+    ///
+    /// Failing to enter is an error (code 5) and `f` does not run. Failing to return is also
+    /// returned as an error (code 5) after `f` ran: the thread is then in an unknown state and
+    /// the caller must treat it as fatal (a plugin exits with the error). If `f` panics, the
+    /// return is attempted while unwinding and the process aborts if it fails.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let home = Netns::current()?;
+        if home.id() == self.id() {
+            return Ok(f());
+        }
+        setns(self.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::io(
+                format!("enter network namespace {}", self.path.display()),
+                e.into(),
+            )
+        })?;
+        let guard = ReturnGuard { home: &home };
+        let out = f();
+        std::mem::forget(guard);
+        setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::io(
+                format!(
+                    "return to network namespace {} after {} (fatal: thread left in the wrong namespace)",
+                    home.path.display(),
+                    self.path.display()
+                ),
+                e.into(),
+            )
+        })?;
+        Ok(out)
+    }
+
+    /// The namespace cookie (SO_NETNS_COOKIE of a socket made inside it): a 64-bit id the
+    /// kernel never reuses within a boot, unlike inode numbers. Kernel >= 5.14.
+    pub fn cookie(&self) -> Result<u64> {
+        let sock = self
+            .run(|| {
+                let fd = unsafe {
+                    libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+                };
+                if fd < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }
+            })?
+            .map_err(|e| {
+                Error::io(
+                    format!("socket in network namespace {}", self.path.display()),
+                    e,
+                )
+            })?;
+        socket_netns_cookie(sock.as_raw_fd()).map_err(|e| {
+            Error::io(
+                format!(
+                    "SO_NETNS_COOKIE of network namespace {}",
+                    self.path.display()
+                ),
+                e,
+            )
+        })
+    }
+}
+
+/// Returns the thread to its namespace if the closure in [`Netns::run`] unwinds.
+struct ReturnGuard<'a> {
+    home: &'a Netns,
+}
+
+impl Drop for ReturnGuard<'_> {
+    fn drop(&mut self) {
+        if setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            // Unwinding with the thread in a foreign namespace: nothing safe is left to do.
+            std::process::abort();
+        }
+    }
+}
+
+/// SO_NETNS_COOKIE of a socket: the cookie of the namespace the socket was created in.
+pub(crate) fn socket_netns_cookie(fd: i32) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_is_current_and_run_is_direct() {
+        let ns = Netns::current().unwrap();
+        assert!(ns.is_current().unwrap());
+        assert_eq!(ns.run(|| 7).unwrap(), 7);
+        assert!(ns.cookie().unwrap() > 0);
+    }
+
+    #[test]
+    fn open_rejects_non_namespace_and_missing() {
+        let e = Netns::open(Path::new("/proc/self/status")).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(
+            Netns::open_if_exists(Path::new("/proc/self/status"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            Netns::open_if_exists(Path::new("/run/netns/tw-does-not-exist"))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            Netns::open(Path::new("/run/netns/tw-does-not-exist"))
+                .unwrap_err()
+                .code,
+            code::IO
+        );
+        // A namespace file of another type is refused too.
+        let e = Netns::open(Path::new("/proc/self/ns/mnt")).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+    }
+}

@@ -1,0 +1,299 @@
+//! The NETLINK_ROUTE socket: one request at a time, sequence-checked replies, ACK/error/extack
+//! decoding, bounded retry of interrupted dumps.
+
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+use nix::libc;
+
+use super::attr::Attrs;
+use super::error::{NetlinkError, NetlinkErrorKind, NlResult};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_OVERRUN: u16 = 4;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
+
+/// How many times a dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is redone.
+pub const DUMP_RETRIES: u32 = 5;
+
+/// Initial receive buffer; grown on demand when a datagram is larger (peeked first).
+const RX_INITIAL: usize = 32 * 1024;
+
+/// A bound NETLINK_ROUTE socket with its request/reply buffers and sequence counter.
+pub(crate) struct NlSocket {
+    sock: Socket,
+    seq: u32,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+}
+
+/// What a reply handler sees: the message type and its payload (after the nlmsghdr).
+pub(crate) type Handler<'h> = &'h mut dyn FnMut(u16, &[u8]) -> NlResult<()>;
+
+impl NlSocket {
+    /// Opens and binds a NETLINK_ROUTE socket in the calling thread's network namespace, with
+    /// extended ACKs, capped ACKs and strict checking enabled where the kernel supports them.
+    pub(crate) fn open() -> NlResult<NlSocket> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        // Optional features: older kernels lack them; failures there are harmless.
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_netlink_get_strict_chk(true);
+        // Seed the sequence with something not repeating across short-lived processes.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(1);
+        Ok(NlSocket {
+            sock,
+            seq: seed,
+            tx: Vec::with_capacity(512),
+            rx: vec![0; RX_INITIAL],
+        })
+    }
+
+    /// The raw socket (e.g. for SO_NETNS_COOKIE).
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.sock.as_raw_fd()
+    }
+
+    /// Serializes `msg` with `flags` into the send buffer (sequence filled in at send time).
+    fn encode(&mut self, msg: RouteNetlinkMessage, flags: u16) {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let len = nl.buffer_len();
+        self.tx.clear();
+        self.tx.resize(len, 0);
+        nl.serialize(&mut self.tx);
+    }
+
+    /// Sends the encoded request under a fresh sequence number; returns that number.
+    fn transmit(&mut self) -> NlResult<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.tx[8..12].copy_from_slice(&seq.to_ne_bytes());
+        loop {
+            let n = unsafe {
+                libc::send(
+                    self.sock.as_raw_fd(),
+                    self.tx.as_ptr().cast(),
+                    self.tx.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                return Ok(seq);
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err.into());
+            }
+        }
+    }
+
+    /// Receives one datagram into `rx` (grown to fit), returns its length.
+    fn recv_datagram(&mut self) -> NlResult<usize> {
+        let fd = self.sock.as_raw_fd();
+        loop {
+            // Peek with MSG_TRUNC to learn the full size without consuming it.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    self.rx.as_mut_ptr().cast(),
+                    self.rx.len(),
+                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err.into());
+            }
+            if n as usize > self.rx.len() {
+                self.rx.resize(n as usize, 0);
+            }
+            let n = unsafe { libc::recv(fd, self.rx.as_mut_ptr().cast(), self.rx.len(), 0) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err.into());
+            }
+            return Ok(n as usize);
+        }
+    }
+
+    /// Reads replies to `seq` until the final ACK, error or NLMSG_DONE, passing every data
+    /// message to `handler`. Returns whether the kernel flagged the dump as interrupted.
+    /// A handler error is returned after the reply stream is drained, so the socket stays in step.
+    fn collect(&mut self, seq: u32, handler: Handler<'_>) -> NlResult<bool> {
+        let mut interrupted = false;
+        let mut first_err: Option<NetlinkError> = None;
+        loop {
+            let n = self.recv_datagram()?;
+            let buf = &self.rx[..n];
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= n {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+                let mseq =
+                    u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+                if len < NLMSG_HDRLEN || off + len > n {
+                    return Err(NetlinkError::decode(format!(
+                        "message length {len} at offset {off} exceeds datagram of {n} bytes"
+                    )));
+                }
+                let payload = &buf[off + NLMSG_HDRLEN..off + len];
+                off += (len + 3) & !3;
+                if mseq != seq {
+                    continue; // a stale reply to an earlier request: not ours to handle
+                }
+                if flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match ty {
+                    NLMSG_NOOP => {}
+                    NLMSG_ERROR => {
+                        let code = read_i32(payload)?;
+                        if code == 0 {
+                            return first_err.map_or(Ok(interrupted), Err);
+                        }
+                        let extack = error_extack(payload, flags);
+                        return Err(NetlinkError::kernel(-code, extack));
+                    }
+                    NLMSG_DONE => {
+                        let code = if payload.len() >= 4 {
+                            read_i32(payload)?
+                        } else {
+                            0
+                        };
+                        if code < 0 {
+                            let extack = if flags & NLM_F_ACK_TLVS != 0 {
+                                extack_from_tlvs(&payload[4..])
+                            } else {
+                                None
+                            };
+                            return Err(NetlinkError::kernel(-code, extack));
+                        }
+                        return first_err.map_or(Ok(interrupted), Err);
+                    }
+                    NLMSG_OVERRUN => return Err(NetlinkError::decode("NLMSG_OVERRUN: data lost")),
+                    _ => {
+                        if first_err.is_none()
+                            && let Err(e) = handler(ty, payload)
+                        {
+                            first_err = Some(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a request wanting an ACK (`extra` adds NLM_F_CREATE/EXCL/REPLACE/APPEND...);
+    /// data replies (e.g. to a GET) go to `handler`.
+    pub(crate) fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        extra: u16,
+        handler: Handler<'_>,
+    ) -> NlResult<()> {
+        self.encode(msg, NLM_F_REQUEST | NLM_F_ACK | extra);
+        let seq = self.transmit()?;
+        self.collect(seq, handler).map(|_| ())
+    }
+
+    /// Sends a request and waits for its ACK, ignoring data replies.
+    pub(crate) fn ack(&mut self, msg: RouteNetlinkMessage, extra: u16) -> NlResult<()> {
+        self.request(msg, extra, &mut |_, _| Ok(()))
+    }
+
+    /// Dumps (NLM_F_DUMP), keeping what `parse` makes of each message; an interrupted dump
+    /// (NLM_F_DUMP_INTR) is redone from scratch up to [`DUMP_RETRIES`] times.
+    pub(crate) fn dump<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        parse: &mut dyn FnMut(u16, &[u8]) -> Option<T>,
+    ) -> NlResult<Vec<T>> {
+        self.encode(msg, NLM_F_REQUEST | NLM_F_DUMP);
+        let mut out = Vec::new();
+        for _ in 0..=DUMP_RETRIES {
+            out.clear();
+            let seq = self.transmit()?;
+            let interrupted = self.collect(seq, &mut |ty, p| {
+                if let Some(v) = parse(ty, p) {
+                    out.push(v);
+                }
+                Ok(())
+            })?;
+            if !interrupted {
+                return Ok(out);
+            }
+        }
+        Err(NetlinkErrorKind::DumpInterrupted(DUMP_RETRIES + 1).into())
+    }
+}
+
+fn read_i32(p: &[u8]) -> NlResult<i32> {
+    p.get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| NetlinkError::decode("short NLMSG_ERROR/NLMSG_DONE"))
+}
+
+/// The extack message of an NLMSG_ERROR payload: error code, echoed request header (and the
+/// request payload unless NLM_F_CAPPED), then TLVs when NLM_F_ACK_TLVS.
+fn error_extack(payload: &[u8], flags: u16) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let hdr = payload.get(4..4 + NLMSG_HDRLEN)?;
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        let l = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        (l + 3) & !3
+    };
+    extack_from_tlvs(payload.get(4 + echoed..)?)
+}
+
+fn extack_from_tlvs(tlvs: &[u8]) -> Option<String> {
+    let mut msg: Option<String> = None;
+    let mut missing: Option<u32> = None;
+    for (ty, val) in Attrs::new(tlvs) {
+        match ty {
+            NLMSGERR_ATTR_MSG => {
+                let end = val.iter().position(|&b| b == 0).unwrap_or(val.len());
+                msg = Some(String::from_utf8_lossy(&val[..end]).into_owned());
+            }
+            NLMSGERR_ATTR_MISS_TYPE if val.len() >= 4 => {
+                missing = Some(u32::from_ne_bytes([val[0], val[1], val[2], val[3]]));
+            }
+            _ => {}
+        }
+    }
+    match (msg, missing) {
+        (Some(m), Some(t)) => Some(format!("{m} (missing attribute type {t})")),
+        (Some(m), None) => Some(m),
+        (None, Some(t)) => Some(format!("missing attribute type {t}")),
+        (None, None) => None,
+    }
+}
