@@ -16,18 +16,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
-/// The `CNI_COMMAND` value of `command`.
-pub fn command_name(command: Command) -> &'static str {
-    match command {
-        Command::Add => "ADD",
-        Command::Del => "DEL",
-        Command::Check => "CHECK",
-        Command::Version => "VERSION",
-        Command::Gc => "GC",
-        Command::Status => "STATUS",
-    }
-}
-
 /// Finds the executable `plugin_type` in `cni_path` (first match wins). Names that are empty,
 /// `.`/`..` or contain `/` or NUL are rejected (code 7); not found is code 103.
 pub fn find_plugin(plugin_type: &str, cni_path: &[PathBuf]) -> Result<PathBuf> {
@@ -78,7 +66,7 @@ pub fn run<P: Serialize>(
         .map_err(|e| Error::invalid_env("CNI_PATH: cannot join").with_details(e))?;
 
     let mut proc = Process::new(&binary);
-    proc.env("CNI_COMMAND", command_name(command))
+    proc.env("CNI_COMMAND", command.as_str())
         .env("CNI_ARGS", &args.args)
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
@@ -333,6 +321,21 @@ mod tests {
         crate::ipam::status(&args(&d, ""), &c).unwrap();
         let env = fs::read_to_string(out.with_extension("env")).unwrap();
         assert!(env.contains("CNI_COMMAND=STATUS\n"), "{env}");
+    }
+
+    #[test]
+    fn add_result_parsed_in_config_version() {
+        let d = PluginDir::new("addok");
+        d.script(
+            "myipam",
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{"nameservers":["10.1.0.53"]}}'"#,
+        );
+        let r = crate::ipam::add(&args(&d, "c"), &conf("myipam")).unwrap();
+        assert_eq!(r.ips.len(), 1);
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.5/24");
+        assert_eq!(r.ips[0].gateway, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(r.dns.nameservers, ["10.1.0.53"]);
     }
 
     #[test]

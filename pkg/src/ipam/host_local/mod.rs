@@ -21,33 +21,21 @@ pub mod allocator;
 pub mod config;
 pub mod store;
 
-pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet, validate_network_name};
+pub use crate::types::Attachment;
+pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet};
 pub use store::Owner;
 
 use crate::args::{CniArgs, requested_ips};
 use crate::error::{Error, Result, code};
 use crate::ipam::resolv::read_resolv_conf;
 use crate::skeleton::CmdArgs;
-use crate::types::{CniResult, Dns, IpConfig, NetConf};
+use crate::types::{self, CniResult, Dns, IpConfig, NetConf};
 use allocator::Candidates;
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use store::{Listing, Match, Store};
-
-/// The GC key listing the attachments that are still in use.
-pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
-
-/// One entry of `cni.dev/valid-attachments`: an attachment GC must keep.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    /// The container ID.
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    /// The interface name.
-    pub ifname: String,
-}
 
 /// ADD from the CNI arguments and network config: requested addresses are taken from
 /// `CNI_ARGS` `IP=`, `runtimeConfig.ips` and `args.cni.ips`.
@@ -67,9 +55,10 @@ pub fn check<P>(args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
     HostLocal::from_netconf(conf)?.check(&args.container_id, &args.ifname)
 }
 
-/// GC from the network config: keeps only the reservations of `cni.dev/valid-attachments`.
-pub fn gc<P: Serialize>(_args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
-    let valid = valid_attachments(conf)?;
+/// GC from the network config: keeps only the reservations of `cni.dev/valid-attachments`
+/// (see [`valid_attachments`]).
+pub fn gc<P: Serialize>(args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
+    let valid = valid_attachments(args, conf)?;
     HostLocal::from_netconf(conf)?.gc(&valid)
 }
 
@@ -78,28 +67,21 @@ pub fn status<P>(_args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
     HostLocal::from_netconf(conf)?.status()
 }
 
-/// The config's `cni.dev/valid-attachments` list. Missing is code 7 (GC would otherwise
-/// release everything); an empty list is valid and means "nothing is in use".
-pub fn valid_attachments<P: Serialize>(conf: &NetConf<P>) -> Result<Vec<Attachment>> {
-    let value = serde_json::to_value(conf).map_err(|e| {
+/// The attachments GC must keep: `cni.dev/valid-attachments` (or `cni.dev/attachments`) of
+/// `conf`, else of the raw config in `args.stdin` (a typed `P` may drop the key). Missing in
+/// both is code 7 (GC would otherwise release everything); an empty list means "none in use".
+pub fn valid_attachments<P: Serialize>(
+    args: &CmdArgs,
+    conf: &NetConf<P>,
+) -> Result<Vec<Attachment>> {
+    let bytes = serde_json::to_vec(conf).map_err(|e| {
         Error::invalid_config("cannot serialize the network config").with_details(e)
     })?;
-    let list = value
-        .get(VALID_ATTACHMENTS_KEY)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| {
-            Error::invalid_config(format!(
-                "GC needs {VALID_ATTACHMENTS_KEY} in the network config (a list of \
-             {{\"containerID\", \"ifname\"}}, possibly empty)"
-            ))
-        })?;
-    serde_json::from_value(list.clone()).map_err(|e| {
-        Error::invalid_config(format!(
-            "{VALID_ATTACHMENTS_KEY}: expected a list of {{\"containerID\": string, \
-             \"ifname\": string}}"
-        ))
-        .with_details(e)
-    })
+    match types::valid_attachments(&bytes) {
+        Ok(valid) => Ok(valid),
+        Err(e) if args.stdin.is_empty() => Err(e),
+        Err(_) => types::valid_attachments(&args.stdin),
+    }
 }
 
 /// host-local over a validated [`Config`].

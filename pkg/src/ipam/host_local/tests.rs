@@ -584,6 +584,13 @@ fn netconf_api_with_requested_ips_and_gc() {
     );
     gc(&cmd_args("", "", ""), &keep).unwrap();
     assert!(net(&d).join("10.9.0.42").exists());
+    // the key only in the raw stdin (a typed config may drop it), older spelling
+    let mut from_stdin = cmd_args("", "", "");
+    from_stdin.stdin = serde_json::to_vec(&json!({"cniVersion": "1.1.0", "name": "testnet",
+        "cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]}))
+    .unwrap();
+    gc(&from_stdin, &conf).unwrap();
+    assert!(net(&d).join("10.9.0.42").exists());
     let none = netconf(&d, json!({"cni.dev/valid-attachments": []}));
     gc(&cmd_args("", "", ""), &none).unwrap();
     assert!(!net(&d).join("10.9.0.42").exists());
