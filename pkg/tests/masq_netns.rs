@@ -1,0 +1,374 @@
+//! twill::masq against real network namespaces: the table exists once, with the right content,
+//! in the test namespace only; it masquerades real packets leaving the cluster and only those.
+//! Never touches the root namespace (asserted).
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use twill::masq;
+use twill::netns::Netns;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A namespace made by this test (`tw-masq-<pid>-<n>`), deleted on drop.
+struct TestNs {
+    name: String,
+}
+
+impl TestNs {
+    fn new() -> TestNs {
+        let name = format!(
+            "tw-masq-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        let ns = TestNs { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+    /// Runs a command inside the namespace; panics on failure.
+    fn run(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["nsenter".to_string(), format!("--net={}", self.path())];
+        full.extend(cmd.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(|s| s.as_str()).collect();
+        sh(&refs)
+    }
+    /// Runs `f` on this thread with the thread inside the namespace, then returns.
+    fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        Netns::open(Path::new(&self.path()))
+            .unwrap()
+            .run(f)
+            .unwrap()
+    }
+    fn ruleset_json(&self) -> Vec<Value> {
+        let out = self.run(&["nft", "-j", "list", "ruleset"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["nftables"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn objects<'a>(all: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    all.iter().filter_map(|o| o.get(kind)).collect()
+}
+
+/// The root namespace has no table of ours.
+fn assert_root_untouched(network: &str) {
+    let out = sh(&["nft", "list", "tables"]);
+    assert!(
+        !out.contains(&format!("twill-masq-{network}")),
+        "root ns has our table: {out}"
+    );
+}
+
+#[test]
+fn ensure_creates_one_table_with_the_right_rules() {
+    let ns = TestNs::new();
+    let network = format!("mq{}", std::process::id());
+    let pods = [net("10.244.1.0/24"), net("fd10:0:0:1::/64")];
+    let cluster = [net("10.244.0.0/16"), net("fd10::/48")];
+    ns.enter(|| masq::ensure(&network, &pods, &cluster))
+        .unwrap();
+    let first = ns.ruleset_json();
+    let tables = objects(&first, "table");
+    assert_eq!(tables.len(), 1, "{first:?}");
+    assert_eq!(tables[0]["name"], format!("twill-masq-{network}"));
+    assert_eq!(tables[0]["family"], "inet");
+    let handle = tables[0]["handle"].clone();
+
+    // Many more calls, sequential and concurrent: the same table object (same handle) stays.
+    for _ in 0..50 {
+        ns.enter(|| masq::ensure(&network, &pods, &cluster))
+            .unwrap();
+    }
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    ns.enter(|| masq::ensure(&network, &pods, &cluster))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let all = ns.ruleset_json();
+    let tables = objects(&all, "table");
+    assert_eq!(tables.len(), 1);
+    assert_eq!(
+        tables[0]["handle"], handle,
+        "fast path must not recreate the table"
+    );
+
+    let chains = objects(&all, "chain");
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0]["name"], "postrouting");
+    assert_eq!(chains[0]["type"], "nat");
+    assert_eq!(chains[0]["hook"], "postrouting");
+    assert_eq!(chains[0]["prio"], 100);
+    let rules = objects(&all, "rule");
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    for (rule, (proto, src, src_len, dsts)) in rules.iter().zip([
+        (
+            "ip",
+            "10.244.1.0",
+            24,
+            vec![("10.244.0.0", 16), ("224.0.0.0", 4)],
+        ),
+        (
+            "ip6",
+            "fd10:0:0:1::",
+            64,
+            vec![("fd10::", 48), ("ff00::", 8)],
+        ),
+    ]) {
+        let expr = rule["expr"].as_array().unwrap();
+        assert_eq!(expr.len(), 3, "{rule}");
+        let m0 = &expr[0]["match"];
+        assert_eq!(m0["op"], "==");
+        assert_eq!(m0["left"]["payload"]["protocol"], proto);
+        assert_eq!(m0["left"]["payload"]["field"], "saddr");
+        assert_eq!(m0["right"]["prefix"]["addr"], src);
+        assert_eq!(m0["right"]["prefix"]["len"], src_len);
+        let m1 = &expr[1]["match"];
+        assert_eq!(m1["op"], "!=");
+        assert_eq!(m1["left"]["payload"]["field"], "daddr");
+        let set: Vec<(String, u64)> = m1["right"]["set"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["prefix"]["addr"].as_str().unwrap().to_string(),
+                    e["prefix"]["len"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, u64)> = dsts.iter().map(|(a, l)| (a.to_string(), *l)).collect();
+        assert_eq!(set, want);
+        assert_eq!(expr[2]["masquerade"]["flags"], "fully-random");
+        assert!(rule["comment"].as_str().unwrap().starts_with("twill masq "));
+    }
+    masq::check(&network, &pods, &cluster).unwrap_err(); // root ns: not there
+    ns.enter(|| masq::check(&network, &pods, &cluster)).unwrap();
+    assert_root_untouched(&network);
+}
+
+#[test]
+fn concurrent_first_creation_converges() {
+    let ns = TestNs::new();
+    let network = format!("conc{}", std::process::id());
+    let pods = [net("10.50.3.0/24")];
+    let cluster = [net("10.50.0.0/16")];
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                ns.enter(|| masq::ensure(&network, &pods, &cluster))
+                    .unwrap()
+            });
+        }
+    });
+    let all = ns.ruleset_json();
+    assert_eq!(objects(&all, "table").len(), 1);
+    assert_eq!(objects(&all, "chain").len(), 1);
+    assert_eq!(objects(&all, "rule").len(), 1);
+    ns.enter(|| masq::check(&network, &pods, &cluster)).unwrap();
+    assert_root_untouched(&network);
+}
+
+#[test]
+fn config_change_replaces_rule_set() {
+    let ns = TestNs::new();
+    let network = "chg";
+    let pods = [net("10.60.1.0/24")];
+    ns.enter(|| masq::ensure(network, &pods, &[net("10.60.0.0/16")]))
+        .unwrap();
+    ns.enter(|| masq::ensure(network, &pods, &[net("10.60.0.0/15")]))
+        .unwrap();
+    let all = ns.ruleset_json();
+    assert_eq!(objects(&all, "table").len(), 1);
+    let rules = objects(&all, "rule");
+    assert_eq!(rules.len(), 1);
+    let set = &rules[0]["expr"][1]["match"]["right"]["set"];
+    assert_eq!(set[0]["prefix"]["len"], 15, "{set}");
+    ns.enter(|| masq::check(network, &pods, &[net("10.60.0.0/15")]))
+        .unwrap();
+    let e = ns
+        .enter(|| masq::check(network, &pods, &[net("10.60.0.0/16")]))
+        .unwrap_err();
+    assert_eq!(e.code, twill::code::CHECK_FAILED);
+}
+
+#[test]
+fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
+    let ns = TestNs::new();
+    let network = "tamper";
+    let pods = [net("10.70.1.0/24"), net("fd70::/64")];
+    let cluster = [net("10.70.0.0/16")];
+    ns.enter(|| masq::ensure(network, &pods, &cluster)).unwrap();
+    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+
+    ns.run(&[
+        "nft",
+        "flush",
+        "chain",
+        "inet",
+        "twill-masq-tamper",
+        "postrouting",
+    ]);
+    let e = ns
+        .enter(|| masq::check(network, &pods, &cluster))
+        .unwrap_err();
+    assert_eq!(e.code, twill::code::CHECK_FAILED);
+    assert!(e.msg.contains("expected 2"), "{e}");
+    ns.enter(|| masq::rebuild(network, &pods, &cluster))
+        .unwrap();
+    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+
+    // An extra foreign rule in our chain is also a CHECK failure.
+    ns.run(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "twill-masq-tamper",
+        "postrouting",
+        "counter",
+    ]);
+    let e = ns
+        .enter(|| masq::check(network, &pods, &cluster))
+        .unwrap_err();
+    assert!(e.msg.contains("3 in total"), "{e}");
+
+    assert!(ns.enter(|| masq::exists(network)).unwrap());
+    ns.enter(|| masq::remove(network)).unwrap();
+    assert!(!ns.enter(|| masq::exists(network)).unwrap());
+    assert!(ns.run(&["nft", "list", "tables"]).trim().is_empty());
+    ns.enter(|| masq::remove(network)).unwrap();
+    let e = ns
+        .enter(|| masq::check(network, &pods, &cluster))
+        .unwrap_err();
+    assert!(e.msg.contains("does not exist"), "{e}");
+}
+
+/// Real packets: pod → outside is masqueraded to the node's address; pod → another pod
+/// subnet of the cluster keeps the pod's source address.
+#[test]
+fn masquerades_real_packets_leaving_the_cluster_only() {
+    let node = TestNs::new();
+    let pod = TestNs::new();
+    let ext = TestNs::new();
+    let peer = TestNs::new();
+    let link = |a: &TestNs, an: &str, b: &TestNs, bn: &str| {
+        node.run(&["ip", "link", "add", an, "type", "veth", "peer", "name", bn]);
+        if a.name != node.name {
+            node.run(&["ip", "link", "set", an, "netns", &a.name]);
+        }
+        node.run(&["ip", "link", "set", bn, "netns", &b.name]);
+        a.run(&["ip", "link", "set", an, "up"]);
+        b.run(&["ip", "link", "set", bn, "up"]);
+    };
+    link(&node, "vpod", &pod, "eth0");
+    link(&node, "vext", &ext, "eth0");
+    link(&node, "vpeer", &peer, "eth0");
+    node.run(&["ip", "addr", "add", "10.80.1.1/24", "dev", "vpod"]);
+    node.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "vext"]);
+    node.run(&["ip", "addr", "add", "10.80.2.1/24", "dev", "vpeer"]);
+    node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    pod.run(&["ip", "addr", "add", "10.80.1.2/24", "dev", "eth0"]);
+    pod.run(&["ip", "route", "add", "default", "via", "10.80.1.1"]);
+    ext.run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    peer.run(&["ip", "addr", "add", "10.80.2.2/24", "dev", "eth0"]);
+    peer.run(&["ip", "route", "add", "10.80.1.0/24", "via", "10.80.2.1"]);
+    // Count, at each destination, packets by source address.
+    for ns in [&ext, &peer] {
+        ns.run(&[
+            "nft",
+            "add table inet seen; add chain inet seen in { type filter hook input priority 0; }; \
+             add rule inet seen in ip saddr 10.80.1.2 counter; \
+             add rule inet seen in ip saddr 198.51.100.1 counter; \
+             add rule inet seen in ip saddr 10.80.2.1 counter",
+        ]);
+    }
+    node.enter(|| masq::ensure("pkt", &[net("10.80.1.0/24")], &[net("10.80.0.0/16")]))
+        .unwrap();
+    pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.51.100.2"]);
+    pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.80.2.2"]);
+    let counts = |ns: &TestNs| -> Vec<(String, u64)> {
+        objects(&ns.ruleset_json(), "rule")
+            .iter()
+            .map(|r| {
+                let src = r["expr"][0]["match"]["right"].as_str().unwrap().to_string();
+                (src, r["expr"][1]["counter"]["packets"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    let ext_seen = counts(&ext);
+    assert_eq!(
+        ext_seen[0],
+        ("10.80.1.2".to_string(), 0),
+        "not masqueraded: {ext_seen:?}"
+    );
+    assert!(
+        ext_seen[1].1 >= 2,
+        "outside sees the node address: {ext_seen:?}"
+    );
+    let peer_seen = counts(&peer);
+    assert!(
+        peer_seen[0].1 >= 2,
+        "cluster sees the pod address: {peer_seen:?}"
+    );
+    assert_eq!(
+        peer_seen[2].1, 0,
+        "cluster traffic masqueraded: {peer_seen:?}"
+    );
+    assert_root_untouched("pkt");
+}
+
+/// Measures the fast path (table present with the right fingerprint). Printed, not asserted:
+/// run with `--nocapture` to see it.
+#[test]
+fn ensure_on_existing_table_cost() {
+    let ns = TestNs::new();
+    let pods = [net("10.90.1.0/24"), net("fd90::/64")];
+    let cluster = [net("10.90.0.0/16")];
+    let (create, per_call) = ns.enter(|| {
+        let t = Instant::now();
+        masq::ensure("cost", &pods, &cluster).unwrap();
+        let create = t.elapsed();
+        let n = 2000;
+        let t = Instant::now();
+        for _ in 0..n {
+            masq::ensure("cost", &pods, &cluster).unwrap();
+        }
+        (create, t.elapsed() / n)
+    });
+    println!("masq::ensure: first creation (nft -f) {create:?}, existing table {per_call:?}/call");
+}
