@@ -5,7 +5,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
 BINS := host-local bridge-host-gw
-RELEASE := target/release
+# Plugins are linked statically (glibc crt-static): a short-lived process then skips the dynamic
+# loader, which is about a third of a millisecond per exec here. Only the target artifacts get the
+# flag (proc-macros stay dynamic), hence the explicit --target.
+TRIPLE := $(shell PATH="$(PATH)" rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
+RELEASE := target/$(TRIPLE)/release
+export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
 APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps
 
 .PHONY: all deps build test unit conformance lint bench install demo clean
@@ -24,7 +30,8 @@ deps:
 
 ## build: release binaries of every plugin and the bench harness.
 build:
-	$(CARGO) build --release --workspace --bins
+	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
+	  $(CARGO) build --release --target $(TRIPLE) --workspace --bins
 
 ## test: lint, unit tests, kernel integration tests and the black-box conformance suite (root).
 test: deps lint build unit conformance
@@ -33,7 +40,7 @@ unit:
 	$(CARGO) test --workspace --exclude conformance
 
 conformance: build
-	TWILL_BIN_DIR=$(CURDIR)/$(RELEASE) $(CARGO) test -p conformance
+	$(CARGO) test -p conformance
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -180,9 +180,16 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// Creates `<tmp>/tw-bench-<pid>-<tag>` (fails if it exists).
+    /// Creates `<base>/tw-bench-<pid>-<tag>` (fails if it exists). The base is `$BENCH_STATE_DIR`,
+    /// else `/var/lib/cni` (where plugin state lives on a node; created if needed): on this machine
+    /// file creation under `/tmp` costs 10-30x more than elsewhere on the same disk, which would
+    /// swamp the plugins' own cost.
     pub fn create(tag: &str) -> Result<TempDir, String> {
-        let path = std::env::temp_dir().join(format!("tw-bench-{}-{tag}", std::process::id()));
+        let base = std::env::var_os("BENCH_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/cni"));
+        std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
+        let path = base.join(format!("tw-bench-{}-{tag}", std::process::id()));
         std::fs::create_dir(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
         register(Resource::Dir(path.clone()));
         Ok(TempDir { path })

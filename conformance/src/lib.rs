@@ -1,1 +1,57 @@
-//! Helpers for the black-box conformance suite.
+//! Black-box conformance harness for the twill CNI plugins.
+//!
+//! The suite runs the *built* binaries exactly as a container runtime does (environment +
+//! stdin, reading stdout and the exit code) and inspects the result through kernel state
+//! (`ip -j -n NS ...`) and files. It never links against the `twill` crate.
+//!
+//! Everything a test creates (network namespaces, temporary directories, fabrics) is owned
+//! by a guard that removes it on drop, also when the test panics. Nothing is ever created in
+//! the root network namespace: veth pairs are created inside a namespace with their peer
+//! moved straight into another one.
+//!
+//! Modules:
+//! - [`bins`]: where the twill and the reference plugin binaries are.
+//! - [`netns`]: the [`Netns`] guard and the [`TempDir`] guard.
+//! - [`plugin`]: [`Invocation`] (a CNI call) and its [`Outcome`].
+//! - [`kernel`]: typed readers of links, addresses, routes, neighbours, FDB and sysctls.
+//! - [`snapshot`]: byte-exact snapshots of a directory tree.
+//! - [`fabric`]: multi-node test fabrics (one L2 segment, or two joined by a router).
+//! - [`process`]: running helper commands with a bounded wall time.
+
+#![deny(missing_docs)]
+
+pub mod bins;
+pub mod fabric;
+pub mod kernel;
+pub mod netns;
+pub mod plugin;
+pub mod process;
+pub mod snapshot;
+
+pub use bins::{ref_bin, twill_bin};
+pub use fabric::{Fabric, Node, Pod, ping, result_ips};
+pub use kernel::{Addr, FdbEntry, Link, Neighbour, RouteEntry};
+pub use netns::{Netns, TempDir};
+pub use plugin::{Invocation, Outcome};
+pub use snapshot::DirSnapshot;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Every CNI version the twill plugins speak, oldest first.
+pub const CNI_VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `twc-<pid>-<n>` (`tag` is appended when non-empty).
+///
+/// Short enough (for realistic pids) to also serve as a container ID or netns name.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    if tag.is_empty() {
+        format!("twc-{}-{n}", std::process::id())
+    } else {
+        format!("twc-{}-{n}-{tag}", std::process::id())
+    }
+}

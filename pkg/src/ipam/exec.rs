@@ -16,18 +16,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
-/// The `CNI_COMMAND` value of `command`.
-pub fn command_name(command: Command) -> &'static str {
-    match command {
-        Command::Add => "ADD",
-        Command::Del => "DEL",
-        Command::Check => "CHECK",
-        Command::Version => "VERSION",
-        Command::Gc => "GC",
-        Command::Status => "STATUS",
-    }
-}
-
 /// Finds the executable `plugin_type` in `cni_path` (first match wins). Names that are empty,
 /// `.`/`..` or contain `/` or NUL are rejected (code 7); not found is code 103.
 pub fn find_plugin(plugin_type: &str, cni_path: &[PathBuf]) -> Result<PathBuf> {
@@ -78,7 +66,7 @@ pub fn run<P: Serialize>(
         .map_err(|e| Error::invalid_env("CNI_PATH: cannot join").with_details(e))?;
 
     let mut proc = Process::new(&binary);
-    proc.env("CNI_COMMAND", command_name(command))
+    proc.env("CNI_COMMAND", command.as_str())
         .env("CNI_ARGS", &args.args)
         .env("CNI_PATH", cni_path)
         .stdin(Stdio::piped())
@@ -98,16 +86,26 @@ pub fn run<P: Serialize>(
         )
         .with_details(e)
     };
-    let mut child = proc
-        .spawn()
-        .map_err(|e| delegate_err("cannot execute", e))?;
-    if let Some(mut pipe) = child.stdin.take() {
-        // A plugin may exit without reading stdin; its exit status tells what happened.
-        let _ = pipe.write_all(&stdin);
+    let mut child = spawn(&mut proc).map_err(|e| delegate_err("cannot execute", e))?;
+    let output = match child.stdin.take() {
+        // A write that fits the pipe (64 KiB by default) cannot block, whatever the plugin does.
+        Some(mut pipe) if stdin.len() <= PIPE_CAPACITY => {
+            // A plugin may exit without reading stdin; its exit status tells what happened.
+            let _ = pipe.write_all(&stdin);
+            drop(pipe);
+            child.wait_with_output()
+        }
+        // A larger config is fed from a thread while the plugin's output is drained, so a plugin
+        // that writes before it reads cannot deadlock against us.
+        Some(mut pipe) => std::thread::scope(|s| {
+            s.spawn(move || {
+                let _ = pipe.write_all(&stdin);
+            });
+            child.wait_with_output()
+        }),
+        None => child.wait_with_output(),
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| delegate_err("cannot wait", e))?;
+    .map_err(|e| delegate_err("cannot wait", e))?;
     if output.status.success() {
         return Ok(output.stdout);
     }
@@ -118,6 +116,24 @@ pub fn run<P: Serialize>(
         &output.stderr,
         output.status,
     ))
+}
+
+/// Bytes a pipe takes without a reader (Linux default capacity).
+const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// Spawns `proc`, retrying a few times on `ETXTBSY`: a binary that was just written can be
+/// briefly "busy" while another thread's fork still holds its write descriptor.
+fn spawn(proc: &mut Process) -> std::io::Result<std::process::Child> {
+    let mut attempts = 0;
+    loop {
+        match proc.spawn() {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && attempts < 5 => {
+                attempts += 1;
+                std::thread::yield_now();
+            }
+            other => return other,
+        }
+    }
 }
 
 fn set_or_remove(proc: &mut Process, key: &str, value: &str) {
@@ -147,11 +163,10 @@ fn plugin_error(
         let details = v.get("details").and_then(Value::as_str).unwrap_or("");
         return Error::new(c, format!("IPAM plugin {plugin_type}: {msg}")).with_details(details);
     }
-    let stderr = String::from_utf8_lossy(stderr);
-    let stdout = String::from_utf8_lossy(stdout);
-    let mut details = format!("stderr: {}", stderr.trim());
-    if !stdout.trim().is_empty() {
-        details.push_str(&format!("; stdout: {}", stdout.trim()));
+    let mut details = format!("stderr: {}", excerpt(stderr));
+    let stdout = excerpt(stdout);
+    if !stdout.is_empty() {
+        details.push_str(&format!("; stdout: {stdout}"));
     }
     Error::new(
         code::IPAM_DELEGATE,
@@ -159,6 +174,20 @@ fn plugin_error(
     )
     .with_details(details)
 }
+
+/// At most [`EXCERPT_BYTES`] of a plugin's output, trimmed, for error details.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_BYTES)]);
+    let text = text.trim();
+    if bytes.len() > EXCERPT_BYTES {
+        format!("{text}... ({} bytes in all)", bytes.len())
+    } else {
+        text.to_string()
+    }
+}
+
+/// How much of a failed plugin's stdout and stderr goes into the error details.
+const EXCERPT_BYTES: usize = 4096;
 
 /// ADD through the plugin: its result, parsed in the config's CNI version.
 pub fn add<P: Serialize>(
@@ -172,7 +201,7 @@ pub fn add<P: Serialize>(
             code::IPAM_DELEGATE,
             format!("IPAM plugin {plugin_type}: ADD printed no JSON result"),
         )
-        .with_details(format!("{e}: {}", String::from_utf8_lossy(&stdout).trim()))
+        .with_details(format!("{e}: {}", excerpt(&stdout)))
     })?;
     version::parse_result(&value, &conf.cni_version)
         .map_err(|e| e.context(format!("IPAM plugin {plugin_type}: bad ADD result")))
@@ -333,6 +362,52 @@ mod tests {
         crate::ipam::status(&args(&d, ""), &c).unwrap();
         let env = fs::read_to_string(out.with_extension("env")).unwrap();
         assert!(env.contains("CNI_COMMAND=STATUS\n"), "{env}");
+    }
+
+    #[test]
+    fn add_result_parsed_in_config_version() {
+        let d = PluginDir::new("addok");
+        d.script(
+            "myipam",
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.5/24","gateway":"10.1.0.1"}],"routes":[{"dst":"0.0.0.0/0"}],"dns":{"nameservers":["10.1.0.53"]}}'"#,
+        );
+        let r = crate::ipam::add(&args(&d, "c"), &conf("myipam")).unwrap();
+        assert_eq!(r.ips.len(), 1);
+        assert_eq!(r.ips[0].address.to_string(), "10.1.0.5/24");
+        assert_eq!(r.ips[0].gateway, Some("10.1.0.1".parse().unwrap()));
+        assert_eq!(r.routes[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(r.dns.nameservers, ["10.1.0.53"]);
+    }
+
+    #[test]
+    fn large_config_and_chatty_plugin_do_not_deadlock() {
+        let d = PluginDir::new("big");
+        let seen = d.0.join("stdin-bytes");
+        // writes 256 KiB before reading its 100 KiB stdin: both pipes fill up unless fed apart
+        d.script(
+            "myipam",
+            &format!(
+                "head -c 262144 /dev/zero; wc -c > {}; exit 1",
+                seen.display()
+            ),
+        );
+        let mut c = conf("myipam");
+        c.plugin
+            .insert("padding".into(), json!("p".repeat(100 * 1024)));
+        let e = crate::ipam::del(&args(&d, "c"), &c).unwrap_err();
+        assert_eq!(e.code, code::IPAM_DELEGATE);
+        assert!(
+            e.details.len() < 5000,
+            "details not capped: {} bytes",
+            e.details.len()
+        );
+        assert!(
+            e.details.ends_with("(262144 bytes in all)"),
+            "{}",
+            &e.details[e.details.len() - 40..]
+        );
+        let n: usize = fs::read_to_string(&seen).unwrap().trim().parse().unwrap();
+        assert_eq!(n, serde_json::to_vec(&c).unwrap().len());
     }
 
     #[test]

@@ -2,20 +2,14 @@
 //! config, same on-disk state under `dataDir`). All the work is in `twill::ipam::host_local`.
 
 use twill::ipam::host_local;
-use twill::{CmdArgs, CniResult, Error, NetConf, Plugin, Result};
+use twill::{CmdArgs, CniResult, NetConf, Plugin, Result};
 
 /// The host-local plugin: each command parses the config and runs in-process.
 struct HostLocal;
 
 /// The network config from stdin (code 6 when not JSON, 7 when of the wrong shape).
 fn netconf(args: &CmdArgs) -> Result<NetConf> {
-    serde_json::from_slice(&args.stdin).map_err(|e| {
-        if e.is_data() {
-            Error::invalid_config(format!("invalid network config: {e}"))
-        } else {
-            Error::decode(format!("network config is not valid JSON: {e}"))
-        }
-    })
+    twill::types::parse_netconf(&args.stdin)
 }
 
 impl Plugin for HostLocal {

@@ -4,7 +4,7 @@
 //! Every error is code 7 and names the offending field (`ipam.ranges[1][0].rangeEnd`).
 
 use crate::error::{Error, Result};
-use crate::types::Route;
+use crate::types::{Route, validate_network_name};
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -223,29 +223,9 @@ impl Config {
     }
 }
 
-/// Checks that a network name is safe as a directory name: it must start with an ASCII letter or
-/// digit followed by letters, digits, `_`, `.` or `-` (the CNI spec's rule), at most 255 bytes.
-/// This excludes empty names, `.`/`..` and `/`, so `<dataDir>/<name>` cannot leave `dataDir`.
-pub fn validate_network_name(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && name.len() <= 255;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid_config(format!(
-            "name: {name:?} is not a valid network name: it must start with a letter or digit \
-             followed by letters, digits, '_', '.' or '-' (at most 255 characters)"
-        )))
-    }
-}
-
+/// True when `version` is a CNI version below 0.3.0 (one address per family at most).
 fn version_below_0_3(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let major = parts.next().unwrap_or(0);
-    let minor = parts.next().unwrap_or(0);
-    !version.is_empty() && major == 0 && minor < 3
+    !version.is_empty() && !crate::version::at_least(version, "0.3.0").unwrap_or(true)
 }
 
 fn parse_range_sets(value: &Value, field: &str) -> Result<Vec<RangeSet>> {
@@ -613,6 +593,7 @@ mod tests {
             assert_eq!(e.code, code::INVALID_CONFIG, "{badname:?}");
         }
         validate_network_name(&"a".repeat(256)).unwrap_err();
+        validate_network_name(&"a".repeat(255)).unwrap();
         let e = Config::parse("../x", "1.0.0", &json!({"subnet": "10.0.0.0/24"}), None);
         assert!(e.unwrap_err().msg.contains("network name"));
     }

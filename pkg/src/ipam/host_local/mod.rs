@@ -10,7 +10,8 @@
 //!   returns that address instead of failing with "duplicate allocation", so a retried ADD is
 //!   idempotent.
 //! - CHECK requires a reservation of the owner in every range set (the reference is satisfied
-//!   with one anywhere) and fails with code 105.
+//!   with one anywhere) and, when `prevResult` is given, that each of its addresses is a
+//!   reservation of the owner (the reference ignores `prevResult`); it fails with code 105.
 //! - The IPv4 network and broadcast addresses are never handed out, even when an explicit
 //!   `rangeStart`/`rangeEnd` includes them.
 //! - Errors carry CNI codes: 7 bad config, 101 range set exhausted, 102 requested address
@@ -21,33 +22,21 @@ pub mod allocator;
 pub mod config;
 pub mod store;
 
-pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet, validate_network_name};
+pub use crate::types::Attachment;
+pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet};
 pub use store::Owner;
 
 use crate::args::{CniArgs, requested_ips};
 use crate::error::{Error, Result, code};
 use crate::ipam::resolv::read_resolv_conf;
 use crate::skeleton::CmdArgs;
-use crate::types::{CniResult, Dns, IpConfig, NetConf};
+use crate::types::{self, CniResult, Dns, IpConfig, NetConf};
 use allocator::Candidates;
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use store::{Listing, Match, Store};
-
-/// The GC key listing the attachments that are still in use.
-pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
-
-/// One entry of `cni.dev/valid-attachments`: an attachment GC must keep.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    /// The container ID.
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    /// The interface name.
-    pub ifname: String,
-}
 
 /// ADD from the CNI arguments and network config: requested addresses are taken from
 /// `CNI_ARGS` `IP=`, `runtimeConfig.ips` and `args.cni.ips`.
@@ -62,14 +51,21 @@ pub fn del<P>(args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
     HostLocal::from_netconf(conf)?.del(&args.container_id, &args.ifname)
 }
 
-/// CHECK from the CNI arguments and network config.
+/// CHECK from the CNI arguments and network config: the attachment's reservations, and every
+/// address of `prevResult` (when given) being one of them.
 pub fn check<P>(args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
-    HostLocal::from_netconf(conf)?.check(&args.container_id, &args.ifname)
+    let hl = HostLocal::from_netconf(conf)?;
+    let expected: Vec<IpAddr> = match conf.prev_result()? {
+        Some(prev) => prev.ips.iter().map(|c| c.address.ip()).collect(),
+        None => Vec::new(),
+    };
+    hl.check(&args.container_id, &args.ifname, &expected)
 }
 
-/// GC from the network config: keeps only the reservations of `cni.dev/valid-attachments`.
-pub fn gc<P: Serialize>(_args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
-    let valid = valid_attachments(conf)?;
+/// GC from the network config: keeps only the reservations of `cni.dev/valid-attachments`
+/// (see [`valid_attachments`]).
+pub fn gc<P: Serialize>(args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
+    let valid = valid_attachments(args, conf)?;
     HostLocal::from_netconf(conf)?.gc(&valid)
 }
 
@@ -78,28 +74,21 @@ pub fn status<P>(_args: &CmdArgs, conf: &NetConf<P>) -> Result<()> {
     HostLocal::from_netconf(conf)?.status()
 }
 
-/// The config's `cni.dev/valid-attachments` list. Missing is code 7 (GC would otherwise
-/// release everything); an empty list is valid and means "nothing is in use".
-pub fn valid_attachments<P: Serialize>(conf: &NetConf<P>) -> Result<Vec<Attachment>> {
-    let value = serde_json::to_value(conf).map_err(|e| {
+/// The attachments GC must keep: `cni.dev/valid-attachments` (or `cni.dev/attachments`) of
+/// `conf`, else of the raw config in `args.stdin` (a typed `P` may drop the key). Missing in
+/// both is code 7 (GC would otherwise release everything); an empty list means "none in use".
+pub fn valid_attachments<P: Serialize>(
+    args: &CmdArgs,
+    conf: &NetConf<P>,
+) -> Result<Vec<Attachment>> {
+    let bytes = serde_json::to_vec(conf).map_err(|e| {
         Error::invalid_config("cannot serialize the network config").with_details(e)
     })?;
-    let list = value
-        .get(VALID_ATTACHMENTS_KEY)
-        .filter(|v| !v.is_null())
-        .ok_or_else(|| {
-            Error::invalid_config(format!(
-                "GC needs {VALID_ATTACHMENTS_KEY} in the network config (a list of \
-             {{\"containerID\", \"ifname\"}}, possibly empty)"
-            ))
-        })?;
-    serde_json::from_value(list.clone()).map_err(|e| {
-        Error::invalid_config(format!(
-            "{VALID_ATTACHMENTS_KEY}: expected a list of {{\"containerID\": string, \
-             \"ifname\": string}}"
-        ))
-        .with_details(e)
-    })
+    match types::valid_attachments(&bytes) {
+        Ok(valid) => Ok(valid),
+        Err(e) if args.stdin.is_empty() => Err(e),
+        Err(_) => types::valid_attachments(&args.stdin),
+    }
 }
 
 /// host-local over a validated [`Config`].
@@ -195,7 +184,7 @@ impl HostLocal {
                         return Err(Error::new(
                             code::IPAM_UNAVAILABLE_ADDRESS,
                             format!(
-                                "requested IP {w} is already reserved{} in range set {i} ({set})",
+                                "requested IP {w} is not available{} in range set {i} ({set})",
                                 holder(&listing, w)
                             ),
                         ));
@@ -338,32 +327,54 @@ impl HostLocal {
     }
 
     /// Ok when `(container_id, ifname)` holds a reservation (or a legacy one of the container)
-    /// in every range set; code 105 otherwise.
-    pub fn check(&self, container_id: &str, ifname: &str) -> Result<()> {
+    /// in every range set, and each address of `expected` (the `prevResult` addresses) is one of
+    /// its reservations; code 105 naming what is missing otherwise.
+    pub fn check(&self, container_id: &str, ifname: &str, expected: &[IpAddr]) -> Result<()> {
         let owner = owner(container_id, ifname)?;
         let dir = self.config.network_dir();
-        let not_found = |what: String| {
+        let failed = |what: String| {
             Error::new(
                 code::CHECK_FAILED,
                 format!(
-                    "host-local: container {} ifname {} holds no address {what} of network {}",
+                    "host-local: container {} ifname {} {what} (network {})",
                     owner.id, owner.ifname, self.config.network
                 ),
             )
         };
         let Some(store) = self.open(false)? else {
-            return Err(not_found(format!("({} does not exist)", dir.display())));
+            return Err(failed(format!(
+                "holds no address: {} does not exist",
+                dir.display()
+            )));
         };
         let listing = store.list(true)?;
+        let held = |ip: &IpAddr| {
+            listing
+                .reservations
+                .get(ip)
+                .and_then(|r| r.owner.as_ref())
+                .is_some_and(|o| owner.matches(o) != Match::No)
+        };
         for (i, set) in self.config.range_sets.iter().enumerate() {
-            let held = listing.reservations.iter().any(|(ip, r)| {
-                set.contains(*ip)
-                    && r.owner
-                        .as_ref()
-                        .is_some_and(|o| owner.matches(o) != Match::No)
-            });
-            if !held {
-                return Err(not_found(format!("in range set {i} ({set})")));
+            if !listing
+                .reservations
+                .keys()
+                .any(|ip| set.contains(*ip) && held(ip))
+            {
+                return Err(failed(format!("holds no address in range set {i} ({set})")));
+            }
+        }
+        for ip in expected.iter().map(|ip| ip.to_canonical()) {
+            if !self.config.range_sets.iter().any(|s| s.contains(ip)) {
+                return Err(failed(format!(
+                    "has prevResult address {ip} outside every range"
+                )));
+            }
+            if !held(&ip) {
+                return Err(failed(format!(
+                    "has prevResult address {ip}, which is not its reservation{}",
+                    holder(&listing, ip)
+                )));
             }
         }
         Ok(())
@@ -449,8 +460,8 @@ fn count_used(reservations: &HashMap<IpAddr, store::Reservation>, set: &RangeSet
 fn holder(listing: &Listing, ip: IpAddr) -> String {
     match listing.reservations.get(&ip).and_then(|r| r.owner.as_ref()) {
         Some(o) => match &o.ifname {
-            Some(ifname) => format!(" by container {} ifname {ifname}", o.id),
-            None => format!(" by container {}", o.id),
+            Some(ifname) => format!(" (reserved by container {} ifname {ifname})", o.id),
+            None => format!(" (reserved by container {})", o.id),
         },
         None => String::new(),
     }

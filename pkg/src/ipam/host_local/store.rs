@@ -7,17 +7,22 @@
 //! - `last_reserved_ip.<range set index>`: the round-robin cursor, the address as text.
 //! - `lock`: empty file locked with `flock(LOCK_EX)` around every operation, by this store and
 //!   by the reference plugin alike, so both binaries exclude each other.
-//! - `.twill-tmp-<pid>`: a temporary file, present only while an operation holds the lock; a
-//!   left-over one (crash) is removed by GC and never taken for a reservation.
+//! - `.twill-tmp-<pid>`: a temporary file of the fallback path below, present only while an
+//!   operation holds the lock; a left-over one (crash) is removed by GC and never taken for a
+//!   reservation.
 //!
-//! A reservation is made by writing the owner to the temporary file and `link()`ing it to
-//! `<ip>`: the name appears atomically with its full contents, and `EEXIST` means taken.
+//! A reservation is made by writing the owner to an unnamed file (`O_TMPFILE`) and `linkat()`ing
+//! it to `<ip>`, or where `O_TMPFILE` is unavailable, by writing a named temporary file and
+//! `link()`ing it: either way the name appears atomically with its full contents (a reservation
+//! file is never half-written), and `EEXIST` means taken.
 
 use crate::error::{Error, Result};
+use nix::fcntl::{AT_FDCWD, AtFlags};
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -123,37 +128,38 @@ impl Store {
     /// while another twill or reference host-local holds it). With `create`, missing
     /// directories are created (mode 0755); without, a missing directory gives `Ok(None)`.
     pub fn open(dir: &Path, create: bool) -> Result<Option<Store>> {
-        if create {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| {
-                    Error::io(format!("create IPAM data directory {}", dir.display()), e)
-                })?;
-        } else {
-            match fs::metadata(dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::new(
-                        crate::error::code::IO,
-                        format!("IPAM data path {} is not a directory", dir.display()),
-                    ));
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io(format!("stat {}", dir.display()), e)),
-            }
-        }
         let lock_path = dir.join(LOCK_FILE);
         // The reference creates the lock file with mode 0750 (before umask); keep it identical.
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o750)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("open lock file {}", lock_path.display()), e))?;
+        let open_lock = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o750)
+                .open(&lock_path)
+        };
+        let lock = match open_lock() {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound && create => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(|e| {
+                        Error::io(format!("create IPAM data directory {}", dir.display()), e)
+                    })?;
+                open_lock()
+                    .map_err(|e| Error::io(format!("open lock file {}", lock_path.display()), e))?
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("open lock file {}", lock_path.display()),
+                    e,
+                ));
+            }
+        };
         lock.lock()
             .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
         Ok(Some(Store {
@@ -186,9 +192,7 @@ impl Store {
                 continue;
             };
             let owner = if owners {
-                fs::read(entry.path())
-                    .ok()
-                    .map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
+                read_owner(&entry.path())
             } else {
                 None
             };
@@ -226,14 +230,49 @@ impl Store {
     /// Reserves `ip` for `owner`: `Ok(true)` when the reservation file was created, `Ok(false)`
     /// when the address is already reserved. The file appears atomically with its contents.
     pub fn reserve(&self, ip: IpAddr, owner: &Owner) -> Result<bool> {
-        let tmp = self.write_temp(owner.file_contents().as_bytes())?;
+        let contents = owner.file_contents();
         let target = self.dir.join(ip.to_string());
-        let linked = fs::hard_link(&tmp, &target);
+        if let Some(linked) = self.link_unnamed(contents.as_bytes(), &target) {
+            return Ok(linked);
+        }
+        self.reserve_named(contents.as_bytes(), &target)
+    }
+
+    /// The fallback of [`Store::reserve`]: a named temporary file, linked to `target`.
+    fn reserve_named(&self, contents: &[u8], target: &Path) -> Result<bool> {
+        let tmp = self.write_temp(contents)?;
+        let linked = fs::hard_link(&tmp, target);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(Error::io(format!("reserve {}", target.display()), e)),
+        }
+    }
+
+    /// Writes `contents` to an unnamed file in the directory and links it to `target`.
+    /// `Some(true)`: linked; `Some(false)`: `target` exists; `None`: this path did not work here
+    /// (no `O_TMPFILE` support, no `/proc`, or another failure), so the caller falls back to a
+    /// named temporary file, which reports the failure if it is real.
+    fn link_unnamed(&self, contents: &[u8], target: &Path) -> Option<bool> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_TMPFILE)
+            .mode(0o644)
+            .open(&self.dir)
+            .ok()?;
+        file.write_all(contents).ok()?;
+        let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
+        match nix::unistd::linkat(
+            AT_FDCWD,
+            magic.as_str(),
+            AT_FDCWD,
+            target,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        ) {
+            Ok(()) => Some(true),
+            Err(nix::errno::Errno::EEXIST) => Some(false),
+            Err(_) => None,
         }
     }
 
@@ -249,27 +288,149 @@ impl Store {
 
     /// The round-robin cursor of range set `set`, if present and an address.
     pub fn cursor(&self, set: usize) -> Option<IpAddr> {
-        let text = fs::read_to_string(self.dir.join(format!("{CURSOR_PREFIX}{set}"))).ok()?;
+        let bytes = read_small(&self.dir.join(format!("{CURSOR_PREFIX}{set}")))?;
+        let text = std::str::from_utf8(&bytes).ok()?;
         text.trim()
             .parse::<IpAddr>()
             .ok()
             .map(|ip| ip.to_canonical())
     }
 
-    /// Stores `ip` as the cursor of range set `set` (written aside and renamed into place).
+    /// Stores `ip` as the cursor of range set `set`: the same bytes the reference writes, but
+    /// overwritten in place and shortened only when the old text was longer, because truncating
+    /// to zero and rewriting makes ext4 flush the file on close (`auto_da_alloc`), which costs
+    /// milliseconds. A torn cursor only costs one round-robin step (it is then ignored).
     pub fn set_cursor(&self, set: usize, ip: IpAddr) -> Result<()> {
-        let tmp = self.write_temp(ip.to_string().as_bytes())?;
         let path = self.dir.join(format!("{CURSOR_PREFIX}{set}"));
-        fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("write {}", path.display()), e)
-        })
+        let text = ip.to_string();
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)?;
+            file.write_all(text.as_bytes())?;
+            if file.metadata()?.len() > text.len() as u64 {
+                file.set_len(text.len() as u64)?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
+}
+
+/// Reads a reservation file's owner; `None` when it cannot be read.
+fn read_owner(path: &Path) -> Option<StoredOwner> {
+    read_small(path).map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
+}
+
+/// Reads a file that is normally tiny (an owner, a cursor) with a single `read`; `None` when it
+/// cannot be read.
+fn read_small(path: &Path) -> Option<Vec<u8>> {
+    let mut file = File::open(path).ok()?;
+    let mut buf = [0u8; 512];
+    let n = file.read(&mut buf).ok()?;
+    let mut all = buf[..n].to_vec();
+    if n == buf.len() {
+        // longer than anything twill or the reference writes: read the rest
+        file.read_to_end(&mut all).ok()?;
+    }
+    Some(all)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_reservation_paths_write_whole_files() {
+        let dir = std::env::temp_dir().join(format!("twill-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, true).unwrap().unwrap();
+        let owner = Owner {
+            id: "c1",
+            ifname: "eth0",
+        };
+        let a: IpAddr = "10.0.0.2".parse().unwrap();
+        let b: IpAddr = "fd00::2".parse().unwrap();
+        assert!(store.reserve(a, &owner).unwrap());
+        assert!(
+            !store
+                .reserve(
+                    a,
+                    &Owner {
+                        id: "c2",
+                        ifname: "eth0"
+                    }
+                )
+                .unwrap()
+        );
+        assert!(
+            store
+                .reserve_named(b"c1\r\neth0", &dir.join(b.to_string()))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .reserve_named(b"c2\r\neth0", &dir.join(b.to_string()))
+                .unwrap()
+        );
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let read = |n: &str| fs::read(dir.join(n)).unwrap();
+        let (ra, rb) = (read("10.0.0.2"), read("fd00::2"));
+        let listing = store.list(true).unwrap();
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            names,
+            ["10.0.0.2", "fd00::2", "lock"],
+            "temporary file left behind"
+        );
+        assert_eq!(ra, b"c1\r\neth0");
+        assert_eq!(rb, b"c1\r\neth0");
+        assert_eq!(listing.reservations.len(), 2);
+        assert!(listing.temps.is_empty());
+        let o = listing.reservations[&b].owner.clone().unwrap();
+        assert_eq!((o.id.as_str(), o.ifname.as_deref()), ("c1", Some("eth0")));
+    }
+
+    #[test]
+    fn cursor_rewrite_is_exact() {
+        let dir = std::env::temp_dir().join(format!("twill-cursor-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, true).unwrap().unwrap();
+        let mut seen = Vec::new();
+        for ip in [
+            "10.88.0.100",
+            "10.88.0.99",
+            "fd00::1234",
+            "10.88.1.1",
+            "10.88.1.10",
+        ] {
+            store.set_cursor(3, ip.parse().unwrap()).unwrap();
+            seen.push((
+                fs::read(dir.join("last_reserved_ip.3")).unwrap(),
+                store.cursor(3),
+            ));
+        }
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+        for ((bytes, parsed), want) in seen.into_iter().zip([
+            "10.88.0.100",
+            "10.88.0.99",
+            "fd00::1234",
+            "10.88.1.1",
+            "10.88.1.10",
+        ]) {
+            assert_eq!(bytes, want.as_bytes());
+            assert_eq!(parsed, Some(want.parse().unwrap()));
+        }
+    }
 
     #[test]
     fn owner_contents_and_matching() {

@@ -261,7 +261,7 @@ fn requested_ips() {
         assert!(e.msg.contains(needle), "{e} lacks {needle}");
         assert_eq!(files(&d), before, "state changed by a failed ADD");
     };
-    check(&["10.9.0.77"], "by container a ifname eth0");
+    check(&["10.9.0.77"], "reserved by container a ifname eth0");
     check(&["10.8.0.1"], "not in any range");
     check(&["10.9.0.1"], "gateway");
     check(&["10.9.0.255"], "not in any range"); // default range ends before broadcast
@@ -344,7 +344,7 @@ fn del_and_check_understand_legacy_files() {
     h.add("other", "eth0", &[]).unwrap(); // .2, creates the directory
     fs::write(net(&d).join("10.9.0.50"), "oldctr").unwrap();
     fs::write(net(&d).join("10.9.0.51"), "oldctr\n").unwrap();
-    h.check("oldctr", "eth0").unwrap();
+    h.check("oldctr", "eth0", &[]).unwrap();
     // legacy files are taken addresses for allocation
     fs::write(net(&d).join("last_reserved_ip.0"), "10.9.0.49").unwrap();
     assert_eq!(addrs(&h.add("new", "eth0", &[]).unwrap()), ["10.9.0.52/24"]);
@@ -366,19 +366,42 @@ fn check_reports_missing_reservations() {
         &d,
         json!({"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/64"}]]}),
     );
-    let e = h.check("a", "eth0").unwrap_err();
+    let e = h.check("a", "eth0", &[]).unwrap_err();
     assert_eq!(e.code, code::CHECK_FAILED);
     assert!(!net(&d).exists(), "CHECK created the directory");
     h.add("a", "eth0", &[]).unwrap();
-    h.check("a", "eth0").unwrap();
-    assert_eq!(h.check("a", "eth1").unwrap_err().code, code::CHECK_FAILED);
-    assert_eq!(h.check("b", "eth0").unwrap_err().code, code::CHECK_FAILED);
+    h.check("a", "eth0", &[]).unwrap();
+    assert_eq!(
+        h.check("a", "eth1", &[]).unwrap_err().code,
+        code::CHECK_FAILED
+    );
+    assert_eq!(
+        h.check("b", "eth0", &[]).unwrap_err().code,
+        code::CHECK_FAILED
+    );
+    h.check("a", "eth0", &[ip("10.9.0.2"), ip("fd00::2")])
+        .unwrap();
+    h.add("b", "eth0", &[]).unwrap(); // .3, ::3
+    for (expected, needle) in [
+        ("10.9.0.3", "reserved by container b ifname eth0"),
+        ("10.9.0.77", "not its reservation"),
+        ("192.0.2.7", "outside every range"),
+    ] {
+        let e = h
+            .check("a", "eth0", &[ip("10.9.0.2"), ip(expected)])
+            .unwrap_err();
+        assert_eq!(e.code, code::CHECK_FAILED);
+        assert!(e.msg.contains(needle), "{e} lacks {needle}");
+    }
     fs::remove_file(net(&d).join("fd00::2")).unwrap();
-    let e = h.check("a", "eth0").unwrap_err();
+    let e = h.check("a", "eth0", &[]).unwrap_err();
     assert_eq!(e.code, code::CHECK_FAILED);
     assert!(e.msg.contains("range set 1"), "{e}");
     h.del("a", "eth0").unwrap();
-    assert_eq!(h.check("a", "eth0").unwrap_err().code, code::CHECK_FAILED);
+    assert_eq!(
+        h.check("a", "eth0", &[]).unwrap_err().code,
+        code::CHECK_FAILED
+    );
 }
 
 #[test]
@@ -584,6 +607,13 @@ fn netconf_api_with_requested_ips_and_gc() {
     );
     gc(&cmd_args("", "", ""), &keep).unwrap();
     assert!(net(&d).join("10.9.0.42").exists());
+    // the key only in the raw stdin (a typed config may drop it), older spelling
+    let mut from_stdin = cmd_args("", "", "");
+    from_stdin.stdin = serde_json::to_vec(&json!({"cniVersion": "1.1.0", "name": "testnet",
+        "cni.dev/attachments": [{"containerID": "a", "ifname": "eth0"}]}))
+    .unwrap();
+    gc(&from_stdin, &conf).unwrap();
+    assert!(net(&d).join("10.9.0.42").exists());
     let none = netconf(&d, json!({"cni.dev/valid-attachments": []}));
     gc(&cmd_args("", "", ""), &none).unwrap();
     assert!(!net(&d).join("10.9.0.42").exists());
@@ -684,7 +714,8 @@ fn interop_with_reference_binary() {
     assert!(!net(&d).join("10.9.0.3").exists());
     assert!(!net(&d).join("fd00::3").exists());
     assert!(reference("CHECK", "ref2", &conf).unwrap().status.success());
-    h.check("ref2", "eth0").unwrap();
+    h.check("ref2", "eth0", &[ip("10.9.0.4"), ip("fd00::4")])
+        .unwrap();
 
     // both lock the same file: the reference blocks while twill holds the lock
     let store = Store::open(&net(&d), false).unwrap().unwrap();

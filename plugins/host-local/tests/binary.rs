@@ -1,0 +1,226 @@
+//! End-to-end tests of the `host-local` binary: CNI environment in, result or error object out,
+//! state checked on disk. Needs root (it makes a network namespace to pass as `CNI_NETNS`, so
+//! the plugin does not refuse its own); the namespace and data directory are removed on drop.
+
+use serde_json::{Value, json};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A network namespace and a data directory for one test, removed on drop.
+struct Fixture {
+    netns: String,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Fixture {
+        let netns = format!("tw-{}-hl-{test}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip netns add {netns} (run as root)");
+        let dir = std::env::temp_dir().join(format!("twill-hlbin-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        Fixture { netns, dir }
+    }
+
+    fn conf(&self, version: &str, ipam: Value) -> Value {
+        let mut ipam = ipam;
+        ipam["type"] = json!("host-local");
+        ipam["dataDir"] = json!(self.dir.display().to_string());
+        json!({"cniVersion": version, "name": "binnet", "type": "host-local", "ipam": ipam})
+    }
+
+    fn net(&self) -> PathBuf {
+        self.dir.join("binnet")
+    }
+
+    /// Runs the plugin: (exit success, stdout parsed as JSON or Null when empty).
+    fn run(&self, command: &str, id: &str, ifname: &str, conf: &Value) -> (bool, Value) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_host-local"));
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_PATH", "/nonexistent")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !id.is_empty() {
+            cmd.env("CNI_CONTAINERID", id)
+                .env("CNI_IFNAME", ifname)
+                .env("CNI_NETNS", format!("/run/netns/{}", self.netns));
+        }
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let v = if out.stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "stdout not JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stdout)
+                )
+            })
+        };
+        (out.status.success(), v)
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = match fs::read_dir(self.net()) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap()
+}
+
+#[test]
+fn add_check_del_through_the_binary() {
+    let f = Fixture::new("cycle");
+    let conf = f.conf(
+        "1.1.0",
+        json!({"ranges": [[{"subnet": "10.77.0.0/29"}], [{"subnet": "fd77::/125"}]],
+               "routes": [{"dst": "0.0.0.0/0"}]}),
+    );
+    let (ok, r) = f.run("ADD", "ctr-a", "eth0", &conf);
+    assert!(ok, "{r}");
+    assert_eq!(r["cniVersion"], "1.1.0");
+    assert_eq!(r["ips"][0]["address"], "10.77.0.2/29");
+    assert_eq!(r["ips"][0]["gateway"], "10.77.0.1");
+    assert_eq!(r["ips"][1]["address"], "fd77::2/125");
+    assert!(r["ips"][0].get("interface").is_none(), "{r}");
+    assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0"}]));
+    assert_eq!(read(&f.net().join("10.77.0.2")), b"ctr-a\r\neth0");
+    assert_eq!(read(&f.net().join("fd77::2")), b"ctr-a\r\neth0");
+    assert_eq!(read(&f.net().join("last_reserved_ip.0")), b"10.77.0.2");
+
+    // a retried ADD answers the same addresses
+    let (ok, again) = f.run("ADD", "ctr-a", "eth0", &conf);
+    assert!(ok);
+    assert_eq!(again, r);
+
+    // 0.3.1 results carry "version"
+    let old = f.conf("0.3.1", conf["ipam"].clone());
+    let (ok, r) = f.run("ADD", "ctr-b", "eth0", &old);
+    assert!(ok, "{r}");
+    assert_eq!(r["ips"][0]["version"], "4");
+    assert_eq!(r["ips"][0]["address"], "10.77.0.3/29");
+
+    assert_eq!(f.run("CHECK", "ctr-a", "eth0", &conf), (true, Value::Null));
+    let (ok, e) = f.run("CHECK", "ctr-zz", "eth0", &conf);
+    assert!(!ok);
+    assert_eq!(e["code"], 105, "{e}");
+
+    assert_eq!(f.run("DEL", "ctr-a", "eth0", &conf), (true, Value::Null));
+    assert_eq!(f.run("DEL", "ctr-a", "eth0", &conf), (true, Value::Null));
+    assert!(!f.net().join("10.77.0.2").exists());
+    assert!(f.net().join("10.77.0.3").exists());
+}
+
+#[test]
+fn errors_are_cni_error_objects_and_change_nothing() {
+    let f = Fixture::new("errors");
+    let cases = [
+        (
+            f.conf("1.0.0", json!({"subnet": "10.77.0.5/24"})),
+            7,
+            "host bits",
+        ),
+        (
+            f.conf("1.0.0", json!({"subnet": "10.77.0.0/31"})),
+            7,
+            "too small",
+        ),
+        (
+            f.conf(
+                "1.0.0",
+                json!({"subnet": "10.77.0.0/24", "rangeStart": "10.78.0.1"}),
+            ),
+            7,
+            "rangeStart",
+        ),
+        (f.conf("1.0.0", json!({})), 7, "no IP ranges"),
+    ];
+    for (conf, code, needle) in cases {
+        let (ok, e) = f.run("ADD", "ctr", "eth0", &conf);
+        assert!(!ok);
+        assert_eq!(e["code"], code, "{e}");
+        assert!(
+            e["msg"].as_str().unwrap().contains(needle),
+            "{e} lacks {needle}"
+        );
+    }
+    let mut evil = f.conf("1.0.0", json!({"subnet": "10.77.0.0/24"}));
+    evil["name"] = json!("../escape");
+    let (ok, e) = f.run("ADD", "ctr", "eth0", &evil);
+    assert!(!ok);
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(!f.dir.exists(), "a failed ADD created state");
+
+    // requested address taken / exhaustion
+    let conf = f.conf("1.0.0", json!({"subnet": "10.77.0.0/30"}));
+    assert!(f.run("ADD", "first", "eth0", &conf).0);
+    let mut req = conf.clone();
+    req["args"] = json!({"cni": {"ips": ["10.77.0.2"]}});
+    let (ok, e) = f.run("ADD", "second", "eth0", &req);
+    assert!(!ok);
+    assert_eq!(e["code"], 102, "{e}");
+    let (ok, e) = f.run("ADD", "second", "eth0", &conf);
+    assert!(!ok);
+    assert_eq!(e["code"], 101, "{e}");
+    assert!(
+        e["msg"].as_str().unwrap().contains("10.77.0.1-10.77.0.2"),
+        "{e}"
+    );
+    assert_eq!(f.files(), ["10.77.0.2", "last_reserved_ip.0", "lock"]);
+}
+
+#[test]
+fn gc_and_status_through_the_binary() {
+    let f = Fixture::new("gc");
+    let conf = f.conf("1.1.0", json!({"subnet": "10.77.0.0/29"}));
+    for id in ["keep", "drop1", "drop2"] {
+        assert!(f.run("ADD", id, "eth0", &conf).0);
+    }
+    assert_eq!(f.run("STATUS", "", "", &conf), (true, Value::Null));
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    assert_eq!(f.run("GC", "", "", &gc), (true, Value::Null));
+    assert_eq!(f.files(), ["10.77.0.2", "last_reserved_ip.0", "lock"]);
+    // GC without the list is refused rather than releasing everything
+    let (ok, e) = f.run("GC", "", "", &conf);
+    assert!(!ok);
+    assert_eq!(e["code"], 7, "{e}");
+    assert_eq!(f.files().len(), 3);
+
+    for id in ["b", "c", "d", "e"] {
+        assert!(f.run("ADD", id, "eth0", &conf).0);
+    }
+    let (ok, e) = f.run("STATUS", "", "", &conf);
+    assert!(!ok);
+    assert_eq!(e["code"], 50, "{e}");
+}
