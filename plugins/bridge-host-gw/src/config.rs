@@ -389,3 +389,179 @@ pub fn subnets_of<'a>(ips: impl IntoIterator<Item = &'a IpNetwork>) -> Vec<IpNet
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use twill::skeleton::Command;
+
+    fn args(conf: &Value, cni_args: &str) -> CmdArgs {
+        CmdArgs {
+            command: Command::Add,
+            container_id: "c1".into(),
+            netns: Some("/run/netns/x".into()),
+            ifname: "eth0".into(),
+            args: cni_args.into(),
+            path: vec!["/opt/cni/bin".into()],
+            stdin: serde_json::to_vec(conf).unwrap(),
+            cni_version: "1.1.0".into(),
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tw-bhg-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn base(extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.1.0", "name": "pods", "type": "bridge-host-gw",
+            "subnetFile": "/nonexistent/twill/subnet.env",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]]}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[test]
+    fn defaults() {
+        let n = Network::load(&args(&base(json!({})), ""), Need::Required).unwrap();
+        assert_eq!(n.bridge, "cni0");
+        assert!(n.is_gateway && n.is_default_gateway && n.hairpin);
+        assert!(!n.force_address && !n.ip_masq && !n.l2_only);
+        assert!(n.subnet.is_none() && n.view.is_none() && n.pod_mac.is_none());
+    }
+
+    #[test]
+    fn gateway_flags() {
+        let load = |extra| Network::load(&args(&base(extra), ""), Need::Required).unwrap();
+        let n = load(json!({"isGateway": false}));
+        assert!(!n.is_gateway && !n.is_default_gateway);
+        let n = load(json!({"isGateway": false, "isDefaultGateway": true}));
+        assert!(n.is_gateway && n.is_default_gateway);
+        let n = load(json!({"isDefaultGateway": false}));
+        assert!(n.is_gateway && !n.is_default_gateway);
+    }
+
+    #[test]
+    fn derived_ipam_mtu_and_masq_from_the_subnet_file() {
+        let d = temp_dir("sf");
+        let sf = d.join("subnet.env");
+        std::fs::write(
+            &sf,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1410\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        let conf = json!({"cniVersion": "1.1.0", "name": "pods", "type": "bridge-host-gw",
+            "subnetFile": sf, "dataDir": d.join("ipam")});
+        let n = Network::load(&args(&conf, ""), Need::Required).unwrap();
+        let ipam = n.conf.ipam.as_ref().unwrap();
+        assert_eq!(ipam["type"], "host-local");
+        assert_eq!(ipam["ranges"], json!([[{"subnet": "10.244.1.0/24"}]]));
+        assert_eq!(ipam["routes"], json!([{"dst": "10.244.0.0/16"}]));
+        assert_eq!(ipam["dataDir"], json!(d.join("ipam")));
+        assert_eq!(n.subnet.as_ref().unwrap().mtu, 1410);
+        assert!(
+            n.ip_masq,
+            "flanneld does not masquerade (FLANNEL_IPMASQ=false): the plugin does"
+        );
+        assert_eq!(
+            n.cluster_networks(),
+            vec!["10.244.0.0/16".parse::<IpNetwork>().unwrap()]
+        );
+        // The config's own keys win.
+        let mut c2 = conf.clone();
+        c2["ipMasq"] = json!(false);
+        c2["mtu"] = json!(1300);
+        let n = Network::load(&args(&c2, ""), Need::Required).unwrap();
+        assert!(!n.ip_masq);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_subnet_file_without_ipam() {
+        let conf = json!({"cniVersion": "1.1.0", "name": "pods", "type": "bridge-host-gw",
+            "subnetFile": "/nonexistent/twill/subnet.env"});
+        let e = Network::load(&args(&conf, ""), Need::Required).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("/nonexistent/twill/subnet.env"), "{e}");
+        // DEL and GC go on: host-local releases by owner.
+        let n = Network::load(&args(&conf, ""), Need::Release).unwrap();
+        assert!(n.conf.ipam.is_none());
+    }
+
+    #[test]
+    fn bad_input_is_code_7() {
+        for extra in [
+            json!({"bridge": "no/slash"}),
+            json!({"bridge": "much-too-long-name"}),
+            json!({"mtu": 20}),
+            json!({"mtu": "big"}),
+            json!({"runtimeConfig": {"mac": "nope"}}),
+            json!({"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/33"}]]}}),
+            json!({"peers": [{"nodeIP": "10.0.0.1", "podCIDR": "10.2.0.0/24"}], "peersFile": "/x"}),
+        ] {
+            let e = Network::load(&args(&base(extra.clone()), ""), Need::Required).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{extra}: {e}");
+        }
+        assert_eq!(
+            Network::load(&args(&base(json!({"mtu": 0})), ""), Need::Required)
+                .unwrap()
+                .conf
+                .plugin
+                .mtu,
+            Some(0),
+            "0 means unset"
+        );
+    }
+
+    #[test]
+    fn pod_mac_precedence() {
+        let mac = |extra, env: &str| {
+            Network::load(&args(&base(extra), env), Need::Required)
+                .unwrap()
+                .pod_mac
+                .map(|m| m.to_string())
+        };
+        assert_eq!(
+            mac(json!({}), "MAC=02:00:00:00:00:01"),
+            Some("02:00:00:00:00:01".into())
+        );
+        assert_eq!(
+            mac(
+                json!({"args": {"cni": {"mac": "02:00:00:00:00:02"}}}),
+                "MAC=02:00:00:00:00:01"
+            ),
+            Some("02:00:00:00:00:02".into())
+        );
+        assert_eq!(
+            mac(
+                json!({"args": {"cni": {"mac": "02:00:00:00:00:02"}},
+                       "runtimeConfig": {"mac": "02:00:00:00:00:03"}}),
+                "MAC=02:00:00:00:00:01"
+            ),
+            Some("02:00:00:00:00:03".into())
+        );
+    }
+
+    #[test]
+    fn l2_only_and_unknown_keys_kept() {
+        let n = Network::load(
+            &args(
+                &base(json!({"ipam": {}, "cni.dev/valid-attachments": [], "x": 1})),
+                "",
+            ),
+            Need::Required,
+        )
+        .unwrap();
+        assert!(n.l2_only);
+        let round = serde_json::to_value(&n.conf).unwrap();
+        assert_eq!(round["x"], 1);
+        assert_eq!(round["cni.dev/valid-attachments"], json!([]));
+        assert_eq!(round["subnetFile"], "/nonexistent/twill/subnet.env");
+    }
+}

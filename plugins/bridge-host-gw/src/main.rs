@@ -233,3 +233,35 @@ fn main() {
         "twill bridge-host-gw: pods on a bridge, host-gw routes to the other nodes' pods",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_fields_fall_back_to_ipam() {
+        let ipam = Dns {
+            nameservers: vec!["10.0.0.53".into()],
+            domain: Some("ipam.local".into()),
+            search: vec!["ipam.local".into()],
+            options: vec!["ndots:2".into()],
+        };
+        assert_eq!(merge_dns(None, ipam.clone()), ipam);
+        let conf = Dns {
+            nameservers: vec!["10.96.0.10".into()],
+            ..Default::default()
+        };
+        let got = merge_dns(Some(conf), ipam);
+        assert_eq!(got.nameservers, vec!["10.96.0.10".to_string()]);
+        assert_eq!(got.domain.as_deref(), Some("ipam.local"));
+        assert_eq!(got.options, vec!["ndots:2".to_string()]);
+    }
+
+    #[test]
+    fn unavailable_keeps_50_and_51() {
+        let e = unavailable(Error::invalid_config("x").with_details("d"));
+        assert_eq!((e.code, e.details.as_str()), (code::NOT_AVAILABLE, "d"));
+        let e = unavailable(Error::new(code::LIMITED_CONNECTIVITY, "y"));
+        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
+    }
+}
