@@ -254,7 +254,8 @@ pub fn configure_pod(
 
 /// The ports of bridge `bridge` (ifindex) that are twill host veths of attachments not in
 /// `valid` (GC): veth links named like [`host_ifname`] whose name is no valid attachment's.
-/// One link dump.
+/// One link dump. Assumes the bridge serves one network: `valid` lists that network's
+/// attachments only, so another network's pods on the same bridge would look stale.
 pub fn stale_host_ends(nl: &mut Netlink, bridge: u32, valid: &[Attachment]) -> Result<Vec<Link>> {
     let keep: HashSet<String> = valid
         .iter()
