@@ -29,7 +29,7 @@ pub mod process;
 pub mod snapshot;
 
 pub use bins::{ref_bin, twill_bin};
-pub use fabric::{Fabric, Node, Pod, ping, result_ips};
+pub use fabric::{Fabric, Node, Pod, no_reply, ping, result_ips};
 pub use kernel::{Addr, FdbEntry, Link, Neighbour, RouteEntry};
 pub use netns::{Netns, TempDir};
 pub use plugin::{Invocation, Outcome};
