@@ -1386,10 +1386,7 @@ fn explicit_ipam_in_process_and_delegated() {
         pod_ns.global_cidrs("eth0"),
         vec!["10.244.1.77/24".to_string()]
     );
-    assert!(
-        ping(&pod_ns, node.ip.into()),
-        "static pod reaches its node"
-    );
+    assert!(ping(&pod_ns, node.ip.into()), "static pod reaches its node");
     call("DEL").assert_ok_empty();
     assert_eq!(tw_links(&node.ns), Vec::<String>::new());
 }
@@ -1442,4 +1439,257 @@ fn parallel_adds_on_a_fresh_node() {
     });
     let all: Vec<IpAddr> = ips.into_iter().collect();
     c.assert_clean_after_dels(0, &all);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed input
+// ---------------------------------------------------------------------------------------------
+
+/// Everything of the node a rejected call must leave as it was.
+#[derive(Debug, PartialEq)]
+struct NodeState {
+    links: Vec<String>,
+    addrs: Vec<String>,
+    routes: Vec<String>,
+    nft: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl NodeState {
+    /// What was added (+) and removed (-), field by field.
+    fn diff(&self, after: &NodeState) -> String {
+        fn lines(field: &str, a: &[String], b: &[String], out: &mut Vec<String>) {
+            out.extend(
+                b.iter()
+                    .filter(|x| !a.contains(x))
+                    .map(|x| format!("+{field} {x}")),
+            );
+            out.extend(
+                a.iter()
+                    .filter(|x| !b.contains(x))
+                    .map(|x| format!("-{field} {x}")),
+            );
+        }
+        let mut out = Vec::new();
+        lines("link", &self.links, &after.links, &mut out);
+        lines("addr", &self.addrs, &after.addrs, &mut out);
+        lines("route", &self.routes, &after.routes, &mut out);
+        let nft = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        lines("nft", &nft(&self.nft), &nft(&after.nft), &mut out);
+        let names = |f: &[(String, Vec<u8>)]| {
+            f.iter()
+                .map(|(p, b)| format!("{p} ({} bytes)", b.len()))
+                .collect::<Vec<_>>()
+        };
+        lines("file", &names(&self.files), &names(&after.files), &mut out);
+        out.join("\n  ")
+    }
+}
+
+fn node_state(c: &Cluster, i: usize) -> NodeState {
+    let n = c.node(i);
+    let mut links = n.ns.link_names();
+    links.sort();
+    let mut addrs: Vec<String> =
+        n.ns.all_addrs()
+            .iter()
+            .map(|a| format!("{} {}", a.dev, a.cidr()))
+            .collect();
+    addrs.sort();
+    let mut routes: Vec<String> = n.ns.routes().iter().map(|r| r.raw.to_string()).collect();
+    routes.sort();
+    let dir = n.data_dir.parent().expect("node dir");
+    let files = DirSnapshot::take(dir)
+        .files()
+        .into_iter()
+        .map(|(p, b)| (p.display().to_string(), b))
+        .collect();
+    NodeState {
+        links,
+        addrs,
+        routes,
+        nft: n.ns.nft_ruleset(),
+        files,
+    }
+}
+
+/// Bad environment and bad configs, each on a fresh node (no bridge yet): a CNI error object
+/// with the expected code(s), and no change at all to the node (no bridge, no veth, no
+/// address, no route, no file, no nftables table) nor to the pod namespace.
+#[test]
+fn malformed_input_is_rejected_without_touching_the_node() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let dir = node.data_dir.parent().expect("node dir").to_path_buf();
+    let write_in = |name: &str, text: &str| {
+        let p = dir.join(name);
+        write(&p, text);
+        p
+    };
+    let bad_json = write_in("peers-bad.json", "{not json");
+    let bad_subnet = write_in(
+        "subnet-bad.env",
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=garbage\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=true\n",
+    );
+    let pod_ns = Netns::with_tag("pod");
+    let conf = c.conf(0);
+    let id = "bad-case";
+    let add = |conf: &Value| node.invoke(&plugin(), "ADD", conf, id, pod_ns.path(), "eth0");
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = conf.clone();
+        f(&mut v);
+        add(&v)
+    };
+    let without_peers_file = |v: &mut Value| {
+        v.as_object_mut().expect("object").remove("peersFile");
+    };
+    let cases: Vec<(&str, Invocation, &[u64])> = vec![
+        (
+            "missing CNI_CONTAINERID",
+            add(&conf).unset("CNI_CONTAINERID"),
+            &[4],
+        ),
+        (
+            "container ID ../../x",
+            add(&conf).container_id("../../x"),
+            &[4],
+        ),
+        ("missing CNI_IFNAME", add(&conf).unset("CNI_IFNAME"), &[4]),
+        ("ifname ../x", add(&conf).ifname("../x"), &[4]),
+        (
+            "ifname of 16 bytes",
+            add(&conf).ifname("abcdefghijklmnop"),
+            &[4],
+        ),
+        ("missing CNI_NETNS", add(&conf).unset("CNI_NETNS"), &[4]),
+        (
+            "CNI_NETNS does not exist",
+            add(&conf).netns("/run/netns/twc-no-such-netns"),
+            &[3],
+        ),
+        (
+            "CNI_NETNS is the node's own",
+            add(&conf).netns(node.ns.path()),
+            &[4],
+        ),
+        ("stdin not JSON", add(&conf).stdin_raw("{nope"), &[6]),
+        (
+            "unsupported cniVersion",
+            with(&|v| v["cniVersion"] = json!("9.9.9")),
+            &[1],
+        ),
+        (
+            "network name ../x",
+            with(&|v| v["name"] = json!("../x")),
+            &[7],
+        ),
+        ("bridge ../x", with(&|v| v["bridge"] = json!("../x")), &[7]),
+        (
+            "bridge name of 16 bytes",
+            with(&|v| v["bridge"] = json!("abcdefghijklmnop")),
+            &[7],
+        ),
+        ("mtu 10", with(&|v| v["mtu"] = json!(10)), &[7]),
+        ("mtu a string", with(&|v| v["mtu"] = json!("big")), &[6, 7]),
+        (
+            "isGateway a string",
+            with(&|v| v["isGateway"] = json!("yes")),
+            &[6, 7],
+        ),
+        (
+            "ipMasq a string",
+            with(&|v| v["ipMasq"] = json!("yes")),
+            &[6, 7],
+        ),
+        (
+            "peers and peersFile",
+            with(&|v| v["peers"] = json!([])),
+            &[7],
+        ),
+        (
+            "peersFile missing",
+            with(&|v| v["peersFile"] = json!(dir.join("absent.json"))),
+            &[7],
+        ),
+        (
+            "peersFile not JSON",
+            with(&|v| v["peersFile"] = json!(bad_json)),
+            &[6],
+        ),
+        (
+            "peers: one podCIDR on two nodes",
+            with(&|v| {
+                without_peers_file(v);
+                v["peers"] = json!([
+                    {"nodeIP": "10.99.0.2", "podCIDR": "10.244.2.0/24"},
+                    {"nodeIP": "10.99.0.3", "podCIDR": "10.244.2.0/24"},
+                ]);
+            }),
+            &[7],
+        ),
+        (
+            "peers: IPv4 node with an IPv6 podCIDR",
+            with(&|v| {
+                without_peers_file(v);
+                v["peers"] = json!([{"nodeIP": "10.99.0.2", "podCIDR": "fd00:10:0:2::/64"}]);
+            }),
+            &[7],
+        ),
+        (
+            "peers: not a list",
+            with(&|v| {
+                without_peers_file(v);
+                v["peers"] = json!({"nodeIP": "10.99.0.2"});
+            }),
+            &[6, 7],
+        ),
+        (
+            "subnetFile missing and no ipam",
+            with(&|v| v["subnetFile"] = json!(dir.join("absent.env"))),
+            &[7],
+        ),
+        (
+            "subnetFile malformed",
+            with(&|v| v["subnetFile"] = json!(bad_subnet)),
+            &[7],
+        ),
+    ];
+
+    let node_dir = DirSnapshot::take(&dir);
+    let mut before = node_state(&c, 0);
+    let mut failures = Vec::new();
+    for (what, call, codes) in cases {
+        let out = call.run();
+        if let Err(e) = out.check_error(codes) {
+            failures.push(format!("{what}: {e}\n{out}"));
+        }
+        let after = node_state(&c, 0);
+        if after != before {
+            failures.push(format!("{what}: the node changed: {}", before.diff(&after)));
+            // Put the node back for the next case: remove links a plugin made, restore the
+            // files, and take the rest as the new baseline.
+            for l in &after.links {
+                if !before.links.contains(l) {
+                    node.ns.ip(&["link", "del", l]);
+                }
+            }
+            node_dir.restore(&dir);
+            before = node_state(&c, 0);
+        }
+        if pod_ns.link_names() != vec!["lo".to_string()] {
+            failures.push(format!(
+                "{what}: the pod netns changed: {:?}",
+                pod_ns.link_names()
+            ));
+            for l in pod_ns.link_names().iter().filter(|l| *l != "lo") {
+                pod_ns.ip(&["link", "del", l]);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} malformed-input failures:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
