@@ -301,6 +301,19 @@ fn nft_tokens(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The packet count of counter `name` in `table inet TABLE` of `ns`, polled every 20 ms for
+/// up to 3 s until it reaches `min` (returns the last value read).
+fn wait_counter(ns: &Netns, table: &str, name: &str, min: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let n = ns.nft_counter("inet", table, name);
+        if n >= min || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The host veth named by an ADD result (interfaces[1]).
 fn host_veth(result: &Value) -> String {
     result["interfaces"][1]["name"]
@@ -477,6 +490,15 @@ fn ip_masq_uses_the_node_address_only_outside_the_cluster() {
         }}"
     ));
     let count = |name: &str| outside.nft_counter("inet", "obs", name);
+    // The outside must see each request it counts on; a forwarded packet may wait in a
+    // node's neighbour queue for a moment, so counts that must rise are polled (bounded).
+    let count_at_least = |name: &str, min: u64| wait_counter(&outside, "obs", name, min);
+    // Warm-up and a check of the segment: the outside reaches both nodes, both families.
+    for n in &c.fab.nodes {
+        for ip in [IpAddr::from(n.ip), IpAddr::from(n.ip6.expect("v6"))] {
+            assert!(ping(&outside, ip), "outside -> node {ip}");
+        }
+    }
 
     let mut conf0 = c.conf(0);
     conf0["ipMasq"] = json!(true);
@@ -511,7 +533,10 @@ fn ip_masq_uses_the_node_address_only_outside_the_cluster() {
     ] {
         let dst: IpAddr = dst.parse().expect("ip");
         assert!(ping(&p0.ns, dst), "masqueraded pod 0 -> outside {dst}");
-        assert!(count(node_ctr) >= 1, "outside saw no request from node 0");
+        assert!(
+            count_at_least(node_ctr, 1) >= 1,
+            "outside saw no request from node 0"
+        );
         assert_eq!(count(pods_ctr), 0, "outside saw a pod source address");
     }
 
@@ -520,7 +545,11 @@ fn ip_masq_uses_the_node_address_only_outside_the_cluster() {
     for (dst, pods_ctr) in [("10.99.0.250", "pods_4"), ("fd99::250", "pods_6")] {
         let dst: IpAddr = dst.parse().expect("ip");
         assert!(no_reply(&p1.ns, dst), "unmasqueraded pod 1 got a reply");
-        assert!(count(pods_ctr) >= 1, "outside must see pod 1's own address");
+        assert!(
+            count_at_least(pods_ctr, 1) >= 1,
+            "outside must see pod 1's own address ({dst}): {}",
+            outside.nft_ruleset()
+        );
     }
 
     // Inside the cluster node 0 must not masquerade: pod 1 sees pod 0's own address.
@@ -543,7 +572,7 @@ fn ip_masq_uses_the_node_address_only_outside_the_cluster() {
     for ip in &ips1 {
         assert!(ping(&p0.ns, *ip), "pod 0 -> pod 1 {ip}");
     }
-    assert!(p1.ns.nft_counter("inet", "obs", "from_pod0") >= 2);
+    assert!(wait_counter(&p1.ns, "obs", "from_pod0", 2) >= 2);
     assert_eq!(p1.ns.nft_counter("inet", "obs", "from_node0"), 0);
 
     p0.run("CHECK").assert_ok_empty();
@@ -1692,4 +1721,279 @@ fn malformed_input_is_rejected_without_touching_the_node() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// More CHECK, DEL and ADD edge cases
+// ---------------------------------------------------------------------------------------------
+
+/// CHECK also looks at the node side: a peer route deleted by hand, the bridge's gateway
+/// address removed, the ipMasq table removed, each named in the error.
+#[test]
+fn check_detects_missing_peer_route_gateway_and_masq_table() {
+    let c = Cluster::new(Fabric::single_l2(3));
+    let node = c.node(0);
+    let mut conf = c.conf(0);
+    conf["ipMasq"] = json!(true);
+    let p = c.add_pod_with(0, &conf);
+    p.run("CHECK").assert_ok_empty();
+
+    let check_names = |what: &str, needle: &str| {
+        let out = p.run("CHECK");
+        let err = out
+            .check_error_shape()
+            .unwrap_or_else(|e| panic!("CHECK with {what}: {e}\n{out}"));
+        assert!(
+            error_text(&err).contains(needle),
+            "CHECK with {what} must name {needle}\n{out}"
+        );
+    };
+
+    node.ns.ip(&["route", "del", &pod_cidr4(2)]);
+    check_names("a peer route removed", &pod_cidr4(2));
+    node.ns.ip(&[
+        "route",
+        "add",
+        &pod_cidr4(2),
+        "via",
+        "10.99.0.3",
+        "proto",
+        "116",
+    ]);
+    p.run("CHECK").assert_ok_empty();
+
+    let table = format!("twill-masq-{}", c.net);
+    node.ns.exec_ok(&["nft", "delete", "table", "inet", &table]);
+    check_names("the masq table removed", &table);
+
+    // A later ADD puts the masquerading back (one netfilter lookup finds it missing).
+    let q = c.add_pod_with(0, &conf);
+    p.run("CHECK").assert_ok_empty();
+
+    node.ns
+        .ip(&["addr", "del", &format!("{}/24", gw4(0)), "dev", "cni0"]);
+    check_names("the bridge gateway removed", &gw4(0));
+
+    p.run("DEL").assert_ok_empty();
+    q.run("DEL").assert_ok_empty();
+}
+
+/// flanneld gone (subnet file removed) between ADD and DEL: DEL still removes the veth and
+/// releases the address from the config's dataDir.
+#[test]
+fn del_after_the_subnet_file_is_gone() {
+    let c = Cluster::new(Fabric::single_l2_dual(2));
+    let node = c.node(0);
+    let p = c.add_pod(0);
+    assert_eq!(c.reservations(0).len(), 2);
+    std::fs::remove_file(&node.subnet_file).expect("remove subnet file");
+    p.run("DEL").assert_ok_empty();
+    assert_eq!(tw_links(&node.ns), Vec::<String>::new());
+    assert_eq!(
+        c.reservations(0),
+        BTreeMap::new(),
+        "DEL without subnet file releases"
+    );
+    p.run("DEL").assert_ok_empty();
+}
+
+/// A runtime retrying ADD for an attachment that exists: whatever the answer, the existing
+/// attachment must survive intact (veth, address, reservation, connectivity).
+#[test]
+fn repeated_add_never_breaks_the_existing_attachment() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let p = c.add_pod(0);
+    let other = c.add_pod(0);
+    let hv = host_veth(&p.result);
+    let res_before = c.reservations(0);
+    let out = node
+        .invoke(
+            &plugin(),
+            "ADD",
+            &c.conf(0),
+            &p.container_id,
+            p.ns.path(),
+            "eth0",
+        )
+        .run();
+    if out.success() {
+        let again = out.assert_ok();
+        assert_eq!(result_ips(&again), result_ips(&p.result), "{again}");
+    } else if let Err(e) = out.check_error_shape() {
+        panic!("second ADD: {e}\n{out}");
+    }
+    assert!(
+        node.ns.link(&hv).is_some(),
+        "second ADD removed {hv}\n{out}"
+    );
+    assert_eq!(
+        c.reservations(0),
+        res_before,
+        "second ADD changed reservations\n{out}"
+    );
+    let want: Vec<String> = p.result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .filter_map(|i| i["address"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        p.ns.global_cidrs("eth0"),
+        want,
+        "second ADD changed the pod\n{out}"
+    );
+    p.run("CHECK").assert_ok_empty();
+    assert!(ping(&other.ns, result_ips(&p.result)[0]), "\n{out}");
+    p.run("DEL").assert_ok_empty();
+    other.run("DEL").assert_ok_empty();
+}
+
+/// Two networks on one node (bridges cni0 and cni1, their own peer views): each keeps its own
+/// peer routes when the other's view changes, and DEL on one leaves the other alone.
+#[test]
+fn two_networks_on_one_node_keep_their_own_routes() {
+    let c = Cluster::new(Fabric::single_l2(3));
+    let node = c.node(0);
+    let a = c.add_pod(0);
+
+    let other_dir = node.run_dir.join("b");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let sub_b = other_dir.join("subnet.env");
+    write(
+        &sub_b,
+        "FLANNEL_NETWORK=10.245.0.0/16\nFLANNEL_SUBNET=10.245.1.1/24\nFLANNEL_MTU=1500\n\
+         FLANNEL_IPMASQ=true\n",
+    );
+    let conf_b = |peers: Value| {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": unique_name("hgb").replace(|ch: char| ch.is_ascii_digit(), "") + "b",
+            "type": "bridge-host-gw",
+            "bridge": "cni1",
+            "subnetFile": sub_b,
+            "dataDir": other_dir.join("data"),
+            "runDir": other_dir.join("run"),
+            "peers": peers,
+        })
+    };
+    let mut b_conf = conf_b(json!([
+        {"nodeIP": "10.99.0.2", "podCIDR": "10.245.2.0/24"},
+        {"nodeIP": "10.99.0.3", "podCIDR": "10.245.3.0/24"},
+    ]));
+    let b_name = b_conf["name"].clone();
+    let b = c.add_pod_with(0, &b_conf);
+    let all: BTreeSet<(String, String)> = c
+        .expected_peer_routes(0)
+        .into_iter()
+        .chain([
+            ("10.245.2.0/24".to_string(), "10.99.0.2".to_string()),
+            ("10.245.3.0/24".to_string(), "10.99.0.3".to_string()),
+        ])
+        .collect();
+    assert_eq!(peer_routes(&node.ns), all);
+    assert_eq!(
+        node.ns
+            .link(&host_veth(&b.result))
+            .and_then(|l| l.master)
+            .as_deref(),
+        Some("cni1")
+    );
+
+    // Network b's view shrinks: only its own route to 10.245.3.0/24 goes.
+    b_conf = conf_b(json!([{"nodeIP": "10.99.0.2", "podCIDR": "10.245.2.0/24"}]));
+    b_conf["name"] = b_name;
+    let b2 = c.add_pod_with(0, &b_conf);
+    let mut want = all.clone();
+    want.remove(&("10.245.3.0/24".to_string(), "10.99.0.3".to_string()));
+    assert_eq!(peer_routes(&node.ns), want, "network b touched a's routes");
+
+    // Network a's view shrinks: b's routes stay.
+    write(&node.peers_file, &c.peers(|j| j != 2).to_string());
+    let a2 = c.add_pod(0);
+    want.remove(&(pod_cidr4(2), "10.99.0.3".to_string()));
+    assert_eq!(peer_routes(&node.ns), want, "network a touched b's routes");
+
+    for p in [&b, &b2] {
+        p.run("DEL").assert_ok_empty();
+    }
+    a.run("CHECK").assert_ok_empty();
+    assert!(ping(&a2.ns, result_ips(&a.result)[0]));
+    a.run("DEL").assert_ok_empty();
+    a2.run("DEL").assert_ok_empty();
+    assert_eq!(tw_links(&node.ns), Vec::<String>::new());
+}
+
+/// An IPv6-only cluster (only FLANNEL_IPV6_* in the subnet files): pods get one IPv6
+/// address and reach each other across nodes.
+#[test]
+fn ipv6_only_cluster() {
+    let c = Cluster::new(Fabric::single_l2_dual(2));
+    for i in 0..2 {
+        write(
+            &c.node(i).subnet_file,
+            &format!(
+                "FLANNEL_IPV6_NETWORK={CLUSTER6}\nFLANNEL_IPV6_SUBNET={}/64\nFLANNEL_MTU={MTU}\n\
+                 FLANNEL_IPMASQ=true\n",
+                gw6(i)
+            ),
+        );
+        let v6_peers: Vec<Value> = (0..2)
+            .map(|j| {
+                json!({"nodeIP": c.node(j).ip6.expect("v6").to_string(), "podCIDR": pod_cidr6(j)})
+            })
+            .collect();
+        write(&c.node(i).peers_file, &Value::Array(v6_peers).to_string());
+    }
+    let p0 = c.add_pod(0);
+    let p1 = c.add_pod(1);
+    for (i, p) in [(0, &p0), (1, &p1)] {
+        let ips = result_ips(&p.result);
+        assert_eq!(ips.len(), 1, "{}", p.result);
+        assert!(in_cidr(&ips[0], &pod_cidr6(i)), "{}", p.result);
+        assert_eq!(p.result["ips"][0]["gateway"], gw6(i).as_str());
+        assert_eq!(p.ns.global_cidrs("eth0").len(), 1);
+    }
+    assert_eq!(
+        peer_routes(&c.node(0).ns),
+        [(pod_cidr6(1), "fd99::2".to_string())]
+            .into_iter()
+            .collect()
+    );
+    assert!(ping(&p0.ns, result_ips(&p1.result)[0]));
+    assert!(ping(&p1.ns, result_ips(&p0.result)[0]));
+    p0.run("DEL").assert_ok_empty();
+    p1.run("DEL").assert_ok_empty();
+}
+
+/// What a kubelet sends: a 64-hex container ID, CNI_ARGS with IgnoreUnknown and K8S_* keys,
+/// and a requested MAC (runtimeConfig.mac), which the pod interface gets.
+#[test]
+fn kubelet_style_call_with_requested_mac() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let id = format!(
+        "{:064x}",
+        u128::from(std::process::id()) << 64 | u128::from(0xabcdef_u32)
+    );
+    let mut conf = c.conf(0);
+    conf["runtimeConfig"] = json!({"mac": "0a:58:0a:f4:01:63"});
+    let pod_ns = Netns::with_tag("pod");
+    let call = |cmd: &str, conf: &Value| {
+        node.invoke(&plugin(), cmd, conf, &id, pod_ns.path(), "eth0")
+            .cni_args("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc")
+            .run()
+    };
+    let res = call("ADD", &conf).assert_ok();
+    let pl = pod_ns.link("eth0").expect("eth0");
+    assert_eq!(pl.mac.as_deref(), Some("0a:58:0a:f4:01:63"));
+    assert_eq!(res["interfaces"][2]["mac"], "0a:58:0a:f4:01:63", "{res}");
+    let hv = host_veth(&res);
+    assert!(hv.starts_with("tw") && hv.len() == 15, "{res}");
+    let mut check = conf.clone();
+    check["prevResult"] = res.clone();
+    call("CHECK", &check).assert_ok_empty();
+    call("DEL", &conf).assert_ok_empty();
+    assert!(node.ns.link(&hv).is_none());
+    assert_eq!(c.reservations(0), BTreeMap::new());
 }
