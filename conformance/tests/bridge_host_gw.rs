@@ -1089,6 +1089,10 @@ fn check_detects_removed_address_and_host_veth() {
 fn gc_releases_exactly_the_orphans() {
     let c = Cluster::new(Fabric::single_l2(2));
     let node = c.node(0);
+    // GC on a node that has nothing yet (no bridge, no data dir): success, no change.
+    let fresh = node_state(&c, 1);
+    plain(c.node(1), "GC", &with_attachments(&c.conf(1), &[])).assert_ok_empty();
+    assert_eq!(node_state(&c, 1), fresh, "GC on a fresh node changed it");
     let pods: Vec<Pod> = (0..4).map(|_| c.add_pod(0)).collect();
     // A port of cni0 that is not twill's: GC must leave it alone.
     node.ns.ip(&[
@@ -1162,6 +1166,16 @@ fn status_available_missing_subnet_file_and_exhaustion() {
     let err = out.assert_error(code::NOT_AVAILABLE);
     assert!(
         error_text(&err).contains("no-such-subnet.env"),
+        "STATUS must name the missing file\n{out}"
+    );
+
+    // The peers file missing: ADD could not work, so not available either.
+    let mut no_peers = c.conf(0);
+    no_peers["peersFile"] = json!(node.run_dir.join("no-such-peers.json"));
+    let out = plain(node, "STATUS", &no_peers);
+    let err = out.assert_error(code::NOT_AVAILABLE);
+    assert!(
+        error_text(&err).contains("no-such-peers.json"),
         "STATUS must name the missing file\n{out}"
     );
 
@@ -1349,10 +1363,13 @@ fn force_address_replaces_a_conflicting_bridge_address() {
         vec!["10.244.1.254/24".to_string()]
     );
 
+    // Also: an existing bridge that is down is brought up.
+    node.ns.ip(&["link", "set", "cni0", "down"]);
     let mut conf = c.conf(0);
     conf["forceAddress"] = json!(true);
     let p = c.add_pod_with(0, &conf);
     assert_eq!(node.ns.global_cidrs("cni0"), vec![format!("{}/24", gw4(0))]);
+    assert!(node.ns.link("cni0").expect("cni0").up, "bridge brought up");
     assert!(ping(&p.ns, gw4(0).parse().expect("ip")));
     p.run("DEL").assert_ok_empty();
 }
@@ -1996,4 +2013,109 @@ fn kubelet_style_call_with_requested_mac() {
     call("DEL", &conf).assert_ok_empty();
     assert!(node.ns.link(&hv).is_none());
     assert_eq!(c.reservations(0), BTreeMap::new());
+}
+
+/// A device that is not a bridge already holds the bridge's name: ADD refuses (naming it)
+/// and leaves that device and the node alone.
+#[test]
+fn existing_non_bridge_device_with_the_bridge_name_is_refused() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    node.ns.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
+    ]);
+    let before = node_state(&c, 0);
+    let (pod, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+    let err = out
+        .check_error_shape()
+        .unwrap_or_else(|e| panic!("ADD onto a veth named cni0: {e}\n{out}"));
+    assert!(error_text(&err).contains("cni0"), "{out}");
+    let after = node_state(&c, 0);
+    assert!(after == before, "the node changed: {}", before.diff(&after));
+    assert_eq!(pod.ns.link_names(), vec!["lo".to_string()]);
+}
+
+/// A second interface of the same pod on the same network is an attachment of its own: its
+/// own host veth and address; DEL and GC of one leave the other.
+#[test]
+fn second_interface_of_a_pod_is_its_own_attachment() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let p = c.add_pod(0);
+    let eth1 = |cmd: &str, conf: &Value| {
+        node.invoke(&plugin(), cmd, conf, &p.container_id, p.ns.path(), "eth1")
+            .run()
+    };
+    let out = eth1("ADD", &c.conf(0));
+    if !out.success() {
+        // At least the failure must have been rolled back.
+        assert_eq!(tw_links(&node.ns), vec![host_veth(&p.result)], "{out}");
+        assert_eq!(c.reservations(0).len(), 1, "{out}");
+        assert!(p.ns.link("eth1").is_none(), "{out}");
+        panic!(
+            "ADD of a second interface failed (the reference bridge plugin accepts it and \
+             adds a second default route, one per interface):\n{out}"
+        );
+    }
+    let res1 = out.assert_ok();
+    let (hv0, hv1) = (host_veth(&p.result), host_veth(&res1));
+    assert_ne!(hv0, hv1);
+    assert_ne!(result_ips(&p.result), result_ips(&res1));
+    assert_eq!(c.reservations(0).len(), 2);
+    assert_eq!(res1["interfaces"][2]["name"], "eth1", "{res1}");
+    assert_eq!(p.ns.global_cidrs("eth1").len(), 1);
+
+    // GC keeping only eth0 removes eth1's veth and address.
+    let gc = with_attachments(&c.conf(0), &[(&p.container_id, "eth0")]);
+    plain(node, "GC", &gc).assert_ok_empty();
+    assert!(node.ns.link(&hv1).is_none(), "GC kept {hv1}");
+    assert!(node.ns.link(&hv0).is_some(), "GC removed {hv0}");
+    let res = c.reservations(0);
+    assert_eq!(res.len(), 1, "{res:?}");
+    assert!(res.values().all(|o| o.ends_with("eth0")), "{res:?}");
+
+    // Again eth1, then DEL of eth1 leaves eth0.
+    eth1("ADD", &c.conf(0)).assert_ok();
+    eth1("DEL", &c.conf(0)).assert_ok_empty();
+    assert!(node.ns.link(&hv0).is_some(), "DEL of eth1 removed {hv0}");
+    assert!(p.ns.link("eth0").is_some());
+    assert_eq!(c.reservations(0).len(), 1);
+    p.run("CHECK").assert_ok_empty();
+    p.run("DEL").assert_ok_empty();
+}
+
+/// Without an `ipMasq` key the plugin follows flannel: it masquerades exactly when the subnet
+/// file says flanneld does not (FLANNEL_IPMASQ=false); an explicit `ipMasq` wins.
+#[test]
+fn ip_masq_default_follows_flannel_ipmasq() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let table = format!("twill-masq-{}", c.net);
+    let has_table = || {
+        node.ns
+            .exec(&["nft", "list", "table", "inet", &table])
+            .status
+            .success()
+    };
+    let p = c.add_pod(0);
+    assert!(
+        !has_table(),
+        "FLANNEL_IPMASQ=true: flanneld masquerades, the plugin must not"
+    );
+    let mut off = c.conf(0);
+    off["ipMasq"] = json!(false);
+    write(
+        &node.subnet_file,
+        &subnet_env(0, false, MTU).replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false"),
+    );
+    let q = c.add_pod_with(0, &off);
+    assert!(!has_table(), "explicit ipMasq false wins");
+    let r = c.add_pod(0);
+    assert!(
+        has_table(),
+        "FLANNEL_IPMASQ=false and no ipMasq key: the plugin masquerades"
+    );
+    for x in [&p, &q, &r] {
+        x.run("DEL").assert_ok_empty();
+    }
 }
