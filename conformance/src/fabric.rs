@@ -4,6 +4,10 @@
 //! (0-based) is a namespace whose uplink `eth0` is a veth attached to `br0`, with address
 //! `10.99.0.(i+1)/24`, `lo` up and `net.ipv4.ip_forward=1`.
 //!
+//! [`Fabric::single_l2_dual`]`(n)` is the same segment, dual-stack: node `i` also has
+//! `fd99::(i+1)/64` on `eth0` (no DAD) and IPv6 forwarding on. [`Fabric::attach_host`] plugs an
+//! extra namespace (an "outside" host, not a node) into a single-segment fabric's switch.
+//!
 //! Layout of [`Fabric::routed`]`(n)`: the switch namespace holds two bridges, `br-a` and
 //! `br-b` (two L2 segments), joined by a router namespace (`eth-a` = `10.99.1.254/24`,
 //! `eth-b` = `10.99.2.254/24`, forwarding on). Nodes `0..ceil(n/2)` sit on segment A with
@@ -18,8 +22,9 @@
 use crate::netns::{Netns, TempDir};
 use crate::plugin::{Invocation, Outcome};
 use serde_json::Value;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A node of a fabric: its namespace, its uplink address and its private directories.
 #[derive(Debug)]
@@ -34,6 +39,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// The uplink's prefix length.
     pub prefix_len: u8,
+    /// The uplink's IPv6 address (`/64`), on a dual-stack fabric.
+    pub ip6: Option<Ipv6Addr>,
     /// IPAM data directory (created).
     pub data_dir: PathBuf,
     /// Where the node's subnet file goes (not created).
@@ -70,11 +77,22 @@ pub struct Fabric {
     /// The switch namespace holding the bridge(s).
     pub switch: Netns,
     root: TempDir,
+    hosts: AtomicUsize,
 }
 
 impl Fabric {
     /// `n` nodes on one L2 segment (see the module docs for the addresses).
     pub fn single_l2(n: usize) -> Fabric {
+        Fabric::one_segment(n, false)
+    }
+
+    /// `n` nodes on one dual-stack L2 segment: as [`Fabric::single_l2`], plus `fd99::(i+1)/64`
+    /// on each node's uplink and IPv6 forwarding on.
+    pub fn single_l2_dual(n: usize) -> Fabric {
+        Fabric::one_segment(n, true)
+    }
+
+    fn one_segment(n: usize, dual: bool) -> Fabric {
         assert!((1..=200).contains(&n), "single_l2 supports 1..=200 nodes");
         let root = TempDir::new("fabric");
         let switch = Netns::with_tag("sw");
@@ -82,13 +100,22 @@ impl Fabric {
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
             let ip = Ipv4Addr::new(10, 99, 0, (i + 1) as u8);
-            nodes.push(make_node(&root, &switch, "br0", i, ip, None));
+            let mut node = make_node(&root, &switch, "br0", i, ip, None);
+            if dual {
+                let ip6 = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, (i + 1) as u16);
+                node.ns.set_sysctl("net.ipv6.conf.all.forwarding", "1");
+                node.ns
+                    .ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
+                node.ip6 = Some(ip6);
+            }
+            nodes.push(node);
         }
         Fabric {
             nodes,
             router: None,
             switch,
             root,
+            hosts: AtomicUsize::new(0),
         }
     }
 
@@ -137,6 +164,7 @@ impl Fabric {
             router: Some(router),
             switch,
             root,
+            hosts: AtomicUsize::new(0),
         }
     }
 
@@ -149,11 +177,38 @@ impl Fabric {
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i]
     }
+
+    /// Plugs a new namespace (a host that is not a node, e.g. "the outside world") into the
+    /// segment of a single-segment fabric: uplink `eth0` on the switch's `br0` with the given
+    /// addresses (`ip/prefix`; IPv6 without DAD), `lo` up. The caller owns the namespace; the
+    /// switch end of its veth goes away with either side.
+    pub fn attach_host(&self, tag: &str, cidrs: &[&str]) -> Netns {
+        assert!(
+            self.router.is_none(),
+            "attach_host needs a single-segment fabric"
+        );
+        let ns = Netns::with_tag(tag);
+        ns.lo_up();
+        let sw_end = format!("h{}", self.hosts.fetch_add(1, Ordering::Relaxed));
+        veth_into(&self.switch, &sw_end, &ns, "eth0");
+        self.switch
+            .ip(&["link", "set", &sw_end, "master", "br0", "up"]);
+        for cidr in cidrs {
+            if cidr.contains(':') {
+                ns.ip(&["addr", "add", cidr, "dev", "eth0", "nodad"]);
+            } else {
+                ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+            }
+        }
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns
+    }
 }
 
 fn make_bridge(ns: &Netns, name: &str) {
     ns.lo_up();
-    ns.ip(&["link", "add", name, "type", "bridge"]);
+    // No multicast snooping: IPv6 neighbour discovery is flooded like on a dumb switch.
+    ns.ip(&["link", "add", name, "type", "bridge", "mcast_snooping", "0"]);
     ns.ip(&["link", "set", name, "up"]);
 }
 
@@ -205,6 +260,7 @@ fn make_node(
         uplink: "eth0".to_string(),
         ip,
         prefix_len: 24,
+        ip6: None,
         data_dir,
         subnet_file: dir.join("subnet.env"),
         peers_file: dir.join("peers.json"),
@@ -272,6 +328,11 @@ impl Pod {
         result_ips(&self.result).into_iter().next()
     }
 
+    /// The config the pod was added with.
+    pub fn conf(&self) -> &Value {
+        &self.conf
+    }
+
     /// Runs `command` (DEL, CHECK) for this pod on its node with the same config (plus
     /// `prevResult` for CHECK).
     pub fn run(&self, command: &str) -> Outcome {
@@ -281,12 +342,18 @@ impl Pod {
         {
             obj.insert("prevResult".to_string(), self.result.clone());
         }
+        self.call(command, &conf)
+    }
+
+    /// Runs `command` for this pod (same container ID, netns path, ifname, node and plugin)
+    /// with `conf` as given on stdin.
+    pub fn call(&self, command: &str, conf: &Value) -> Outcome {
         Invocation::new(&self.plugin)
             .command(command)
             .container_id(&self.container_id)
             .netns(self.ns.path())
             .ifname(&self.ifname)
-            .stdin_json(&conf)
+            .stdin_json(conf)
             .on(&self.node)
             .run()
     }
@@ -315,6 +382,16 @@ pub fn result_ips(result: &Value) -> Vec<IpAddr> {
         .iter()
         .filter_map(|c| c.split('/').next()?.parse().ok())
         .collect()
+}
+
+/// True when `ip` does *not* answer one `ping -c1 -W1` from inside `from` (for paths that must
+/// be broken; one attempt is enough there, and it bounds the wait at about a second).
+pub fn no_reply(from: &Netns, ip: IpAddr) -> bool {
+    let target = ip.to_string();
+    !from
+        .exec(&["ping", "-n", "-q", "-c1", "-W1", &target])
+        .status
+        .success()
 }
 
 /// Pings `ip` from inside `from`: up to 3 attempts of `ping -c1 -W1`; true on the first reply.

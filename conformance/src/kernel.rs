@@ -297,6 +297,37 @@ impl Netns {
             .collect()
     }
 
+    /// Policy-routing rules of both families (`ip -j -4|-6 rule show`), as raw JSON objects.
+    pub fn rules(&self) -> Vec<Value> {
+        let mut res = Vec::new();
+        for fam in ["-4", "-6"] {
+            let out = self.ip(&["-j", fam, "rule", "show"]);
+            res.extend(parse_array(&out, "ip rule"));
+        }
+        res
+    }
+
+    /// The namespace's whole nftables rule set as text (`nft list ruleset`).
+    pub fn nft_ruleset(&self) -> String {
+        self.exec_ok(&["nft", "list", "ruleset"])
+    }
+
+    /// The packet count of the named counter object `counter` in `table` (family `family`):
+    /// `nft -j list counter FAMILY TABLE NAME`.
+    pub fn nft_counter(&self, family: &str, table: &str, counter: &str) -> u64 {
+        let out = self.exec_ok(&["nft", "-j", "list", "counter", family, table, counter]);
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("nft -j list counter: bad JSON ({e}): {out}"));
+        v.get("nftables")
+            .and_then(Value::as_array)
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find_map(|i| i.pointer("/counter/packets").and_then(Value::as_u64))
+            })
+            .unwrap_or_else(|| panic!("no counter {family} {table} {counter} in: {out}"))
+    }
+
     /// Reads a sysctl inside the namespace. `key` is dotted (`net.ipv4.ip_forward`) or a path
     /// under `/proc/sys` (`net/ipv4/conf/eth0.5/forwarding`, for names containing dots).
     pub fn sysctl(&self, key: &str) -> String {

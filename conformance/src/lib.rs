@@ -15,7 +15,8 @@
 //! - [`plugin`]: [`Invocation`] (a CNI call) and its [`Outcome`].
 //! - [`kernel`]: typed readers of links, addresses, routes, neighbours, FDB and sysctls.
 //! - [`snapshot`]: byte-exact snapshots of a directory tree.
-//! - [`fabric`]: multi-node test fabrics (one L2 segment, or two joined by a router).
+//! - [`fabric`]: multi-node test fabrics (one L2 segment, IPv4 or dual-stack, with optional
+//!   extra hosts on it; or two segments joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
 
 #![deny(missing_docs)]
@@ -29,7 +30,7 @@ pub mod process;
 pub mod snapshot;
 
 pub use bins::{ref_bin, twill_bin};
-pub use fabric::{Fabric, Node, Pod, ping, result_ips};
+pub use fabric::{Fabric, Node, Pod, no_reply, ping, result_ips};
 pub use kernel::{Addr, FdbEntry, Link, Neighbour, RouteEntry};
 pub use netns::{Netns, TempDir};
 pub use plugin::{Invocation, Outcome};

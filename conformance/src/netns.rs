@@ -58,6 +58,36 @@ impl Netns {
         )
     }
 
+    /// Runs `cmd` inside the namespace with `stdin` fed to it (e.g. `nft -f -`).
+    pub fn exec_stdin(&self, cmd: &[&str], stdin: &[u8]) -> Output {
+        assert!(!cmd.is_empty(), "Netns::exec_stdin needs a program");
+        let net = format!("--net={}", self.path.display());
+        run_bounded(
+            Command::new("nsenter").arg(net).args(cmd),
+            stdin,
+            DEFAULT_TIMEOUT,
+        )
+    }
+
+    /// Loads an nftables script into the namespace (`nft -f -`); panics with nft's message
+    /// unless it is accepted.
+    pub fn nft_load(&self, script: &str) {
+        let out = self.exec_stdin(&["nft", "-f", "-"], script.as_bytes());
+        assert!(
+            out.status.success(),
+            "in netns {}: nft -f rejected the script ({}): {}\n{script}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    /// Deletes the namespace now (`ip netns del`), e.g. to test a plugin against a pod whose
+    /// netns is gone; the guard then has nothing left to do.
+    pub fn delete_now(&self) {
+        crate::process::run_ok("ip", &["netns", "del", &self.name]);
+    }
+
     /// Like [`Netns::exec`], but panics (with stderr) unless the command succeeds; returns stdout.
     pub fn exec_ok(&self, cmd: &[&str]) -> String {
         let out = self.exec(cmd);
@@ -94,6 +124,10 @@ impl Default for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.path.exists() {
+            // Already deleted (Netns::delete_now).
+            return;
+        }
         let out = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

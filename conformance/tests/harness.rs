@@ -3,7 +3,8 @@
 //! error-shape checks can fail, and the fabrics carry packets.
 
 use conformance::{
-    DirSnapshot, Fabric, Invocation, Netns, TempDir, ping, ref_bin, result_ips, unique_name,
+    DirSnapshot, Fabric, Invocation, Netns, TempDir, no_reply, ping, ref_bin, result_ips,
+    unique_name,
 };
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -329,4 +330,57 @@ fn routed_fabric_joins_two_segments() {
         !out.status.success(),
         "gateway across the router must not be on-link"
     );
+}
+
+#[test]
+fn dual_stack_fabric_attached_host_and_nft_counters() {
+    let fab = Fabric::single_l2_dual(2);
+    let (n0, n1) = (fab.node(0), fab.node(1));
+    assert_eq!(n0.ip6.map(|i| i.to_string()).as_deref(), Some("fd99::1"));
+    assert_eq!(
+        n1.ns.global_cidrs("eth0"),
+        vec!["10.99.0.2/24".to_string(), "fd99::2/64".to_string()]
+    );
+    assert_eq!(n0.ns.sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert!(
+        ping(&n0.ns, IpAddr::from(n1.ip6.expect("v6"))),
+        "v6 between nodes"
+    );
+
+    let out = fab.attach_host("out", &["10.99.0.250/24", "fd99::250/64"]);
+    n0.ns.nft_load(
+        "table inet obs {
+            counter from_out { }
+            chain pre {
+                type filter hook prerouting priority -300; policy accept;
+                ip saddr 10.99.0.250 icmp type echo-request counter name \"from_out\"
+                ip6 saddr fd99::250 icmpv6 type echo-request counter name \"from_out\"
+            }
+        }",
+    );
+    assert_eq!(n0.ns.nft_counter("inet", "obs", "from_out"), 0);
+    assert!(ping(&out, IpAddr::from(n0.ip)));
+    assert!(ping(&out, IpAddr::from(n0.ip6.expect("v6"))));
+    assert_eq!(n0.ns.nft_counter("inet", "obs", "from_out"), 2);
+    assert!(n0.ns.nft_ruleset().contains("from_out"));
+    // no_reply: true for an address nobody holds, false for a live one.
+    assert!(no_reply(&out, "10.99.0.200".parse().expect("ip")));
+    assert!(!no_reply(&out, IpAddr::from(n1.ip)));
+}
+
+#[test]
+fn rules_reader_and_delete_now() {
+    let ns = Netns::new();
+    let rules = ns.rules();
+    assert_eq!(rules.len(), 5, "3 IPv4 + 2 IPv6 default rules: {rules:?}");
+    ns.ip(&["rule", "add", "from", "10.1.2.3", "table", "100"]);
+    assert!(
+        ns.rules()
+            .iter()
+            .any(|r| r["src"] == "10.1.2.3" && r["table"] == "100")
+    );
+    let path = ns.path().to_path_buf();
+    ns.delete_now();
+    assert!(!path.exists());
+    drop(ns); // nothing left to do, no warning
 }
