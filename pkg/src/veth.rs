@@ -242,7 +242,7 @@ pub fn configure_pod(
         for r in routes {
             let mut r = r.clone();
             r.oif = Some(link.index);
-            nl.add_route(&r)?;
+            nl.append_route(&r)?;
         }
         Ok(PodEnd {
             index: link.index,

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::RouteMetric;
 use netlink_packet_route::route::{
     RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -334,6 +334,12 @@ impl Netlink {
     /// Adds a route; `is_exists` when an identical destination/metric is already there.
     pub fn add_route(&mut self, spec: &RouteSpec) -> NlResult<()> {
         self.new_route(spec, NLM_F_CREATE | NLM_F_EXCL, "add")
+    }
+
+    /// Adds a route next to any with the same destination, table and metric (`ip route append`):
+    /// a pod's second interface gets its own default route beside the first one's.
+    pub fn append_route(&mut self, spec: &RouteSpec) -> NlResult<()> {
+        self.new_route(spec, NLM_F_CREATE | NLM_F_APPEND, "append")
     }
 
     /// Adds a route or replaces the one with the same destination, table and metric.

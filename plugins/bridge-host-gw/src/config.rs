@@ -148,6 +148,12 @@ impl Network {
             Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.view()?),
             Need::Release => (None, None),
         };
+        if let Some(view) = &view {
+            // Host-gw needs each peer's pod CIDR reachable via a node IP of its own family:
+            // refuse a view that cannot be routed before anything on the node changes.
+            let peers: Vec<_> = view.peers().iter().collect();
+            RouteMode::HostGw.desired(&peers)?;
+        }
         if need == Need::Required
             && !l2_only
             && twill::ipam::ipam_type(&conf)? == twill::ipam::HOST_LOCAL
