@@ -100,7 +100,7 @@ done
 
 ping_ok() { in_ns "$1" ping -c1 -W1 -q "$2" >/dev/null 2>&1; }
 
-printf '\n%-6s %-4s %-13s %9s  %s\n' node pod IP "ADD (ms)" "pings: every other pod / own node / other node"
+printf '\n%-6s %-4s %-13s %9s  %s\n' node pod IP "ADD ms*" "pings: every other pod / own node / other node"
 total=0; good=0
 for pod in "${POD_LIST[@]}"; do
   i=${POD_NODE[$pod]}
@@ -117,7 +117,10 @@ for pod in "${POD_LIST[@]}"; do
     "$((us/1000)).$(printf '%03d' $((us%1000)))" "$ok" "$n" "$own" "$j" "$far"
 done
 echo
-echo "routes on n1 (twill-owned peer routes, via the other nodes):"
+echo "* ADD ms: wall time of 'nsenter --net=NODE bridge-host-gw' as the demo runs it (the first pod"
+echo "  of a node also creates the bridge and the ipMasq rule set); make bench measures the plugin alone."
+echo
+echo "routes on n1 (twill-owned peer routes, proto 116, via the other nodes):"
 ip -n "$TAG-n1" route show | sed 's/^/  /'
 
 echo "== deleting every pod"

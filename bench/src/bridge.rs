@@ -55,12 +55,14 @@ fn ref_config(masq: bool, data_dir: &Path) -> Value {
     })
 }
 
-/// twill's config: the same keys, type `bridge-host-gw`, plus `subnetFile` and `peers`.
+/// twill's config: the same keys, type `bridge-host-gw`, plus `subnetFile`, `peers` and a
+/// `runDir` inside the bench's state dir (so its fingerprint stamps go away with it).
 fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
     let mut c = ref_config(masq, data_dir);
     c["type"] = json!("bridge-host-gw");
     c["subnetFile"] = json!(subnet_file);
     c["peers"] = json!([]);
+    c["runDir"] = json!(data_dir.join("run"));
     c
 }
 
