@@ -12,14 +12,18 @@
 //!
 //! ```text
 //! twill-host-local-index 1 <dev> <ino> <stamp seconds> <stamp nanoseconds> <network dir path>
-//! <owner key, 16 hex digits> <reservation file name>
+//! <owner key, 16 hex digits> <reservation file name, padded with spaces to 46 bytes>
 //! ...
-//! end
+//! end<padded with spaces to 63 bytes>
 //! ```
 //!
-//! One line per reservation file of the directory; the key is a 64-bit FNV-1a hash of the
-//! owner ([`exact_key`] for `<id>\r\n<ifname>` files, [`legacy_key`] for container-ID-only
-//! files). A hash is enough because every entry is verified before it is acted on (below).
+//! One fixed-width line (a 64-byte record) per reservation file of the directory, in no
+//! particular order; bytes after the `end` record are ignored (left over when the index
+//! shrank). The key is a 64-bit FNV-1a hash of the owner ([`exact_key`] for
+//! `<id>\r\n<ifname>` files, [`legacy_key`] for container-ID-only files). A hash is enough
+//! because every entry is verified before it is acted on (below). Fixed-width records make
+//! loading, looking up, adding and removing entries plain byte-slice work, without parsing or
+//! allocating per entry.
 //!
 //! # Why it can be trusted: the directory stamp
 //!
@@ -72,12 +76,14 @@ pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
 
 /// First word and format version of an index file.
 const MAGIC: &str = "twill-host-local-index 1";
-/// Last line of a complete index file.
-const END: &[u8] = b"end\n";
+/// Last record of a complete index file.
+const END_RECORD: &[u8; 64] = b"end                                                            \n";
+/// Bytes left after the `end` record above which a shrinking index is truncated.
+const SHRINK_AT: u64 = 64 * 1024;
 /// How far in the past a fresh stamp is set.
 const STAMP_AGE: Duration = Duration::from_secs(60);
-/// Initial read size; indexes of a few hundred reservations fit in one read.
-const READ_CHUNK: usize = 32 * 1024;
+/// Initial read size: an index of up to 250 reservations is read with one `read`.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The index directory from the environment: [`INDEX_DIR_ENV`] when set (empty: `None`), else
 /// [`DEFAULT_INDEX_DIR`].
@@ -119,6 +125,118 @@ pub struct Entry {
     pub name: String,
 }
 
+/// Size of one record: key, space, name field, newline.
+const RECORD: usize = 64;
+/// Width of the name field: the longest text an address can be written as (45, an IPv6 address
+/// with an embedded IPv4 one) plus one.
+const NAME_WIDTH: usize = RECORD - 18;
+
+/// The entries as records (see the module doc), without the `end` record.
+#[derive(Debug, Clone, Default)]
+struct Records(Vec<u8>);
+
+impl Records {
+    /// Records from entries; `None` when a name cannot be stored (too long, or not plain text).
+    fn from_entries(entries: &[Entry]) -> Option<Records> {
+        let mut r = Records(Vec::with_capacity(entries.len() * RECORD));
+        for e in entries {
+            if !r.push(e.key, &e.name) {
+                return None;
+            }
+        }
+        Some(r)
+    }
+
+    /// Parses the records after the header, up to the `end` record; `None` when malformed.
+    fn parse(body: &[u8]) -> Option<Records> {
+        let mut len = 0;
+        for rec in body.chunks(RECORD) {
+            if rec.len() != RECORD || rec[RECORD - 1] != b'\n' {
+                return None;
+            }
+            if rec.starts_with(b"end ") {
+                return Some(Records(body[..len].to_vec()));
+            }
+            if rec[16] != b' ' || !rec[..16].iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            len += RECORD;
+        }
+        None
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.chunks_exact(RECORD)
+    }
+
+    fn name(rec: &[u8]) -> &[u8] {
+        rec[17..RECORD - 1].trim_ascii_end()
+    }
+
+    fn key(rec: &[u8]) -> Option<u64> {
+        std::str::from_utf8(&rec[..16])
+            .ok()
+            .and_then(|k| u64::from_str_radix(k, 16).ok())
+    }
+
+    /// Appends an entry; false when the name does not fit a record.
+    fn push(&mut self, key: u64, name: &str) -> bool {
+        if name.is_empty() || name.len() > NAME_WIDTH || !name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return false;
+        }
+        let start = self.0.len();
+        self.0.extend_from_slice(&hex16(key));
+        self.0.push(b' ');
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.resize(start + RECORD - 1, b' ');
+        self.0.push(b'\n');
+        true
+    }
+
+    /// Removes the entries named `name` (the last record moves into the gap).
+    fn remove(&mut self, name: &str) {
+        let mut i = 0;
+        while i < self.0.len() {
+            if Records::name(&self.0[i..i + RECORD]) == name.as_bytes() {
+                let last = self.0.len() - RECORD;
+                self.0.copy_within(last.., i);
+                self.0.truncate(last);
+            } else {
+                i += RECORD;
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.iter().any(|r| Records::name(r) == name.as_bytes())
+    }
+
+    /// Entries whose key is one of `keys`.
+    fn matching(&self, keys: &[u64]) -> Vec<Entry> {
+        let wanted: Vec<[u8; 16]> = keys.iter().map(|k| hex16(*k)).collect();
+        self.iter()
+            .filter(|r| wanted.iter().any(|w| r[..16] == w[..]))
+            .filter_map(|r| {
+                Some(Entry {
+                    key: Records::key(r)?,
+                    name: String::from_utf8(Records::name(r).to_vec()).ok()?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `key` as 16 lower-case hex digits.
+fn hex16(key: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((key >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
 /// Identity and modification time of the network directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DirState {
@@ -155,10 +273,10 @@ enum Known {
     Nothing,
     /// The index file matched the directory: every reservation, as of the start of the
     /// operation, kept up to date with this operation's changes.
-    Indexed(Vec<Entry>),
+    Indexed(Records),
     /// A full scan in this operation listed every reservation (kept up to date likewise); the
     /// index is rebuilt from it on commit.
-    Scanned(Vec<Entry>),
+    Scanned(Records),
 }
 
 /// The index of one network directory for the duration of one locked operation.
@@ -205,13 +323,13 @@ impl Index {
         if let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path)
             && let Some(bytes) = read_all(&mut file)
         {
-            if let Some((header, entries)) = parse(&bytes)
+            if let Some((header, records)) = parse(&bytes)
                 && header.dev == state.dev
                 && header.ino == state.ino
                 && header.mtime == state.mtime
             {
                 index.stamp = Some(header.mtime);
-                index.known = Known::Indexed(entries);
+                index.known = Known::Indexed(records);
             }
             index.file = Some((file, bytes.len() as u64));
         }
@@ -219,26 +337,25 @@ impl Index {
         index
     }
 
-    /// The entries when they are known to list every reservation (from a valid index or a scan
-    /// in this operation).
-    pub fn entries(&self) -> Option<&[Entry]> {
-        match &self.known {
-            Known::Indexed(e) | Known::Scanned(e) => Some(e),
-            Known::Nothing => None,
-        }
-    }
-
-    /// True when the entries come from the index file (not from a scan in this operation).
+    /// True when the index file matched the directory (owner questions need no scan).
     pub fn is_indexed(&self) -> bool {
         matches!(self.known, Known::Indexed(_))
+    }
+
+    /// The entries whose key is one of `keys`, when the index is valid (`None`: scan).
+    pub fn lookup(&self, keys: &[u64]) -> Option<Vec<Entry>> {
+        match &self.known {
+            Known::Indexed(r) => Some(r.matching(keys)),
+            _ => None,
+        }
     }
 
     /// Records the result of a full scan: `Some(entries)` when every reservation's owner could
     /// be read, `None` when not (then no index is written).
     pub fn scanned(&mut self, entries: Option<Vec<Entry>>) {
         self.broken = false;
-        self.known = match entries {
-            Some(e) => Known::Scanned(e),
+        self.known = match entries.as_deref().and_then(Records::from_entries) {
+            Some(r) => Known::Scanned(r),
             None => Known::Nothing,
         };
     }
@@ -246,19 +363,18 @@ impl Index {
     /// This operation created reservation `name` for the owner with `key`.
     pub fn reserved(&mut self, name: &str, key: u64) {
         self.dirty = true;
-        if let Known::Indexed(e) | Known::Scanned(e) = &mut self.known {
-            e.push(Entry {
-                key,
-                name: name.to_owned(),
-            });
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known
+            && !r.push(key, name)
+        {
+            self.known = Known::Nothing;
         }
     }
 
     /// This operation removed reservation `name` (or found it gone).
     pub fn removed(&mut self, name: &str) {
         self.dirty = true;
-        if let Known::Indexed(e) | Known::Scanned(e) = &mut self.known {
-            e.retain(|x| x.name != name);
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known {
+            r.remove(name);
         }
     }
 
@@ -270,8 +386,8 @@ impl Index {
     /// Reservation `name` exists: when the entries claim to be complete and do not list it,
     /// the index is wrong and is dropped on commit.
     pub fn exists(&mut self, name: &str) {
-        if let Some(entries) = self.entries()
-            && !entries.iter().any(|e| e.name == name)
+        if let Known::Indexed(r) | Known::Scanned(r) = &self.known
+            && !r.contains(name)
         {
             self.broken = true;
         }
@@ -298,15 +414,15 @@ impl Index {
             return;
         }
         match std::mem::replace(&mut self.known, Known::Nothing) {
-            Known::Indexed(entries) => {
+            Known::Indexed(records) => {
                 let Some(stamp) = self.stamp.filter(|_| self.dirty) else {
                     return;
                 };
-                if self.write(&path, &state, stamp, net_dir, &entries) {
+                if self.write(&path, &state, stamp, net_dir, &records) {
                     let _ = set_mtime(net_dir, stamp);
                 }
             }
-            Known::Scanned(entries) => {
+            Known::Scanned(records) => {
                 // A fresh stamp, in the past; read back what the filesystem stored.
                 let Ok(ago) = (SystemTime::now() - STAMP_AGE).duration_since(UNIX_EPOCH) else {
                     return;
@@ -324,21 +440,22 @@ impl Index {
                 if now.dev != state.dev || now.ino != state.ino {
                     return;
                 }
-                self.write(&path, &now, now.mtime, net_dir, &entries);
+                self.write(&path, &now, now.mtime, net_dir, &records);
             }
             Known::Nothing => {}
         }
     }
 
-    /// Writes the index file (in place when it exists: no truncation to zero, which would make
-    /// some filesystems flush it); true when it was written completely.
+    /// Writes the index file, in place when it exists (a shorter index leaves bytes after its
+    /// `end` record unless they amount to more than [`SHRINK_AT`]; truncating every time would
+    /// cost a journalled truncate per DEL); true when it was written completely.
     fn write(
         &mut self,
         path: &Path,
         state: &DirState,
         stamp: Stamp,
         net_dir: &Path,
-        entries: &[Entry],
+        records: &Records,
     ) -> bool {
         let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
             return false;
@@ -348,15 +465,12 @@ impl Index {
             state.dev, state.ino, stamp.sec, stamp.nsec
         )
         .into_bytes();
-        text.reserve(entries.len() * 32 + END.len());
-        for e in entries {
-            text.extend_from_slice(format!("{:016x} {}\n", e.key, e.name).as_bytes());
-        }
-        text.extend_from_slice(END);
+        text.extend_from_slice(&records.0);
+        text.extend_from_slice(END_RECORD);
         let new_len = text.len() as u64;
         if let Some((file, old_len)) = &self.file {
             return file.write_all_at(&text, 0).is_ok()
-                && (*old_len <= new_len || file.set_len(new_len).is_ok());
+                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok());
         }
         let Some(dir) = path.parent() else {
             return false;
@@ -408,21 +522,19 @@ fn set_mtime(dir: &Path, stamp: Stamp) -> nix::Result<()> {
     )
 }
 
-/// Reads a whole (regular) file, normally with one `read`: a short read that ends in the last
-/// line of an index is taken as the end of the file (anything else reads on until EOF).
+/// Reads a whole regular file, normally with one `read`: a short read is its end (a file
+/// that were still longer would fail to parse, which only costs a scan).
 fn read_all(file: &mut File) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; READ_CHUNK];
     let mut len = 0;
     loop {
-        if len == buf.len() {
-            buf.resize(len * 2, 0);
-        }
         let n = file.read(&mut buf[len..]).ok()?;
         len += n;
-        if n == 0 || (len < buf.len() && buf[..len].ends_with(END)) {
+        if len < buf.len() {
             buf.truncate(len);
             return Some(buf);
         }
+        buf.resize(len * 2, 0);
     }
 }
 
@@ -433,24 +545,11 @@ struct Header {
     mtime: Stamp,
 }
 
-/// Parses a complete index file; `None` when it is not one (wrong magic, torn, bad line).
-fn parse(bytes: &[u8]) -> Option<(Header, Vec<Entry>)> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let body = text.strip_suffix("end\n")?;
-    let mut lines = body.split_terminator('\n');
-    let header = parse_header(lines.next()?)?;
-    let mut entries = Vec::new();
-    for line in lines {
-        let (key, name) = line.split_once(' ')?;
-        if key.len() != 16 || name.is_empty() {
-            return None;
-        }
-        entries.push(Entry {
-            key: u64::from_str_radix(key, 16).ok()?,
-            name: name.to_owned(),
-        });
-    }
-    Some((header, entries))
+/// Parses an index file; `None` when it is not a complete one (wrong magic, torn, bad record).
+fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let header = parse_header(std::str::from_utf8(&bytes[..nl]).ok()?)?;
+    Some((header, Records::parse(&bytes[nl + 1..])?))
 }
 
 /// Parses the first line; the directory path at its end is not needed to validate.
@@ -535,13 +634,19 @@ mod tests {
         assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
     }
 
+    fn record(key: u64, name: &str) -> String {
+        format!("{key:016x} {name:<46}\n")
+    }
+
     #[test]
     fn parse_round_trip_and_rejects_torn_files() {
+        let end = std::str::from_utf8(END_RECORD).unwrap();
         let text = format!(
-            "{MAGIC} 2049 77 1700000000 123 /var/lib/cni/networks/a b\n\
-             00000000000000ff 10.0.0.2\n0123456789abcdef fd00::2\nend\n"
+            "{MAGIC} 2049 77 1700000000 123 /var/lib/cni/networks/a b\n{}{}{end}",
+            record(0xff, "10.0.0.2"),
+            record(0x0123_4567_89ab_cdef, "fd00::2"),
         );
-        let (h, e) = parse(text.as_bytes()).unwrap();
+        let (h, r) = parse(text.as_bytes()).unwrap();
         assert_eq!((h.dev, h.ino), (2049, 77));
         assert_eq!(
             h.mtime,
@@ -550,17 +655,54 @@ mod tests {
                 nsec: 123
             }
         );
-        assert_eq!(e.len(), 2);
-        assert_eq!(e[1].key, 0x0123_4567_89ab_cdef);
-        assert_eq!(e[1].name, "fd00::2");
+        assert_eq!(
+            r.matching(&[0x0123_4567_89ab_cdef, 7]),
+            [Entry {
+                key: 0x0123_4567_89ab_cdef,
+                name: "fd00::2".into()
+            }]
+        );
+        assert!(r.contains("10.0.0.2") && !r.contains("10.0.0.20"));
         assert_eq!(
             header_dir(text.lines().next().unwrap()),
             Some("/var/lib/cni/networks/a b")
         );
-        // torn (no end line), garbage line, bad key, wrong magic
-        assert!(parse(&text.as_bytes()[..text.len() - 2]).is_none());
-        assert!(parse(text.replace("fd00::2\n", "fd00::2\nxx\n").as_bytes()).is_none());
-        assert!(parse(text.replace("00000000000000ff", "ff").as_bytes()).is_none());
+        // bytes after the end record are left-overs of a longer index
+        assert!(parse(format!("{text}{}", record(1, "10.0.0.9")).as_bytes()).is_some());
+        // torn (no end record), garbage record, short record, bad key, wrong magic
+        assert!(parse(&text.as_bytes()[..text.len() - 64]).is_none());
+        assert!(parse(&text.as_bytes()[..text.len() - 1]).is_none());
+        assert!(parse(text.replacen("10.0.0.2", "10.0.0.2\n", 1).as_bytes()).is_none());
+        assert!(
+            parse(
+                text.replacen("00000000000000ff", "00000000000000fg", 1)
+                    .as_bytes()
+            )
+            .is_none()
+        );
         assert!(parse(text.replace("index 1", "index 2").as_bytes()).is_none());
+    }
+
+    #[test]
+    fn records_push_remove_and_limits() {
+        let mut r = Records::default();
+        assert!(r.push(1, "10.0.0.1"));
+        assert!(r.push(2, "10.0.0.2"));
+        assert!(r.push(3, "0000:0000:0000:0000:0000:ffff:255.255.255.255"));
+        assert!(!r.push(4, "0000:0000:0000:0000:0000:0000:ffff:255.255.255.255"));
+        assert!(!r.push(4, "10.0.0.4 x"));
+        assert!(!r.push(4, ""));
+        assert_eq!(r.0.len(), 3 * RECORD);
+        r.remove("10.0.0.1");
+        assert_eq!(r.0.len(), 2 * RECORD);
+        assert!(!r.contains("10.0.0.1"));
+        assert_eq!(
+            r.matching(&[3])[0].name,
+            "0000:0000:0000:0000:0000:ffff:255.255.255.255"
+        );
+        assert_eq!(r.matching(&[2])[0].name, "10.0.0.2");
+        r.remove("nothing");
+        assert_eq!(r.0.len(), 2 * RECORD);
+        assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
     }
 }

@@ -255,18 +255,7 @@ impl Store {
     /// [`Store::owned`] from the index; `None` when it is not valid or proves wrong.
     fn owned_from_index(&self, owner: &Owner) -> Option<Owned> {
         let (exact_key, legacy_key) = (owner.key(), index::legacy_key(owner.id));
-        let hits: Vec<Entry> = {
-            let index = self.index.borrow();
-            if !index.is_indexed() {
-                return None;
-            }
-            index
-                .entries()?
-                .iter()
-                .filter(|e| e.key == exact_key || e.key == legacy_key)
-                .cloned()
-                .collect()
-        };
+        let hits = self.index.borrow().lookup(&[exact_key, legacy_key])?;
         let mut owned = Owned::default();
         for e in hits {
             let want = if e.key == exact_key {
