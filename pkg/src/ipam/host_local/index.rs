@@ -157,7 +157,8 @@ impl Records {
             if rec.starts_with(b"end ") {
                 return Some(Records(body[..len].to_vec()));
             }
-            if rec[16] != b' ' || !rec[..16].iter().all(u8::is_ascii_hexdigit) {
+            // (keys are checked when they match a lookup; a damaged one matches nothing)
+            if rec[16] != b' ' {
                 return None;
             }
             len += RECORD;
@@ -663,19 +664,23 @@ mod tests {
             }]
         );
         assert!(r.contains("10.0.0.2") && !r.contains("10.0.0.20"));
+        // a damaged key matches nothing
+        let damaged = text.replacen("00000000000000ff", "00000000000000fg", 1);
+        let (_, r) = parse(damaged.as_bytes()).unwrap();
+        assert!(r.matching(&[0xff]).is_empty());
         assert_eq!(
             header_dir(text.lines().next().unwrap()),
             Some("/var/lib/cni/networks/a b")
         );
         // bytes after the end record are left-overs of a longer index
         assert!(parse(format!("{text}{}", record(1, "10.0.0.9")).as_bytes()).is_some());
-        // torn (no end record), garbage record, short record, bad key, wrong magic
+        // torn (no end record), garbage record, record without its separator, wrong magic
         assert!(parse(&text.as_bytes()[..text.len() - 64]).is_none());
         assert!(parse(&text.as_bytes()[..text.len() - 1]).is_none());
         assert!(parse(text.replacen("10.0.0.2", "10.0.0.2\n", 1).as_bytes()).is_none());
         assert!(
             parse(
-                text.replacen("00000000000000ff", "00000000000000fg", 1)
+                text.replacen("00000000000000ff ", "00000000000000ff=", 1)
                     .as_bytes()
             )
             .is_none()

@@ -181,6 +181,8 @@ pub struct Store {
     dir: PathBuf,
     index: RefCell<Index>,
     cursors: RefCell<Vec<OpenCursor>>,
+    /// The last unnamed reservation file and its contents (see [`Store::link_unnamed`]).
+    unnamed: RefCell<Option<(File, Vec<u8>)>>,
     _lock: File,
 }
 
@@ -238,6 +240,7 @@ impl Store {
             dir: dir.to_path_buf(),
             index: RefCell::new(index),
             cursors: RefCell::new(Vec::new()),
+            unnamed: RefCell::new(None),
             _lock: lock,
         }))
     }
@@ -396,7 +399,47 @@ impl Store {
     /// `Some(true)`: linked; `Some(false)`: `target` exists; `None`: this path did not work here
     /// (no `O_TMPFILE` support, no `/proc`, or another failure), so the caller falls back to a
     /// named temporary file, which reports the failure if it is real.
+    ///
+    /// The unnamed file is kept for the next reservation of this operation: when its contents
+    /// are the same (the next candidate after a taken address, or the same owner's address in
+    /// another range set) it is linked again, so a dual-stack ADD makes one inode with two
+    /// names (hard links with the same contents, which both plugins only ever read and remove)
+    /// and a run of taken candidates costs no file creation each.
     fn link_unnamed(&self, contents: &[u8], target: &Path) -> Option<bool> {
+        let mut cached = self.unnamed.borrow_mut();
+        let reused = cached.as_ref().is_some_and(|(_, c)| c == contents);
+        if !reused {
+            *cached = Some((self.unnamed_file(contents)?, contents.to_vec()));
+        }
+        let link = |file: &File| {
+            let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
+            nix::unistd::linkat(
+                AT_FDCWD,
+                magic.as_str(),
+                AT_FDCWD,
+                target,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        };
+        let mut result = link(&cached.as_ref()?.0);
+        if reused && result == Err(nix::errno::Errno::ENOENT) {
+            // its names were all removed again (a rollback): an unlinked inode cannot get one
+            let file = self.unnamed_file(contents)?;
+            result = link(&file);
+            *cached = Some((file, contents.to_vec()));
+        }
+        match result {
+            Ok(()) => Some(true),
+            Err(nix::errno::Errno::EEXIST) => Some(false),
+            Err(_) => {
+                *cached = None;
+                None
+            }
+        }
+    }
+
+    /// A new unnamed file in the directory holding `contents`.
+    fn unnamed_file(&self, contents: &[u8]) -> Option<File> {
         let mut file = OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_TMPFILE)
@@ -404,18 +447,7 @@ impl Store {
             .open(&self.dir)
             .ok()?;
         file.write_all(contents).ok()?;
-        let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
-        match nix::unistd::linkat(
-            AT_FDCWD,
-            magic.as_str(),
-            AT_FDCWD,
-            target,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        ) {
-            Ok(()) => Some(true),
-            Err(nix::errno::Errno::EEXIST) => Some(false),
-            Err(_) => None,
-        }
+        Some(file)
     }
 
     /// Removes the file `name` of the network directory; a missing file is fine.
@@ -574,6 +606,44 @@ mod tests {
         assert!(listing.temps.is_empty());
         let o = listing.reservations[&b].owner.clone().unwrap();
         assert_eq!((o.id.as_str(), o.ifname.as_deref()), ("c1", Some("eth0")));
+    }
+
+    #[test]
+    fn one_owner_shares_an_inode_and_rollback_is_safe() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("twill-share-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, true, None).unwrap().unwrap();
+        let a = Owner {
+            id: "a",
+            ifname: "eth0",
+        };
+        let b = Owner {
+            id: "b",
+            ifname: "eth0",
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(store.reserve(ip("10.0.0.2"), &a).unwrap());
+        assert!(!store.reserve(ip("10.0.0.2"), &a).unwrap());
+        assert!(store.reserve(ip("fd00::2"), &a).unwrap());
+        assert!(store.reserve(ip("10.0.0.3"), &b).unwrap());
+        let meta = |n: &str| fs::metadata(dir.join(n)).unwrap();
+        let (m4, m6, mb) = (meta("10.0.0.2"), meta("fd00::2"), meta("10.0.0.3"));
+        // a rollback removes both names of a's inode; a's next reservation still works
+        store.remove("10.0.0.3").unwrap();
+        assert!(store.reserve(ip("10.0.0.4"), &b).unwrap());
+        store.remove("10.0.0.4").unwrap();
+        assert!(store.reserve(ip("10.0.0.4"), &b).unwrap());
+        let read = |n: &str| fs::read(dir.join(n)).unwrap();
+        let contents = [read("10.0.0.2"), read("fd00::2"), read("10.0.0.4")];
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((m4.ino(), m4.nlink()), (m6.ino(), 2));
+        assert_ne!(m4.ino(), mb.ino());
+        assert_eq!(mb.nlink(), 1);
+        assert_eq!(contents[0], b"a\r\neth0");
+        assert_eq!(contents[1], b"a\r\neth0");
+        assert_eq!(contents[2], b"b\r\neth0");
     }
 
     #[test]
