@@ -63,6 +63,7 @@
 //! Index files of network directories that no longer exist are removed whenever a new index
 //! file is created.
 
+use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
@@ -133,12 +134,19 @@ const NAME_WIDTH: usize = RECORD - 18;
 
 /// The entries as records (see the module doc), without the `end` record.
 #[derive(Debug, Clone, Default)]
-struct Records(Vec<u8>);
+struct Records {
+    bytes: Vec<u8>,
+    /// The names, once a membership question was asked (kept in step with `bytes` after that).
+    names: Option<BTreeSet<Box<[u8]>>>,
+}
 
 impl Records {
     /// Records from entries; `None` when a name cannot be stored (too long, or not plain text).
     fn from_entries(entries: &[Entry]) -> Option<Records> {
-        let mut r = Records(Vec::with_capacity(entries.len() * RECORD));
+        let mut r = Records {
+            bytes: Vec::with_capacity(entries.len() * RECORD),
+            names: None,
+        };
         for e in entries {
             if !r.push(e.key, &e.name) {
                 return None;
@@ -155,7 +163,10 @@ impl Records {
                 return None;
             }
             if rec.starts_with(b"end ") {
-                return Some(Records(body[..len].to_vec()));
+                return Some(Records {
+                    bytes: body[..len].to_vec(),
+                    names: None,
+                });
             }
             // (keys are checked when they match a lookup; a damaged one matches nothing)
             if rec[16] != b' ' {
@@ -167,7 +178,7 @@ impl Records {
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.chunks_exact(RECORD)
+        self.bytes.chunks_exact(RECORD)
     }
 
     fn name(rec: &[u8]) -> &[u8] {
@@ -186,31 +197,47 @@ impl Records {
         {
             return false;
         }
-        let start = self.0.len();
-        self.0.extend_from_slice(&hex16(key));
-        self.0.push(b' ');
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.resize(start + RECORD - 1, b' ');
-        self.0.push(b'\n');
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&hex16(key));
+        self.bytes.push(b' ');
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.resize(start + RECORD - 1, b' ');
+        self.bytes.push(b'\n');
+        if let Some(names) = &mut self.names {
+            names.insert(name.as_bytes().into());
+        }
         true
     }
 
     /// Removes the entries named `name` (the last record moves into the gap).
     fn remove(&mut self, name: &str) {
         let mut i = 0;
-        while i < self.0.len() {
-            if Records::name(&self.0[i..i + RECORD]) == name.as_bytes() {
-                let last = self.0.len() - RECORD;
-                self.0.copy_within(last.., i);
-                self.0.truncate(last);
+        while i < self.bytes.len() {
+            if Records::name(&self.bytes[i..i + RECORD]) == name.as_bytes() {
+                let last = self.bytes.len() - RECORD;
+                self.bytes.copy_within(last.., i);
+                self.bytes.truncate(last);
             } else {
                 i += RECORD;
             }
         }
+        if let Some(names) = &mut self.names {
+            names.remove(name.as_bytes());
+        }
     }
 
-    fn contains(&self, name: &str) -> bool {
-        self.iter().any(|r| Records::name(r) == name.as_bytes())
+    /// True when an entry is named `name` (the first call builds a name set, so a run of
+    /// questions costs one pass over the records).
+    fn contains(&mut self, name: &str) -> bool {
+        let bytes = &self.bytes;
+        self.names
+            .get_or_insert_with(|| {
+                bytes
+                    .chunks_exact(RECORD)
+                    .map(|r| Records::name(r).into())
+                    .collect()
+            })
+            .contains(name.as_bytes())
     }
 
     /// Entries whose key is one of `keys`.
@@ -387,7 +414,7 @@ impl Index {
     /// Reservation `name` exists: when the entries claim to be complete and do not list it,
     /// the index is wrong and is dropped on commit.
     pub fn exists(&mut self, name: &str) {
-        if let Known::Indexed(r) | Known::Scanned(r) = &self.known
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known
             && !r.contains(name)
         {
             self.broken = true;
@@ -466,7 +493,7 @@ impl Index {
             state.dev, state.ino, stamp.sec, stamp.nsec
         )
         .into_bytes();
-        text.extend_from_slice(&records.0);
+        text.extend_from_slice(&records.bytes);
         text.extend_from_slice(END_RECORD);
         let new_len = text.len() as u64;
         if let Some((file, old_len)) = &self.file {
@@ -647,7 +674,7 @@ mod tests {
             record(0xff, "10.0.0.2"),
             record(0x0123_4567_89ab_cdef, "fd00::2"),
         );
-        let (h, r) = parse(text.as_bytes()).unwrap();
+        let (h, mut r) = parse(text.as_bytes()).unwrap();
         assert_eq!((h.dev, h.ino), (2049, 77));
         assert_eq!(
             h.mtime,
@@ -697,17 +724,20 @@ mod tests {
         assert!(!r.push(4, "0000:0000:0000:0000:0000:0000:ffff:255.255.255.255"));
         assert!(!r.push(4, "10.0.0.4 x"));
         assert!(!r.push(4, ""));
-        assert_eq!(r.0.len(), 3 * RECORD);
+        assert_eq!(r.bytes.len(), 3 * RECORD);
+        assert!(r.contains("10.0.0.1"));
         r.remove("10.0.0.1");
-        assert_eq!(r.0.len(), 2 * RECORD);
+        assert_eq!(r.bytes.len(), 2 * RECORD);
         assert!(!r.contains("10.0.0.1"));
+        assert!(r.push(5, "10.0.0.5") && r.contains("10.0.0.5"));
+        r.remove("10.0.0.5");
         assert_eq!(
             r.matching(&[3])[0].name,
             "0000:0000:0000:0000:0000:ffff:255.255.255.255"
         );
         assert_eq!(r.matching(&[2])[0].name, "10.0.0.2");
         r.remove("nothing");
-        assert_eq!(r.0.len(), 2 * RECORD);
+        assert_eq!(r.bytes.len(), 2 * RECORD);
         assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
     }
 }
