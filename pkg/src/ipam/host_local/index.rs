@@ -132,21 +132,36 @@ const RECORD: usize = 64;
 /// with an embedded IPv4 one) plus one.
 const NAME_WIDTH: usize = RECORD - 18;
 
-/// The entries as records (see the module doc), without the `end` record.
-#[derive(Debug, Clone, Default)]
+/// The index file's contents as they are to be written: the header line, the records, the
+/// `end` record. Changes are made in place, and only the changed bytes are written back.
+#[derive(Debug, Clone)]
 struct Records {
-    bytes: Vec<u8>,
-    /// The names, once a membership question was asked (kept in step with `bytes` after that).
+    buf: Vec<u8>,
+    /// Offset of the first record (the header's length).
+    start: usize,
+    /// Offset from which `buf` differs from the file, if it does.
+    changed_from: Option<usize>,
+    /// The names, once a membership question was asked (kept in step with `buf` after that).
     names: Option<BTreeSet<Box<[u8]>>>,
 }
 
-impl Records {
-    /// Records from entries; `None` when a name cannot be stored (too long, or not plain text).
-    fn from_entries(entries: &[Entry]) -> Option<Records> {
-        let mut r = Records {
-            bytes: Vec::with_capacity(entries.len() * RECORD),
+impl Default for Records {
+    fn default() -> Records {
+        Records {
+            buf: END_RECORD.to_vec(),
+            start: 0,
+            changed_from: Some(0),
             names: None,
-        };
+        }
+    }
+}
+
+impl Records {
+    /// Records from entries, with an empty header (see [`Records::set_header`]); `None` when a
+    /// name cannot be stored (too long, or not plain text).
+    fn from_entries(entries: &[Entry]) -> Option<Records> {
+        let mut r = Records::default();
+        r.buf.reserve(entries.len() * RECORD);
         for e in entries {
             if !r.push(e.key, &e.name) {
                 return None;
@@ -155,30 +170,55 @@ impl Records {
         Some(r)
     }
 
-    /// Parses the records after the header, up to the `end` record; `None` when malformed.
-    fn parse(body: &[u8]) -> Option<Records> {
-        let mut len = 0;
-        for rec in body.chunks(RECORD) {
-            if rec.len() != RECORD || rec[RECORD - 1] != b'\n' {
+    /// Takes an index file's bytes; `None` unless the header line is followed by well-formed
+    /// records and an `end` record (anything after it is dropped).
+    fn parse(mut buf: Vec<u8>) -> Option<(Header, Records)> {
+        let nl = buf.iter().position(|b| *b == b'\n')?;
+        let header = parse_header(std::str::from_utf8(&buf[..nl]).ok()?)?;
+        let start = nl + 1;
+        let mut end = start;
+        loop {
+            let rec = buf.get(end..end + RECORD)?;
+            if rec[RECORD - 1] != b'\n' {
                 return None;
             }
             if rec.starts_with(b"end ") {
-                return Some(Records {
-                    bytes: body[..len].to_vec(),
-                    names: None,
-                });
+                break;
             }
             // (keys are checked when they match a lookup; a damaged one matches nothing)
             if rec[16] != b' ' {
                 return None;
             }
-            len += RECORD;
+            end += RECORD;
         }
-        None
+        buf.truncate(end + RECORD);
+        let records = Records {
+            buf,
+            start,
+            changed_from: None,
+            names: None,
+        };
+        Some((header, records))
+    }
+
+    /// Replaces the header line (everything is then to be written).
+    fn set_header(&mut self, header: &[u8]) {
+        self.buf.splice(..self.start, header.iter().copied());
+        self.start = header.len();
+        self.changed_from = Some(0);
+    }
+
+    /// Offset of the `end` record.
+    fn end(&self) -> usize {
+        self.buf.len() - RECORD
+    }
+
+    fn changed(&mut self, at: usize) {
+        self.changed_from = Some(self.changed_from.map_or(at, |c| c.min(at)));
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.bytes.chunks_exact(RECORD)
+        self.buf[self.start..self.end()].chunks_exact(RECORD)
     }
 
     fn name(rec: &[u8]) -> &[u8] {
@@ -197,12 +237,15 @@ impl Records {
         {
             return false;
         }
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(&hex16(key));
-        self.bytes.push(b' ');
-        self.bytes.extend_from_slice(name.as_bytes());
-        self.bytes.resize(start + RECORD - 1, b' ');
-        self.bytes.push(b'\n');
+        let at = self.end();
+        self.buf.truncate(at);
+        self.buf.extend_from_slice(&hex16(key));
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.resize(at + RECORD - 1, b' ');
+        self.buf.push(b'\n');
+        self.buf.extend_from_slice(END_RECORD);
+        self.changed(at);
         if let Some(names) = &mut self.names {
             names.insert(name.as_bytes().into());
         }
@@ -211,12 +254,14 @@ impl Records {
 
     /// Removes the entries named `name` (the last record moves into the gap).
     fn remove(&mut self, name: &str) {
-        let mut i = 0;
-        while i < self.bytes.len() {
-            if Records::name(&self.bytes[i..i + RECORD]) == name.as_bytes() {
-                let last = self.bytes.len() - RECORD;
-                self.bytes.copy_within(last.., i);
-                self.bytes.truncate(last);
+        let mut i = self.start;
+        while i < self.end() {
+            if Records::name(&self.buf[i..i + RECORD]) == name.as_bytes() {
+                let last = self.end() - RECORD;
+                self.buf.copy_within(last..last + RECORD, i);
+                self.buf.truncate(last);
+                self.buf.extend_from_slice(END_RECORD);
+                self.changed(i);
             } else {
                 i += RECORD;
             }
@@ -229,15 +274,12 @@ impl Records {
     /// True when an entry is named `name` (the first call builds a name set, so a run of
     /// questions costs one pass over the records).
     fn contains(&mut self, name: &str) -> bool {
-        let bytes = &self.bytes;
+        if self.names.is_none() {
+            self.names = Some(self.iter().map(|r| Records::name(r).into()).collect());
+        }
         self.names
-            .get_or_insert_with(|| {
-                bytes
-                    .chunks_exact(RECORD)
-                    .map(|r| Records::name(r).into())
-                    .collect()
-            })
-            .contains(name.as_bytes())
+            .as_ref()
+            .is_some_and(|n| n.contains(name.as_bytes()))
     }
 
     /// Entries whose key is one of `keys`.
@@ -252,6 +294,12 @@ impl Records {
                 })
             })
             .collect()
+    }
+
+    /// Number of entries.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        (self.end() - self.start) / RECORD
     }
 }
 
@@ -351,7 +399,8 @@ impl Index {
         if let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path)
             && let Some(bytes) = read_all(&mut file)
         {
-            if let Some((header, records)) = parse(&bytes)
+            let len = bytes.len() as u64;
+            if let Some((header, records)) = Records::parse(bytes)
                 && header.dev == state.dev
                 && header.ino == state.ino
                 && header.mtime == state.mtime
@@ -359,7 +408,7 @@ impl Index {
                 index.stamp = Some(header.mtime);
                 index.known = Known::Indexed(records);
             }
-            index.file = Some((file, bytes.len() as u64));
+            index.file = Some((file, len));
         }
         index.path = Some(path);
         index
@@ -446,11 +495,11 @@ impl Index {
                 let Some(stamp) = self.stamp.filter(|_| self.dirty) else {
                     return;
                 };
-                if self.write(&path, &state, stamp, net_dir, &records) {
+                if self.write(&path, &records) {
                     let _ = set_mtime(net_dir, stamp);
                 }
             }
-            Known::Scanned(records) => {
+            Known::Scanned(mut records) => {
                 // A fresh stamp, in the past; read back what the filesystem stored.
                 let Ok(ago) = (SystemTime::now() - STAMP_AGE).duration_since(UNIX_EPOCH) else {
                     return;
@@ -458,6 +507,9 @@ impl Index {
                 let wanted = Stamp {
                     sec: ago.as_secs() as i64,
                     nsec: i64::from(ago.subsec_nanos()),
+                };
+                let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
+                    return;
                 };
                 if set_mtime(net_dir, wanted).is_err() {
                     return;
@@ -468,36 +520,27 @@ impl Index {
                 if now.dev != state.dev || now.ino != state.ino {
                     return;
                 }
-                self.write(&path, &now, now.mtime, net_dir, &records);
+                let header = format!(
+                    "{MAGIC} {} {} {} {} {dir_text}\n",
+                    now.dev, now.ino, now.mtime.sec, now.mtime.nsec
+                );
+                records.set_header(header.as_bytes());
+                self.write(&path, &records);
             }
             Known::Nothing => {}
         }
     }
 
-    /// Writes the index file, in place when it exists (a shorter index leaves bytes after its
-    /// `end` record unless they amount to more than [`SHRINK_AT`]; truncating every time would
-    /// cost a journalled truncate per DEL); true when it was written completely.
-    fn write(
-        &mut self,
-        path: &Path,
-        state: &DirState,
-        stamp: Stamp,
-        net_dir: &Path,
-        records: &Records,
-    ) -> bool {
-        let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
-            return false;
+    /// Writes what changed in the index file (creating it when needed); a shorter index leaves
+    /// bytes after its `end` record unless they amount to more than [`SHRINK_AT`] (truncating
+    /// every time would cost a truncate per DEL). True when written completely.
+    fn write(&mut self, path: &Path, records: &Records) -> bool {
+        let Some(from) = records.changed_from else {
+            return true;
         };
-        let mut text = format!(
-            "{MAGIC} {} {} {} {} {dir_text}\n",
-            state.dev, state.ino, stamp.sec, stamp.nsec
-        )
-        .into_bytes();
-        text.extend_from_slice(&records.bytes);
-        text.extend_from_slice(END_RECORD);
-        let new_len = text.len() as u64;
+        let new_len = records.buf.len() as u64;
         if let Some((file, old_len)) = &self.file {
-            return file.write_all_at(&text, 0).is_ok()
+            return file.write_all_at(&records.buf[from..], from as u64).is_ok()
                 && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok());
         }
         let Some(dir) = path.parent() else {
@@ -531,7 +574,7 @@ impl Index {
             Err(_) => return false,
         };
         prune(dir, path);
-        let ok = file.write_all_at(&text, 0).is_ok() && file.set_len(new_len).is_ok();
+        let ok = file.write_all_at(&records.buf, 0).is_ok() && file.set_len(new_len).is_ok();
         self.file = Some((file, new_len));
         ok
     }
@@ -571,13 +614,6 @@ struct Header {
     dev: u64,
     ino: u64,
     mtime: Stamp,
-}
-
-/// Parses an index file; `None` when it is not a complete one (wrong magic, torn, bad record).
-fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
-    let nl = bytes.iter().position(|b| *b == b'\n')?;
-    let header = parse_header(std::str::from_utf8(&bytes[..nl]).ok()?)?;
-    Some((header, Records::parse(&bytes[nl + 1..])?))
 }
 
 /// Parses the first line; the directory path at its end is not needed to validate.
@@ -662,6 +698,10 @@ mod tests {
         assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
     }
 
+    fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
+        Records::parse(bytes.to_vec())
+    }
+
     fn record(key: u64, name: &str) -> String {
         format!("{key:016x} {name:<46}\n")
     }
@@ -724,10 +764,10 @@ mod tests {
         assert!(!r.push(4, "0000:0000:0000:0000:0000:0000:ffff:255.255.255.255"));
         assert!(!r.push(4, "10.0.0.4 x"));
         assert!(!r.push(4, ""));
-        assert_eq!(r.bytes.len(), 3 * RECORD);
+        assert_eq!(r.len(), 3);
         assert!(r.contains("10.0.0.1"));
         r.remove("10.0.0.1");
-        assert_eq!(r.bytes.len(), 2 * RECORD);
+        assert_eq!(r.len(), 2);
         assert!(!r.contains("10.0.0.1"));
         assert!(r.push(5, "10.0.0.5") && r.contains("10.0.0.5"));
         r.remove("10.0.0.5");
@@ -737,7 +777,34 @@ mod tests {
         );
         assert_eq!(r.matching(&[2])[0].name, "10.0.0.2");
         r.remove("nothing");
-        assert_eq!(r.bytes.len(), 2 * RECORD);
+        assert_eq!(r.len(), 2);
         assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
+        // removing from the middle keeps every other entry, whole
+        let mut r = Records::default();
+        for (k, n) in [
+            (1, "10.0.0.1"),
+            (2, "10.0.0.2"),
+            (3, "10.0.0.3"),
+            (4, "10.0.0.4"),
+        ] {
+            assert!(r.push(k, n));
+        }
+        r.remove("10.0.0.2");
+        let mut left: Vec<(u64, String)> = r
+            .matching(&[1, 2, 3, 4])
+            .into_iter()
+            .map(|e| (e.key, e.name))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                (1, "10.0.0.1".into()),
+                (3, "10.0.0.3".into()),
+                (4, "10.0.0.4".into())
+            ]
+        );
+        assert!(r.buf.ends_with(END_RECORD));
+        assert_eq!(r.buf.len(), 4 * RECORD);
     }
 }

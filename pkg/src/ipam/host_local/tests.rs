@@ -1029,3 +1029,57 @@ fn stale_index_files_are_pruned() {
     assert!(!moved.exists());
     assert!(index_text(&d).0.exists());
 }
+
+/// After every operation of a long mixed sequence (dual-stack ADDs, re-ADDs, DELs, with the
+/// index mostly valid), the index lists exactly the reservation files with their owners' keys
+/// and the directory carries its stamp.
+#[test]
+fn index_matches_the_directory_after_every_operation() {
+    let d = TempDir::new("idx-walk");
+    let h = hl(
+        &d,
+        json!({"ranges": [[{"subnet": "10.9.0.0/27"}], [{"subnet": "fd00::/123"}]]}),
+    );
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut most = 0;
+    for step in 0..120 {
+        let owner = format!("c{}", next() % 12);
+        let ifname = if next() % 3 == 0 { "net1" } else { "eth0" };
+        match next() % 3 {
+            0 => {
+                h.del(&owner, ifname).unwrap();
+            }
+            _ => {
+                let r = h.add(&owner, ifname, &[]);
+                if let Err(e) = r {
+                    assert_eq!(e.code, code::IPAM_EXHAUSTED, "step {step}: {e}");
+                }
+            }
+        }
+        let (_, text) = index_text(&d);
+        let mut listed = index_records(&text);
+        listed.sort();
+        let mut want: Vec<String> = files(&d)
+            .into_iter()
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .map(|n| {
+                let o = store::StoredOwner::parse(&read(&d, &n));
+                format!("{:016x} {n}", o.key())
+            })
+            .collect();
+        want.sort();
+        most = most.max(want.len());
+        assert_eq!(listed, want, "step {step}");
+        assert_eq!(index_stamp(&text), dir_mtime(&d), "step {step}");
+    }
+    assert!(
+        most >= 16,
+        "the sequence never held more than {most} reservations"
+    );
+}
