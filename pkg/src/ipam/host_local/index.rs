@@ -44,8 +44,16 @@
 //!
 //! The order of writes makes every crash land in the second case: the directory changes first,
 //! then the index file, then the stamp. A later foreign change cannot reproduce the stamp,
-//! because kernel-set times are "now" and the stamp lies in the past (a wall clock stepped back
-//! by exactly the right amount, to the nanosecond, is the only way).
+//! because kernel-set times are "now" and the stamp lies in the past: only a wall clock stepped
+//! back by at least a minute, with the change landing on the stamp exactly (to the nanosecond,
+//! or to the second on filesystems with one-second timestamps) could. Restoring the time after
+//! each change (rather than remembering the time of the last change) is what makes this hold
+//! on kernels whose timestamps are coarse (a tick of several milliseconds): a change by the
+//! reference right after twill's, in the same tick, would otherwise leave the time unchanged.
+//! The cost is that the network directory's mtime stays at the stamp while only twill works on
+//! it; its ctime still shows the last change. Changes made without taking the directory's lock
+//! (hand edits of a file's contents in place) are outside this contract, as they are for the
+//! reference.
 //!
 //! # Self-validation and fallbacks
 //!
