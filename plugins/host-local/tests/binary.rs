@@ -8,10 +8,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// A network namespace and a data directory for one test, removed on drop.
+/// A network namespace, a data directory and an owner index directory for one test, removed
+/// on drop.
 struct Fixture {
     netns: String,
     dir: PathBuf,
+    /// `TWILL_HOST_LOCAL_INDEX_DIR` given to the plugin (empty: index off).
+    index: String,
 }
 
 impl Fixture {
@@ -24,7 +27,9 @@ impl Fixture {
         assert!(st.success(), "ip netns add {netns} (run as root)");
         let dir = std::env::temp_dir().join(format!("twill-hlbin-{}-{test}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        Fixture { netns, dir }
+        let index = format!("{}-index", dir.display());
+        let _ = fs::remove_dir_all(&index);
+        Fixture { netns, dir, index }
     }
 
     fn conf(&self, version: &str, ipam: Value) -> Value {
@@ -44,6 +49,7 @@ impl Fixture {
         cmd.env_clear()
             .env("CNI_COMMAND", command)
             .env("CNI_PATH", "/nonexistent")
+            .env("TWILL_HOST_LOCAL_INDEX_DIR", &self.index)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -88,6 +94,9 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+        if !self.index.is_empty() {
+            let _ = fs::remove_dir_all(&self.index);
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();
@@ -223,4 +232,95 @@ fn gc_and_status_through_the_binary() {
     let (ok, e) = f.run("STATUS", "", "", &conf);
     assert!(!ok);
     assert_eq!(e["code"], 50, "{e}");
+}
+
+/// Runs the reference host-local (if installed) with the fixture's namespace and `conf`.
+fn reference(f: &Fixture, command: &str, id: &str, conf: &Value) -> Option<Value> {
+    const REFERENCE: &str = "/usr/lib/cni/host-local";
+    if !Path::new(REFERENCE).exists() {
+        eprintln!("{REFERENCE} not installed: skipping the reference part");
+        return None;
+    }
+    let mut child = Command::new(REFERENCE)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", format!("/run/netns/{}", f.netns))
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// The owner index lives in `TWILL_HOST_LOCAL_INDEX_DIR`, never in the data directory; the
+/// reference's changes in between are picked up; an empty variable turns the index off.
+#[test]
+fn owner_index_outside_the_data_dir_and_reference_changes() {
+    let f = Fixture::new("index");
+    let conf = f.conf("1.0.0", json!({"subnet": "10.77.1.0/24"}));
+    assert!(f.run("ADD", "ctr-a", "eth0", &conf).0);
+    assert!(f.run("ADD", "ctr-b", "eth0", &conf).0);
+    let indexes: Vec<_> = fs::read_dir(&f.index).unwrap().collect();
+    assert_eq!(indexes.len(), 1, "one index file per network directory");
+    assert_eq!(
+        f.files(),
+        ["10.77.1.2", "10.77.1.3", "last_reserved_ip.0", "lock"]
+    );
+    if let Some(r) = reference(&f, "ADD", "ctr-r", &conf) {
+        assert_eq!(r["ips"][0]["address"], "10.77.1.4/24", "{r}");
+        // ours finds the reference's reservation for a re-ADD, and releases it on DEL
+        let (ok, again) = f.run("ADD", "ctr-r", "eth0", &conf);
+        assert!(ok, "{again}");
+        assert_eq!(again["ips"][0]["address"], "10.77.1.4/24");
+        assert_eq!(f.run("DEL", "ctr-r", "eth0", &conf), (true, Value::Null));
+        assert!(!f.net().join("10.77.1.4").exists());
+        // and the reference releases ours
+        reference(&f, "DEL", "ctr-a", &conf);
+        assert!(!f.net().join("10.77.1.2").exists());
+        let (ok, r) = f.run("ADD", "ctr-c", "eth0", &conf);
+        assert!(ok, "{r}");
+        assert_eq!(r["ips"][0]["address"], "10.77.1.5/24");
+    }
+
+    let mut off = Fixture::new("index-off");
+    off.index = String::new();
+    let conf = off.conf("1.0.0", json!({"subnet": "10.77.2.0/24"}));
+    assert!(off.run("ADD", "ctr-a", "eth0", &conf).0);
+    assert_eq!(off.run("DEL", "ctr-a", "eth0", &conf), (true, Value::Null));
+    assert_eq!(off.files(), ["last_reserved_ip.0", "lock"]);
+}
+
+/// A runtime that stopped reading gets an exit code and a message, not a plugin killed by
+/// SIGPIPE (the binary has its own `main`, which ignores the signal as the Rust runtime would).
+#[test]
+fn closed_stdout_is_an_error_exit_not_sigpipe() {
+    // (close-on-exec: no other test's child may keep the read end open)
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    drop(read_end);
+    let out = Command::new(env!("CARGO_BIN_EXE_host-local"))
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write"), "{err}");
 }

@@ -17,9 +17,15 @@
 //! - Errors carry CNI codes: 7 bad config, 101 range set exhausted, 102 requested address
 //!   unavailable, 105 CHECK failed, 50 STATUS not available (the reference answers 999).
 //! - DEL does not create the data directory; a missing one means nothing to release.
+//!
+//! Beyond the shared state, twill keeps a private owner index outside the data directory (see
+//! [`index`]) so that ADD, DEL and CHECK do not read every reservation file; it is a
+//! self-validating hint, and whenever it cannot be trusted (the reference plugin or anyone else
+//! changed the directory) the operation reads every file as the reference does and rebuilds it.
 
 pub mod allocator;
 pub mod config;
+pub mod index;
 pub mod store;
 
 pub use crate::types::Attachment;
@@ -34,9 +40,10 @@ use crate::types::{self, CniResult, Dns, IpConfig, NetConf};
 use allocator::Candidates;
 use ipnetwork::IpNetwork;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use store::{Listing, Match, Store};
+use std::path::PathBuf;
+use store::{Store, StoredOwner};
 
 /// ADD from the CNI arguments and network config: requested addresses are taken from
 /// `CNI_ARGS` `IP=`, `runtimeConfig.ips` and `args.cni.ips`.
@@ -95,12 +102,24 @@ pub fn valid_attachments<P: Serialize>(
 #[derive(Debug, Clone)]
 pub struct HostLocal {
     config: Config,
+    index_dir: Option<PathBuf>,
 }
 
 impl HostLocal {
-    /// host-local over `config`.
+    /// host-local over `config`, with the owner index in the directory named by the
+    /// environment ([`index::index_dir_from_env`]).
     pub fn new(config: Config) -> Self {
-        HostLocal { config }
+        HostLocal {
+            config,
+            index_dir: index::index_dir_from_env(),
+        }
+    }
+
+    /// The same, keeping the owner index in `index_dir` (`None`: no index, every operation
+    /// reads all reservation files).
+    pub fn with_index_dir(mut self, index_dir: Option<PathBuf>) -> Self {
+        self.index_dir = index_dir;
+        self
     }
 
     /// Parses and validates the `ipam` section (and `runtimeConfig.ipRanges`) of `conf`.
@@ -114,7 +133,7 @@ impl HostLocal {
             ipam,
             conf.runtime_config.as_ref(),
         )?;
-        Ok(HostLocal { config })
+        Ok(HostLocal::new(config))
     }
 
     /// The validated configuration.
@@ -123,7 +142,11 @@ impl HostLocal {
     }
 
     fn open(&self, create: bool) -> Result<Option<Store>> {
-        Store::open(&self.config.network_dir(), create)
+        Store::open(
+            &self.config.network_dir(),
+            create,
+            self.index_dir.as_deref(),
+        )
     }
 
     /// Reserves one address per range set for `(container_id, ifname)` and returns them with
@@ -148,19 +171,10 @@ impl HostLocal {
                 format!("{} vanished", self.config.network_dir().display()),
             )
         })?;
-        let listing = store.list(true)?;
-        let mut mine: Vec<IpAddr> = listing
-            .reservations
-            .iter()
-            .filter(|(_, r)| {
-                r.owner
-                    .as_ref()
-                    .is_some_and(|o| owner.matches(o) == Match::Exact)
-            })
-            .map(|(ip, _)| *ip)
-            .collect();
+        let owned = store.owned(&owner)?;
+        let mut mine: Vec<IpAddr> = owned.exact.iter().map(|(ip, _)| *ip).collect();
         mine.sort_by_key(|ip| config::to_u128(*ip));
-        let mut taken: HashSet<IpAddr> = listing.reservations.keys().copied().collect();
+        let mut taken = owned.taken;
 
         let mut created: Vec<IpAddr> = Vec::new();
         let outcome = (|| -> Result<Vec<IpConfig>> {
@@ -185,7 +199,7 @@ impl HostLocal {
                             code::IPAM_UNAVAILABLE_ADDRESS,
                             format!(
                                 "requested IP {w} is not available{} in range set {i} ({set})",
-                                holder(&listing, w)
+                                holder(&store, w)
                             ),
                         ));
                     }
@@ -282,7 +296,7 @@ impl HostLocal {
         i: usize,
         set: &RangeSet,
         owner: &Owner,
-        taken: &mut HashSet<IpAddr>,
+        taken: &mut BTreeSet<IpAddr>,
     ) -> Result<IpAddr> {
         for (ip, _) in Candidates::new(set, store.cursor(i)) {
             if taken.contains(&ip) {
@@ -310,20 +324,13 @@ impl HostLocal {
         let Some(store) = self.open(false)? else {
             return Ok(());
         };
-        let listing = store.list(true)?;
-        let matching = |m: Match| -> Vec<&str> {
-            listing
-                .reservations
-                .values()
-                .filter(|r| r.owner.as_ref().is_some_and(|o| owner.matches(o) == m))
-                .map(|r| r.name.as_str())
-                .collect()
+        let owned = store.owned(&owner)?;
+        let held = if owned.exact.is_empty() {
+            &owned.legacy
+        } else {
+            &owned.exact
         };
-        let mut names = matching(Match::Exact);
-        if names.is_empty() {
-            names = matching(Match::Legacy);
-        }
-        remove_all(&store, names)
+        remove_all(&store, held.iter().map(|(_, name)| name.as_str()).collect())
     }
 
     /// Ok when `(container_id, ifname)` holds a reservation (or a legacy one of the container)
@@ -347,20 +354,15 @@ impl HostLocal {
                 dir.display()
             )));
         };
-        let listing = store.list(true)?;
-        let held = |ip: &IpAddr| {
-            listing
-                .reservations
-                .get(ip)
-                .and_then(|r| r.owner.as_ref())
-                .is_some_and(|o| owner.matches(o) != Match::No)
-        };
+        let owned = store.owned(&owner)?;
+        let held: BTreeSet<IpAddr> = owned
+            .exact
+            .iter()
+            .chain(&owned.legacy)
+            .map(|(ip, _)| *ip)
+            .collect();
         for (i, set) in self.config.range_sets.iter().enumerate() {
-            if !listing
-                .reservations
-                .keys()
-                .any(|ip| set.contains(*ip) && held(ip))
-            {
+            if !held.iter().any(|ip| set.contains(*ip)) {
                 return Err(failed(format!("holds no address in range set {i} ({set})")));
             }
         }
@@ -370,10 +372,10 @@ impl HostLocal {
                     "has prevResult address {ip} outside every range"
                 )));
             }
-            if !held(&ip) {
+            if !held.contains(&ip) {
                 return Err(failed(format!(
                     "has prevResult address {ip}, which is not its reservation{}",
-                    holder(&listing, ip)
+                    holder(&store, ip)
                 )));
             }
         }
@@ -456,9 +458,10 @@ fn count_used(reservations: &HashMap<IpAddr, store::Reservation>, set: &RangeSet
         .count() as u128
 }
 
-/// " by <container> (<ifname>)" for the holder of `ip`, if known.
-fn holder(listing: &Listing, ip: IpAddr) -> String {
-    match listing.reservations.get(&ip).and_then(|r| r.owner.as_ref()) {
+/// " (reserved by container <id> ifname <ifname>)" for the holder of `ip`, if known.
+fn holder(store: &Store, ip: IpAddr) -> String {
+    match store.holder(ip) {
+        Some(StoredOwner { id, ifname }) if id.is_empty() && ifname.is_none() => String::new(),
         Some(o) => match &o.ifname {
             Some(ifname) => format!(" (reserved by container {} ifname {ifname})", o.id),
             None => format!(" (reserved by container {})", o.id),

@@ -15,15 +15,22 @@
 //! it to `<ip>`, or where `O_TMPFILE` is unavailable, by writing a named temporary file and
 //! `link()`ing it: either way the name appears atomically with its full contents (a reservation
 //! file is never half-written), and `EEXIST` means taken.
+//!
+//! Which reservations an owner holds is answered by twill's owner index ([`super::index`]) when
+//! it is valid, without reading every reservation file; otherwise by reading them all (a scan),
+//! after which the index is rebuilt. The store keeps the index up to date with every change it
+//! makes and commits it when dropped, still holding the lock.
 
+use super::index::{self, Entry, Index};
 use crate::error::{Error, Result};
 use nix::fcntl::{AT_FDCWD, AtFlags};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Name of the lock file inside the network directory (the reference's name).
@@ -49,6 +56,11 @@ impl Owner<'_> {
     /// The exact file contents the reference writes for this owner.
     pub fn file_contents(&self) -> String {
         format!("{}{LINE_BREAK}{}", self.id.trim(), self.ifname)
+    }
+
+    /// The owner index key of this owner ([`index::exact_key`]).
+    pub fn key(&self) -> u64 {
+        index::exact_key(self.id, self.ifname)
     }
 
     /// How the stored owner `stored` relates to this owner.
@@ -82,6 +94,14 @@ pub struct StoredOwner {
 }
 
 impl StoredOwner {
+    /// The owner index key of this stored owner (exact or legacy).
+    pub fn key(&self) -> u64 {
+        match &self.ifname {
+            Some(ifname) => index::exact_key(&self.id, ifname),
+            None => index::legacy_key(&self.id),
+        }
+    }
+
     /// Parses reservation file contents (whitespace around them is ignored, as by the reference).
     pub fn parse(contents: &str) -> StoredOwner {
         let t = contents.trim();
@@ -116,18 +136,68 @@ pub struct Listing {
     pub temps: Vec<String>,
 }
 
-/// An open, locked network directory. The lock is released when the store is dropped.
+/// The reservations of one owner, and what else is known to be taken.
+#[derive(Debug, Default)]
+pub struct Owned {
+    /// Reservations of exactly this (container ID, ifname): address and file name.
+    pub exact: Vec<(IpAddr, String)>,
+    /// Legacy (container ID only) reservations of its container.
+    pub legacy: Vec<(IpAddr, String)>,
+    /// Addresses known to be reserved by anyone: every one after a scan, none when the answer
+    /// came from the index (reservation attempts then find out, with `EEXIST`).
+    pub taken: BTreeSet<IpAddr>,
+}
+
+impl Owned {
+    fn from_listing(listing: &Listing, owner: &Owner) -> Owned {
+        let mut owned = Owned {
+            taken: listing.reservations.keys().copied().collect(),
+            ..Owned::default()
+        };
+        for (ip, r) in &listing.reservations {
+            match r.owner.as_ref().map(|o| owner.matches(o)) {
+                Some(Match::Exact) => owned.exact.push((*ip, r.name.clone())),
+                Some(Match::Legacy) => owned.legacy.push((*ip, r.name.clone())),
+                _ => {}
+            }
+        }
+        owned
+    }
+}
+
+/// A cursor file opened for reading, kept to write the new cursor through the same descriptor.
+#[derive(Debug)]
+struct OpenCursor {
+    set: usize,
+    file: File,
+    /// Length of the contents read.
+    len: u64,
+}
+
+/// An open, locked network directory. The lock is released when the store is dropped, after
+/// the owner index was brought up to date.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    index: RefCell<Index>,
+    cursors: RefCell<Vec<OpenCursor>>,
+    /// The last unnamed reservation file and its contents (see [`Store::link_unnamed`]).
+    unnamed: RefCell<Option<(File, Vec<u8>)>>,
     _lock: File,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.index.get_mut().commit(&self.dir);
+    }
 }
 
 impl Store {
     /// Opens the network directory `dir` and takes the exclusive lock on `dir/lock` (blocking
     /// while another twill or reference host-local holds it). With `create`, missing
     /// directories are created (mode 0755); without, a missing directory gives `Ok(None)`.
-    pub fn open(dir: &Path, create: bool) -> Result<Option<Store>> {
+    /// `index_dir` is where the owner index lives (`None`: no index, always scan).
+    pub fn open(dir: &Path, create: bool, index_dir: Option<&Path>) -> Result<Option<Store>> {
         let lock_path = dir.join(LOCK_FILE);
         // The reference creates the lock file with mode 0750 (before umask); keep it identical.
         let open_lock = || {
@@ -162,10 +232,62 @@ impl Store {
         };
         lock.lock()
             .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+        let index = match index_dir {
+            Some(d) => Index::load(d, dir),
+            None => Index::disabled(),
+        };
         Ok(Some(Store {
             dir: dir.to_path_buf(),
+            index: RefCell::new(index),
+            cursors: RefCell::new(Vec::new()),
+            unnamed: RefCell::new(None),
             _lock: lock,
         }))
+    }
+
+    /// The reservations of `owner` (exact and legacy): from the owner index when it is valid,
+    /// each entry verified by reading its file; else (or when an entry fails verification)
+    /// from a full scan, which also rebuilds the index.
+    pub fn owned(&self, owner: &Owner) -> Result<Owned> {
+        if let Some(owned) = self.owned_from_index(owner) {
+            return Ok(owned);
+        }
+        Ok(Owned::from_listing(&self.list(true)?, owner))
+    }
+
+    /// [`Store::owned`] from the index; `None` when it is not valid or proves wrong.
+    fn owned_from_index(&self, owner: &Owner) -> Option<Owned> {
+        let (exact_key, legacy_key) = (owner.key(), index::legacy_key(owner.id));
+        let hits = self.index.borrow().lookup(&[exact_key, legacy_key])?;
+        let mut owned = Owned::default();
+        for e in hits {
+            let want = if e.key == exact_key {
+                Match::Exact
+            } else {
+                Match::Legacy
+            };
+            let stored = read_owner(&self.dir.join(&e.name));
+            match (e.name.parse::<IpAddr>(), stored.map(|s| owner.matches(&s))) {
+                (Ok(ip), Some(m)) if m == want => {
+                    let list = if m == Match::Exact {
+                        &mut owned.exact
+                    } else {
+                        &mut owned.legacy
+                    };
+                    list.push((ip.to_canonical(), e.name));
+                }
+                _ => {
+                    self.index.borrow_mut().contradicted();
+                    return None;
+                }
+            }
+        }
+        Some(owned)
+    }
+
+    /// The owner of reservation `ip`, read from its file (`None`: not reserved or unreadable).
+    pub fn holder(&self, ip: IpAddr) -> Option<StoredOwner> {
+        read_owner(&self.dir.join(ip.to_string()))
     }
 
     /// The network directory.
@@ -174,7 +296,8 @@ impl Store {
     }
 
     /// Reads the directory once: reservation files (address-named) and left-over temporaries.
-    /// With `owners`, each reservation file is read too (unreadable ones get `owner: None`).
+    /// With `owners`, each reservation file is read too (unreadable ones get `owner: None`), and
+    /// the owner index is rebuilt from what was read when the store is dropped.
     pub fn list(&self, owners: bool) -> Result<Listing> {
         let mut listing = Listing::default();
         let entries = fs::read_dir(&self.dir)
@@ -200,6 +323,19 @@ impl Store {
                 .reservations
                 .insert(ip.to_canonical(), Reservation { name, owner });
         }
+        if owners {
+            let entries: Option<Vec<Entry>> = listing
+                .reservations
+                .values()
+                .map(|r| {
+                    r.owner.as_ref().map(|o| Entry {
+                        key: o.key(),
+                        name: r.name.clone(),
+                    })
+                })
+                .collect();
+            self.index.borrow_mut().scanned(entries);
+        }
         Ok(listing)
     }
 
@@ -211,6 +347,7 @@ impl Store {
     /// Writes `contents` to this process's temporary file (mode 0644), returning its path.
     fn write_temp(&self, contents: &[u8]) -> Result<PathBuf> {
         let tmp = self.temp_path();
+        self.index.borrow_mut().touched();
         let write = || -> std::io::Result<()> {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -231,11 +368,19 @@ impl Store {
     /// when the address is already reserved. The file appears atomically with its contents.
     pub fn reserve(&self, ip: IpAddr, owner: &Owner) -> Result<bool> {
         let contents = owner.file_contents();
-        let target = self.dir.join(ip.to_string());
-        if let Some(linked) = self.link_unnamed(contents.as_bytes(), &target) {
-            return Ok(linked);
+        let name = ip.to_string();
+        let target = self.dir.join(&name);
+        let linked = match self.link_unnamed(contents.as_bytes(), &target) {
+            Some(linked) => linked,
+            None => self.reserve_named(contents.as_bytes(), &target)?,
+        };
+        let mut index = self.index.borrow_mut();
+        if linked {
+            index.reserved(&name, owner.key());
+        } else {
+            index.exists(&name);
         }
-        self.reserve_named(contents.as_bytes(), &target)
+        Ok(linked)
     }
 
     /// The fallback of [`Store::reserve`]: a named temporary file, linked to `target`.
@@ -254,7 +399,47 @@ impl Store {
     /// `Some(true)`: linked; `Some(false)`: `target` exists; `None`: this path did not work here
     /// (no `O_TMPFILE` support, no `/proc`, or another failure), so the caller falls back to a
     /// named temporary file, which reports the failure if it is real.
+    ///
+    /// The unnamed file is kept for the next reservation of this operation: when its contents
+    /// are the same (the next candidate after a taken address, or the same owner's address in
+    /// another range set) it is linked again, so a dual-stack ADD makes one inode with two
+    /// names (hard links with the same contents, which both plugins only ever read and remove)
+    /// and a run of taken candidates costs no file creation each.
     fn link_unnamed(&self, contents: &[u8], target: &Path) -> Option<bool> {
+        let mut cached = self.unnamed.borrow_mut();
+        let reused = cached.as_ref().is_some_and(|(_, c)| c == contents);
+        if !reused {
+            *cached = Some((self.unnamed_file(contents)?, contents.to_vec()));
+        }
+        let link = |file: &File| {
+            let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
+            nix::unistd::linkat(
+                AT_FDCWD,
+                magic.as_str(),
+                AT_FDCWD,
+                target,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        };
+        let mut result = link(&cached.as_ref()?.0);
+        if reused && result == Err(nix::errno::Errno::ENOENT) {
+            // its names were all removed again (a rollback): an unlinked inode cannot get one
+            let file = self.unnamed_file(contents)?;
+            result = link(&file);
+            *cached = Some((file, contents.to_vec()));
+        }
+        match result {
+            Ok(()) => Some(true),
+            Err(nix::errno::Errno::EEXIST) => Some(false),
+            Err(_) => {
+                *cached = None;
+                None
+            }
+        }
+    }
+
+    /// A new unnamed file in the directory holding `contents`.
+    fn unnamed_file(&self, contents: &[u8]) -> Option<File> {
         let mut file = OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_TMPFILE)
@@ -262,33 +447,32 @@ impl Store {
             .open(&self.dir)
             .ok()?;
         file.write_all(contents).ok()?;
-        let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
-        match nix::unistd::linkat(
-            AT_FDCWD,
-            magic.as_str(),
-            AT_FDCWD,
-            target,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        ) {
-            Ok(()) => Some(true),
-            Err(nix::errno::Errno::EEXIST) => Some(false),
-            Err(_) => None,
-        }
+        Some(file)
     }
 
     /// Removes the file `name` of the network directory; a missing file is fine.
     pub fn remove(&self, name: &str) -> Result<()> {
         let path = self.dir.join(name);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("remove {}", path.display()), e)),
         }
+        self.index.borrow_mut().removed(name);
+        Ok(())
     }
 
-    /// The round-robin cursor of range set `set`, if present and an address.
+    /// The round-robin cursor of range set `set`, if present and an address. The file stays
+    /// open for [`Store::set_cursor`].
     pub fn cursor(&self, set: usize) -> Option<IpAddr> {
-        let bytes = read_small(&self.dir.join(format!("{CURSOR_PREFIX}{set}")))?;
+        let path = self.dir.join(format!("{CURSOR_PREFIX}{set}"));
+        let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        let bytes = read_some(&mut file)?;
+        self.cursors.borrow_mut().push(OpenCursor {
+            set,
+            file,
+            len: bytes.len() as u64,
+        });
         let text = std::str::from_utf8(&bytes).ok()?;
         text.trim()
             .parse::<IpAddr>()
@@ -303,16 +487,38 @@ impl Store {
     pub fn set_cursor(&self, set: usize, ip: IpAddr) -> Result<()> {
         let path = self.dir.join(format!("{CURSOR_PREFIX}{set}"));
         let text = ip.to_string();
+        let new_len = text.len() as u64;
+        let opened = {
+            let mut cursors = self.cursors.borrow_mut();
+            cursors
+                .iter()
+                .position(|c| c.set == set)
+                .map(|i| cursors.swap_remove(i))
+        };
+        if opened.is_none() {
+            // the file may be created
+            self.index.borrow_mut().touched();
+        }
         let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)?;
-            file.write_all(text.as_bytes())?;
-            if file.metadata()?.len() > text.len() as u64 {
-                file.set_len(text.len() as u64)?;
+            let (file, old_len) = match opened {
+                Some(c) => (c.file, Some(c.len)),
+                None => {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o644)
+                        .open(&path)?;
+                    (file, None)
+                }
+            };
+            file.write_all_at(text.as_bytes(), 0)?;
+            let old_len = match old_len {
+                Some(n) => n,
+                None => file.metadata()?.len(),
+            };
+            if old_len > new_len {
+                file.set_len(new_len)?;
             }
             Ok(())
         };
@@ -325,15 +531,18 @@ fn read_owner(path: &Path) -> Option<StoredOwner> {
     read_small(path).map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
 }
 
-/// Reads a file that is normally tiny (an owner, a cursor) with a single `read`; `None` when it
-/// cannot be read.
+/// Reads a file that is normally tiny (an owner, a cursor); `None` when it cannot be read.
 fn read_small(path: &Path) -> Option<Vec<u8>> {
-    let mut file = File::open(path).ok()?;
+    read_some(&mut File::open(path).ok()?)
+}
+
+/// Reads an open, normally tiny file with a single `read` (more only when it is longer than
+/// anything twill or the reference writes).
+fn read_some(file: &mut File) -> Option<Vec<u8>> {
     let mut buf = [0u8; 512];
     let n = file.read(&mut buf).ok()?;
     let mut all = buf[..n].to_vec();
     if n == buf.len() {
-        // longer than anything twill or the reference writes: read the rest
         file.read_to_end(&mut all).ok()?;
     }
     Some(all)
@@ -347,7 +556,7 @@ mod tests {
     fn both_reservation_paths_write_whole_files() {
         let dir = std::env::temp_dir().join(format!("twill-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, true).unwrap().unwrap();
+        let store = Store::open(&dir, true, None).unwrap().unwrap();
         let owner = Owner {
             id: "c1",
             ifname: "eth0",
@@ -400,10 +609,48 @@ mod tests {
     }
 
     #[test]
+    fn one_owner_shares_an_inode_and_rollback_is_safe() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("twill-share-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, true, None).unwrap().unwrap();
+        let a = Owner {
+            id: "a",
+            ifname: "eth0",
+        };
+        let b = Owner {
+            id: "b",
+            ifname: "eth0",
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(store.reserve(ip("10.0.0.2"), &a).unwrap());
+        assert!(!store.reserve(ip("10.0.0.2"), &a).unwrap());
+        assert!(store.reserve(ip("fd00::2"), &a).unwrap());
+        assert!(store.reserve(ip("10.0.0.3"), &b).unwrap());
+        let meta = |n: &str| fs::metadata(dir.join(n)).unwrap();
+        let (m4, m6, mb) = (meta("10.0.0.2"), meta("fd00::2"), meta("10.0.0.3"));
+        // a rollback removes both names of a's inode; a's next reservation still works
+        store.remove("10.0.0.3").unwrap();
+        assert!(store.reserve(ip("10.0.0.4"), &b).unwrap());
+        store.remove("10.0.0.4").unwrap();
+        assert!(store.reserve(ip("10.0.0.4"), &b).unwrap());
+        let read = |n: &str| fs::read(dir.join(n)).unwrap();
+        let contents = [read("10.0.0.2"), read("fd00::2"), read("10.0.0.4")];
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((m4.ino(), m4.nlink()), (m6.ino(), 2));
+        assert_ne!(m4.ino(), mb.ino());
+        assert_eq!(mb.nlink(), 1);
+        assert_eq!(contents[0], b"a\r\neth0");
+        assert_eq!(contents[1], b"a\r\neth0");
+        assert_eq!(contents[2], b"b\r\neth0");
+    }
+
+    #[test]
     fn cursor_rewrite_is_exact() {
         let dir = std::env::temp_dir().join(format!("twill-cursor-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, true).unwrap().unwrap();
+        let store = Store::open(&dir, true, None).unwrap().unwrap();
         let mut seen = Vec::new();
         for ip in [
             "10.88.0.100",

@@ -31,10 +31,16 @@ impl Drop for TempDir {
     }
 }
 
+/// host-local on `dir/testnet`, its owner index in `dir/index`.
 fn hl(dir: &TempDir, mut ipam: Value) -> HostLocal {
     ipam["type"] = json!("host-local");
     ipam["dataDir"] = json!(dir.s());
     HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap())
+        .with_index_dir(Some(index_dir(dir)))
+}
+
+fn index_dir(dir: &TempDir) -> PathBuf {
+    dir.path().join("index")
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -718,7 +724,7 @@ fn interop_with_reference_binary() {
         .unwrap();
 
     // both lock the same file: the reference blocks while twill holds the lock
-    let store = Store::open(&net(&d), false).unwrap().unwrap();
+    let store = Store::open(&net(&d), false, None).unwrap().unwrap();
     let mut child = std::process::Command::new(REFERENCE)
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "blocked")
@@ -765,5 +771,315 @@ fn interop_with_reference_binary() {
     assert_eq!(
         fs::read(net(&d).join("10.9.0.5")).unwrap(),
         b"blocked\r\neth0"
+    );
+}
+
+// ---- the owner index ----
+
+/// The index file of the test network and its text (empty when absent).
+fn index_text(dir: &TempDir) -> (PathBuf, String) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(net(dir)).unwrap();
+    let p = index_dir(dir).join(format!("{}-{}", m.dev(), m.ino()));
+    let text = fs::read_to_string(&p).unwrap_or_default();
+    (p, text)
+}
+
+/// The network directory's mtime as (seconds, nanoseconds).
+fn dir_mtime(dir: &TempDir) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(net(dir)).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// Sets the network directory's mtime (what a twill commit does; here to hide a change).
+fn set_dir_mtime(dir: &TempDir, (sec, nsec): (i64, i64)) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(sec as u64, nsec as u32);
+    fs::File::open(net(dir))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t))
+        .unwrap();
+}
+
+/// The records of an index file (trimmed), up to its end record.
+fn index_records(text: &str) -> Vec<String> {
+    let records: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.trim_end().to_owned())
+        .take_while(|l| l != "end")
+        .collect();
+    assert!(text.contains("\nend "), "no end record: {text}");
+    records
+}
+
+/// The stamp recorded in an index file's first line.
+fn index_stamp(text: &str) -> (i64, i64) {
+    let f: Vec<&str> = text.lines().next().unwrap().split(' ').collect();
+    (f[4].parse().unwrap(), f[5].parse().unwrap())
+}
+
+#[test]
+fn index_lists_every_reservation_and_stamps_the_directory() {
+    let d = TempDir::new("idx-basic");
+    let h = hl(
+        &d,
+        json!({"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/64"}]]}),
+    );
+    h.add("a", "eth0", &[]).unwrap();
+    h.add("b", "net1", &[]).unwrap();
+    let (_, text) = index_text(&d);
+    let mut lines: Vec<&str> = text.lines().skip(1).map(str::trim_end).collect();
+    assert!(
+        text.lines()
+            .all(|l| l.len() == 63 || l.starts_with("twill"))
+    );
+    assert_eq!(lines.pop(), Some("end"), "{text}");
+    lines.sort();
+    let mut want = vec![
+        format!("{:016x} 10.9.0.2", index::exact_key("a", "eth0")),
+        format!("{:016x} fd00::2", index::exact_key("a", "eth0")),
+        format!("{:016x} 10.9.0.3", index::exact_key("b", "net1")),
+        format!("{:016x} fd00::3", index::exact_key("b", "net1")),
+    ];
+    want.sort();
+    assert_eq!(lines, want);
+    // the directory carries the index's stamp, in the past
+    let stamp = index_stamp(&text);
+    assert_eq!(dir_mtime(&d), stamp);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(stamp.0 < now - 30, "stamp {stamp:?} not in the past");
+    // DEL keeps it exact, and the stamp stays
+    h.del("a", "eth0").unwrap();
+    let (_, text) = index_text(&d);
+    let mut lines = index_records(&text);
+    lines.sort();
+    let b = index::exact_key("b", "net1");
+    assert_eq!(
+        lines,
+        [format!("{b:016x} 10.9.0.3"), format!("{b:016x} fd00::3")],
+        "{text}"
+    );
+    assert_eq!(dir_mtime(&d), stamp);
+    // the reservation files are exactly the reference's, nothing else in the directory
+    assert_eq!(
+        files(&d),
+        [
+            "10.9.0.3",
+            "fd00::3",
+            "last_reserved_ip.0",
+            "last_reserved_ip.1",
+            "lock"
+        ]
+    );
+}
+
+#[test]
+fn index_absent_or_torn_falls_back_to_a_scan_and_is_rebuilt() {
+    let d = TempDir::new("idx-absent");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap();
+    h.add("b", "eth0", &[]).unwrap();
+    let (path, text) = index_text(&d);
+    fs::remove_file(&path).unwrap();
+    // re-ADD finds a's reservation by scanning; the index comes back, complete
+    assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.2/24"]);
+    let (_, rebuilt) = index_text(&d);
+    assert_eq!(index_records(&rebuilt).len(), 2, "{rebuilt}");
+    assert_eq!(index_records(&text).len(), 2, "{text}");
+    // a torn index (no end record) is not used either: DEL still releases b
+    fs::write(&path, &rebuilt[..rebuilt.len() - 64]).unwrap();
+    h.del("b", "eth0").unwrap();
+    assert!(!net(&d).join("10.9.0.3").exists());
+    let (_, text) = index_text(&d);
+    assert_eq!(
+        index_records(&text),
+        [format!("{:016x} 10.9.0.2", index::exact_key("a", "eth0"))]
+    );
+    // without an index at all, everything still works
+    let plain = hl(&d, json!({"subnet": "10.9.0.0/24"})).with_index_dir(None);
+    assert_eq!(
+        addrs(&plain.add("a", "eth0", &[]).unwrap()),
+        ["10.9.0.2/24"]
+    );
+    plain.del("a", "eth0").unwrap();
+    assert_eq!(files(&d), ["last_reserved_ip.0", "lock"]);
+}
+
+/// Reservations made behind twill's back (by the reference plugin, an older twill, a person)
+/// change the directory's mtime: the index is not trusted, the scan finds them.
+#[test]
+fn foreign_changes_invalidate_the_index() {
+    let d = TempDir::new("idx-foreign");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap(); // .2
+    // "the reference" reserves .3 for r and .4 for r2, exactly as it writes them
+    fs::write(net(&d).join("10.9.0.3"), "r\r\neth0").unwrap();
+    fs::write(net(&d).join("10.9.0.4"), "r2\r\neth0").unwrap();
+    fs::write(net(&d).join("last_reserved_ip.0"), "10.9.0.4").unwrap();
+    assert_ne!(dir_mtime(&d), index_stamp(&index_text(&d).1));
+    // re-ADD of a reference-made attachment returns it
+    assert_eq!(addrs(&h.add("r", "eth0", &[]).unwrap()), ["10.9.0.3/24"]);
+    // ... and the rebuilt index knows both
+    let (_, text) = index_text(&d);
+    assert!(text.contains(&format!("{:016x} 10.9.0.4", index::exact_key("r2", "eth0"))));
+    // DEL of a reference-made reservation, and of one removed behind twill's back
+    h.del("r2", "eth0").unwrap();
+    assert!(!net(&d).join("10.9.0.4").exists());
+    fs::remove_file(net(&d).join("10.9.0.2")).unwrap();
+    assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.5/24"]);
+    assert_eq!(
+        files(&d),
+        ["10.9.0.3", "10.9.0.5", "last_reserved_ip.0", "lock"]
+    );
+}
+
+/// An index that lies although the stamp matches (a change hidden by resetting the mtime) is
+/// caught by verification before anything is returned or removed.
+#[test]
+fn stale_index_entries_are_verified_before_use() {
+    let d = TempDir::new("idx-stale");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap(); // .2
+    h.add("b", "eth0", &[]).unwrap(); // .3
+    let stamp = dir_mtime(&d);
+    // a's file vanished, b's now belongs to z: the index still says a→.2, b→.3
+    fs::remove_file(net(&d).join("10.9.0.2")).unwrap();
+    fs::remove_file(net(&d).join("10.9.0.3")).unwrap();
+    fs::write(net(&d).join("10.9.0.3"), "z\r\neth0").unwrap();
+    set_dir_mtime(&d, stamp);
+    // re-ADD of a does not return the vanished address
+    assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
+    // (that fell back to a scan, whose index is correct again)
+    assert!(
+        index_text(&d)
+            .1
+            .contains(&format!("{:016x} 10.9.0.3", index::exact_key("z", "eth0")))
+    );
+    // hide the same kind of change again: DEL of z must not release b's address
+    let stamp = dir_mtime(&d);
+    fs::write(net(&d).join("10.9.0.3"), "b\r\neth0").unwrap(); // in place: index says z
+    h.del("z", "eth0").unwrap();
+    assert_eq!(
+        read(&d, "10.9.0.3"),
+        "b\r\neth0",
+        "DEL z removed b's address"
+    );
+    // the failed verification made it scan and rebuild (new stamp, b's entry)
+    let (_, text) = index_text(&d);
+    assert_ne!(index_stamp(&text), stamp);
+    assert_eq!(index_stamp(&text), dir_mtime(&d));
+    assert!(text.contains(&format!("{:016x} 10.9.0.3", index::exact_key("b", "eth0"))));
+}
+
+/// A reservation the index does not list (hidden by resetting the mtime) is found when ADD
+/// bumps into it; the index is then dropped and rebuilt by the next operation.
+#[test]
+fn unlisted_reservation_drops_the_index() {
+    let d = TempDir::new("idx-unlisted");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap(); // .2
+    let stamp = dir_mtime(&d);
+    fs::write(net(&d).join("10.9.0.3"), "hidden\r\neth0").unwrap();
+    set_dir_mtime(&d, stamp);
+    assert_eq!(addrs(&h.add("b", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
+    let (path, _) = index_text(&d);
+    assert!(!path.exists(), "index kept after it proved incomplete");
+    // the next operation scans: hidden's re-ADD gets its address back
+    assert_eq!(
+        addrs(&h.add("hidden", "eth0", &[]).unwrap()),
+        ["10.9.0.3/24"]
+    );
+    assert!(path.exists());
+}
+
+/// Index files of network directories that are gone (or recreated) are removed when another
+/// index is created; others are kept.
+#[test]
+fn stale_index_files_are_pruned() {
+    let d = TempDir::new("idx-prune");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    let other = d.path().join("othernet");
+    fs::create_dir_all(&other).unwrap();
+    let m = fs::metadata(&other).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let idx = index_dir(&d);
+    fs::create_dir_all(&idx).unwrap();
+    let live = idx.join(format!("{}-{}", m.dev(), m.ino()));
+    let header = |dev: u64, ino: u64, p: &Path| {
+        format!(
+            "twill-host-local-index 1 {dev} {ino} 1 0 {}\nend\n",
+            p.display()
+        )
+    };
+    fs::write(&live, header(m.dev(), m.ino(), &other)).unwrap();
+    let gone = idx.join("1-2");
+    fs::write(&gone, header(1, 2, &d.path().join("gone"))).unwrap();
+    let moved = idx.join(format!("{}-{}", m.dev(), m.ino() + 1_000_000));
+    fs::write(&moved, header(m.dev(), m.ino() + 1_000_000, &other)).unwrap();
+    let junk = idx.join("notes");
+    fs::write(&junk, "not an index").unwrap();
+    h.add("a", "eth0", &[]).unwrap();
+    assert!(live.exists());
+    assert!(junk.exists());
+    assert!(!gone.exists());
+    assert!(!moved.exists());
+    assert!(index_text(&d).0.exists());
+}
+
+/// After every operation of a long mixed sequence (dual-stack ADDs, re-ADDs, DELs, with the
+/// index mostly valid), the index lists exactly the reservation files with their owners' keys
+/// and the directory carries its stamp.
+#[test]
+fn index_matches_the_directory_after_every_operation() {
+    let d = TempDir::new("idx-walk");
+    let h = hl(
+        &d,
+        json!({"ranges": [[{"subnet": "10.9.0.0/27"}], [{"subnet": "fd00::/123"}]]}),
+    );
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut most = 0;
+    for step in 0..120 {
+        let owner = format!("c{}", next() % 12);
+        let ifname = if next() % 3 == 0 { "net1" } else { "eth0" };
+        match next() % 3 {
+            0 => {
+                h.del(&owner, ifname).unwrap();
+            }
+            _ => {
+                let r = h.add(&owner, ifname, &[]);
+                if let Err(e) = r {
+                    assert_eq!(e.code, code::IPAM_EXHAUSTED, "step {step}: {e}");
+                }
+            }
+        }
+        let (_, text) = index_text(&d);
+        let mut listed = index_records(&text);
+        listed.sort();
+        let mut want: Vec<String> = files(&d)
+            .into_iter()
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .map(|n| {
+                let o = store::StoredOwner::parse(&read(&d, &n));
+                format!("{:016x} {n}", o.key())
+            })
+            .collect();
+        want.sort();
+        most = most.max(want.len());
+        assert_eq!(listed, want, "step {step}");
+        assert_eq!(index_stamp(&text), dir_mtime(&d), "step {step}");
+    }
+    assert!(
+        most >= 16,
+        "the sequence never held more than {most} reservations"
     );
 }

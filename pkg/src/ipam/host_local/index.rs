@@ -1,0 +1,818 @@
+//! The owner index: twill's private, self-validating hint that turns "which reservations does
+//! (container ID, ifname) hold?" from one open and read per reservation file into one read of
+//! one file, without changing the on-disk format shared with the reference plugin.
+//!
+//! # Where and what
+//!
+//! One file per network directory, outside the data directory (so the reference and anyone
+//! comparing data directories never see it): `<index dir>/<dev>-<ino>`, named after the network
+//! directory's device and inode. The index directory is [`DEFAULT_INDEX_DIR`]
+//! (`/run/twill/host-local`: tmpfs on most nodes, cleared on reboot), or the directory in the
+//! environment variable [`INDEX_DIR_ENV`] (empty: no index). Contents, in text:
+//!
+//! ```text
+//! twill-host-local-index 1 <dev> <ino> <stamp seconds> <stamp nanoseconds> <network dir path>
+//! <owner key, 16 hex digits> <reservation file name, padded with spaces to 46 bytes>
+//! ...
+//! end<padded with spaces to 63 bytes>
+//! ```
+//!
+//! One fixed-width line (a 64-byte record) per reservation file of the directory, in no
+//! particular order; bytes after the `end` record are ignored (left over when the index
+//! shrank). The key is a 64-bit FNV-1a hash of the owner ([`exact_key`] for
+//! `<id>\r\n<ifname>` files, [`legacy_key`] for container-ID-only files). A hash is enough
+//! because every entry is verified before it is acted on (below). Fixed-width records make
+//! loading, looking up, adding and removing entries plain byte-slice work, without parsing or
+//! allocating per entry.
+//!
+//! # Why it can be trusted: the directory stamp
+//!
+//! Anything that creates, removes or renames a reservation (the reference plugin, an older
+//! twill, an administrator) changes the directory's modification time to the current time.
+//! twill, after each operation that changed the directory and after updating the index, sets
+//! the directory's mtime back to the index's *stamp*: a time chosen when the index was built,
+//! one minute in the past (read back after setting it, so filesystems with coarse timestamps
+//! store exactly the recorded value). So:
+//!
+//! - directory mtime == stamp (and same device and inode): every change since the index was
+//!   written was made by twill, which kept the index exact; the index lists every reservation;
+//!   an owner absent from it holds nothing.
+//! - otherwise (someone else changed the directory, an operation crashed between its change and
+//!   the stamp, the directory was recreated, the index file is missing, torn or unparsable): the
+//!   index is not used; the operation reads every reservation file as before (the full scan),
+//!   and writes a fresh index with a fresh stamp, so the next operation is fast again.
+//!
+//! The order of writes makes every crash land in the second case: the directory changes first,
+//! then the index file, then the stamp. A later foreign change cannot reproduce the stamp,
+//! because kernel-set times are "now" and the stamp lies in the past: only a wall clock stepped
+//! back by at least a minute, with the change landing on the stamp exactly (to the nanosecond,
+//! or to the second on filesystems with one-second timestamps) could. Restoring the time after
+//! each change (rather than remembering the time of the last change) is what makes this hold
+//! on kernels whose timestamps are coarse (a tick of several milliseconds): a change by the
+//! reference right after twill's, in the same tick, would otherwise leave the time unchanged.
+//! The cost is that the network directory's mtime stays at the stamp while only twill works on
+//! it; its ctime still shows the last change. Changes made without taking the directory's lock
+//! (hand edits of a file's contents in place) are outside this contract, as they are for the
+//! reference.
+//!
+//! # Self-validation and fallbacks
+//!
+//! - Hits are verified: an entry is used only after its reservation file was read and holds
+//!   exactly the owner (a re-ADD returns it, DEL removes it). A failed verification means the
+//!   index is wrong: the operation falls back to the full scan and rebuilds the index.
+//! - A reservation attempt that finds the address taken although the index does not list it
+//!   also proves the index wrong: it is deleted (the next operation scans and rebuilds).
+//! - An index is only written when the scan could read every reservation file (an unreadable
+//!   one has an unknown owner, which an index cannot answer for).
+//! - No index directory, or it cannot be written: every operation scans (the behaviour without
+//!   an index). A reservation made by the reference is found by the scan that follows its
+//!   directory change; DEL of it works the same way.
+//!
+//! Index files of network directories that no longer exist are removed whenever a new index
+//! file is created.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where index files live unless [`INDEX_DIR_ENV`] says otherwise.
+pub const DEFAULT_INDEX_DIR: &str = "/run/twill/host-local";
+/// Environment variable naming the index directory; set and empty disables the index.
+pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
+
+/// First word and format version of an index file.
+const MAGIC: &str = "twill-host-local-index 1";
+/// Last record of a complete index file.
+const END_RECORD: &[u8; 64] = b"end                                                            \n";
+/// Bytes left after the `end` record above which a shrinking index is truncated.
+const SHRINK_AT: u64 = 64 * 1024;
+/// How far in the past a fresh stamp is set.
+const STAMP_AGE: Duration = Duration::from_secs(60);
+/// Initial read size: an index of up to 250 reservations is read with one `read`.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The index directory from the environment: [`INDEX_DIR_ENV`] when set (empty: `None`), else
+/// [`DEFAULT_INDEX_DIR`].
+pub fn index_dir_from_env() -> Option<PathBuf> {
+    match std::env::var_os(INDEX_DIR_ENV) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(PathBuf::from(DEFAULT_INDEX_DIR)),
+    }
+}
+
+/// Key of the owner `<id>\r\n<ifname>` (`id` trimmed, as in the file).
+pub fn exact_key(id: &str, ifname: &str) -> u64 {
+    fnv1a(&[b"E", id.trim().as_bytes(), b"\0", ifname.as_bytes()])
+}
+
+/// Key of a legacy owner: a file holding only the container ID.
+pub fn legacy_key(id: &str) -> u64 {
+    fnv1a(&[b"L", id.trim().as_bytes()])
+}
+
+/// 64-bit FNV-1a over the concatenation of `parts` (a fixed, documented function: index files
+/// must mean the same to every twill version that reads them).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// One reservation file and its owner's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// [`exact_key`] or [`legacy_key`] of the file's owner.
+    pub key: u64,
+    /// The file name (the address as text).
+    pub name: String,
+}
+
+/// Size of one record: key, space, name field, newline.
+const RECORD: usize = 64;
+/// Width of the name field: the longest text an address can be written as (45, an IPv6 address
+/// with an embedded IPv4 one) plus one.
+const NAME_WIDTH: usize = RECORD - 18;
+
+/// The index file's contents as they are to be written: the header line, the records, the
+/// `end` record. Changes are made in place, and only the changed bytes are written back.
+#[derive(Debug, Clone)]
+struct Records {
+    buf: Vec<u8>,
+    /// Offset of the first record (the header's length).
+    start: usize,
+    /// Offset from which `buf` differs from the file, if it does.
+    changed_from: Option<usize>,
+    /// The names, once a membership question was asked (kept in step with `buf` after that).
+    names: Option<BTreeSet<Box<[u8]>>>,
+}
+
+impl Default for Records {
+    fn default() -> Records {
+        Records {
+            buf: END_RECORD.to_vec(),
+            start: 0,
+            changed_from: Some(0),
+            names: None,
+        }
+    }
+}
+
+impl Records {
+    /// Records from entries, with an empty header (see [`Records::set_header`]); `None` when a
+    /// name cannot be stored (too long, or not plain text).
+    fn from_entries(entries: &[Entry]) -> Option<Records> {
+        let mut r = Records::default();
+        r.buf.reserve(entries.len() * RECORD);
+        for e in entries {
+            if !r.push(e.key, &e.name) {
+                return None;
+            }
+        }
+        Some(r)
+    }
+
+    /// Takes an index file's bytes; `None` unless the header line is followed by well-formed
+    /// records and an `end` record (anything after it is dropped).
+    fn parse(mut buf: Vec<u8>) -> Option<(Header, Records)> {
+        let nl = buf.iter().position(|b| *b == b'\n')?;
+        let header = parse_header(std::str::from_utf8(&buf[..nl]).ok()?)?;
+        let start = nl + 1;
+        let mut end = start;
+        loop {
+            let rec = buf.get(end..end + RECORD)?;
+            if rec[RECORD - 1] != b'\n' {
+                return None;
+            }
+            if rec.starts_with(b"end ") {
+                break;
+            }
+            // (keys are checked when they match a lookup; a damaged one matches nothing)
+            if rec[16] != b' ' {
+                return None;
+            }
+            end += RECORD;
+        }
+        buf.truncate(end + RECORD);
+        let records = Records {
+            buf,
+            start,
+            changed_from: None,
+            names: None,
+        };
+        Some((header, records))
+    }
+
+    /// Replaces the header line (everything is then to be written).
+    fn set_header(&mut self, header: &[u8]) {
+        self.buf.splice(..self.start, header.iter().copied());
+        self.start = header.len();
+        self.changed_from = Some(0);
+    }
+
+    /// Offset of the `end` record.
+    fn end(&self) -> usize {
+        self.buf.len() - RECORD
+    }
+
+    fn changed(&mut self, at: usize) {
+        self.changed_from = Some(self.changed_from.map_or(at, |c| c.min(at)));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.buf[self.start..self.end()].chunks_exact(RECORD)
+    }
+
+    fn name(rec: &[u8]) -> &[u8] {
+        rec[17..RECORD - 1].trim_ascii_end()
+    }
+
+    fn key(rec: &[u8]) -> Option<u64> {
+        std::str::from_utf8(&rec[..16])
+            .ok()
+            .and_then(|k| u64::from_str_radix(k, 16).ok())
+    }
+
+    /// Appends an entry; false when the name does not fit a record.
+    fn push(&mut self, key: u64, name: &str) -> bool {
+        if name.is_empty() || name.len() > NAME_WIDTH || !name.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return false;
+        }
+        let at = self.end();
+        self.buf.truncate(at);
+        self.buf.extend_from_slice(&hex16(key));
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.resize(at + RECORD - 1, b' ');
+        self.buf.push(b'\n');
+        self.buf.extend_from_slice(END_RECORD);
+        self.changed(at);
+        if let Some(names) = &mut self.names {
+            names.insert(name.as_bytes().into());
+        }
+        true
+    }
+
+    /// Removes the entries named `name` (the last record moves into the gap).
+    fn remove(&mut self, name: &str) {
+        let mut i = self.start;
+        while i < self.end() {
+            if Records::name(&self.buf[i..i + RECORD]) == name.as_bytes() {
+                let last = self.end() - RECORD;
+                self.buf.copy_within(last..last + RECORD, i);
+                self.buf.truncate(last);
+                self.buf.extend_from_slice(END_RECORD);
+                self.changed(i);
+            } else {
+                i += RECORD;
+            }
+        }
+        if let Some(names) = &mut self.names {
+            names.remove(name.as_bytes());
+        }
+    }
+
+    /// True when an entry is named `name` (the first call builds a name set, so a run of
+    /// questions costs one pass over the records).
+    fn contains(&mut self, name: &str) -> bool {
+        if self.names.is_none() {
+            self.names = Some(self.iter().map(|r| Records::name(r).into()).collect());
+        }
+        self.names
+            .as_ref()
+            .is_some_and(|n| n.contains(name.as_bytes()))
+    }
+
+    /// Entries whose key is one of `keys`.
+    fn matching(&self, keys: &[u64]) -> Vec<Entry> {
+        let wanted: Vec<[u8; 16]> = keys.iter().map(|k| hex16(*k)).collect();
+        self.iter()
+            .filter(|r| wanted.iter().any(|w| r[..16] == w[..]))
+            .filter_map(|r| {
+                Some(Entry {
+                    key: Records::key(r)?,
+                    name: String::from_utf8(Records::name(r).to_vec()).ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of entries.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        (self.end() - self.start) / RECORD
+    }
+}
+
+/// `key` as 16 lower-case hex digits.
+fn hex16(key: u64) -> [u8; 16] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = DIGITS[((key >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// Identity and modification time of the network directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirState {
+    dev: u64,
+    ino: u64,
+    mtime: Stamp,
+}
+
+/// A modification time: seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    sec: i64,
+    nsec: i64,
+}
+
+impl DirState {
+    fn of(dir: &Path) -> Option<DirState> {
+        let m = fs::metadata(dir).ok()?;
+        Some(DirState {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: Stamp {
+                sec: m.mtime(),
+                nsec: m.mtime_nsec(),
+            },
+        })
+    }
+}
+
+/// What the index knows about the owners of the directory's reservations.
+#[derive(Debug)]
+enum Known {
+    /// Nothing trustworthy yet: owner questions need a full scan.
+    Nothing,
+    /// The index file matched the directory: every reservation, as of the start of the
+    /// operation, kept up to date with this operation's changes.
+    Indexed(Records),
+    /// A full scan in this operation listed every reservation (kept up to date likewise); the
+    /// index is rebuilt from it on commit.
+    Scanned(Records),
+}
+
+/// The index of one network directory for the duration of one locked operation.
+#[derive(Debug)]
+pub struct Index {
+    /// The index file's path; `None` when indexing is off.
+    path: Option<PathBuf>,
+    /// The index file as opened (read-write) at load time, and its length then.
+    file: Option<(File, u64)>,
+    /// The loaded file's stamp (meaningful with `Known::Indexed`).
+    stamp: Option<Stamp>,
+    /// The directory's identity, from load time.
+    dir_state: Option<DirState>,
+    known: Known,
+    /// This operation changed the directory's entries (created or removed a file).
+    dirty: bool,
+    /// Something contradicted the index: it must not be written back (it is deleted).
+    broken: bool,
+}
+
+impl Index {
+    /// No index: every owner question is answered by a scan, nothing is written.
+    pub fn disabled() -> Index {
+        Index {
+            path: None,
+            file: None,
+            stamp: None,
+            dir_state: None,
+            known: Known::Nothing,
+            dirty: false,
+            broken: false,
+        }
+    }
+
+    /// Loads the index of `net_dir` from `index_dir` (call with the network lock held). A
+    /// missing, stale or unreadable index loads as "nothing known", never as an error.
+    pub fn load(index_dir: &Path, net_dir: &Path) -> Index {
+        let mut index = Index::disabled();
+        let Some(state) = DirState::of(net_dir) else {
+            return index;
+        };
+        let path = index_dir.join(format!("{}-{}", state.dev, state.ino));
+        index.dir_state = Some(state);
+        if let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path)
+            && let Some(bytes) = read_all(&mut file)
+        {
+            let len = bytes.len() as u64;
+            if let Some((header, records)) = Records::parse(bytes)
+                && header.dev == state.dev
+                && header.ino == state.ino
+                && header.mtime == state.mtime
+            {
+                index.stamp = Some(header.mtime);
+                index.known = Known::Indexed(records);
+            }
+            index.file = Some((file, len));
+        }
+        index.path = Some(path);
+        index
+    }
+
+    /// True when the index file matched the directory (owner questions need no scan).
+    pub fn is_indexed(&self) -> bool {
+        matches!(self.known, Known::Indexed(_))
+    }
+
+    /// The entries whose key is one of `keys`, when the index is valid (`None`: scan).
+    pub fn lookup(&self, keys: &[u64]) -> Option<Vec<Entry>> {
+        match &self.known {
+            Known::Indexed(r) => Some(r.matching(keys)),
+            _ => None,
+        }
+    }
+
+    /// Records the result of a full scan: `Some(entries)` when every reservation's owner could
+    /// be read, `None` when not (then no index is written).
+    pub fn scanned(&mut self, entries: Option<Vec<Entry>>) {
+        self.broken = false;
+        self.known = match entries.as_deref().and_then(Records::from_entries) {
+            Some(r) => Known::Scanned(r),
+            None => Known::Nothing,
+        };
+    }
+
+    /// This operation created reservation `name` for the owner with `key`.
+    pub fn reserved(&mut self, name: &str, key: u64) {
+        self.dirty = true;
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known
+            && !r.push(key, name)
+        {
+            self.known = Known::Nothing;
+        }
+    }
+
+    /// This operation removed reservation `name` (or found it gone).
+    pub fn removed(&mut self, name: &str) {
+        self.dirty = true;
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known {
+            r.remove(name);
+        }
+    }
+
+    /// This operation created or removed some other file in the directory.
+    pub fn touched(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Reservation `name` exists: when the entries claim to be complete and do not list it,
+    /// the index is wrong and is dropped on commit.
+    pub fn exists(&mut self, name: &str) {
+        if let Known::Indexed(r) | Known::Scanned(r) = &mut self.known
+            && !r.contains(name)
+        {
+            self.broken = true;
+        }
+    }
+
+    /// The index contradicted the directory: stop trusting it in this operation, and delete it
+    /// on commit unless a scan replaces it first.
+    pub fn contradicted(&mut self) {
+        self.known = Known::Nothing;
+        self.broken = true;
+    }
+
+    /// Brings the index file and the directory stamp up to date (see the module doc); called
+    /// once, at the end of the locked operation. Failures only cost the next operation a scan.
+    pub fn commit(&mut self, net_dir: &Path) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let Some(state) = self.dir_state else {
+            return;
+        };
+        if self.broken {
+            let _ = fs::remove_file(&path);
+            return;
+        }
+        match std::mem::replace(&mut self.known, Known::Nothing) {
+            Known::Indexed(records) => {
+                let Some(stamp) = self.stamp.filter(|_| self.dirty) else {
+                    return;
+                };
+                if self.write(&path, &records) {
+                    let _ = set_mtime(net_dir, stamp);
+                }
+            }
+            Known::Scanned(mut records) => {
+                // A fresh stamp, in the past; read back what the filesystem stored.
+                let Ok(ago) = (SystemTime::now() - STAMP_AGE).duration_since(UNIX_EPOCH) else {
+                    return;
+                };
+                let wanted = Stamp {
+                    sec: ago.as_secs() as i64,
+                    nsec: i64::from(ago.subsec_nanos()),
+                };
+                let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
+                    return;
+                };
+                if set_mtime(net_dir, wanted).is_err() {
+                    return;
+                }
+                let Some(now) = DirState::of(net_dir) else {
+                    return;
+                };
+                if now.dev != state.dev || now.ino != state.ino {
+                    return;
+                }
+                let header = format!(
+                    "{MAGIC} {} {} {} {} {dir_text}\n",
+                    now.dev, now.ino, now.mtime.sec, now.mtime.nsec
+                );
+                records.set_header(header.as_bytes());
+                self.write(&path, &records);
+            }
+            Known::Nothing => {}
+        }
+    }
+
+    /// Writes what changed in the index file (creating it when needed); a shorter index leaves
+    /// bytes after its `end` record unless they amount to more than [`SHRINK_AT`] (truncating
+    /// every time would cost a truncate per DEL). True when written completely.
+    fn write(&mut self, path: &Path, records: &Records) -> bool {
+        let Some(from) = records.changed_from else {
+            return true;
+        };
+        let new_len = records.buf.len() as u64;
+        if let Some((file, old_len)) = &self.file {
+            return file.write_all_at(&records.buf[from..], from as u64).is_ok()
+                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok());
+        }
+        let Some(dir) = path.parent() else {
+            return false;
+        };
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+        };
+        let file = match create() {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .is_err()
+                {
+                    return false;
+                }
+                match create() {
+                    Ok(f) => f,
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
+        };
+        prune(dir, path);
+        let ok = file.write_all_at(&records.buf, 0).is_ok() && file.set_len(new_len).is_ok();
+        self.file = Some((file, new_len));
+        ok
+    }
+}
+
+/// Sets the modification time of `dir` (the access time is left alone).
+fn set_mtime(dir: &Path, stamp: Stamp) -> nix::Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        dir,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::new(stamp.sec, stamp.nsec),
+        UtimensatFlags::FollowSymlink,
+    )
+}
+
+/// Reads a whole regular file, normally with one `read`: a short read is its end (a file
+/// that were still longer would fail to parse, which only costs a scan).
+fn read_all(file: &mut File) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..]).ok()?;
+        len += n;
+        if len < buf.len() {
+            buf.truncate(len);
+            return Some(buf);
+        }
+        buf.resize(len * 2, 0);
+    }
+}
+
+/// The header of an index file.
+struct Header {
+    dev: u64,
+    ino: u64,
+    mtime: Stamp,
+}
+
+/// Parses the first line; the directory path at its end is not needed to validate.
+fn parse_header(line: &str) -> Option<Header> {
+    let rest = line.strip_prefix(MAGIC)?.strip_prefix(' ')?;
+    let mut f = rest.splitn(5, ' ');
+    let dev = f.next()?.parse().ok()?;
+    let ino = f.next()?.parse().ok()?;
+    let sec = f.next()?.parse().ok()?;
+    let nsec = f.next()?.parse().ok()?;
+    Some(Header {
+        dev,
+        ino,
+        mtime: Stamp { sec, nsec },
+    })
+}
+
+/// The network directory path recorded in an index file's first line.
+fn header_dir(line: &str) -> Option<&str> {
+    line.strip_prefix(MAGIC)?
+        .strip_prefix(' ')?
+        .splitn(5, ' ')
+        .nth(4)
+}
+
+/// Removes the index files in `dir` (except `keep`) whose network directory no longer exists or
+/// is another directory now. Files it cannot make sense of are left alone.
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == keep {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some((dev, ino)) = name
+            .split_once('-')
+            .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        else {
+            continue;
+        };
+        let mut first = [0u8; 4096];
+        let Ok(n) = File::open(&path).and_then(|mut f| f.read(&mut first)) else {
+            continue;
+        };
+        let Some(line) = std::str::from_utf8(&first[..n])
+            .ok()
+            .and_then(|t| t.split_once('\n'))
+            .map(|(l, _)| l)
+        else {
+            continue;
+        };
+        let Some(net_dir) = header_dir(line) else {
+            continue;
+        };
+        let stale = match fs::metadata(net_dir) {
+            Ok(m) => m.dev() != dev || m.ino() != ino,
+            Err(e) => e.kind() == ErrorKind::NotFound,
+        };
+        if stale {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fixed_and_distinct() {
+        // FNV-1a 64 of "" is the offset basis; the function must never change.
+        assert_eq!(fnv1a(&[]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(exact_key(" c1 ", "eth0"), exact_key("c1", "eth0"));
+        assert_ne!(exact_key("c1", "eth0"), exact_key("c1", "eth1"));
+        assert_ne!(exact_key("c1", "eth0"), legacy_key("c1"));
+        assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
+    }
+
+    fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
+        Records::parse(bytes.to_vec())
+    }
+
+    fn record(key: u64, name: &str) -> String {
+        format!("{key:016x} {name:<46}\n")
+    }
+
+    #[test]
+    fn parse_round_trip_and_rejects_torn_files() {
+        let end = std::str::from_utf8(END_RECORD).unwrap();
+        let text = format!(
+            "{MAGIC} 2049 77 1700000000 123 /var/lib/cni/networks/a b\n{}{}{end}",
+            record(0xff, "10.0.0.2"),
+            record(0x0123_4567_89ab_cdef, "fd00::2"),
+        );
+        let (h, mut r) = parse(text.as_bytes()).unwrap();
+        assert_eq!((h.dev, h.ino), (2049, 77));
+        assert_eq!(
+            h.mtime,
+            Stamp {
+                sec: 1_700_000_000,
+                nsec: 123
+            }
+        );
+        assert_eq!(
+            r.matching(&[0x0123_4567_89ab_cdef, 7]),
+            [Entry {
+                key: 0x0123_4567_89ab_cdef,
+                name: "fd00::2".into()
+            }]
+        );
+        assert!(r.contains("10.0.0.2") && !r.contains("10.0.0.20"));
+        // a damaged key matches nothing
+        let damaged = text.replacen("00000000000000ff", "00000000000000fg", 1);
+        let (_, r) = parse(damaged.as_bytes()).unwrap();
+        assert!(r.matching(&[0xff]).is_empty());
+        assert_eq!(
+            header_dir(text.lines().next().unwrap()),
+            Some("/var/lib/cni/networks/a b")
+        );
+        // bytes after the end record are left-overs of a longer index
+        assert!(parse(format!("{text}{}", record(1, "10.0.0.9")).as_bytes()).is_some());
+        // torn (no end record), garbage record, record without its separator, wrong magic
+        assert!(parse(&text.as_bytes()[..text.len() - 64]).is_none());
+        assert!(parse(&text.as_bytes()[..text.len() - 1]).is_none());
+        assert!(parse(text.replacen("10.0.0.2", "10.0.0.2\n", 1).as_bytes()).is_none());
+        assert!(
+            parse(
+                text.replacen("00000000000000ff ", "00000000000000ff=", 1)
+                    .as_bytes()
+            )
+            .is_none()
+        );
+        assert!(parse(text.replace("index 1", "index 2").as_bytes()).is_none());
+    }
+
+    #[test]
+    fn records_push_remove_and_limits() {
+        let mut r = Records::default();
+        assert!(r.push(1, "10.0.0.1"));
+        assert!(r.push(2, "10.0.0.2"));
+        assert!(r.push(3, "0000:0000:0000:0000:0000:ffff:255.255.255.255"));
+        assert!(!r.push(4, "0000:0000:0000:0000:0000:0000:ffff:255.255.255.255"));
+        assert!(!r.push(4, "10.0.0.4 x"));
+        assert!(!r.push(4, ""));
+        assert_eq!(r.len(), 3);
+        assert!(r.contains("10.0.0.1"));
+        r.remove("10.0.0.1");
+        assert_eq!(r.len(), 2);
+        assert!(!r.contains("10.0.0.1"));
+        assert!(r.push(5, "10.0.0.5") && r.contains("10.0.0.5"));
+        r.remove("10.0.0.5");
+        assert_eq!(
+            r.matching(&[3])[0].name,
+            "0000:0000:0000:0000:0000:ffff:255.255.255.255"
+        );
+        assert_eq!(r.matching(&[2])[0].name, "10.0.0.2");
+        r.remove("nothing");
+        assert_eq!(r.len(), 2);
+        assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
+        // removing from the middle keeps every other entry, whole
+        let mut r = Records::default();
+        for (k, n) in [
+            (1, "10.0.0.1"),
+            (2, "10.0.0.2"),
+            (3, "10.0.0.3"),
+            (4, "10.0.0.4"),
+        ] {
+            assert!(r.push(k, n));
+        }
+        r.remove("10.0.0.2");
+        let mut left: Vec<(u64, String)> = r
+            .matching(&[1, 2, 3, 4])
+            .into_iter()
+            .map(|e| (e.key, e.name))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                (1, "10.0.0.1".into()),
+                (3, "10.0.0.3".into()),
+                (4, "10.0.0.4".into())
+            ]
+        );
+        assert!(r.buf.ends_with(END_RECORD));
+        assert_eq!(r.buf.len(), 4 * RECORD);
+    }
+}
