@@ -5,10 +5,10 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
 BINS := host-local bridge-host-gw
-# Plugins are linked statically (glibc crt-static): a short-lived process then skips the dynamic
-# loader, which is about a third of a millisecond per exec here. Only the target artifacts get the
-# flag (proc-macros stay dynamic), hence the explicit --target.
-TRIPLE := $(shell PATH="$(PATH)" rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# Plugins are static binaries for the musl target when rustup can provide it (fastest start-up,
+# see scripts/release-target.sh), else for the host's glibc target with crt-static. Only target
+# artifacts get the flag (proc-macros stay dynamic), hence the explicit --target.
+TRIPLE := $(shell PATH="$(PATH)" sh scripts/release-target.sh)
 TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)

@@ -184,6 +184,58 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Process start-up for a plugin binary that defines its own C `main` (see [`plugin_main!`]):
+/// opens `/dev/null` on whichever of the descriptors 0, 1 and 2 was closed at exec (so no file the
+/// plugin opens can become its stdout), and ignores `SIGPIPE` (a runtime that stopped reading
+/// gets an exit code, not a killed plugin). Everything else of the Rust runtime's start-up (the
+/// stack-overflow handler's alternate stack, reading `/proc/self/maps`) is skipped: a plugin
+/// lives for about a millisecond.
+pub fn start_process() {
+    use nix::libc;
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfd for the duration of the call.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } >= 0 {
+        for pfd in fds {
+            if pfd.revents & libc::POLLNVAL != 0 {
+                // The lowest free descriptor is the closed one; it stays open for the process.
+                // SAFETY: a NUL-terminated path and plain flags.
+                unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            }
+        }
+    }
+    // SAFETY: setting a signal's disposition to "ignore" has no memory-safety requirements.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Defines a plugin binary's entry point: `twill::plugin_main!(MyPlugin, "about text");` in a
+/// crate marked `#![cfg_attr(not(test), no_main)]`. It runs [`start_process`] then [`run`],
+/// without the Rust runtime's start-up. Test builds keep the test harness's `main`.
+#[macro_export]
+macro_rules! plugin_main {
+    ($plugin:expr, $about:expr) => {
+        /// The process entry point: [`twill::skeleton::start_process`], then the skeleton.
+        #[cfg(not(test))]
+        #[unsafe(no_mangle)]
+        extern "C" fn main(
+            _argc: ::std::ffi::c_int,
+            _argv: *const *const ::std::ffi::c_char,
+        ) -> ::std::ffi::c_int {
+            $crate::skeleton::start_process();
+            $crate::skeleton::run(&$plugin, $about)
+        }
+        /// In test builds the entry point is the harness's; this keeps the plugin referenced.
+        #[cfg(test)]
+        #[allow(dead_code)]
+        fn plugin_entry() -> ! {
+            $crate::skeleton::run(&$plugin, $about)
+        }
+    };
+}
+
 /// Runs `plugin` as the current process's CNI command and exits with the right code.
 /// `about` is printed to stderr when the binary is run without `CNI_COMMAND`.
 ///

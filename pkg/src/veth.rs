@@ -56,9 +56,17 @@ pub fn is_host_ifname(name: &str) -> bool {
 /// A random unicast, locally administered MAC address (getrandom(2)).
 pub fn random_mac() -> MacAddr {
     let mut b = [0u8; 6];
-    // SAFETY: writes at most b.len() bytes into b.
-    let n = unsafe { nix::libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    // The raw syscall, not libc's wrapper: the static musl build resolves that wrapper to null.
+    // SAFETY: the kernel writes at most b.len() bytes into b.
+    let n = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_getrandom,
+            b.as_mut_ptr(),
+            b.len(),
+            0 as nix::libc::c_uint,
+        )
+    };
+    if n != b.len() as nix::libc::c_long {
         // No entropy syscall: fall back to std's OS-seeded hasher keys.
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::hash::RandomState::new().build_hasher();

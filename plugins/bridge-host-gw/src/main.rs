@@ -4,7 +4,9 @@
 //! ADD, start to end: parse the config, make the pair (host end on the bridge, pod end made in
 //! the pod netns), allocate, put the gateways on the bridge, set up the pod side, reconcile
 //! peer routes and masquerading, print the result. Any failure undoes what this ADD made.
-//! The mechanisms live in `twill::{bridge, veth, ipam, peers, masq}`.
+//! The mechanisms live in `twill::{bridge, veth, ipam, peers, masq}`. The entry point is
+//! `twill::plugin_main!` (no Rust runtime start-up: the process lives for about a millisecond).
+#![cfg_attr(not(test), no_main)]
 
 mod config;
 mod rollback;
@@ -227,12 +229,10 @@ fn unavailable(e: Error) -> Error {
     Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
 }
 
-fn main() {
-    twill::skeleton::run(
-        &BridgeHostGw,
-        "twill bridge-host-gw: pods on a bridge, host-gw routes to the other nodes' pods",
-    )
-}
+twill::plugin_main!(
+    BridgeHostGw,
+    "twill bridge-host-gw: pods on a bridge, host-gw routes to the other nodes' pods"
+);
 
 #[cfg(test)]
 mod tests {
