@@ -1,16 +1,11 @@
 //! twill::bridge against the real kernel, in throwaway namespaces (run as root).
 
-mod bridge_common;
+mod common;
 
-use bridge_common::TestNs;
-use ipnetwork::IpNetwork;
+use common::{TestNs, net};
 use twill::bridge;
 use twill::code;
 use twill::netlink::{MacAddr, Netlink};
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
 
 #[test]
 fn ensure_creates_up_with_mtu_and_a_mac_that_ignores_ports() {
@@ -69,10 +64,7 @@ fn a_bridge_made_here_has_a_usable_ipv6_link_local_at_once() {
     ns.ip(&["link", "show", "dev", "p0"]);
     ns.ip(&["link", "show", "dev", "twbr0"]);
     let j = ns.ip_json(&["-6", "addr", "show", "dev", "twbr0", "scope", "link"]);
-    let infos = bridge_common::first(&j)["addr_info"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let infos = common::first(&j)["addr_info"].as_array().unwrap().clone();
     assert_eq!(infos.len(), 1, "{infos:?}");
     assert_ne!(infos[0]["tentative"], true, "{infos:?}");
 }
@@ -140,7 +132,7 @@ fn concurrent_creators_share_one_bridge() {
 
 fn addrs(ns: &TestNs, dev: &str) -> Vec<String> {
     let j = ns.ip_json(&["addr", "show", "dev", dev]);
-    bridge_common::first(&j)["addr_info"]
+    common::first(&j)["addr_info"]
         .as_array()
         .unwrap()
         .iter()

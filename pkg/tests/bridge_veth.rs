@@ -1,17 +1,13 @@
 //! twill::veth against the real kernel: a "node" netns with a bridge and "pod" netns (root).
 
-mod bridge_common;
+mod common;
 
-use bridge_common::{TestNs, eventually, first};
+use common::{TestNs, eventually, first, net};
 use ipnetwork::IpNetwork;
 use twill::netlink::{MacAddr, Netlink, RouteSpec};
 use twill::types::{Attachment, CniResult, Interface, IpConfig, Route};
 use twill::veth::{self, CreateError, PairSpec};
 use twill::{bridge, code};
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
 
 /// A node netns with bridge `twbr0` (10.1.0.1/24, fd00:1::1/64) and its netlink socket.
 struct Node {

@@ -2,78 +2,18 @@
 //! in the test namespace only; it masquerades real packets leaving the cluster and only those.
 //! Never touches the root namespace (asserted).
 
-use ipnetwork::IpNetwork;
+mod common;
+
+use common::{TestNs, net, sh};
 use serde_json::Value;
-use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 use twill::masq;
-use twill::netns::Netns;
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A namespace made by this test (`tw-masq-<pid>-<n>`), deleted on drop.
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    fn new() -> TestNs {
-        let name = format!(
-            "tw-masq-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        let ns = TestNs { name };
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-    /// Runs a command inside the namespace; panics on failure.
-    fn run(&self, cmd: &[&str]) -> String {
-        let mut full = vec!["nsenter".to_string(), format!("--net={}", self.path())];
-        full.extend(cmd.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = full.iter().map(|s| s.as_str()).collect();
-        sh(&refs)
-    }
-    /// Runs `f` on this thread with the thread inside the namespace, then returns.
-    fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
-        Netns::open(Path::new(&self.path()))
-            .unwrap()
-            .run(f)
-            .unwrap()
-    }
-    fn ruleset_json(&self) -> Vec<Value> {
-        let out = self.run(&["nft", "-j", "list", "ruleset"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["nftables"].as_array().unwrap().clone()
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn sh(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
+/// A namespace made by this test with its loopback up.
+fn up_ns() -> TestNs {
+    let ns = TestNs::new();
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    ns
 }
 
 fn objects<'a>(all: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -91,7 +31,7 @@ fn assert_root_untouched(network: &str) {
 
 #[test]
 fn ensure_creates_one_table_with_the_right_rules() {
-    let ns = TestNs::new();
+    let ns = up_ns();
     let network = format!("mq{}", std::process::id());
     let pods = [net("10.244.1.0/24"), net("fd10:0:0:1::/64")];
     let cluster = [net("10.244.0.0/16"), net("fd10::/48")];
@@ -183,7 +123,7 @@ fn ensure_creates_one_table_with_the_right_rules() {
 
 #[test]
 fn concurrent_first_creation_converges() {
-    let ns = TestNs::new();
+    let ns = up_ns();
     let network = format!("conc{}", std::process::id());
     let pods = [net("10.50.3.0/24")];
     let cluster = [net("10.50.0.0/16")];
@@ -205,7 +145,7 @@ fn concurrent_first_creation_converges() {
 
 #[test]
 fn config_change_replaces_rule_set() {
-    let ns = TestNs::new();
+    let ns = up_ns();
     let network = "chg";
     let pods = [net("10.60.1.0/24")];
     ns.enter(|| masq::ensure(network, &pods, &[net("10.60.0.0/16")]))
@@ -228,7 +168,7 @@ fn config_change_replaces_rule_set() {
 
 #[test]
 fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
-    let ns = TestNs::new();
+    let ns = up_ns();
     let network = "tamper";
     let pods = [net("10.70.1.0/24"), net("fd70::/64")];
     let cluster = [net("10.70.0.0/16")];
@@ -282,10 +222,10 @@ fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
 /// subnet of the cluster keeps the pod's source address.
 #[test]
 fn masquerades_real_packets_leaving_the_cluster_only() {
-    let node = TestNs::new();
-    let pod = TestNs::new();
-    let ext = TestNs::new();
-    let peer = TestNs::new();
+    let node = up_ns();
+    let pod = up_ns();
+    let ext = up_ns();
+    let peer = up_ns();
     let link = |a: &TestNs, an: &str, b: &TestNs, bn: &str| {
         node.run(&["ip", "link", "add", an, "type", "veth", "peer", "name", bn]);
         if a.name != node.name {
@@ -356,7 +296,7 @@ fn masquerades_real_packets_leaving_the_cluster_only() {
 /// run with `--nocapture` to see it.
 #[test]
 fn ensure_on_existing_table_cost() {
-    let ns = TestNs::new();
+    let ns = up_ns();
     let pods = [net("10.90.1.0/24"), net("fd90::/64")];
     let cluster = [net("10.90.0.0/16")];
     let (create, per_call) = ns.enter(|| {

@@ -1,22 +1,17 @@
 //! Addresses and routes against the real kernel, in throwaway namespaces (run as root).
 
-mod netlink_common;
+mod common;
 
-use ipnetwork::IpNetwork;
-use netlink_common::{TestNs, first};
+use common::{TestNs, first, net};
 use twill::netlink::{
     AddrOptions, BridgeSpec, Broadcast, Family, Netlink, RouteFilter, RouteSpec, TWILL_PROTO,
     rt_table,
 };
 
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
-}
-
 /// A namespace with an up bridge `twbr0` (a link that can carry addresses and routes).
 fn setup() -> (TestNs, Netlink, u32) {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     let (br, _) = nl
         .ensure_bridge(&BridgeSpec {
             name: "twbr0",

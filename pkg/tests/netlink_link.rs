@@ -1,14 +1,14 @@
 //! Links against the real kernel, in throwaway namespaces (run as root).
 
-mod netlink_common;
+mod common;
 
-use netlink_common::{TestNs, first};
+use common::{TestNs, first};
 use twill::netlink::{BridgeSpec, MacAddr, Netlink, VethSpec, VxlanSpec};
 
 #[test]
 fn bridge_create_exists_and_lookup() {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     let mac: MacAddr = "02:00:00:aa:bb:01".parse().unwrap();
     let spec = BridgeSpec {
         name: "twbr0",
@@ -174,7 +174,7 @@ fn veth_peer_in_other_netns_with_master_up_and_hairpin() {
 #[test]
 fn vxlan_create_and_read_back() {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     let lo = nl.link_by_name("lo").unwrap().unwrap();
     let spec = VxlanSpec {
         name: "twvx0",
@@ -208,7 +208,7 @@ fn vxlan_create_and_read_back() {
 #[test]
 fn kernel_error_text_and_invalid_names() {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     nl.create_bridge(&BridgeSpec {
         name: "twbr0",
         ..Default::default()

@@ -1,8 +1,8 @@
 //! Neighbours and FDB entries on a vxlan device, against the real kernel (run as root).
 
-mod netlink_common;
+mod common;
 
-use netlink_common::TestNs;
+use common::TestNs;
 use twill::netlink::{
     BridgeSpec, Family, FdbEntry, MacAddr, NeighbourSpec, Netlink, VxlanSpec, nud,
 };
@@ -13,7 +13,7 @@ fn mac(s: &str) -> MacAddr {
 
 fn vxlan_ns() -> (TestNs, Netlink, u32) {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     let lo = nl.link_by_name("lo").unwrap().unwrap();
     nl.set_link_up(lo.index, true).unwrap();
     nl.create_vxlan(&VxlanSpec {
@@ -177,7 +177,7 @@ fn fdb_add_append_replace_delete_on_vxlan() {
 #[test]
 fn fdb_master_entries_on_bridge_port() {
     let ns = TestNs::new();
-    let mut nl = Netlink::new_in(&ns.open()).unwrap();
+    let mut nl = ns.netlink();
     let (br, _) = nl
         .ensure_bridge(&BridgeSpec {
             name: "twbr0",

@@ -1,8 +1,8 @@
 //! Netns against the real kernel: run/is_current/cookie, sockets bound to a namespace.
 
-mod netlink_common;
+mod common;
 
-use netlink_common::TestNs;
+use common::TestNs;
 use twill::netlink::Netlink;
 use twill::netns::Netns;
 

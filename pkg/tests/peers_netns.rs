@@ -3,13 +3,12 @@
 //! removed peers' routes go, an unchanged view costs no netlink call, concurrent reconciles
 //! converge.
 
-use ipnetwork::IpNetwork;
-use serde_json::Value;
+mod common;
+
+use common::{TestNs, net, sh};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::time::Instant;
 use twill::netlink::{Netlink, TWILL_PROTO};
 use twill::netns::Netns;
@@ -18,46 +17,37 @@ use twill::peers::{
     reconcile, verify,
 };
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A "node": its own namespace `tw-peers-<pid>-<n>` with an underlay veth (192.168.77.1/24,
-/// fd77::1/64) whose other end sits in a second namespace; a run dir of its own.
+/// A "node": its own namespace with an underlay veth (192.168.77.1/24, fd77::1/64) whose other
+/// end sits in a second namespace; a run dir of its own.
 struct Node {
-    name: String,
-    other: String,
+    ns: TestNs,
+    other: TestNs,
     run_dir: PathBuf,
 }
 
 impl Node {
     fn new() -> Node {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        let node = Node {
-            name: format!("tw-peers-{pid}-{n}"),
-            other: format!("tw-peers-{pid}-{n}x"),
-            run_dir: std::env::temp_dir().join(format!("tw-peers-{pid}-{n}-run")),
-        };
-        sh(&["ip", "netns", "add", &node.name]);
-        sh(&["ip", "netns", "add", &node.other]);
+        let ns = TestNs::new();
+        let other = TestNs::new();
+        let run_dir = std::env::temp_dir().join(format!("{}-run", ns.name));
+        let node = Node { ns, other, run_dir };
         node.ip(&[
             "link", "add", "under0", "type", "veth", "peer", "name", "under1",
         ]);
-        node.ip(&["link", "set", "under1", "netns", &node.other]);
+        node.ip(&["link", "set", "under1", "netns", &node.other.name]);
         node.ip(&["link", "set", "under0", "up"]);
         node.ip(&["addr", "add", "192.168.77.1/24", "dev", "under0"]);
         node.ip(&["addr", "add", "fd77::1/64", "dev", "under0", "nodad"]);
         node
     }
     fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
+        self.ns.ip(args)
     }
     fn netns(&self) -> Netns {
-        Netns::open(Path::new(&format!("/run/netns/{}", self.name))).unwrap()
+        self.ns.open()
     }
     fn netlink(&self) -> Netlink {
-        Netlink::new_in(&self.netns()).unwrap()
+        self.ns.netlink()
     }
     fn state(&self, network: &str) -> StateFile {
         StateFile::new(&self.run_dir, network, self.netns().cookie().unwrap()).unwrap()
@@ -66,8 +56,7 @@ impl Node {
     fn routes(&self) -> BTreeSet<(String, String, String)> {
         let mut out = BTreeSet::new();
         for fam in ["-4", "-6"] {
-            let text = self.ip(&["-j", fam, "route", "show", "table", "main"]);
-            let v: Value = serde_json::from_str(&text).unwrap();
+            let v = self.ns.ip_json(&[fam, "route", "show", "table", "main"]);
             for r in v.as_array().unwrap() {
                 let s = |k: &str| r.get(k).map(|x| x.as_str().unwrap_or("").to_string());
                 out.insert((
@@ -92,36 +81,17 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
         // Whatever the test did stays in its namespaces: the root table has none of it.
         // (Read only; skipped while unwinding so the first failure is the one reported.)
+        // The namespaces themselves go when the `TestNs` fields drop, even if this panics.
         if !std::thread::panicking() {
             let out = sh(&["ip", "route", "show", "table", "main"]);
             for d in ["10.244.", "10.200.", "10.66.0.0", "fd10:0:0:2::"] {
                 assert!(!out.contains(d), "{d} in the root namespace: {out}");
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.other])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.run_dir);
     }
-}
-
-fn sh(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
 }
 
 fn peer(node: &str, cidr: &str) -> Peer {

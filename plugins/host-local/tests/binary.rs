@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// A network namespace, a data directory and an owner index directory for one test, removed
 /// on drop.
@@ -58,14 +58,7 @@ impl Fixture {
                 .env("CNI_IFNAME", ifname)
                 .env("CNI_NETNS", format!("/run/netns/{}", self.netns));
         }
-        let mut child = cmd.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_stdin(&mut cmd, conf);
         let v = if out.stdout.is_empty() {
             Value::Null
         } else {
@@ -101,6 +94,18 @@ impl Drop for Fixture {
             .args(["netns", "del", &self.netns])
             .status();
     }
+}
+
+/// Spawns `cmd` (stdin piped), writes `conf` to its stdin, closes it and waits for the output.
+fn run_with_stdin(cmd: &mut Command, conf: &Value) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -241,24 +246,18 @@ fn reference(f: &Fixture, command: &str, id: &str, conf: &Value) -> Option<Value
         eprintln!("{REFERENCE} not installed: skipping the reference part");
         return None;
     }
-    let mut child = Command::new(REFERENCE)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", format!("/run/netns/{}", f.netns))
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new(REFERENCE)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", format!("/run/netns/{}", f.netns))
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+        conf,
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -654,12 +654,9 @@ fn runtime_ip_ranges_capability() {
 
 const REFERENCE: &str = "/usr/lib/cni/host-local";
 
-/// Runs the reference host-local (if installed) with `conf` on stdin.
-fn reference(command: &str, id: &str, conf: &Value) -> Option<std::process::Output> {
-    if !Path::new(REFERENCE).exists() {
-        eprintln!("{REFERENCE} not installed: skipping the interop part");
-        return None;
-    }
+/// Starts the reference host-local with `conf` written to its stdin (closed); output piped.
+fn spawn_reference(command: &str, id: &str, conf: &Value) -> std::process::Child {
+    use std::io::Write;
     let mut child = std::process::Command::new(REFERENCE)
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
@@ -671,14 +668,26 @@ fn reference(command: &str, id: &str, conf: &Value) -> Option<std::process::Outp
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     child
         .stdin
         .take()
         .unwrap()
         .write_all(conf.to_string().as_bytes())
         .unwrap();
-    Some(child.wait_with_output().unwrap())
+    child
+}
+
+/// Runs the reference host-local (if installed) with `conf` on stdin.
+fn reference(command: &str, id: &str, conf: &Value) -> Option<std::process::Output> {
+    if !Path::new(REFERENCE).exists() {
+        eprintln!("{REFERENCE} not installed: skipping the interop part");
+        return None;
+    }
+    Some(
+        spawn_reference(command, id, conf)
+            .wait_with_output()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -725,25 +734,7 @@ fn interop_with_reference_binary() {
 
     // both lock the same file: the reference blocks while twill holds the lock
     let store = Store::open(&net(&d), false, None).unwrap().unwrap();
-    let mut child = std::process::Command::new(REFERENCE)
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "blocked")
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-    }
+    let mut child = spawn_reference("ADD", "blocked", &conf);
     // the kernel lists a blocked flock waiter as "-> FLOCK ... <dev>:<inode> ..." in /proc/locks
     let ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(net(&d).join("lock")).unwrap());
     let needle = format!(":{ino} ");

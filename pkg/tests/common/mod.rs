@@ -1,5 +1,6 @@
-//! Shared helpers of the bridge/veth integration tests: throwaway namespaces (`tw-br-<pid>-<n>`,
-//! removed on drop, also on panic) and `ip -j` / sysctl queries inside them.
+//! Helpers shared by every kernel integration test in `pkg/tests`: throwaway network namespaces
+//! (`tw-<test>-<pid>-<n>`, deleted on drop, also on panic), commands and `ip -j` / sysctl / nft
+//! queries inside them. Included with `mod common;` from each test file.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -7,72 +8,71 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use ipnetwork::IpNetwork;
 use serde_json::Value;
 use twill::netlink::Netlink;
 use twill::netns::Netns;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A network namespace made with `ip netns add tw-br-<pid>-<n>`, deleted on drop.
+/// A network namespace made with `ip netns add tw-<test>-<pid>-<n>` (`<test>` is the test file's
+/// name, `<n>` counts within the process), deleted on drop.
 pub struct TestNs {
     pub name: String,
 }
 
 impl TestNs {
+    /// A fresh namespace, unique per test file, process and call.
     pub fn new() -> TestNs {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("tw-br-{}-{n}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip");
-        assert!(st.success(), "ip netns add {name}");
+        let name = format!("tw-{}-{}-{n}", env!("CARGO_CRATE_NAME"), std::process::id());
+        sh(&["ip", "netns", "add", &name]);
         TestNs { name }
     }
 
+    /// `/run/netns/NAME`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}", self.name))
     }
 
+    /// A handle on the namespace.
     pub fn open(&self) -> Netns {
         Netns::open(&self.path()).expect("open test netns")
     }
 
+    /// A netlink client bound to the namespace.
     pub fn netlink(&self) -> Netlink {
         Netlink::new_in(&self.open()).expect("netlink in test netns")
     }
 
+    /// Runs `f` with this thread inside the namespace, then returns to where it was.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.open().run(f).expect("enter test netns")
+    }
+
+    /// Runs a command inside the namespace (`nsenter --net=PATH CMD...`), asserting success;
+    /// its stdout.
+    pub fn run(&self, cmd: &[&str]) -> String {
+        let net = format!("--net={}", self.path().display());
+        let mut full = vec!["nsenter", net.as_str()];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
     /// `ip -j -n NS ARGS...` parsed as JSON (an empty output is an empty array).
     pub fn ip_json(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["-j", "-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s = String::from_utf8_lossy(&out.stdout);
+        let s = self.ip(&[&["-j"], args].concat());
         if s.trim().is_empty() {
             return Value::Array(vec![]);
         }
         serde_json::from_str(&s).unwrap_or_else(|e| panic!("ip {args:?} json: {e}: {s}"))
     }
 
-    /// `ip -n NS ARGS...`, asserting success.
-    pub fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// `ip -n NS ARGS...`, asserting success; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh(&full)
     }
 
     /// The `ip -j -d link show dev NAME` object.
@@ -92,10 +92,7 @@ impl TestNs {
 
     /// A sysctl read inside the namespace (path form, e.g. `net/ipv4/ip_forward`).
     pub fn sysctl(&self, key: &str) -> String {
-        self.open()
-            .run(|| twill::sysctl::get(key))
-            .unwrap()
-            .unwrap()
+        self.enter(|| twill::sysctl::get(key)).unwrap()
     }
 
     /// Pings `dst` from inside the namespace (2 packets, 1 s timeout each): true on a reply.
@@ -110,6 +107,13 @@ impl TestNs {
             .status
             .success()
     }
+
+    /// Every object of `nft -j list ruleset` inside the namespace.
+    pub fn ruleset_json(&self) -> Vec<Value> {
+        let out = self.run(&["nft", "-j", "list", "ruleset"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["nftables"].as_array().unwrap().clone()
+    }
 }
 
 impl Drop for TestNs {
@@ -120,11 +124,30 @@ impl Drop for TestNs {
     }
 }
 
+/// Runs `cmd[0]` with the rest as arguments, asserting success; its stdout.
+pub fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The first element of an `ip -j ...` answer.
 pub fn first(v: &Value) -> &Value {
     v.as_array()
         .and_then(|a| a.first())
         .unwrap_or_else(|| panic!("empty ip answer: {v}"))
+}
+
+/// A network from its text form.
+pub fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
 }
 
 /// Polls `cond` every 10 ms for at most 2 s (kernel work that completes asynchronously, e.g.
