@@ -101,6 +101,12 @@ pub struct HostEnd {
     pub name: String,
     /// Its MAC (chosen here, so it need not be read back).
     pub mac: MacAddr,
+    /// Its ifindex in the node netns, as the kernel echoed the creation (None if it did not).
+    pub index: Option<u32>,
+    /// The pod end's ifindex in the pod netns, from the same echo (None if not echoed).
+    pub pod_index: Option<u32>,
+    /// The pod end's MAC (`spec.pod_mac`, else chosen here).
+    pub pod_mac: MacAddr,
 }
 
 /// Why [`create`] failed.
@@ -144,13 +150,15 @@ impl From<CreateError> for Error {
 }
 
 /// Creates the pair in one RTM_NEWLINK on the node socket `nl`: the host end up, with MTU,
-/// MAC and bridge master; the pod end (down) directly in `spec.pod_ns` as `spec.ifname`.
+/// MAC and bridge master; the pod end (down, MAC chosen here) directly in `spec.pod_ns` as
+/// `spec.ifname`. The request asks for an echo, which tells both ifindexes (no lookups later).
 ///
 /// Nothing is left behind on failure. A name clash says which name (one extra lookup, on the
 /// error path only).
 pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateError> {
     let name = host_ifname(spec.container_id, spec.ifname);
     let mac = random_mac();
+    let pod_mac = spec.pod_mac.unwrap_or_else(random_mac);
     let veth = VethSpec {
         name: &name,
         mtu: Some(spec.mtu),
@@ -160,10 +168,16 @@ pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateEr
         peer_name: spec.ifname,
         peer_netns: Some(spec.pod_ns.as_fd()),
         peer_mtu: Some(spec.mtu),
-        peer_mac: spec.pod_mac,
+        peer_mac: Some(pod_mac),
     };
-    match nl.create_veth(&veth) {
-        Ok(()) => Ok(HostEnd { name, mac }),
+    match nl.create_veth_echo(&veth) {
+        Ok(echo) => Ok(HostEnd {
+            name,
+            mac,
+            index: echo.as_ref().map(|l| l.index),
+            pod_index: echo.and_then(|l| l.link),
+            pod_mac,
+        }),
         Err(e) if e.is_exists() => {
             if nl.link_by_name(&name)?.is_some() {
                 Err(CreateError::AttachmentExists {
@@ -217,17 +231,60 @@ pub fn configure_pod(
     addrs: &[IpNetwork],
     routes: &[RouteSpec],
 ) -> Result<PodEnd> {
+    configure_pod_of(node, pod_ns, ifname, None, addrs, routes)
+}
+
+/// [`configure_pod`] for the pair `host` [`create`]d: when the kernel echoed both ifindexes,
+/// the pod end is not looked up (one round trip less); otherwise exactly [`configure_pod`].
+pub fn configure_created_pod(
+    node: &mut Netlink,
+    pod_ns: &Netns,
+    ifname: &str,
+    host: &HostEnd,
+    addrs: &[IpNetwork],
+    routes: &[RouteSpec],
+) -> Result<PodEnd> {
+    let known = match (host.pod_index, host.index) {
+        (Some(pod), Some(peer)) => Some(PodEnd {
+            index: pod,
+            mac: Some(host.pod_mac),
+            peer_index: Some(peer),
+        }),
+        _ => None,
+    };
+    configure_pod_of(node, pod_ns, ifname, known, addrs, routes)
+}
+
+fn configure_pod_of(
+    node: &mut Netlink,
+    pod_ns: &Netns,
+    ifname: &str,
+    known: Option<PodEnd>,
+    addrs: &[IpNetwork],
+    routes: &[RouteSpec],
+) -> Result<PodEnd> {
     pod_ns.run(|| -> Result<PodEnd> {
         let mut nl = Netlink::new()?;
-        let link = nl.link_by_name(ifname)?.ok_or_else(|| {
-            Error::new(
-                code::NETLINK,
-                format!(
-                    "interface {ifname:?} vanished from netns {} right after it was created",
-                    pod_ns.path().display()
-                ),
-            )
-        })?;
+        let link = match known {
+            Some(k) => k,
+            None => nl
+                .link_by_name(ifname)?
+                .map(|l| PodEnd {
+                    index: l.index,
+                    mac: l.mac,
+                    peer_index: l.link,
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        code::NETLINK,
+                        format!(
+                            "interface {ifname:?} vanished from netns {} right after it was \
+                             created",
+                            pod_ns.path().display()
+                        ),
+                    )
+                })?,
+        };
         let v4 = addrs.iter().any(IpNetwork::is_ipv4);
         if addrs.iter().any(IpNetwork::is_ipv6) {
             // Harmless when already 0; the file is missing only when IPv6 is off in the kernel,
@@ -242,7 +299,7 @@ pub fn configure_pod(
             nl.add_address(link.index, *a, &opts)?;
         }
         nl.set_link_up(link.index, true)?;
-        if v4 && let (Some(peer), Some(mac)) = (link.link, link.mac) {
+        if v4 && let (Some(peer), Some(mac)) = (link.peer_index, link.mac) {
             node.link_by_index(peer)?;
             sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
             nl.set_mac(link.index, mac)?;
@@ -252,11 +309,7 @@ pub fn configure_pod(
             r.oif = Some(link.index);
             nl.append_route(&r)?;
         }
-        Ok(PodEnd {
-            index: link.index,
-            mac: link.mac,
-            peer_index: link.link,
-        })
+        Ok(link)
     })?
 }
 

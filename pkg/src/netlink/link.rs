@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -338,6 +338,17 @@ impl Netlink {
     /// the peer directly in `peer_netns` under its final name, with MTUs, MACs, and this
     /// end's master and up state applied at creation (the peer stays down, see [`VethSpec`]). Either name existing gives an `is_exists` error.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> NlResult<()> {
+        self.new_veth(spec, 0).map(drop)
+    }
+
+    /// [`Netlink::create_veth`] with NLM_F_ECHO: also returns this end as the kernel reports
+    /// it right after creation (its ifindex, and in `link` the peer's ifindex in the peer's
+    /// namespace), so neither end needs a lookup. None when the kernel echoes nothing.
+    pub fn create_veth_echo(&mut self, spec: &VethSpec<'_>) -> NlResult<Option<Link>> {
+        self.new_veth(spec, NLM_F_ECHO)
+    }
+
+    fn new_veth(&mut self, spec: &VethSpec<'_>, extra: u16) -> NlResult<Option<Link>> {
         let op = || format!("create veth {:?} with peer {:?}", spec.name, spec.peer_name);
         validate_ifname(spec.name).map_err(|e| e.with_op(op))?;
         validate_ifname(spec.peer_name).map_err(|e| e.with_op(op))?;
@@ -360,9 +371,24 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
+        let mut echoed: Option<Link> = None;
         self.sock
-            .ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
-            .map_err(|e| e.with_op(op))
+            .request(
+                RouteNetlinkMessage::NewLink(m),
+                NLM_F_CREATE | NLM_F_EXCL | extra,
+                &mut |ty, p| {
+                    // Every notification of the creation is echoed; the last one is the newest
+                    // state. Only this end's (by name) counts.
+                    if ty == RTM_NEWLINK
+                        && let Some(l) = parse_link(p).filter(|l| l.name == spec.name)
+                    {
+                        echoed = Some(l);
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(|e| e.with_op(op))?;
+        Ok(echoed)
     }
 
     /// Creates a vxlan device (NLM_F_EXCL; `is_exists` on a name clash).

@@ -59,7 +59,8 @@ impl Plugin for BridgeHostGw {
         }
 
         let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, net.is_default_gateway);
-        let pod = veth::configure_pod(&mut node, &pod_ns, &args.ifname, &addrs, &routes)?;
+        let pod =
+            veth::configure_created_pod(&mut node, &pod_ns, &args.ifname, &host, &addrs, &routes)?;
         bridge::settle_carrier(&mut node, &br)?;
         if net.hairpin {
             let port = host_index(&mut node, &pod, &host)?;
