@@ -1,8 +1,8 @@
 //! The node's bridge: made on first use (MTU, fixed MAC, no IPv6 DAD, up), its gateway
 //! addresses, and hairpin mode on its ports.
 //!
-//! Hot path (bridge and gateway already there): one RTM_GETLINK and one RTM_NEWADDR per
-//! gateway answered with EEXIST; no dumps.
+//! Hot path (bridge and gateway already there): one RTM_GETLINK and one address dump per
+//! gateway (served without the RTNL lock); no change requests.
 
 use std::net::IpAddr;
 
@@ -130,33 +130,40 @@ pub fn settle_carrier(nl: &mut Netlink, br: &Bridge) -> Result<()> {
 
 /// Puts gateway address `gw` (gateway/prefix of the pod subnet) on the bridge.
 ///
-/// Already there: one RTM_NEWADDR answered with EEXIST. Newly added to a bridge that existed
-/// before: its addresses of that family are listed, and any *other* address that conflicts
-/// (IPv4: any; IPv6: one whose subnet overlaps `gw`'s) is an error, code 104, unless `force`,
-/// which replaces them. IPv6 gateways skip DAD so pods can use them at once.
+/// On a bridge made by this call: one RTM_NEWADDR. On a bridge that existed before: its
+/// addresses of that family are listed first (an address dump, which the kernel serves without
+/// the RTNL lock): already there, nothing else is sent. Missing: any *other* address that
+/// conflicts (IPv4: any; IPv6: one whose subnet overlaps `gw`'s) is an error, code 104, unless
+/// `force`, which replaces them; then `gw` is added (a concurrent adder's EEXIST is fine).
+/// IPv6 gateways skip DAD so pods can use them at once.
 pub fn ensure_gateway(nl: &mut Netlink, br: &Bridge, gw: IpNetwork, force: bool) -> Result<()> {
     let opts = AddrOptions {
         nodad: true,
         ..Default::default()
     };
-    match nl.add_address(br.index, gw, &opts) {
-        Err(e) if e.is_exists() => return Ok(()),
-        Err(e) => return Err(e.into()),
-        Ok(()) if br.created => return Ok(()),
-        Ok(()) => {}
+    let add = |nl: &mut Netlink| match nl.add_address(br.index, gw, &opts) {
+        Err(e) if !e.is_exists() => Err(Error::from(e)),
+        _ => Ok(()),
+    };
+    if br.created {
+        return add(nl);
     }
-    let family = Family::of(&gw.ip());
-    let conflicts: Vec<IpNetwork> = nl
-        .addresses(Some(br.index), Some(family))?
+    let have: Vec<IpNetwork> = nl
+        .addresses(Some(br.index), Some(Family::of(&gw.ip())))?
         .iter()
         .map(|a| a.network())
-        .filter(|a| *a != gw && conflicts_with(a, &gw))
         .collect();
-    if conflicts.is_empty() {
+    if have.contains(&gw) {
         return Ok(());
     }
+    let conflicts: Vec<IpNetwork> = have
+        .into_iter()
+        .filter(|a| conflicts_with(a, &gw))
+        .collect();
+    if conflicts.is_empty() {
+        return add(nl);
+    }
     if !force {
-        let _ = nl.delete_address(br.index, gw);
         let list: Vec<String> = conflicts.iter().map(|c| c.to_string()).collect();
         return Err(Error::new(
             code::CONFLICT,
@@ -174,7 +181,6 @@ pub fn ensure_gateway(nl: &mut Netlink, br: &Bridge, gw: IpNetwork, force: bool)
             _ => {}
         }
     }
-    // Removing a primary IPv4 address may have taken ours (a secondary) with it.
     nl.replace_address(br.index, gw, &opts)?;
     Ok(())
 }
