@@ -188,6 +188,15 @@ fn set_mtu_mac(m: &mut LinkMessage, mtu: Option<u32>, mac: Option<MacAddr>) {
     }
 }
 
+/// One TX and one RX queue, asked for at creation. A veth is otherwise allocated one queue
+/// pair per possible CPU and then cut down to one active queue each way, and that cut waits for
+/// an RCU grace period per end while the RTNL lock is held (serializing concurrent ADDs).
+/// One active queue is what the kernel leaves anyway, so traffic behaves the same.
+fn single_queue(m: &mut LinkMessage) {
+    m.attributes.push(LinkAttribute::NumTxQueues(1));
+    m.attributes.push(LinkAttribute::NumRxQueues(1));
+}
+
 /// Decodes an RTM_NEWLINK payload.
 pub(crate) fn parse_link(p: &[u8]) -> Option<Link> {
     if p.len() < IFINFOMSG_LEN {
@@ -335,8 +344,9 @@ impl Netlink {
     }
 
     /// Creates a veth pair in one request (NLM_F_EXCL): this end in the socket's namespace,
-    /// the peer directly in `peer_netns` under its final name, with MTUs, MACs, and this
-    /// end's master and up state applied at creation (the peer stays down, see [`VethSpec`]). Either name existing gives an `is_exists` error.
+    /// the peer directly in `peer_netns` under its final name, with MTUs, MACs, one queue each
+    /// way per end, and this end's master and up state applied at creation (the peer stays
+    /// down, see [`VethSpec`]). Either name existing gives an `is_exists` error.
     pub fn create_veth(&mut self, spec: &VethSpec<'_>) -> NlResult<()> {
         self.new_veth(spec, 0).map(drop)
     }
@@ -356,6 +366,7 @@ impl Netlink {
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.to_string()));
         set_mtu_mac(&mut peer, spec.peer_mtu, spec.peer_mac);
+        single_queue(&mut peer);
         if let Some(fd) = spec.peer_netns {
             peer.attributes.push(LinkAttribute::NetNsFd(fd.as_raw_fd()));
         }
@@ -364,6 +375,7 @@ impl Netlink {
         m.attributes
             .push(LinkAttribute::IfName(spec.name.to_string()));
         set_mtu_mac(&mut m, spec.mtu, spec.mac);
+        single_queue(&mut m);
         if let Some(master) = spec.master {
             m.attributes.push(LinkAttribute::Controller(master));
         }
