@@ -175,7 +175,7 @@ pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateEr
             name,
             mac,
             index: echo.as_ref().map(|l| l.index),
-            pod_index: echo.and_then(|l| l.link),
+            pod_index: echo.and_then(|l| l.link).filter(|&i| i != 0),
             pod_mac,
         }),
         Err(e) if e.is_exists() => {
