@@ -1057,42 +1057,7 @@ fn interchange_concurrent_mixed_allocation() {
         .map(|i| format!("mix-{i}-{}", std::process::id()))
         .collect();
     let bins = [ours(), reference()];
-    let next = AtomicUsize::new(0);
-    let got: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= N {
-                        break;
-                    }
-                    let out = env.call(&bins[i % 2], "ADD", &ids[i], &conf).run();
-                    match out
-                        .stdout_json
-                        .as_ref()
-                        .filter(|_| out.success())
-                        .map(result_ips)
-                    {
-                        Some(ips) if ips.len() == 1 => got
-                            .lock()
-                            .expect("lock")
-                            .push((ids[i].clone(), ips[0].to_string())),
-                        _ => failures.lock().expect("lock").push(out.to_string()),
-                    }
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().expect("lock");
-    assert!(
-        failures.is_empty(),
-        "{} ADDs failed, first:\n{}",
-        failures.len(),
-        failures[0]
-    );
-    let got = got.into_inner().expect("lock");
+    let got = parallel_adds(&env, &conf, &ids, 8, |i| &bins[i % 2]);
     let distinct: BTreeSet<&str> = got.iter().map(|(_, ip)| ip.as_str()).collect();
     assert_eq!(distinct.len(), N, "one address handed out twice");
     let files = env.reservations();
@@ -1197,31 +1162,28 @@ fn interchange_gc_by_reference_when_it_supports_it() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Concurrency
-// ---------------------------------------------------------------------------------------------
-
-#[test]
-fn two_hundred_parallel_adds_then_dels() {
-    const N: usize = 200;
-    const THREADS: usize = 16;
-    let env = Env::new();
-    let conf = env.conf4("10.80.0.0/24");
-    let ids: Vec<String> = (0..N)
-        .map(|i| format!("par-{i}-{}", std::process::id()))
-        .collect();
+/// Runs one ADD per container ID from `threads` workers sharing a counter (`bin_for(i)` picks
+/// the binary for the i-th ID); asserts every ADD succeeded with one address and returns
+/// (container ID, address) pairs.
+fn parallel_adds<'a>(
+    env: &Env,
+    conf: &Value,
+    ids: &[String],
+    threads: usize,
+    bin_for: impl Fn(usize) -> &'a PathBuf + Sync,
+) -> Vec<(String, String)> {
     let next = AtomicUsize::new(0);
     let got: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..THREADS {
+        for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= N {
+                    if i >= ids.len() {
                         break;
                     }
-                    let out = env.call(&ours(), "ADD", &ids[i], &conf).run();
+                    let out = env.call(bin_for(i), "ADD", &ids[i], conf).run();
                     match out
                         .stdout_json
                         .as_ref()
@@ -1245,7 +1207,24 @@ fn two_hundred_parallel_adds_then_dels() {
         failures.len(),
         failures[0]
     );
-    let got = got.into_inner().expect("lock");
+    got.into_inner().expect("lock")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn two_hundred_parallel_adds_then_dels() {
+    const N: usize = 200;
+    const THREADS: usize = 16;
+    let env = Env::new();
+    let conf = env.conf4("10.80.0.0/24");
+    let ids: Vec<String> = (0..N)
+        .map(|i| format!("par-{i}-{}", std::process::id()))
+        .collect();
+    let bin = ours();
+    let got = parallel_adds(&env, &conf, &ids, THREADS, |_| &bin);
     let distinct: BTreeSet<&str> = got.iter().map(|(_, ip)| ip.as_str()).collect();
     assert_eq!(distinct.len(), N, "duplicate addresses handed out");
     let files = env.reservations();
