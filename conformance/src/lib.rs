@@ -56,3 +56,39 @@ pub fn unique_name(tag: &str) -> String {
         format!("twc-{}-{n}-{tag}", std::process::id())
     }
 }
+
+/// Defines one `#[test]` per CNI version (`version_0_1_0` ... `version_1_1_0`), each calling
+/// `$f("<version>")`: `conformance::per_cni_version!(version_matrix);` in a suite.
+#[macro_export]
+macro_rules! per_cni_version {
+    ($f:ident) => {
+        #[test]
+        fn version_0_1_0() {
+            $f("0.1.0");
+        }
+        #[test]
+        fn version_0_2_0() {
+            $f("0.2.0");
+        }
+        #[test]
+        fn version_0_3_0() {
+            $f("0.3.0");
+        }
+        #[test]
+        fn version_0_3_1() {
+            $f("0.3.1");
+        }
+        #[test]
+        fn version_0_4_0() {
+            $f("0.4.0");
+        }
+        #[test]
+        fn version_1_0_0() {
+            $f("1.0.0");
+        }
+        #[test]
+        fn version_1_1_0() {
+            $f("1.1.0");
+        }
+    };
+}

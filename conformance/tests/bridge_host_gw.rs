@@ -850,21 +850,7 @@ fn version_matrix(v: &str) {
     pod.run("DEL").assert_ok_empty();
 }
 
-macro_rules! version_tests {
-    ($($name:ident => $v:literal),* $(,)?) => {
-        $(#[test] fn $name() { version_matrix($v); })*
-    };
-}
-
-version_tests! {
-    version_0_1_0 => "0.1.0",
-    version_0_2_0 => "0.2.0",
-    version_0_3_0 => "0.3.0",
-    version_0_3_1 => "0.3.1",
-    version_0_4_0 => "0.4.0",
-    version_1_0_0 => "1.0.0",
-    version_1_1_0 => "1.1.0",
-}
+conformance::per_cni_version!(version_matrix);
 
 #[test]
 fn version_lists_every_version() {
