@@ -1,23 +1,20 @@
 //! twill: the shared library of the twill CNI plugins.
 //!
-//! Plugins are thin `main`s; the mechanisms live here, one module per concern:
-//! CNI types and versions, the skeleton that talks to the runtime, IPAM, netlink, netns, sysctl.
+//! Plugins are thin `main`s; the mechanisms live here, grouped by layer:
+//! - [`cni`]: the protocol (skeleton, types, versions, args, errors);
+//! - [`kernel`]: netlink, network namespaces, sysctls;
+//! - [`pod`]: wiring one pod (veth, bridge);
+//! - [`node`]: the node's shared state (cluster view, reconcile, masquerade);
+//! - [`flannel`]: flannel's subnet file;
+//! - [`ipam`]: host-local in-process, any other IPAM exec'd.
 
-pub mod args;
-pub mod bridge;
-pub mod error;
+pub mod cni;
+pub mod flannel;
 pub mod ipam;
-pub mod masq;
-pub mod netlink;
-pub mod netns;
-pub mod peers;
-pub mod skeleton;
-pub mod subnet_file;
-pub mod sysctl;
-pub mod types;
-pub mod version;
-pub mod veth;
+pub mod kernel;
+pub mod node;
+pub mod pod;
 
-pub use error::{Error, Result, ResultExt, code};
-pub use skeleton::{CmdArgs, Command, Plugin};
-pub use types::{CniResult, Dns, Interface, IpConfig, NetConf, Route};
+pub use cni::error::{self, Error, Result, ResultExt, code};
+pub use cni::skeleton::{CmdArgs, Command, Plugin};
+pub use cni::types::{CniResult, Dns, Interface, IpConfig, NetConf, Route};

@@ -1,11 +1,11 @@
-//! twill::bridge against the real kernel, in throwaway namespaces (run as root).
+//! twill::pod::bridge against the real kernel, in throwaway namespaces (run as root).
 
 mod common;
 
 use common::{TestNs, net};
-use twill::bridge;
 use twill::code;
-use twill::netlink::{MacAddr, Netlink};
+use twill::kernel::netlink::{MacAddr, Netlink};
+use twill::pod::bridge;
 
 #[test]
 fn ensure_creates_up_with_mtu_and_a_mac_that_ignores_ports() {
@@ -113,7 +113,7 @@ fn concurrent_creators_share_one_bridge() {
         .map(|_| {
             let path = path.clone();
             std::thread::spawn(move || {
-                let ns = twill::netns::Netns::open(&path).unwrap();
+                let ns = twill::kernel::netns::Netns::open(&path).unwrap();
                 let mut nl = Netlink::new_in(&ns).unwrap();
                 bridge::ensure(&mut nl, "twbr0", 1500).unwrap()
             })
@@ -197,7 +197,7 @@ fn forced_gateway_survives_removal_of_the_old_primary() {
     // removing the old primary must not take the new address with it.
     let ns = TestNs::new();
     ns.open()
-        .run(|| twill::sysctl::set("net/ipv4/conf/all/promote_secondaries", "0"))
+        .run(|| twill::kernel::sysctl::set("net/ipv4/conf/all/promote_secondaries", "0"))
         .unwrap()
         .unwrap();
     let mut nl = ns.netlink();
@@ -235,8 +235,8 @@ fn forwarding_is_turned_on_only_where_asked() {
     let ns = TestNs::new();
     let n = ns.open();
     n.run(|| {
-        twill::sysctl::set("net/ipv4/ip_forward", "0").unwrap();
-        twill::sysctl::set("net/ipv6/conf/all/forwarding", "0").unwrap();
+        twill::kernel::sysctl::set("net/ipv4/ip_forward", "0").unwrap();
+        twill::kernel::sysctl::set("net/ipv6/conf/all/forwarding", "0").unwrap();
     })
     .unwrap();
     n.run(|| bridge::enable_forwarding(true, false))
@@ -252,7 +252,7 @@ fn forwarding_is_turned_on_only_where_asked() {
 
 #[test]
 fn random_macs_differ() {
-    let a: MacAddr = twill::veth::random_mac();
-    let b: MacAddr = twill::veth::random_mac();
+    let a: MacAddr = twill::pod::veth::random_mac();
+    let b: MacAddr = twill::pod::veth::random_mac();
     assert_ne!(a, b);
 }

@@ -1,13 +1,14 @@
-//! twill::veth against the real kernel: a "node" netns with a bridge and "pod" netns (root).
+//! twill::pod::veth against the real kernel: a "node" netns with a bridge and "pod" netns (root).
 
 mod common;
 
 use common::{TestNs, eventually, first, net};
 use ipnetwork::IpNetwork;
-use twill::netlink::{MacAddr, Netlink, RouteSpec};
-use twill::types::{Attachment, CniResult, Interface, IpConfig, Route};
-use twill::veth::{self, CreateError, PairSpec};
-use twill::{bridge, code};
+use twill::cni::types::{Attachment, CniResult, Interface, IpConfig, Route};
+use twill::code;
+use twill::kernel::netlink::{MacAddr, Netlink, RouteSpec};
+use twill::pod::bridge;
+use twill::pod::veth::{self, CreateError, PairSpec};
 
 /// A node netns with bridge `twbr0` (10.1.0.1/24, fd00:1::1/64) and its netlink socket.
 struct Node {

@@ -1,4 +1,4 @@
-//! twill::masq against real network namespaces: the table exists once, with the right content,
+//! twill::node::masq against real network namespaces: the table exists once, with the right content,
 //! in the test namespace only; it masquerades real packets leaving the cluster and only those.
 //! Never touches the root namespace (asserted).
 
@@ -7,7 +7,7 @@ mod common;
 use common::{TestNs, net, sh};
 use serde_json::Value;
 use std::time::Instant;
-use twill::masq;
+use twill::node::masq;
 
 /// A namespace made by this test with its loopback up.
 fn up_ns() -> TestNs {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestNs, first, net};
-use twill::netlink::{
+use twill::kernel::netlink::{
     AddrOptions, BridgeSpec, Broadcast, Family, Netlink, RouteFilter, RouteSpec, TWILL_PROTO,
     rt_table,
 };

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestNs, first};
-use twill::netlink::{BridgeSpec, MacAddr, Netlink, VethSpec, VxlanSpec};
+use twill::kernel::netlink::{BridgeSpec, MacAddr, Netlink, VethSpec, VxlanSpec};
 
 #[test]
 fn bridge_create_exists_and_lookup() {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::TestNs;
-use twill::netlink::{
+use twill::kernel::netlink::{
     BridgeSpec, Family, FdbEntry, MacAddr, NeighbourSpec, Netlink, VxlanSpec, nud,
 };
 
@@ -55,7 +55,7 @@ fn neighbours_permanent_and_proxy() {
     assert!(!list[0].proxy);
     let both = nl.neighbours(Some(vx), None, false).unwrap();
     // The kernel may add entries of its own (IPv6 multicast, NOARP): look for ours only.
-    let ours = |l: &[twill::netlink::Neighbour]| {
+    let ours = |l: &[twill::kernel::netlink::Neighbour]| {
         let mut ips: Vec<String> = l
             .iter()
             .filter(|n| n.state == nud::PERMANENT)

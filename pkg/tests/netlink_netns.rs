@@ -3,8 +3,8 @@
 mod common;
 
 use common::TestNs;
-use twill::netlink::Netlink;
-use twill::netns::Netns;
+use twill::kernel::netlink::Netlink;
+use twill::kernel::netns::Netns;
 
 #[test]
 fn run_enters_and_returns() {
@@ -71,18 +71,25 @@ fn open_if_exists_after_delete() {
 fn sysctl_set_get_inside_test_netns() {
     let a = TestNs::new();
     let ns = a.open();
-    let home_fwd = twill::sysctl::get("net.ipv4.ip_forward").unwrap();
+    let home_fwd = twill::kernel::sysctl::get("net.ipv4.ip_forward").unwrap();
     ns.run(|| {
-        assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), "0");
-        twill::sysctl::set("net.ipv4.ip_forward", "1").unwrap();
-        assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), "1");
-        // Path form, as needed for interface names containing dots.
-        twill::sysctl::set("net/ipv4/conf/lo/arp_notify", "1").unwrap();
         assert_eq!(
-            twill::sysctl::get("net.ipv4.conf.lo.arp_notify").unwrap(),
+            twill::kernel::sysctl::get("net.ipv4.ip_forward").unwrap(),
+            "0"
+        );
+        twill::kernel::sysctl::set("net.ipv4.ip_forward", "1").unwrap();
+        assert_eq!(
+            twill::kernel::sysctl::get("net.ipv4.ip_forward").unwrap(),
             "1"
         );
-        let e = twill::sysctl::set("net.ipv4.conf.nonexistent0.arp_notify", "1").unwrap_err();
+        // Path form, as needed for interface names containing dots.
+        twill::kernel::sysctl::set("net/ipv4/conf/lo/arp_notify", "1").unwrap();
+        assert_eq!(
+            twill::kernel::sysctl::get("net.ipv4.conf.lo.arp_notify").unwrap(),
+            "1"
+        );
+        let e =
+            twill::kernel::sysctl::set("net.ipv4.conf.nonexistent0.arp_notify", "1").unwrap_err();
         assert_eq!(e.code, twill::code::IO);
         assert!(
             e.msg.contains("net.ipv4.conf.nonexistent0.arp_notify"),
@@ -91,7 +98,10 @@ fn sysctl_set_get_inside_test_netns() {
     })
     .unwrap();
     // The root namespace was not touched, and the change is visible from outside via ip netns.
-    assert_eq!(twill::sysctl::get("net.ipv4.ip_forward").unwrap(), home_fwd);
+    assert_eq!(
+        twill::kernel::sysctl::get("net.ipv4.ip_forward").unwrap(),
+        home_fwd
+    );
     let out = std::process::Command::new("ip")
         .args([
             "netns",

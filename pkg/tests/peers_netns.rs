@@ -1,4 +1,4 @@
-//! twill::peers::reconcile against real network namespaces (the test's own "node" namespace,
+//! twill::node::peers::reconcile against real network namespaces (the test's own "node" namespace,
 //! never the root one): routes appear with twill's protocol, foreign routes are left alone,
 //! removed peers' routes go, an unchanged view costs no netlink call, concurrent reconciles
 //! converge.
@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
-use twill::netlink::{Netlink, TWILL_PROTO};
-use twill::netns::Netns;
-use twill::peers::{
+use twill::kernel::netlink::{Netlink, TWILL_PROTO};
+use twill::kernel::netns::Netns;
+use twill::node::peers::{
     ClusterView, KernelRoute, Peer, PeerRoute, PeerRouteOps, Reconciled, RouteMode, StateFile,
     reconcile, verify,
 };

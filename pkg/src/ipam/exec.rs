@@ -5,10 +5,10 @@
 //! returned with the plugin's own error code; output that is not a CNI error object becomes
 //! code 103 with the plugin's stderr in the details.
 
+use crate::cni::skeleton::{CmdArgs, Command};
+use crate::cni::types::{CniResult, NetConf};
+use crate::cni::version;
 use crate::error::{Error, Result, code};
-use crate::skeleton::{CmdArgs, Command};
-use crate::types::{CniResult, NetConf};
-use crate::version;
 use serde::Serialize;
 use serde_json::Value;
 use std::io::Write;

@@ -10,9 +10,9 @@ pub mod exec;
 pub mod host_local;
 pub mod resolv;
 
+use crate::cni::skeleton::{CmdArgs, Command};
+use crate::cni::types::{CniResult, NetConf};
 use crate::error::{Error, Result};
-use crate::skeleton::{CmdArgs, Command};
-use crate::types::{CniResult, NetConf};
 use serde::Serialize;
 
 /// The `ipam.type` that runs in-process.

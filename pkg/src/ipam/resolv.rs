@@ -1,7 +1,7 @@
 //! resolv.conf parsing into the result's DNS settings (`ipam.resolvConf` of host-local).
 
+use crate::cni::types::Dns;
 use crate::error::{Error, Result};
-use crate::types::Dns;
 use std::path::Path;
 
 /// Reads the resolv.conf at `path`: `nameserver` lines add a server, `domain` sets the domain

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
-use twill::netlink::Netlink;
-use twill::netns::Netns;
+use twill::kernel::netlink::Netlink;
+use twill::kernel::netns::Netns;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -92,7 +92,7 @@ impl TestNs {
 
     /// A sysctl read inside the namespace (path form, e.g. `net/ipv4/ip_forward`).
     pub fn sysctl(&self, key: &str) -> String {
-        self.enter(|| twill::sysctl::get(key)).unwrap()
+        self.enter(|| twill::kernel::sysctl::get(key)).unwrap()
     }
 
     /// Pings `dst` from inside the namespace (2 packets, 1 s timeout each): true on a reply.

@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use twill::args::CniArgs;
+use twill::cni::args::CniArgs;
+use twill::cni::types::parse_netconf;
+use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
-use twill::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
-use twill::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
-use twill::subnet_file::{self, SubnetFile};
-use twill::types::parse_netconf;
-use twill::{CmdArgs, CniResult, Error, NetConf, Result, bridge, code, masq};
+use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
+use twill::node::masq;
+use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
+use twill::pod::bridge;
+use twill::{CmdArgs, CniResult, Error, NetConf, Result, code};
 
 /// Bridge name unless `bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "cni0";
@@ -250,7 +252,7 @@ impl Network {
         if self.conf.ipam.is_some() {
             return twill::ipam::gc(args, &self.conf);
         }
-        let valid: Vec<host_local::Attachment> = twill::types::valid_attachments(&args.stdin)?
+        let valid: Vec<host_local::Attachment> = twill::cni::types::valid_attachments(&args.stdin)?
             .into_iter()
             .map(|a| host_local::Attachment {
                 container_id: a.container_id,
@@ -400,7 +402,7 @@ pub fn subnets_of<'a>(ips: impl IntoIterator<Item = &'a IpNetwork>) -> Vec<IpNet
 mod tests {
     use super::*;
     use serde_json::json;
-    use twill::skeleton::Command;
+    use twill::cni::skeleton::Command;
 
     fn args(conf: &Value, cni_args: &str) -> CmdArgs {
         CmdArgs {

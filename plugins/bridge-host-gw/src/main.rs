@@ -14,10 +14,11 @@ mod rollback;
 use config::{Need, Network, subnets_of};
 use ipnetwork::IpNetwork;
 use rollback::Undo;
-use twill::netlink::Netlink;
-use twill::netns::Netns;
-use twill::veth::{self, HostEnd, PairSpec, PodEnd};
-use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, bridge, code};
+use twill::kernel::netlink::Netlink;
+use twill::kernel::netns::Netns;
+use twill::pod::bridge;
+use twill::pod::veth::{self, HostEnd, PairSpec, PodEnd};
+use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
 struct BridgeHostGw;
 
@@ -128,7 +129,7 @@ impl Plugin for BridgeHostGw {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
-        let valid = twill::types::valid_attachments(&args.stdin)?;
+        let valid = twill::cni::types::valid_attachments(&args.stdin)?;
         let net = Network::load(args, Need::Release)?;
         let mut node = Netlink::new()?;
         if let Some(br) = bridge::find(&mut node, &net.bridge)? {
@@ -143,7 +144,7 @@ impl Plugin for BridgeHostGw {
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
-        twill::types::parse_netconf::<config::Keys>(&args.stdin)?;
+        twill::cni::types::parse_netconf::<config::Keys>(&args.stdin)?;
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
         let mut node = Netlink::new()?;
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;

@@ -12,7 +12,7 @@ struct HostLocal;
 
 /// The network config from stdin (code 6 when not JSON, 7 when of the wrong shape).
 fn netconf(args: &CmdArgs) -> Result<NetConf> {
-    twill::types::parse_netconf(&args.stdin)
+    twill::cni::types::parse_netconf(&args.stdin)
 }
 
 impl Plugin for HostLocal {

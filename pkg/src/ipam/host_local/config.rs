@@ -3,8 +3,8 @@
 //!
 //! Every error is code 7 and names the offending field (`ipam.ranges[1][0].rangeEnd`).
 
+use crate::cni::types::{Route, validate_network_name};
 use crate::error::{Error, Result};
-use crate::types::{Route, validate_network_name};
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -225,7 +225,7 @@ impl Config {
 
 /// True when `version` is a CNI version below 0.3.0 (one address per family at most).
 fn version_below_0_3(version: &str) -> bool {
-    !version.is_empty() && !crate::version::at_least(version, "0.3.0").unwrap_or(true)
+    !version.is_empty() && !crate::cni::version::at_least(version, "0.3.0").unwrap_or(true)
 }
 
 fn parse_range_sets(value: &Value, field: &str) -> Result<Vec<RangeSet>> {

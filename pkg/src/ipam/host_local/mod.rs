@@ -28,15 +28,15 @@ pub mod config;
 pub mod index;
 pub mod store;
 
-pub use crate::types::Attachment;
+pub use crate::cni::types::Attachment;
 pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet};
 pub use store::Owner;
 
-use crate::args::{CniArgs, requested_ips};
+use crate::cni::args::{CniArgs, requested_ips};
+use crate::cni::skeleton::CmdArgs;
+use crate::cni::types::{self, CniResult, Dns, IpConfig, NetConf};
 use crate::error::{Error, Result, code};
 use crate::ipam::resolv::read_resolv_conf;
-use crate::skeleton::CmdArgs;
-use crate::types::{self, CniResult, Dns, IpConfig, NetConf};
 use allocator::Candidates;
 use ipnetwork::IpNetwork;
 use serde::Serialize;

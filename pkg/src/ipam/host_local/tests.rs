@@ -567,7 +567,7 @@ fn concurrent_adds_get_distinct_addresses() {
 
 fn cmd_args(container_id: &str, ifname: &str, cni_args: &str) -> CmdArgs {
     CmdArgs {
-        command: crate::skeleton::Command::Add,
+        command: crate::cni::skeleton::Command::Add,
         container_id: container_id.into(),
         netns: None,
         ifname: ifname.into(),

@@ -1,6 +1,6 @@
 //! CNI data types: network configuration and the (version-independent) result model.
 //!
-//! The result model is the 1.1.0 shape; [`crate::version`] converts it to and from every
+//! The result model is the 1.1.0 shape; [`crate::cni::version`] converts it to and from every
 //! supported CNI version on the wire.
 
 use crate::error::{Error, Result};
@@ -54,11 +54,11 @@ pub struct NetConf<P = Map<String, Value>> {
 impl<P> NetConf<P> {
     /// The parsed `prevResult` (DEL, CHECK, chained ADD), read in its own `cniVersion` or else
     /// the config's; `None` when absent. Code 6 when it has the wrong shape, 1 when its version
-    /// is unsupported (see [`crate::version::parse_result`]).
+    /// is unsupported (see [`crate::cni::version::parse_result`]).
     pub fn prev_result(&self) -> Result<Option<CniResult>> {
         match &self.prev_result {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => crate::version::parse_result(v, &self.cni_version)
+            Some(v) => crate::cni::version::parse_result(v, &self.cni_version)
                 .map(Some)
                 .map_err(|e| e.context("prevResult")),
         }

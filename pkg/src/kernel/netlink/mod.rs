@@ -30,7 +30,7 @@ pub use neigh::{FdbEntry, Neighbour, NeighbourSpec, nud};
 pub use route::{Route, RouteFilter, RouteSpec, TWILL_PROTO, rt_scope, rt_table};
 pub use socket::DUMP_RETRIES;
 
-use crate::netns::Netns;
+use crate::kernel::netns::Netns;
 use socket::NlSocket;
 
 /// A synchronous rtnetlink client over one NETLINK_ROUTE socket.
@@ -56,7 +56,7 @@ impl Netlink {
 
     /// The cookie of the namespace this socket lives in (SO_NETNS_COOKIE; unique per boot).
     pub fn netns_cookie(&self) -> NlResult<u64> {
-        crate::netns::socket_netns_cookie(self.sock.raw_fd())
+        crate::kernel::netns::socket_netns_cookie(self.sock.raw_fd())
             .map_err(|e| NetlinkError::from(e).with_op(|| "read SO_NETNS_COOKIE".into()))
     }
 }

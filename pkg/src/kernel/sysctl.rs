@@ -1,7 +1,7 @@
 //! sysctl through /proc/sys of the calling thread's network namespace.
 //!
 //! /proc/sys/net resolves to the namespace of the thread that opens the file, so inside
-//! [`crate::netns::Netns::run`] these act on that namespace. Keys are either dotted
+//! [`crate::kernel::netns::Netns::run`] these act on that namespace. Keys are either dotted
 //! (`net.ipv4.ip_forward`) or, for names containing dots such as `eth0.5`, in path form
 //! (`net/ipv4/conf/eth0.5/arp_notify`).
 

@@ -4,8 +4,8 @@
 //! asks for from every place the CNI conventions allow (`CNI_ARGS` `IP=`, the `ips` capability in
 //! `runtimeConfig`, and `args.cni.ips` in the network config).
 
+use crate::cni::types::NetConf;
 use crate::error::{Error, Result};
-use crate::types::NetConf;
 use serde_json::Value;
 use std::net::IpAddr;
 

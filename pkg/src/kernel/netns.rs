@@ -3,7 +3,7 @@
 //! setns(2) changes the namespace of the calling *thread* only; [`Netns::run`] enters a
 //! namespace on the current thread, runs a closure and always returns to the namespace the
 //! thread was in before. Sockets opened inside stay in that namespace afterwards, which is how
-//! [`crate::netlink::Netlink::new_in`] works.
+//! [`crate::kernel::netlink::Netlink::new_in`] works.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

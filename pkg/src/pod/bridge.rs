@@ -8,11 +8,13 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::cni::types::IpConfig;
 use crate::error::{Error, Result, code};
-use crate::netlink::{AddrOptions, BridgeSpec, Family, Link, MacAddr, Netlink, validate_ifname};
-use crate::netns::Netns;
-use crate::sysctl;
-use crate::types::IpConfig;
+use crate::kernel::netlink::{
+    AddrOptions, BridgeSpec, Family, Link, MacAddr, Netlink, validate_ifname,
+};
+use crate::kernel::netns::Netns;
+use crate::kernel::sysctl;
 
 /// The bridge as [`ensure`] leaves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +79,7 @@ pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
     let spec = BridgeSpec {
         name,
         mtu: Some(mtu),
-        mac: Some(crate::veth::random_mac()),
+        mac: Some(crate::pod::veth::random_mac()),
         up: false,
     };
     let created = match nl.create_bridge(&spec) {

@@ -9,13 +9,13 @@ use std::collections::HashSet;
 
 use ipnetwork::IpNetwork;
 
+use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
-use crate::netlink::{
+use crate::kernel::netlink::{
     AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
 };
-use crate::netns::Netns;
-use crate::sysctl;
-use crate::types::{Attachment, CniResult, IpConfig, Route};
+use crate::kernel::netns::Netns;
+use crate::kernel::sysctl;
 
 /// Prefix of every host-side veth name twill makes; the rest is [`HASH_HEX_DIGITS`] hex digits.
 pub const HOST_PREFIX: &str = "tw";

@@ -14,8 +14,8 @@
 //! `priority` are omitted, and `dns` is always present (`{}` when empty) because Go's `omitempty`
 //! has no effect on the struct-typed `DNS` field.
 
+use crate::cni::types::{CniResult, Dns, Interface, IpConfig, Route};
 use crate::error::{Error, Result};
-use crate::types::{CniResult, Dns, Interface, IpConfig, Route};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};

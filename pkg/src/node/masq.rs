@@ -18,8 +18,8 @@
 //! namespace of the calling thread.
 
 use crate::error::{Error, Result, code};
-use crate::peers::fnv1a64;
-use crate::subnet_file::network_of;
+use crate::flannel::subnet_file::network_of;
+use crate::node::peers::fnv1a64;
 use ipnetwork::IpNetwork;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 use std::io::Write;

@@ -23,9 +23,9 @@
 //! `ValidateNetworkName`. The own-netns guard is the reference's `ErrInvalidNetNS` (8), which is
 //! not a SPEC code; twill reports it as 4 (the variable `CNI_NETNS` is invalid).
 
+use crate::cni::types::{CniResult, is_cni_identifier, validate_network_name};
+use crate::cni::version::{self, IMPLICIT, LATEST, SUPPORTED, Version};
 use crate::error::{Error, Result};
-use crate::types::{CniResult, is_cni_identifier, validate_network_name};
-use crate::version::{self, IMPLICIT, LATEST, SUPPORTED, Version};
 use serde::Serialize;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -108,7 +108,7 @@ pub struct CmdArgs {
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME` (empty for GC, STATUS, VERSION).
     pub ifname: String,
-    /// `CNI_ARGS`, raw (parse with [`crate::args::CniArgs`]).
+    /// `CNI_ARGS`, raw (parse with [`crate::cni::args::CniArgs`]).
     pub args: String,
     /// `CNI_PATH`, split on `:`.
     pub path: Vec<PathBuf>,
@@ -217,21 +217,21 @@ pub fn start_process() {
 #[macro_export]
 macro_rules! plugin_main {
     ($plugin:expr, $about:expr) => {
-        /// The process entry point: [`twill::skeleton::start_process`], then the skeleton.
+        /// The process entry point: [`twill::cni::skeleton::start_process`], then the skeleton.
         #[cfg(not(test))]
         #[unsafe(no_mangle)]
         extern "C" fn main(
             _argc: ::std::ffi::c_int,
             _argv: *const *const ::std::ffi::c_char,
         ) -> ::std::ffi::c_int {
-            $crate::skeleton::start_process();
-            $crate::skeleton::run(&$plugin, $about)
+            $crate::cni::skeleton::start_process();
+            $crate::cni::skeleton::run(&$plugin, $about)
         }
         /// In test builds the entry point is the harness's; this keeps the plugin referenced.
         #[cfg(test)]
         #[allow(dead_code)]
         fn plugin_entry() -> ! {
-            $crate::skeleton::run(&$plugin, $about)
+            $crate::cni::skeleton::run(&$plugin, $about)
         }
     };
 }
@@ -452,7 +452,7 @@ fn prepare(
     let input = input?;
     let json = input
         .json
-        .map_err(|e| crate::types::json_error("network config on stdin", &e))?;
+        .map_err(|e| crate::cni::types::json_error("network config on stdin", &e))?;
     let obj = json
         .as_object()
         .ok_or_else(|| Error::invalid_config("network config on stdin must be a JSON object"))?;
@@ -610,8 +610,8 @@ fn write_json(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::types::{Interface, IpConfig, Route};
     use crate::error::code;
-    use crate::types::{Interface, IpConfig, Route};
     use serde_json::json;
     use std::cell::RefCell;
 

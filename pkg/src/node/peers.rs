@@ -22,8 +22,8 @@
 //! changes; CHECK/GC ([`verify`]) are the places that look at the kernel again.
 
 use crate::error::{Error, Result};
-use crate::netlink::{Netlink, RouteFilter, RouteSpec, rt_table};
-use crate::subnet_file::network_of;
+use crate::flannel::subnet_file::network_of;
+use crate::kernel::netlink::{Netlink, RouteFilter, RouteSpec, rt_table};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub use crate::netlink::TWILL_PROTO;
+pub use crate::kernel::netlink::TWILL_PROTO;
 
 /// Where state files live unless the config says otherwise (`runDir`).
 pub const DEFAULT_RUN_DIR: &str = "/run/twill";
@@ -520,7 +520,7 @@ pub struct StateFile {
 
 impl StateFile {
     /// The state file of `network` in the namespace with cookie `netns_cookie`
-    /// (`twill::netns::Netns::cookie`). The network name is validated (code 7).
+    /// (`twill::kernel::netns::Netns::cookie`). The network name is validated (code 7).
     pub fn new(run_dir: &Path, network: &str, netns_cookie: u64) -> Result<StateFile> {
         check_network_name(network)?;
         Ok(StateFile {
