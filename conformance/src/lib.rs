@@ -15,6 +15,7 @@
 //! - [`plugin`]: [`Invocation`] (a CNI call) and its [`Outcome`].
 //! - [`kernel`]: typed readers of links, addresses, routes, neighbours, FDB and sysctls.
 //! - [`snapshot`]: byte-exact snapshots of a directory tree.
+//! - [`hostgw`]: the bridge-host-gw test cluster and readers of node state, shared by suites.
 //! - [`fabric`]: multi-node test fabrics (one L2 segment, IPv4 or dual-stack, with optional
 //!   extra hosts on it; or two segments joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
@@ -23,6 +24,7 @@
 
 pub mod bins;
 pub mod fabric;
+pub mod hostgw;
 pub mod kernel;
 pub mod netns;
 pub mod plugin;
