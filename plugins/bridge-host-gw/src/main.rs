@@ -32,16 +32,16 @@ impl Plugin for BridgeHostGw {
         let mtu = net.mtu(&mut node)?;
         let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
         let pair = PairSpec {
-            container_id: &args.container_id,
-            ifname: &args.ifname,
+            owner: owner(&net, args),
             pod_ns: &pod_ns,
             mtu: br.mtu,
             bridge: br.index,
             pod_mac: net.pod_mac,
         };
         let host = veth::create(&mut node, &pair)?;
-        undo.push("delete the veth pair", || {
-            veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
+        let made = host.clone();
+        undo.push("delete the veth pair", move || {
+            veth::delete_created(&mut Netlink::new()?, &made).map(drop)
         });
 
         let ipam = net.allocate(args)?;
@@ -88,8 +88,11 @@ impl Plugin for BridgeHostGw {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname)?;
-        net.release(args)
+        let removed = Netlink::new()
+            .map_err(Error::from)
+            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+        let released = net.release(args);
+        removed.and(released)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -103,17 +106,10 @@ impl Plugin for BridgeHostGw {
         let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
             Error::new(
                 code::CHECK_FAILED,
-                format!("bridge {:?} does not exist", net.bridge),
+                format!("bridge {} does not exist", net.bridge),
             )
         })?;
-        veth::check(
-            &mut node,
-            &pod_ns,
-            br.index,
-            &args.container_id,
-            &args.ifname,
-            &prev,
-        )?;
+        veth::check(&mut node, &pod_ns, br.index, &owner(&net, args), &prev)?;
         if net.is_gateway {
             let gws: Vec<IpNetwork> = prev
                 .ips
@@ -131,24 +127,82 @@ impl Plugin for BridgeHostGw {
     fn gc(&self, args: &CmdArgs) -> Result<()> {
         let valid = twill::cni::types::valid_attachments(&args.stdin)?;
         let net = Network::load(args, Need::Release)?;
-        let mut node = Netlink::new()?;
-        if let Some(br) = bridge::find(&mut node, &net.bridge)? {
-            for stale in veth::stale_host_ends(&mut node, br.index, &valid)? {
-                match node.delete_link(stale.index) {
-                    Err(e) if !e.is_not_found() => return Err(e.into()),
-                    _ => {}
+        let mut failures = Failures::default();
+        let stale = Netlink::new().map_err(Error::from).and_then(|mut node| {
+            Ok((
+                veth::stale_host_ends(&mut node, &net.conf.name, &valid)?,
+                node,
+            ))
+        });
+        match stale {
+            Ok((stale, mut node)) => {
+                for s in stale {
+                    match node.delete_link(s.link.index) {
+                        Err(e) if !e.is_not_found() => failures.push(
+                            format!("remove host veth {} of {}", s.link.name, s.attachment),
+                            e.into(),
+                        ),
+                        _ => {}
+                    }
                 }
             }
+            Err(e) => failures.push("list the host veths".into(), e),
         }
-        net.ipam_gc(args)
+        if let Err(e) = net.ipam_gc(args) {
+            failures.push("IPAM GC".into(), e);
+        }
+        failures.into_result("GC")
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
         twill::cni::types::parse_netconf::<config::Keys>(&args.stdin)?;
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
-        let mut node = Netlink::new()?;
+        let mut node = Netlink::new().map_err(|e| unavailable(e.into()))?;
+        // The bridge exists as a bridge, or its name is free for ADD to take.
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
+        net.mtu(&mut node).map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
+    }
+}
+
+/// The owner of the attachment `args` names, in network `net`.
+fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
+    veth::Owner {
+        network: &net.conf.name,
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    }
+}
+
+/// Failures of the items of a command that goes on past them (GC), reported together.
+#[derive(Default)]
+struct Failures {
+    items: Vec<(String, Error)>,
+}
+
+impl Failures {
+    fn push(&mut self, what: String, e: Error) {
+        self.items.push((what, e));
+    }
+
+    /// Ok when nothing failed; else one error listing every failure, with the first one's code.
+    fn into_result(self, command: &str) -> Result<()> {
+        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
+            return Ok(());
+        };
+        let list: Vec<String> = self
+            .items
+            .iter()
+            .map(|(what, e)| format!("{what}: {}", e.msg))
+            .collect();
+        Err(Error::new(
+            code,
+            format!(
+                "{command} did everything else but failed {} item(s): {}",
+                list.len(),
+                list.join("; ")
+            ),
+        ))
     }
 }
 
