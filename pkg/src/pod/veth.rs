@@ -498,8 +498,15 @@ pub fn check(
     let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
     let ifname = owner.ifname;
     let host = find(nl, owner)?.ok_or_else(|| {
+        // Name it as the ADD result did, when that is one of the candidates.
+        let candidates: Vec<String> = (0..NAME_ATTEMPTS).map(|i| owner.host_name(i)).collect();
+        let name = prev
+            .interfaces
+            .iter()
+            .find(|i| i.sandbox.is_none() && candidates.contains(&i.name))
+            .map_or(candidates[0].as_str(), |i| i.name.as_str());
         failed(format!(
-            "the host veth of {} does not exist (no link carries its mark \"{}\")",
+            "host veth {name} of {} does not exist (no link carries its mark \"{}\")",
             owner.describe(),
             owner.mark()
         ))
