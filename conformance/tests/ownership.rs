@@ -280,3 +280,37 @@ fn del_with_a_malformed_subnet_file_or_a_bad_unused_key_still_cleans_up() {
     assert_removed(&c, &c.net, &q, "DEL with a bad bridge name and MTU");
     assert_eq!(c.reservations(0), BTreeMap::new());
 }
+
+#[test]
+fn status_checks_what_add_needs_and_creates_nothing() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let links = node.ns.link_names();
+    let run = conformance::DirSnapshot::take(&node.run_dir);
+    plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
+    assert_eq!(node.ns.link_names(), links, "STATUS made a link");
+    run.assert_same(
+        &conformance::DirSnapshot::take(&node.run_dir),
+        "STATUS, runDir",
+    );
+    // host-local's STATUS makes its lock file; no reservation.
+    assert_eq!(
+        c.reservations(0),
+        BTreeMap::new(),
+        "STATUS reserved an address"
+    );
+
+    // A link of another kind holds the bridge's name: ADD could not work.
+    node.ns.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
+    ]);
+    let out = plain(node, "STATUS", &c.conf(0));
+    let err = out.assert_error(code::NOT_AVAILABLE);
+    assert!(error_text(&err).contains("cni0"), "STATUS names it\n{out}");
+    node.ns.ip(&["link", "del", "cni0"]);
+
+    // An existing bridge: available; a pod on it changes nothing.
+    let p = c.add_pod(0);
+    plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
+    p.run("DEL").assert_ok_empty();
+}

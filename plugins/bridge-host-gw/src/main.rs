@@ -88,11 +88,17 @@ impl Plugin for BridgeHostGw {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
+        let mut failures = Failures::default();
         let removed = Netlink::new()
             .map_err(Error::from)
             .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
-        let released = net.release(args);
-        removed.and(released)
+        if let Err(e) = removed {
+            failures.push("remove the host veth".into(), e);
+        }
+        if let Err(e) = net.release(args) {
+            failures.push("release the addresses".into(), e);
+        }
+        failures.into_result("DEL")
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -174,7 +180,7 @@ fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
     }
 }
 
-/// Failures of the items of a command that goes on past them (GC), reported together.
+/// Failures of the items of a command that goes on past them (DEL, GC), reported together.
 #[derive(Default)]
 struct Failures {
     items: Vec<(String, Error)>,
@@ -185,11 +191,17 @@ impl Failures {
         self.items.push((what, e));
     }
 
-    /// Ok when nothing failed; else one error listing every failure, with the first one's code.
-    fn into_result(self, command: &str) -> Result<()> {
+    /// Ok when nothing failed; one failure as it is, named; else one error listing every
+    /// failure, with the first one's code.
+    fn into_result(mut self, command: &str) -> Result<()> {
         let Some(code) = self.items.first().map(|(_, e)| e.code) else {
             return Ok(());
         };
+        if self.items.len() == 1
+            && let Some((what, e)) = self.items.pop()
+        {
+            return Err(e.context(format!("{command}: {what}")));
+        }
         let list: Vec<String> = self
             .items
             .iter()
@@ -198,7 +210,7 @@ impl Failures {
         Err(Error::new(
             code,
             format!(
-                "{command} did everything else but failed {} item(s): {}",
+                "{command}: {} items failed (everything else was done): {}",
                 list.len(),
                 list.join("; ")
             ),
@@ -311,6 +323,31 @@ mod tests {
         assert_eq!(got.nameservers, vec!["10.96.0.10".to_string()]);
         assert_eq!(got.domain.as_deref(), Some("ipam.local"));
         assert_eq!(got.options, vec!["ndots:2".to_string()]);
+    }
+
+    #[test]
+    fn failures_are_reported_together() {
+        assert!(Failures::default().into_result("GC").is_ok());
+        let mut one = Failures::default();
+        one.push(
+            "IPAM GC".into(),
+            Error::new(code::IO, "disk").with_details("d"),
+        );
+        let e = one.into_result("GC").unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (code::IO, "GC: IPAM GC: disk"));
+        assert_eq!(e.details, "d");
+        let mut two = Failures::default();
+        two.push(
+            "remove host veth a".into(),
+            Error::new(code::NETLINK, "busy"),
+        );
+        two.push("IPAM GC".into(), Error::new(code::IO, "disk"));
+        let e = two.into_result("GC").unwrap_err();
+        assert_eq!(e.code, code::NETLINK);
+        assert!(
+            e.msg.contains("remove host veth a: busy") && e.msg.contains("IPAM GC: disk"),
+            "{e}"
+        );
     }
 
     #[test]
