@@ -156,7 +156,7 @@ fn gc_goes_on_past_a_failing_item_reports_it_and_still_runs_ipam_gc() {
         .unwrap_or_else(|e| panic!("GC must fail: {e}\n{out}"));
     let text = error_text(&err);
     assert!(
-        text.contains("lo") && text.contains("ghost eth0"),
+        text.contains("host veth lo of ghost eth0"),
         "the error names the failed item\n{out}"
     );
     for p in [&pods[0], &pods[2]] {
