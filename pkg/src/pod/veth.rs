@@ -483,6 +483,26 @@ pub fn stale_host_ends(
         .collect())
 }
 
+/// GC of `network`'s host ends: removes every [`stale_host_ends`] link (its pod end goes with
+/// it), going on past failures. Returns what failed, each as (what, why); empty when all went.
+pub fn remove_stale(nl: &mut Netlink, network: &str, valid: &[Attachment]) -> Vec<(String, Error)> {
+    let stale = match stale_host_ends(nl, network, valid) {
+        Ok(s) => s,
+        Err(e) => return vec![(format!("list the host veths of network {network}"), e)],
+    };
+    let mut failed = Vec::new();
+    for s in stale {
+        match nl.delete_link(s.link.index) {
+            Err(e) if !e.is_not_found() => failed.push((
+                format!("remove host veth {} of {}", s.link.name, s.attachment),
+                e.into(),
+            )),
+            _ => {}
+        }
+    }
+    failed
+}
+
 /// CHECK of one attachment against its `prev` result: the host end carrying `owner`'s mark
 /// exists, is a veth and a port of bridge `bridge` (ifindex); the pod end `owner.ifname`
 /// exists in `pod_ns`, is the host end's peer, has the MAC `prev` reports, every address

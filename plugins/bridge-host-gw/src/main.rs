@@ -134,25 +134,9 @@ impl Plugin for BridgeHostGw {
         let valid = twill::cni::types::valid_attachments(&args.stdin)?;
         let net = Network::load(args, Need::Release)?;
         let mut failures = Failures::default();
-        let stale = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            Ok((
-                veth::stale_host_ends(&mut node, &net.conf.name, &valid)?,
-                node,
-            ))
-        });
-        match stale {
-            Ok((stale, mut node)) => {
-                for s in stale {
-                    match node.delete_link(s.link.index) {
-                        Err(e) if !e.is_not_found() => failures.push(
-                            format!("remove host veth {} of {}", s.link.name, s.attachment),
-                            e.into(),
-                        ),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => failures.push("list the host veths".into(), e),
+        match Netlink::new() {
+            Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
+            Err(e) => failures.push("open a netlink socket".into(), e.into()),
         }
         if let Err(e) = net.ipam_gc(args) {
             failures.push("IPAM GC".into(), e);
@@ -189,6 +173,10 @@ struct Failures {
 impl Failures {
     fn push(&mut self, what: String, e: Error) {
         self.items.push((what, e));
+    }
+
+    fn extend(&mut self, items: Vec<(String, Error)>) {
+        self.items.extend(items);
     }
 
     /// Ok when nothing failed; one failure as it is, named; else one error listing every
