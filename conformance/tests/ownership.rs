@@ -314,3 +314,23 @@ fn status_checks_what_add_needs_and_creates_nothing() {
     plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
     p.run("DEL").assert_ok_empty();
 }
+
+#[test]
+fn check_fails_when_the_host_veth_no_longer_carries_the_attachments_mark() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let p = c.add_pod(0);
+    let hv = host_veth(&p.result);
+    p.run("CHECK").assert_ok_empty();
+    node.ns.ip(&["link", "set", &hv, "alias", "someone else's"]);
+    let out = p.run("CHECK");
+    let err = out
+        .check_error_shape()
+        .unwrap_or_else(|e| panic!("CHECK with the mark replaced: {e}\n{out}"));
+    assert!(error_text(&err).contains(&hv), "CHECK names {hv}\n{out}");
+    // DEL leaves a link that is no longer provably the pod's, and still releases.
+    p.run("DEL").assert_ok_empty();
+    assert!(node.ns.link(&hv).is_some(), "DEL removed an unmarked link");
+    assert_eq!(c.reservations(0), BTreeMap::new());
+    node.ns.ip(&["link", "del", &hv]);
+}
