@@ -353,3 +353,20 @@ pub fn in_cidr(ip: &IpAddr, cidr: &str) -> bool {
     let net: ipnetwork::IpNetwork = cidr.parse().expect("test CIDR");
     net.contains(*ip)
 }
+
+/// The owner mark bridge-host-gw puts on a host veth as its alias (IFLA_IFALIAS):
+/// `twill <network> <container ID> <ifname>`.
+pub fn owner_mark(net: &str, container_id: &str, ifname: &str) -> String {
+    format!("twill {net} {container_id} {ifname}")
+}
+
+/// The links of a namespace that carry an alias: name → alias.
+pub fn link_aliases(ns: &Netns) -> BTreeMap<String, String> {
+    ns.links()
+        .into_iter()
+        .filter_map(|l| {
+            let alias = l.raw.get("ifalias")?.as_str()?.to_string();
+            Some((l.name, alias))
+        })
+        .collect()
+}

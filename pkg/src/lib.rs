@@ -6,10 +6,12 @@
 //! - [`pod`]: wiring one pod (veth, bridge);
 //! - [`node`]: the node's shared state (cluster view, reconcile, masquerade);
 //! - [`flannel`]: flannel's subnet file;
-//! - [`ipam`]: host-local in-process, any other IPAM exec'd.
+//! - [`ipam`]: host-local in-process, any other IPAM exec'd;
+//! - [`hash`]: the one stable hash behind every derived name and fingerprint.
 
 pub mod cni;
 pub mod flannel;
+pub mod hash;
 pub mod ipam;
 pub mod kernel;
 pub mod node;

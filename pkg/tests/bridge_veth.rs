@@ -8,7 +8,7 @@ use twill::cni::types::{Attachment, CniResult, Interface, IpConfig, Route};
 use twill::code;
 use twill::kernel::netlink::{MacAddr, Netlink, RouteSpec};
 use twill::pod::bridge;
-use twill::pod::veth::{self, CreateError, PairSpec};
+use twill::pod::veth::{self, CreateError, Owner, PairSpec};
 
 /// A node netns with bridge `twbr0` (10.1.0.1/24, fd00:1::1/64) and its netlink socket.
 struct Node {
@@ -28,16 +28,28 @@ impl Node {
     }
 
     fn pair(&mut self, pod: &TestNs, id: &str, mac: Option<MacAddr>) -> veth::HostEnd {
+        self.pair_of(pod, &owner(id), mac)
+    }
+
+    fn pair_of(&mut self, pod: &TestNs, owner: &Owner, mac: Option<MacAddr>) -> veth::HostEnd {
         let pod_ns = pod.open();
         let spec = PairSpec {
-            container_id: id,
-            ifname: "eth0",
+            owner: *owner,
             pod_ns: &pod_ns,
             mtu: 1450,
             bridge: self.br.index,
             pod_mac: mac,
         };
         veth::create(&mut self.nl, &spec).unwrap()
+    }
+}
+
+/// Attachment (`id`, eth0) of network "pods".
+fn owner(id: &str) -> Owner<'_> {
+    Owner {
+        network: "pods",
+        container_id: id,
+        ifname: "eth0",
     }
 }
 
@@ -55,7 +67,7 @@ fn create_makes_host_end_on_bridge_and_pod_end_in_pod() {
     let pod = TestNs::new();
     let mac: MacAddr = "02:aa:bb:cc:dd:01".parse().unwrap();
     let host = node.pair(&pod, "c1", Some(mac));
-    assert_eq!(host.name, veth::host_ifname("c1", "eth0"));
+    assert_eq!(host.name, owner("c1").host_name(0));
 
     let h = node.ns.link(&host.name);
     assert_eq!(h["linkinfo"]["info_kind"], "veth");
@@ -63,6 +75,10 @@ fn create_makes_host_end_on_bridge_and_pod_end_in_pod() {
     assert_eq!(h["mtu"], 1450);
     assert_eq!(h["address"], host.mac.to_string());
     assert!(h["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(
+        h["ifalias"], "twill pods c1 eth0",
+        "the host end carries its owner"
+    );
 
     let p = pod.link("eth0");
     assert_eq!(p["linkinfo"]["info_kind"], "veth");
@@ -70,14 +86,14 @@ fn create_makes_host_end_on_bridge_and_pod_end_in_pod() {
     assert_eq!(p["address"], "02:aa:bb:cc:dd:01");
     assert_eq!(pod.link_names(), vec!["lo", "eth0"]);
 
-    assert!(veth::delete(&mut node.nl, "c1", "eth0").unwrap());
+    assert!(veth::delete(&mut node.nl, &owner("c1")).unwrap());
     assert!(!node.ns.link_names().contains(&host.name));
     assert_eq!(
         pod.link_names(),
         vec!["lo"],
         "the pod end goes with the host end"
     );
-    assert!(!veth::delete(&mut node.nl, "c1", "eth0").unwrap());
+    assert!(!veth::delete(&mut node.nl, &owner("c1")).unwrap());
 }
 
 #[test]
@@ -90,8 +106,7 @@ fn create_clashes_say_which_name_and_leave_nothing() {
     // Same attachment again: the host end exists.
     let pod_ns = pod.open();
     let spec = PairSpec {
-        container_id: "c1",
-        ifname: "eth0",
+        owner: owner("c1"),
         pod_ns: &pod_ns,
         mtu: 1450,
         bridge: node.br.index,
@@ -103,7 +118,7 @@ fn create_clashes_say_which_name_and_leave_nothing() {
 
     // Another container, same pod ifname: the pod side clashes.
     let spec = PairSpec {
-        container_id: "c2",
+        owner: owner("c2"),
         ..spec
     };
     let e = veth::create(&mut node.nl, &spec).unwrap_err();
@@ -259,48 +274,75 @@ fn configure_pod_fails_cleanly_on_a_missing_interface_or_bad_route() {
 }
 
 #[test]
-fn stale_host_ends_are_twill_ports_of_this_bridge_not_in_the_valid_list() {
+fn stale_host_ends_are_this_networks_marked_links_not_in_the_valid_list() {
     let mut node = Node::new();
     let pods: Vec<TestNs> = (0..3).map(|_| TestNs::new()).collect();
     node.pair(&pods[0], "keep", None);
     let stale = node.pair(&pods[1], "gone", None);
-    // A twill-named veth on another bridge, and a foreign port on this bridge: never touched.
-    node.ns.ip(&["link", "add", "otherbr", "type", "bridge"]);
-    let other_name = veth::host_ifname("elsewhere", "eth0");
+    // Another network's pod on the same bridge, and a hand-made veth holding the name a twill
+    // host end would have: neither carries this network's mark, so neither is listed.
+    let neighbour = Owner {
+        network: "other",
+        ..owner("gone")
+    };
+    node.pair_of(&pods[2], &neighbour, None);
+    let lookalike = owner("never-added").host_name(0);
     node.ns.ip(&[
-        "link",
-        "add",
-        &other_name,
-        "master",
-        "otherbr",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "x0",
-    ]);
-    node.ns.ip(&[
-        "link",
-        "add",
-        "vethforeign",
-        "master",
-        "twbr0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "x1",
+        "link", "add", &lookalike, "master", "twbr0", "type", "veth", "peer", "name", "x1",
     ]);
 
     let valid = [Attachment {
         container_id: "keep".into(),
         ifname: "eth0".into(),
     }];
-    let found = veth::stale_host_ends(&mut node.nl, node.br.index, &valid).unwrap();
-    let names: Vec<&str> = found.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, vec![stale.name.as_str()]);
-    let all = veth::stale_host_ends(&mut node.nl, node.br.index, &[]).unwrap();
+    let found = veth::stale_host_ends(&mut node.nl, "pods", &valid).unwrap();
+    let names: Vec<(&str, &str)> = found
+        .iter()
+        .map(|s| (s.link.name.as_str(), s.attachment.as_str()))
+        .collect();
+    assert_eq!(names, vec![(stale.name.as_str(), "gone eth0")]);
+    let all = veth::stale_host_ends(&mut node.nl, "pods", &[]).unwrap();
     assert_eq!(all.len(), 2);
+}
+
+#[test]
+fn a_foreign_link_on_the_host_name_makes_create_take_the_next_and_find_follows() {
+    let mut node = Node::new();
+    let pod = TestNs::new();
+    let first = owner("c1").host_name(0);
+    node.ns
+        .ip(&["link", "add", &first, "type", "veth", "peer", "name", "x1"]);
+    let host = node.pair(&pod, "c1", None);
+    assert_eq!(host.name, owner("c1").host_name(1));
+    let found = veth::find(&mut node.nl, &owner("c1")).unwrap().unwrap();
+    assert_eq!(found.name, host.name);
+    // Found by mark even once the squatter is gone (the first name is then free).
+    node.ns.ip(&["link", "del", &first]);
+    assert!(veth::delete(&mut node.nl, &owner("c1")).unwrap());
+    assert!(!node.ns.link_names().contains(&host.name));
+    assert!(!veth::delete(&mut node.nl, &owner("c1")).unwrap());
+}
+
+/// Kernels before 6.3 ignore NLM_F_ECHO on RTM_NEWLINK: without the echoed ifindexes the pod
+/// end is looked up by name, and the result is the same.
+#[test]
+fn pod_setup_without_the_creation_echo_looks_the_ends_up() {
+    let mut node = Node::new();
+    let pod = TestNs::new();
+    let mut host = node.pair(&pod, "c1", None);
+    host.index = None;
+    host.pod_index = None;
+    let addrs = [net("10.1.0.5/24")];
+    let (routes, _) = veth::pod_routes(&[ipc("10.1.0.5/24", "10.1.0.1")], &[], true);
+    let end =
+        veth::configure_created_pod(&mut node.nl, &pod.open(), "eth0", &host, &addrs, &routes)
+            .unwrap();
+    let host_index = node.nl.link_by_name(&host.name).unwrap().unwrap().index;
+    assert_eq!(end.peer_index, Some(host_index));
+    assert_eq!(pod.link("eth0")["ifindex"], end.index);
+    assert!(pod.ping("10.1.0.1"));
+    assert!(veth::delete_created(&mut node.nl, &host).unwrap());
+    assert_eq!(pod.link_names(), vec!["lo"]);
 }
 
 fn prev_result(node: &Node, host: &veth::HostEnd, pod: &TestNs, end: &veth::PodEnd) -> CniResult {
@@ -350,7 +392,7 @@ fn check_passes_as_made_and_names_what_changed() {
     let prev = prev_result(&node, &host, &pod, &end);
     let pod_ns = pod.open();
     let check =
-        |node: &mut Node| veth::check(&mut node.nl, &pod_ns, node.br.index, "c1", "eth0", &prev);
+        |node: &mut Node| veth::check(&mut node.nl, &pod_ns, node.br.index, &owner("c1"), &prev);
     check(&mut node).unwrap();
 
     let expect_fail = |node: &mut Node, what: &str| {
@@ -376,6 +418,22 @@ fn check_passes_as_made_and_names_what_changed() {
 
     pod.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:42"]);
     expect_fail(&mut node, "MAC");
+    pod.ip(&[
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &end.mac.unwrap().to_string(),
+    ]);
+    check(&mut node).unwrap();
+
+    // The host end's mark gone: it is no longer provably this attachment's.
+    node.ns
+        .ip(&["link", "set", &host.name, "alias", "someone else"]);
+    expect_fail(&mut node, "does not exist");
+    node.ns
+        .ip(&["link", "set", &host.name, "alias", "twill pods c1 eth0"]);
+    check(&mut node).unwrap();
 
     // The pod interface gone: named.
     pod.ip(&["link", "del", "eth0"]);

@@ -15,13 +15,15 @@
 //! | `cniVersion` unsupported                                  | 1    |
 //! | CHECK below 0.4.0, GC or STATUS below 1.1.0               | 1    |
 //! | `name` missing or invalid ([`validate_network_name`])     | 7    |
-//! | `CNI_NETNS` is the plugin's own network namespace         | 4    |
+//! | `CNI_NETNS` is the plugin's own network namespace (ADD, CHECK) | 4 |
 //!
 //! Container ID and ifname failures are code 4 because they arrive as environment variables and
 //! the reference (`pkg/utils.ValidateContainerID`/`ValidateInterfaceName`) reports them as
 //! `ErrInvalidEnvironmentVariables`; the network name comes from the config, so 7, as in
 //! `ValidateNetworkName`. The own-netns guard is the reference's `ErrInvalidNetNS` (8), which is
-//! not a SPEC code; twill reports it as 4 (the variable `CNI_NETNS` is invalid).
+//! not a SPEC code; twill reports it as 4 (the variable `CNI_NETNS` is invalid). DEL is never
+//! refused over it: DEL must clean up whatever `CNI_NETNS` says, and a plugin's DEL does not
+//! configure the namespace.
 
 use crate::cni::types::{CniResult, is_cni_identifier, validate_network_name};
 use crate::cni::version::{self, IMPLICIT, LATEST, SUPPORTED, Version};
@@ -64,7 +66,8 @@ impl Command {
             "STATUS" => Command::Status,
             _ => {
                 return Err(Error::invalid_env(format!(
-                    "unknown CNI_COMMAND {s:?}: expected ADD, DEL, CHECK, GC, STATUS or VERSION"
+                    "unknown CNI_COMMAND \"{}\": expected ADD, DEL, CHECK, GC, STATUS or VERSION",
+                    s.escape_debug()
                 )));
             }
         })
@@ -151,8 +154,9 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     }
     if !is_cni_identifier(id) {
         return Err(Error::invalid_env(format!(
-            "invalid CNI_CONTAINERID {id:?}: must start with a letter or digit and contain only \
-             letters, digits, '_', '.' and '-'"
+            "invalid CNI_CONTAINERID \"{}\": must start with a letter or digit and contain \
+             only letters, digits, '_', '.' and '-'",
+            id.escape_debug()
         )));
     }
     Ok(())
@@ -163,7 +167,8 @@ pub fn validate_container_id(id: &str) -> Result<()> {
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::invalid_env(format!(
-            "invalid CNI_IFNAME {name:?}: {why}"
+            "invalid CNI_IFNAME \"{}\": {why}",
+            name.escape_debug()
         )))
     };
     if name.is_empty() {
@@ -479,7 +484,7 @@ fn prepare(
     let cni_version = cni_version.to_owned();
 
     let netns = netns.map(PathBuf::from);
-    if let Some(ns) = &netns {
+    if let Some(ns) = netns.as_ref().filter(|_| command != Command::Del) {
         let overridden =
             env("CNI_NETNS_OVERRIDE").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
         if !overridden && is_own_netns(ns) {
@@ -1279,7 +1284,17 @@ mod tests {
 
     #[test]
     fn own_netns_is_refused_unless_overridden() {
-        for command in ["ADD", "CHECK", "DEL"] {
+        // DEL is never refused over it.
+        let p = Fake::new();
+        let out = exec(
+            &p,
+            "DEL",
+            &[("CNI_NETNS", "/proc/self/ns/net")],
+            &conf("1.0.0"),
+        );
+        assert_eq!(out.code, 0, "{}", out.stdout);
+        assert_eq!(p.called(), 1);
+        for command in ["ADD", "CHECK"] {
             let p = Fake::new();
             let out = exec(
                 &p,
@@ -1387,7 +1402,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let mut child = Proc::new(exe)
             .args([
-                "skeleton::tests::run_child",
+                "cni::skeleton::tests::run_child",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",

@@ -1,9 +1,14 @@
-//! The veth pair of one attachment: a host end on the bridge, named deterministically from
-//! (container ID, ifname), and a pod end made directly in the pod's netns under `CNI_IFNAME`.
+//! The veth pair of one attachment: a host end on the bridge and a pod end made directly in the
+//! pod's netns under `CNI_IFNAME`.
 //!
-//! Because the host end's name is a pure function of the attachment, DEL needs neither the
-//! netns nor a prevResult (one RTM_DELLINK by name removes the pair), and GC can tell which
-//! ports of the bridge belong to attachments the runtime still knows.
+//! Ownership is a mark, not a name: the host end carries its owner, [`Owner::mark`] (network,
+//! container ID and ifname), as its interface alias (IFLA_IFALIAS). DEL, CHECK and GC find and
+//! judge links by that mark only, so another network's pods on the same bridge and hand-made
+//! links that merely look like twill's are never touched. The host end's name is derived from
+//! the owner ([`Owner::host_name`]): DEL needs neither the netns nor a prevResult (a lookup by
+//! name, a comparison of the alias, one RTM_DELLINK). When a foreign link holds that name, ADD
+//! takes the next of [`NAME_ATTEMPTS`] candidates, deterministically, and DEL and CHECK look
+//! through the same candidates.
 
 use std::collections::HashSet;
 
@@ -11,6 +16,7 @@ use ipnetwork::IpNetwork;
 
 use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
+use crate::hash::Fnv1a64;
 use crate::kernel::netlink::{
     AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
 };
@@ -21,36 +27,87 @@ use crate::kernel::sysctl;
 pub const HOST_PREFIX: &str = "tw";
 /// Number of lowercase hex digits after [`HOST_PREFIX`] (2 + 13 = 15 = IFNAMSIZ - 1).
 pub const HASH_HEX_DIGITS: usize = 13;
+/// How many host names an attachment may take, in order, when foreign links hold the earlier
+/// ones (each one a 52-bit hash: only a deliberate squatter makes a second one necessary).
+pub const NAME_ATTEMPTS: u8 = 8;
+/// First word of every owner mark (the alias of a host end twill made).
+pub const MARK_PREFIX: &str = "twill";
 /// `rtm_protocol` of the routes made in the pod (RTPROT_BOOT, what `ip route add` uses).
 pub const POD_ROUTE_PROTO: u8 = 3;
 
-/// The host-side veth name of attachment (`container_id`, `ifname`): `tw` + 13 hex digits of a
-/// 64-bit FNV-1a hash of both (a NUL between them), mixed and truncated to 52 bits.
-///
-/// Stable across versions and builds: DEL after an upgrade must find the same name.
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // splitmix64 finalizer: every input bit reaches the 52 bits kept.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    format!("{HOST_PREFIX}{:013x}", h >> (64 - 4 * HASH_HEX_DIGITS))
+/// Longest network name, or `container ID + " " + ifname`, kept as given in a mark; a longer
+/// one is replaced by `#` and 32 hex digits of its hash (the kernel keeps at most 255 bytes of
+/// an alias: "twill" + 2 separators + 2 * 120 = 247).
+const MARK_PART_MAX: usize = 120;
+
+/// The owner of a host end: one attachment of one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The network's `name`.
+    pub network: &'a str,
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
 }
 
-/// True for names of the [`host_ifname`] shape (`tw` + 13 lowercase hex digits).
-pub fn is_host_ifname(name: &str) -> bool {
-    name.strip_prefix(HOST_PREFIX).is_some_and(|rest| {
-        rest.len() == HASH_HEX_DIGITS
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+impl Owner<'_> {
+    /// The alias a host end of this owner carries: `twill <network> <container ID> <ifname>`
+    /// (space-separated: none of the three can hold a space); a part longer than 120 bytes is
+    /// `#` + 32 hex digits of its hash. Stable across versions: it is how links are found.
+    pub fn mark(&self) -> String {
+        format!(
+            "{} {}",
+            network_mark(self.network),
+            mark_part(&format!("{} {}", self.container_id, self.ifname))
+        )
+    }
+
+    /// Candidate host-side name number `attempt` (0 first): `tw` + 13 hex digits of a hash of
+    /// (network, container ID, ifname, attempt). Stable across versions and builds.
+    pub fn host_name(&self, attempt: u8) -> String {
+        let mut h = Fnv1a64::default();
+        h.write_field(b"twill-veth 2");
+        h.write_field(self.network.as_bytes());
+        h.write_field(self.container_id.as_bytes());
+        h.write_field(self.ifname.as_bytes());
+        if attempt > 0 {
+            h.write(&[attempt]);
+        }
+        let bits = h.finish_mixed() >> (64 - 4 * HASH_HEX_DIGITS);
+        format!("{HOST_PREFIX}{bits:013x}")
+    }
+
+    /// Whether `link` carries this owner's mark.
+    pub fn owns(&self, link: &Link) -> bool {
+        link.alias.as_deref() == Some(self.mark().as_str())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "container {} ifname {} of network {}",
+            self.container_id, self.ifname, self.network
+        )
+    }
+}
+
+/// `twill <network>`: the start of the mark of every host end of `network`, without the
+/// separator that follows it.
+fn network_mark(network: &str) -> String {
+    format!("{MARK_PREFIX} {}", mark_part(network))
+}
+
+fn mark_part(text: &str) -> String {
+    if text.len() <= MARK_PART_MAX {
+        return text.to_string();
+    }
+    let half = |salt: &[u8]| {
+        let mut h = Fnv1a64::default();
+        h.write_field(salt);
+        h.write(text.as_bytes());
+        h.finish_mixed()
+    };
+    format!("#{:016x}{:016x}", half(b"mark-a"), half(b"mark-b"))
 }
 
 /// A random unicast, locally administered MAC address (getrandom(2)).
@@ -80,10 +137,9 @@ pub fn random_mac() -> MacAddr {
 /// What [`create`] makes.
 #[derive(Debug, Clone)]
 pub struct PairSpec<'a> {
-    /// `CNI_CONTAINERID` (names the host end).
-    pub container_id: &'a str,
-    /// `CNI_IFNAME`: the pod end's name in the pod netns.
-    pub ifname: &'a str,
+    /// The attachment the pair belongs to (names and marks the host end; `ifname` is also the
+    /// pod end's name in the pod netns).
+    pub owner: Owner<'a>,
     /// The pod's netns, where the pod end is created.
     pub pod_ns: &'a Netns,
     /// MTU of both ends.
@@ -97,7 +153,7 @@ pub struct PairSpec<'a> {
 /// The host end as created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEnd {
-    /// Its name ([`host_ifname`]).
+    /// Its name (one of [`Owner::host_name`]'s candidates).
     pub name: String,
     /// Its MAC (chosen here, so it need not be read back).
     pub mac: MacAddr,
@@ -112,8 +168,8 @@ pub struct HostEnd {
 /// Why [`create`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
-    /// The host end exists: this attachment is set up already (the runtime must DEL it first).
-    /// Its IP reservation belongs to the live attachment and must not be released.
+    /// A host end of this attachment exists: it is set up already (the runtime must DEL it
+    /// first). Its IP reservation belongs to the live attachment and must not be released.
     #[error(
         "host veth {name} of container {container_id} ifname {ifname} already exists: the \
          attachment is set up already (DEL it first)"
@@ -127,12 +183,25 @@ pub enum CreateError {
         ifname: String,
     },
     /// The pod netns already has an interface called `ifname`.
-    #[error("interface {ifname:?} already exists in netns {netns}")]
+    #[error("interface {ifname} already exists in netns {netns}")]
     IfnameTaken {
         /// `CNI_IFNAME`.
         ifname: String,
         /// The pod netns path.
         netns: String,
+    },
+    /// Links twill does not own hold every candidate host name of the attachment.
+    #[error(
+        "every candidate host veth name of container {container_id} ifname {ifname} is held \
+         by a link twill does not own ({names}): remove those links"
+    )]
+    NamesTaken {
+        /// `CNI_CONTAINERID`.
+        container_id: String,
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// The candidates, comma-separated.
+        names: String,
     },
     /// Any other kernel refusal.
     #[error(transparent)]
@@ -151,55 +220,119 @@ impl From<CreateError> for Error {
 
 /// Creates the pair in one RTM_NEWLINK on the node socket `nl`: the host end up, with MTU,
 /// MAC and bridge master; the pod end (down, MAC chosen here) directly in `spec.pod_ns` as
-/// `spec.ifname`. The request asks for an echo, which tells both ifindexes (no lookups later).
+/// `spec.owner.ifname`. The request asks for an echo, which tells both ifindexes (no lookups
+/// later). Then the host end gets its owner mark (the kernel ignores IFLA_IFALIAS in a create
+/// request, so this is one RTM_SETLINK).
 ///
-/// Nothing is left behind on failure. A name clash says which name (one extra lookup, on the
-/// error path only).
+/// A foreign link (not carrying this owner's mark) holding the host name: the next candidate
+/// name is tried. A link carrying the mark: [`CreateError::AttachmentExists`]. Nothing is left
+/// behind on failure. A name clash says which name (lookups on the error path only).
 pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateError> {
-    let name = host_ifname(spec.container_id, spec.ifname);
+    let owner = &spec.owner;
     let mac = random_mac();
     let pod_mac = spec.pod_mac.unwrap_or_else(random_mac);
-    let veth = VethSpec {
-        name: &name,
-        mtu: Some(spec.mtu),
-        mac: Some(mac),
-        master: Some(spec.bridge),
-        up: true,
-        peer_name: spec.ifname,
-        peer_netns: Some(spec.pod_ns.as_fd()),
-        peer_mtu: Some(spec.mtu),
-        peer_mac: Some(pod_mac),
-    };
-    match nl.create_veth_echo(&veth) {
-        Ok(echo) => Ok(HostEnd {
-            name,
-            mac,
-            index: echo.as_ref().map(|l| l.index),
-            pod_index: echo.and_then(|l| l.link).filter(|&i| i != 0),
-            pod_mac,
-        }),
-        Err(e) if e.is_exists() => {
-            if nl.link_by_name(&name)?.is_some() {
-                Err(CreateError::AttachmentExists {
+    let mut taken = Vec::new();
+    for attempt in 0..NAME_ATTEMPTS {
+        let name = owner.host_name(attempt);
+        let veth = VethSpec {
+            name: &name,
+            mtu: Some(spec.mtu),
+            mac: Some(mac),
+            master: Some(spec.bridge),
+            up: true,
+            peer_name: owner.ifname,
+            peer_netns: Some(spec.pod_ns.as_fd()),
+            peer_mtu: Some(spec.mtu),
+            peer_mac: Some(pod_mac),
+        };
+        match nl.create_veth_echo(&veth) {
+            Ok(echo) => {
+                let index = echo.as_ref().map(|l| l.index);
+                let marked = match index {
+                    Some(i) => nl.set_alias(i, &owner.mark()),
+                    None => nl.set_alias_by_name(&name, &owner.mark()),
+                };
+                if let Err(e) = marked {
+                    let _ = match index {
+                        Some(i) => nl.delete_link(i),
+                        None => nl.delete_link_by_name(&name),
+                    };
+                    return Err(e.into());
+                }
+                return Ok(HostEnd {
                     name,
-                    container_id: spec.container_id.to_string(),
-                    ifname: spec.ifname.to_string(),
-                })
-            } else {
-                Err(CreateError::IfnameTaken {
-                    ifname: spec.ifname.to_string(),
-                    netns: spec.pod_ns.path().display().to_string(),
-                })
+                    mac,
+                    index,
+                    pod_index: echo.and_then(|l| l.link).filter(|&i| i != 0),
+                    pod_mac,
+                });
             }
+            Err(e) if e.is_exists() => match nl.link_by_name(&name)? {
+                Some(l) if owner.owns(&l) => {
+                    return Err(CreateError::AttachmentExists {
+                        name,
+                        container_id: owner.container_id.to_string(),
+                        ifname: owner.ifname.to_string(),
+                    });
+                }
+                Some(_) => taken.push(name),
+                None => {
+                    return Err(CreateError::IfnameTaken {
+                        ifname: owner.ifname.to_string(),
+                        netns: spec.pod_ns.path().display().to_string(),
+                    });
+                }
+            },
+            Err(e) => return Err(e.into()),
         }
+    }
+    Err(CreateError::NamesTaken {
+        container_id: owner.container_id.to_string(),
+        ifname: owner.ifname.to_string(),
+        names: taken.join(", "),
+    })
+}
+
+/// The host end `owner` owns (carrying its mark), looked up among the candidate names in
+/// order: one RTM_GETLINK when it holds the first name, [`NAME_ATTEMPTS`] when there is none.
+pub fn find(nl: &mut Netlink, owner: &Owner<'_>) -> Result<Option<Link>> {
+    let mark = owner.mark();
+    for attempt in 0..NAME_ATTEMPTS {
+        if let Some(l) = nl.link_by_name(&owner.host_name(attempt))?
+            && l.alias.as_deref() == Some(mark.as_str())
+        {
+            return Ok(Some(l));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the host end `owner` owns ([`find`]), which removes the pod end too: one
+/// RTM_DELLINK. Links without the owner's mark are never touched. Ok(false) when there was
+/// none (or it vanished meanwhile).
+pub fn delete(nl: &mut Netlink, owner: &Owner<'_>) -> Result<bool> {
+    let Some(link) = find(nl, owner)? else {
+        return Ok(false);
+    };
+    match nl.delete_link(link.index) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Deletes the host end of attachment (`container_id`, `ifname`) by name, which removes the
-/// pod end too: one RTM_DELLINK. Ok(false) when it was already gone.
-pub fn delete(nl: &mut Netlink, container_id: &str, ifname: &str) -> Result<bool> {
-    Ok(nl.delete_link_if_exists(&host_ifname(container_id, ifname))?)
+/// Deletes the host end [`create`] made (by ifindex when the kernel echoed it, else by name):
+/// the undo of a failed ADD. Ok(false) when it was already gone.
+pub fn delete_created(nl: &mut Netlink, host: &HostEnd) -> Result<bool> {
+    let res = match host.index {
+        Some(i) => nl.delete_link(i),
+        None => nl.delete_link_by_name(&host.name),
+    };
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The pod end after [`configure_pod`].
@@ -278,7 +411,7 @@ fn configure_pod_of(
                     Error::new(
                         code::NETLINK,
                         format!(
-                            "interface {ifname:?} vanished from netns {} right after it was \
+                            "interface {ifname} vanished from netns {} right after it was \
                              created",
                             pod_ns.path().display()
                         ),
@@ -313,44 +446,92 @@ fn configure_pod_of(
     })?
 }
 
-/// The ports of bridge `bridge` (ifindex) that are twill host veths of attachments not in
-/// `valid` (GC): veth links named like [`host_ifname`] whose name is no valid attachment's.
-/// One link dump. Assumes the bridge serves one network: `valid` lists that network's
-/// attachments only, so another network's pods on the same bridge would look stale.
-pub fn stale_host_ends(nl: &mut Netlink, bridge: u32, valid: &[Attachment]) -> Result<Vec<Link>> {
+/// A host end of a network whose attachment is no longer valid (GC): its link and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// The link.
+    pub link: Link,
+    /// `<container ID> <ifname>` as the mark records it (a hash when it was too long).
+    pub attachment: String,
+}
+
+/// The links of the namespace carrying a mark of `network` whose attachment is not in `valid`
+/// (GC). Only the mark counts: neither the name, the kind nor the master, so another network's
+/// pods on the same bridge and links that merely look like twill's are never listed. One link
+/// dump.
+pub fn stale_host_ends(
+    nl: &mut Netlink,
+    network: &str,
+    valid: &[Attachment],
+) -> Result<Vec<Stale>> {
+    let prefix = format!("{} ", network_mark(network));
     let keep: HashSet<String> = valid
         .iter()
-        .map(|a| host_ifname(&a.container_id, &a.ifname))
+        .map(|a| mark_part(&format!("{} {}", a.container_id, a.ifname)))
         .collect();
     Ok(nl
         .links()?
         .into_iter()
-        .filter(|l| {
-            l.master == Some(bridge)
-                && l.kind.as_deref() == Some("veth")
-                && is_host_ifname(&l.name)
-                && !keep.contains(&l.name)
+        .filter_map(|link| {
+            let attachment = link.alias.as_deref()?.strip_prefix(prefix.as_str())?;
+            if attachment.is_empty() || keep.contains(attachment) {
+                return None;
+            }
+            let attachment = attachment.to_string();
+            Some(Stale { link, attachment })
         })
         .collect())
 }
 
-/// CHECK of one attachment against its `prev` result: the host end exists, is a veth and a
-/// port of bridge `bridge` (ifindex); the pod end `ifname` exists in `pod_ns`, is the host
-/// end's peer, has the MAC `prev` reports, every address `prev` assigns to it and every route
-/// of `prev`. Code 105 naming the first thing that differs.
+/// GC of `network`'s host ends: removes every [`stale_host_ends`] link (its pod end goes with
+/// it), going on past failures. Returns what failed, each as (what, why); empty when all went.
+pub fn remove_stale(nl: &mut Netlink, network: &str, valid: &[Attachment]) -> Vec<(String, Error)> {
+    let stale = match stale_host_ends(nl, network, valid) {
+        Ok(s) => s,
+        Err(e) => return vec![(format!("list the host veths of network {network}"), e)],
+    };
+    let mut failed = Vec::new();
+    for s in stale {
+        match nl.delete_link(s.link.index) {
+            Err(e) if !e.is_not_found() => failed.push((
+                format!("remove host veth {} of {}", s.link.name, s.attachment),
+                e.into(),
+            )),
+            _ => {}
+        }
+    }
+    failed
+}
+
+/// CHECK of one attachment against its `prev` result: the host end carrying `owner`'s mark
+/// exists, is a veth and a port of bridge `bridge` (ifindex); the pod end `owner.ifname`
+/// exists in `pod_ns`, is the host end's peer, has the MAC `prev` reports, every address
+/// `prev` assigns to it and every route of `prev`. Code 105 naming the first thing that
+/// differs.
 pub fn check(
     nl: &mut Netlink,
     pod_ns: &Netns,
     bridge: u32,
-    container_id: &str,
-    ifname: &str,
+    owner: &Owner<'_>,
     prev: &CniResult,
 ) -> Result<()> {
     let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
-    let host_name = host_ifname(container_id, ifname);
-    let host = nl
-        .link_by_name(&host_name)?
-        .ok_or_else(|| failed(format!("host veth {host_name} does not exist")))?;
+    let ifname = owner.ifname;
+    let host = find(nl, owner)?.ok_or_else(|| {
+        // Name it as the ADD result did, when that is one of the candidates.
+        let candidates: Vec<String> = (0..NAME_ATTEMPTS).map(|i| owner.host_name(i)).collect();
+        let name = prev
+            .interfaces
+            .iter()
+            .find(|i| i.sandbox.is_none() && candidates.contains(&i.name))
+            .map_or(candidates[0].as_str(), |i| i.name.as_str());
+        failed(format!(
+            "host veth {name} of {} does not exist (no link carries its mark \"{}\")",
+            owner.describe(),
+            owner.mark()
+        ))
+    })?;
+    let host_name = host.name.clone();
     if host.kind.as_deref() != Some("veth") {
         return Err(failed(format!(
             "host interface {host_name} is a {}, not a veth",
@@ -389,17 +570,17 @@ pub fn check(
     })??;
     let pod = pod.ok_or_else(|| {
         failed(format!(
-            "interface {ifname:?} does not exist in netns {}",
+            "interface {ifname} does not exist in netns {}",
             pod_ns.path().display()
         ))
     })?;
     if pod.link != Some(host.index) {
         return Err(failed(format!(
-            "interface {ifname:?} in the pod is not the peer of host veth {host_name}"
+            "interface {ifname} in the pod is not the peer of host veth {host_name}"
         )));
     }
     if !pod.admin_up {
-        return Err(failed(format!("interface {ifname:?} in the pod is down")));
+        return Err(failed(format!("interface {ifname} in the pod is down")));
     }
     let pod_pos = prev
         .interfaces
@@ -410,7 +591,7 @@ pub fn check(
         && !mac_eq(want, &have)
     {
         return Err(failed(format!(
-            "interface {ifname:?} has MAC {have}, prevResult says {want}"
+            "interface {ifname} has MAC {have}, prevResult says {want}"
         )));
     }
     for ip in &prev.ips {
@@ -422,7 +603,7 @@ pub fn check(
             .any(|a| a.addr == ip.address.ip() && a.prefix_len == ip.address.prefix());
         if !there {
             return Err(failed(format!(
-                "interface {ifname:?} does not have address {}",
+                "interface {ifname} does not have address {}",
                 ip.address
             )));
         }
@@ -508,36 +689,54 @@ fn mac_eq(text: &str, mac: &MacAddr) -> bool {
 mod tests {
     use super::*;
 
+    fn owner<'a>(network: &'a str, container_id: &'a str, ifname: &'a str) -> Owner<'a> {
+        Owner {
+            network,
+            container_id,
+            ifname,
+        }
+    }
+
     #[test]
-    fn host_ifname_is_stable_and_shaped() {
-        let a = host_ifname("abc123", "eth0");
-        assert_eq!(a.len(), 15);
-        assert!(is_host_ifname(&a), "{a}");
-        assert_eq!(a, host_ifname("abc123", "eth0"));
-        assert_ne!(a, host_ifname("abc123", "eth1"));
-        assert_ne!(a, host_ifname("abc12", "3eth0"));
+    fn host_names_are_stable_shaped_and_cover_the_network() {
+        let a = owner("pods", "abc123", "eth0");
+        let name = a.host_name(0);
+        assert_eq!(name.len(), 15);
+        assert!(name.starts_with(HOST_PREFIX), "{name}");
+        assert!(
+            name[2..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(name, a.host_name(0));
+        assert_ne!(name, owner("pods", "abc123", "eth1").host_name(0));
+        assert_ne!(name, owner("pods", "abc12", "3eth0").host_name(0));
+        assert_ne!(name, owner("other", "abc123", "eth0").host_name(0));
+        let candidates: HashSet<String> = (0..NAME_ATTEMPTS).map(|i| a.host_name(i)).collect();
+        assert_eq!(candidates.len(), usize::from(NAME_ATTEMPTS));
         // Pinned: a changed hash would orphan every existing attachment.
-        assert_eq!(host_ifname("c1", "eth0"), "tw3a1b67a6af217");
-        assert_eq!(host_ifname("c2", "eth0"), "twc2534c44b1b58");
+        assert_eq!(owner("pods", "c1", "eth0").host_name(0), "tw41ed112b25b4e");
+        assert_eq!(owner("pods", "c1", "eth0").host_name(1), "tw3bec2206509de");
         let names: HashSet<String> = (0..2000)
-            .map(|i| host_ifname(&format!("container-{i}"), "eth0"))
+            .map(|i| owner("pods", &format!("container-{i}"), "eth0").host_name(0))
             .collect();
         assert_eq!(names.len(), 2000);
     }
 
     #[test]
-    fn host_ifname_shape_check() {
-        assert!(is_host_ifname("tw0123456789abc"));
-        for bad in [
-            "tw0123456789ab",
-            "tw0123456789abcd",
-            "tw0123456789abC",
-            "tx0123456789abc",
-            "twg123456789abc",
-            "cni0",
-        ] {
-            assert!(!is_host_ifname(bad), "{bad}");
-        }
+    fn marks_name_the_owner_and_fit_an_alias() {
+        assert_eq!(owner("pods", "c1", "eth0").mark(), "twill pods c1 eth0");
+        let long_net = "n".repeat(255);
+        let long_id = "c".repeat(1000);
+        let m = owner(&long_net, &long_id, "eth0").mark();
+        assert!(m.len() <= 255, "{} bytes", m.len());
+        assert!(m.starts_with("twill #"), "{m}");
+        assert_ne!(m, owner(&long_net, &long_id, "eth1").mark());
+        assert_ne!(m, owner(&long_net[1..], &long_id, "eth0").mark());
+        // A network's marks share its prefix, and no other network's do.
+        let p = format!("{} ", network_mark("pods"));
+        assert!(owner("pods", "c1", "eth0").mark().starts_with(&p));
+        assert!(!owner("pods2", "c1", "eth0").mark().starts_with(&p));
     }
 
     fn ipc(addr: &str, gw: Option<&str>) -> IpConfig {

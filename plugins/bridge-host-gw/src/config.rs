@@ -93,7 +93,8 @@ pub struct Network {
 pub enum Need {
     /// ADD, CHECK, STATUS: a missing file is an error naming it.
     Required,
-    /// DEL, GC: a missing file is tolerated (host-local then releases by owner alone).
+    /// DEL, GC: a missing, unreadable or malformed file is tolerated (host-local then releases
+    /// by owner alone), and keys they do not use (`bridge`, `mtu`) are not validated.
     Release,
 }
 
@@ -109,8 +110,14 @@ impl Network {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
         let bridge = k.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
-        bridge::validate_name(&bridge)?;
-        if let Some(mtu) = k.mtu.filter(|&m| m != 0 && !(68..=65535).contains(&m)) {
+        // DEL and GC use neither the bridge nor the MTU: bad values there do not stop them.
+        if need == Need::Required {
+            bridge::validate_name(&bridge)?;
+        }
+        if let Some(mtu) = k
+            .mtu
+            .filter(|&m| need == Need::Required && m != 0 && !(68..=65535).contains(&m))
+        {
             return Err(Error::invalid_config(format!(
                 "\"mtu\": {mtu} is out of range (68-65535)"
             )));
@@ -124,10 +131,12 @@ impl Network {
             .unwrap_or_else(|| PathBuf::from(subnet_file::DEFAULT_PATH));
         let wants_file = conf.ipam.is_none()
             || (need == Need::Required && (k.mtu.unwrap_or(0) == 0 || conf.ip_masq.is_none()));
-        let subnet = if wants_file {
-            read_subnet_file(&path)?
-        } else {
-            None
+        let subnet = match (wants_file, need) {
+            (false, _) => None,
+            (true, Need::Required) => read_subnet_file(&path)?,
+            // DEL and GC release by owner without it: a missing, unreadable or malformed file
+            // must not keep them from it.
+            (true, Need::Release) => read_subnet_file(&path).ok().flatten(),
         };
         if conf.ipam.is_none() {
             match &subnet {
@@ -500,6 +509,20 @@ mod tests {
         // DEL and GC go on: host-local releases by owner.
         let n = Network::load(&args(&conf, ""), Need::Release).unwrap();
         assert!(n.conf.ipam.is_none());
+    }
+
+    #[test]
+    fn release_ignores_what_it_does_not_use() {
+        let d = temp_dir("bad-sf");
+        let sf = d.join("subnet.env");
+        std::fs::write(&sf, "FLANNEL_SUBNET=not-a-subnet\n").unwrap();
+        let conf = json!({"cniVersion": "1.1.0", "name": "pods", "type": "bridge-host-gw",
+            "subnetFile": sf, "bridge": "no/slash", "mtu": 20});
+        let e = Network::load(&args(&conf, ""), Need::Required).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+        let n = Network::load(&args(&conf, ""), Need::Release).unwrap();
+        assert!(n.subnet.is_none() && n.conf.ipam.is_none());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

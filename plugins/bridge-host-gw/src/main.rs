@@ -32,16 +32,16 @@ impl Plugin for BridgeHostGw {
         let mtu = net.mtu(&mut node)?;
         let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
         let pair = PairSpec {
-            container_id: &args.container_id,
-            ifname: &args.ifname,
+            owner: owner(&net, args),
             pod_ns: &pod_ns,
             mtu: br.mtu,
             bridge: br.index,
             pod_mac: net.pod_mac,
         };
         let host = veth::create(&mut node, &pair)?;
-        undo.push("delete the veth pair", || {
-            veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
+        let made = host.clone();
+        undo.push("delete the veth pair", move || {
+            veth::delete_created(&mut Netlink::new()?, &made).map(drop)
         });
 
         let ipam = net.allocate(args)?;
@@ -88,8 +88,17 @@ impl Plugin for BridgeHostGw {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname)?;
-        net.release(args)
+        let mut failures = Failures::default();
+        let removed = Netlink::new()
+            .map_err(Error::from)
+            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+        if let Err(e) = removed {
+            failures.push("remove the host veth".into(), e);
+        }
+        if let Err(e) = net.release(args) {
+            failures.push("release the addresses".into(), e);
+        }
+        failures.into_result("DEL")
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -103,17 +112,10 @@ impl Plugin for BridgeHostGw {
         let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
             Error::new(
                 code::CHECK_FAILED,
-                format!("bridge {:?} does not exist", net.bridge),
+                format!("bridge {} does not exist", net.bridge),
             )
         })?;
-        veth::check(
-            &mut node,
-            &pod_ns,
-            br.index,
-            &args.container_id,
-            &args.ifname,
-            &prev,
-        )?;
+        veth::check(&mut node, &pod_ns, br.index, &owner(&net, args), &prev)?;
         if net.is_gateway {
             let gws: Vec<IpNetwork> = prev
                 .ips
@@ -131,24 +133,76 @@ impl Plugin for BridgeHostGw {
     fn gc(&self, args: &CmdArgs) -> Result<()> {
         let valid = twill::cni::types::valid_attachments(&args.stdin)?;
         let net = Network::load(args, Need::Release)?;
-        let mut node = Netlink::new()?;
-        if let Some(br) = bridge::find(&mut node, &net.bridge)? {
-            for stale in veth::stale_host_ends(&mut node, br.index, &valid)? {
-                match node.delete_link(stale.index) {
-                    Err(e) if !e.is_not_found() => return Err(e.into()),
-                    _ => {}
-                }
-            }
+        let mut failures = Failures::default();
+        match Netlink::new() {
+            Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
+            Err(e) => failures.push("open a netlink socket".into(), e.into()),
         }
-        net.ipam_gc(args)
+        if let Err(e) = net.ipam_gc(args) {
+            failures.push("IPAM GC".into(), e);
+        }
+        failures.into_result("GC")
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
         twill::cni::types::parse_netconf::<config::Keys>(&args.stdin)?;
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
-        let mut node = Netlink::new()?;
+        let mut node = Netlink::new().map_err(|e| unavailable(e.into()))?;
+        // The bridge exists as a bridge, or its name is free for ADD to take.
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
+        net.mtu(&mut node).map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
+    }
+}
+
+/// The owner of the attachment `args` names, in network `net`.
+fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
+    veth::Owner {
+        network: &net.conf.name,
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    }
+}
+
+/// Failures of the items of a command that goes on past them (DEL, GC), reported together.
+#[derive(Default)]
+struct Failures {
+    items: Vec<(String, Error)>,
+}
+
+impl Failures {
+    fn push(&mut self, what: String, e: Error) {
+        self.items.push((what, e));
+    }
+
+    fn extend(&mut self, items: Vec<(String, Error)>) {
+        self.items.extend(items);
+    }
+
+    /// Ok when nothing failed; one failure as it is, named; else one error listing every
+    /// failure, with the first one's code.
+    fn into_result(mut self, command: &str) -> Result<()> {
+        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
+            return Ok(());
+        };
+        if self.items.len() == 1
+            && let Some((what, e)) = self.items.pop()
+        {
+            return Err(e.context(format!("{command}: {what}")));
+        }
+        let list: Vec<String> = self
+            .items
+            .iter()
+            .map(|(what, e)| format!("{what}: {}", e.msg))
+            .collect();
+        Err(Error::new(
+            code,
+            format!(
+                "{command}: {} items failed (everything else was done): {}",
+                list.len(),
+                list.join("; ")
+            ),
+        ))
     }
 }
 
@@ -257,6 +311,31 @@ mod tests {
         assert_eq!(got.nameservers, vec!["10.96.0.10".to_string()]);
         assert_eq!(got.domain.as_deref(), Some("ipam.local"));
         assert_eq!(got.options, vec!["ndots:2".to_string()]);
+    }
+
+    #[test]
+    fn failures_are_reported_together() {
+        assert!(Failures::default().into_result("GC").is_ok());
+        let mut one = Failures::default();
+        one.push(
+            "IPAM GC".into(),
+            Error::new(code::IO, "disk").with_details("d"),
+        );
+        let e = one.into_result("GC").unwrap_err();
+        assert_eq!((e.code, e.msg.as_str()), (code::IO, "GC: IPAM GC: disk"));
+        assert_eq!(e.details, "d");
+        let mut two = Failures::default();
+        two.push(
+            "remove host veth a".into(),
+            Error::new(code::NETLINK, "busy"),
+        );
+        two.push("IPAM GC".into(), Error::new(code::IO, "disk"));
+        let e = two.into_result("GC").unwrap_err();
+        assert_eq!(e.code, code::NETLINK);
+        assert!(
+            e.msg.contains("remove host veth a: busy") && e.msg.contains("IPAM GC: disk"),
+            "{e}"
+        );
     }
 
     #[test]

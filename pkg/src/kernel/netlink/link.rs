@@ -160,7 +160,8 @@ pub fn validate_ifname(name: &str) -> NlResult<()> {
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
     if bad {
         return Err(NetlinkError::invalid(format!(
-            "invalid interface name {name:?}: 1-15 bytes, no '/', ':' or whitespace"
+            "invalid interface name \"{}\": 1-15 bytes, no '/', ':' or whitespace",
+            name.escape_debug()
         )));
     }
     Ok(())
@@ -282,7 +283,7 @@ impl Netlink {
 
     /// The link named `name`, or None when there is none.
     pub fn link_by_name(&mut self, name: &str) -> NlResult<Option<Link>> {
-        let op = || format!("get link {name:?}");
+        let op = || format!("get link {name}");
         validate_ifname(name).map_err(|e| e.with_op(op))?;
         let mut m = link_msg(0);
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -312,7 +313,7 @@ impl Netlink {
     /// Creates a bridge (NLM_F_EXCL): an existing link of that name gives an error for which
     /// [`NetlinkError::is_exists`] is true, so a concurrent creator can be tolerated.
     pub fn create_bridge(&mut self, spec: &BridgeSpec<'_>) -> NlResult<()> {
-        let op = || format!("create bridge {:?}", spec.name);
+        let op = || format!("create bridge {}", spec.name);
         validate_ifname(spec.name).map_err(|e| e.with_op(op))?;
         let mut m = link_msg(0);
         up_flags(&mut m, spec.up);
@@ -339,7 +340,7 @@ impl Netlink {
         match self.link_by_name(spec.name)? {
             Some(l) => Ok((l, created)),
             None => Err(NetlinkError::kernel(nix::libc::ENODEV, None)
-                .with_op(|| format!("get bridge {:?} after creating it", spec.name))),
+                .with_op(|| format!("get bridge {} after creating it", spec.name))),
         }
     }
 
@@ -359,7 +360,7 @@ impl Netlink {
     }
 
     fn new_veth(&mut self, spec: &VethSpec<'_>, extra: u16) -> NlResult<Option<Link>> {
-        let op = || format!("create veth {:?} with peer {:?}", spec.name, spec.peer_name);
+        let op = || format!("create veth {} with peer {}", spec.name, spec.peer_name);
         validate_ifname(spec.name).map_err(|e| e.with_op(op))?;
         validate_ifname(spec.peer_name).map_err(|e| e.with_op(op))?;
         let mut peer = link_msg(0);
@@ -405,7 +406,7 @@ impl Netlink {
 
     /// Creates a vxlan device (NLM_F_EXCL; `is_exists` on a name clash).
     pub fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> NlResult<()> {
-        let op = || format!("create vxlan {:?} vni {}", spec.name, spec.vni);
+        let op = || format!("create vxlan {} vni {}", spec.name, spec.vni);
         validate_ifname(spec.name).map_err(|e| e.with_op(op))?;
         let mut data = vec![InfoVxlan::Id(spec.vni)];
         match spec.local {
@@ -441,7 +442,7 @@ impl Netlink {
 
     /// Deletes the link named `name`.
     pub fn delete_link_by_name(&mut self, name: &str) -> NlResult<()> {
-        let op = || format!("delete link {name:?}");
+        let op = || format!("delete link {name}");
         validate_ifname(name).map_err(|e| e.with_op(op))?;
         let mut m = link_msg(0);
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -506,12 +507,22 @@ impl Netlink {
     pub fn set_alias(&mut self, index: u32, alias: &str) -> NlResult<()> {
         let mut m = link_msg(index);
         m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-        self.set_link(m, || format!("set ifindex {index} alias {alias:?}"))
+        self.set_link(m, || format!("set ifindex {index} alias \"{alias}\""))
+    }
+
+    /// Sets the alias (IFLA_IFALIAS) of the link named `name`; an empty string clears it.
+    pub fn set_alias_by_name(&mut self, name: &str, alias: &str) -> NlResult<()> {
+        let op = || format!("set alias \"{alias}\" on link {name}");
+        validate_ifname(name).map_err(|e| e.with_op(op))?;
+        let mut m = link_msg(0);
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        self.set_link(m, op)
     }
 
     /// Renames the link (it must be down).
     pub fn rename_link(&mut self, index: u32, name: &str) -> NlResult<()> {
-        let op = || format!("rename ifindex {index} to {name:?}");
+        let op = || format!("rename ifindex {index} to {name}");
         validate_ifname(name).map_err(|e| e.with_op(op))?;
         let mut m = link_msg(index);
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
