@@ -84,7 +84,7 @@ pub const DEFAULT_INDEX_DIR: &str = "/run/twill/host-local";
 pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
 
 /// First word and format version of an index file.
-const MAGIC: &str = "twill-host-local-index 1";
+const MAGIC: &str = "twill-host-local-index 2";
 /// Last record of a complete index file.
 const END_RECORD: &[u8; 64] = b"end                                                            \n";
 /// Bytes left after the `end` record above which a shrinking index is truncated.
@@ -180,7 +180,7 @@ impl Records {
 
     /// Takes an index file's bytes; `None` unless the header line is followed by well-formed
     /// records and an `end` record (anything after it is dropped).
-    fn parse(mut buf: Vec<u8>) -> Option<(Header, Records)> {
+    fn parse(mut buf: Vec<u8>) -> Option<(DirState, Records)> {
         let nl = buf.iter().position(|b| *b == b'\n')?;
         let header = parse_header(std::str::from_utf8(&buf[..nl]).ok()?)?;
         let start = nl + 1;
@@ -209,11 +209,24 @@ impl Records {
         Some((header, records))
     }
 
-    /// Replaces the header line (everything is then to be written).
+    /// Replaces the header line. One of another length moves every record, which are then all
+    /// to be written; the header itself is always written (last, see [`Index::write`]).
     fn set_header(&mut self, header: &[u8]) {
+        if header.len() == self.start {
+            self.buf[..self.start].copy_from_slice(header);
+            return;
+        }
         self.buf.splice(..self.start, header.iter().copied());
         self.start = header.len();
         self.changed_from = Some(0);
+    }
+
+    /// The (key, name) pairs of the records, sorted.
+    fn sorted_entries(&self) -> Vec<(&[u8], &[u8])> {
+        let mut v: Vec<(&[u8], &[u8])> =
+            self.iter().map(|r| (&r[..16], Records::name(r))).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Offset of the `end` record.
@@ -327,9 +340,11 @@ struct DirState {
     dev: u64,
     ino: u64,
     mtime: Stamp,
+    /// The inode change time: set by the kernel on every change, never settable.
+    ctime: Stamp,
 }
 
-/// A modification time: seconds and nanoseconds since the epoch.
+/// A file time: seconds and nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     sec: i64,
@@ -345,6 +360,10 @@ impl DirState {
             mtime: Stamp {
                 sec: m.mtime(),
                 nsec: m.mtime_nsec(),
+            },
+            ctime: Stamp {
+                sec: m.ctime(),
+                nsec: m.ctime_nsec(),
             },
         })
     }
@@ -408,12 +427,10 @@ impl Index {
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
-            if let Some((header, records)) = Records::parse(bytes)
-                && header.dev == state.dev
-                && header.ino == state.ino
-                && header.mtime == state.mtime
+            if let Some((written_for, records)) = Records::parse(bytes)
+                && written_for == state
             {
-                index.stamp = Some(header.mtime);
+                index.stamp = Some(state.mtime);
                 index.known = Known::Indexed(records);
             }
             index.file = Some((file, len));
@@ -437,12 +454,19 @@ impl Index {
 
     /// Records the result of a full scan: `Some(entries)` when every reservation's owner could
     /// be read, `None` when not (then no index is written).
+    /// A scan that only confirms a valid index leaves it as it is (nothing to rewrite).
     pub fn scanned(&mut self, entries: Option<Vec<Entry>>) {
         self.broken = false;
-        self.known = match entries.as_deref().and_then(Records::from_entries) {
-            Some(r) => Known::Scanned(r),
-            None => Known::Nothing,
+        let Some(scanned) = entries.as_deref().and_then(Records::from_entries) else {
+            self.known = Known::Nothing;
+            return;
         };
+        if let Known::Indexed(r) = &self.known
+            && r.sorted_entries() == scanned.sorted_entries()
+        {
+            return;
+        }
+        self.known = Known::Scanned(scanned);
     }
 
     /// This operation created reservation `name` for the owner with `key`.
@@ -498,58 +522,57 @@ impl Index {
             let _ = fs::remove_file(&path);
             return;
         }
-        match std::mem::replace(&mut self.known, Known::Nothing) {
-            Known::Indexed(records) => {
-                let Some(stamp) = self.stamp.filter(|_| self.dirty) else {
-                    return;
-                };
-                if self.write(&path, &records) {
-                    let _ = set_mtime(net_dir, stamp);
-                }
-            }
-            Known::Scanned(mut records) => {
-                // A fresh stamp, in the past; read back what the filesystem stored.
+        let (mut records, stamp) = match std::mem::replace(&mut self.known, Known::Nothing) {
+            Known::Indexed(records) => match self.stamp.filter(|_| self.dirty) {
+                Some(stamp) => (records, stamp),
+                None => return,
+            },
+            Known::Scanned(records) => {
+                // A fresh stamp, in the past.
                 let Ok(ago) = (SystemTime::now() - STAMP_AGE).duration_since(UNIX_EPOCH) else {
                     return;
                 };
-                let wanted = Stamp {
+                let stamp = Stamp {
                     sec: ago.as_secs() as i64,
                     nsec: i64::from(ago.subsec_nanos()),
                 };
-                let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
-                    return;
-                };
-                if set_mtime(net_dir, wanted).is_err() {
-                    return;
-                }
-                let Some(now) = DirState::of(net_dir) else {
-                    return;
-                };
-                if now.dev != state.dev || now.ino != state.ino {
-                    return;
-                }
-                let header = format!(
-                    "{MAGIC} {} {} {} {} {dir_text}\n",
-                    now.dev, now.ino, now.mtime.sec, now.mtime.nsec
-                );
-                records.set_header(header.as_bytes());
-                self.write(&path, &records);
+                (records, stamp)
             }
-            Known::Nothing => {}
+            Known::Nothing => return,
+        };
+        let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
+            return;
+        };
+        // The stamp first: it gives the directory a ctime no index file records yet, so that
+        // until the header below is written, whatever the index file holds is not trusted.
+        if set_mtime(net_dir, stamp).is_err() {
+            return;
         }
+        // What the filesystem stored (coarse filesystems round the stamp) and the new ctime.
+        let Some(now) = DirState::of(net_dir) else {
+            return;
+        };
+        if now.dev != state.dev || now.ino != state.ino {
+            return;
+        }
+        records.set_header(header_line(&now, dir_text).as_bytes());
+        self.write(&path, &records);
     }
 
-    /// Writes what changed in the index file (creating it when needed); a shorter index leaves
-    /// bytes after its `end` record unless they amount to more than [`SHRINK_AT`] (truncating
-    /// every time would cost a truncate per DEL). True when written completely.
+    /// Writes what changed in the index file (creating it when needed): the records first, the
+    /// header last, in one small write at offset 0, so an operation killed in between leaves a
+    /// header that does not match the directory. A shorter index leaves bytes after its `end`
+    /// record unless they amount to more than [`SHRINK_AT`] (truncating every time would cost a
+    /// truncate per DEL). True when written completely.
     fn write(&mut self, path: &Path, records: &Records) -> bool {
-        let Some(from) = records.changed_from else {
-            return true;
-        };
         let new_len = records.buf.len() as u64;
+        let header = &records.buf[..records.start];
+        let body_from = records.changed_from.map(|c| c.max(records.start));
         if let Some((file, old_len)) = &self.file {
-            return file.write_all_at(&records.buf[from..], from as u64).is_ok()
-                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok());
+            return body_from
+                .is_none_or(|from| file.write_all_at(&records.buf[from..], from as u64).is_ok())
+                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok())
+                && file.write_all_at(header, 0).is_ok();
         }
         let Some(dir) = path.parent() else {
             return false;
@@ -582,7 +605,12 @@ impl Index {
             Err(_) => return false,
         };
         prune(dir, path);
-        let ok = file.write_all_at(&records.buf, 0).is_ok() && file.set_len(new_len).is_ok();
+        let start = records.start;
+        let ok = file
+            .write_all_at(&records.buf[start..], start as u64)
+            .is_ok()
+            && file.set_len(new_len).is_ok()
+            && file.write_all_at(header, 0).is_ok();
         self.file = Some((file, new_len));
         ok
     }
@@ -617,25 +645,40 @@ fn read_all(file: &mut File) -> Option<Vec<u8>> {
     }
 }
 
-/// The header of an index file.
-struct Header {
-    dev: u64,
-    ino: u64,
-    mtime: Stamp,
+/// Number of space-separated fields after the magic, the directory path being the last.
+const HEADER_FIELDS: usize = 7;
+
+/// The first line of an index file for a directory in `state` at path `dir_text`. The numbers
+/// are zero-padded so that the line keeps its length from one operation to the next (it is
+/// rewritten by every operation that changes the directory; the records then stay in place).
+fn header_line(state: &DirState, dir_text: &str) -> String {
+    format!(
+        "{MAGIC} {} {} {:020} {:09} {:020} {:09} {dir_text}\n",
+        state.dev, state.ino, state.mtime.sec, state.mtime.nsec, state.ctime.sec, state.ctime.nsec
+    )
 }
 
-/// Parses the first line; the directory path at its end is not needed to validate.
-fn parse_header(line: &str) -> Option<Header> {
+/// Parses the first line: the state of the directory the index was written for (the path at
+/// its end is not needed to validate).
+fn parse_header(line: &str) -> Option<DirState> {
     let rest = line.strip_prefix(MAGIC)?.strip_prefix(' ')?;
-    let mut f = rest.splitn(5, ' ');
+    let mut f = rest.splitn(HEADER_FIELDS, ' ');
     let dev = f.next()?.parse().ok()?;
     let ino = f.next()?.parse().ok()?;
-    let sec = f.next()?.parse().ok()?;
-    let nsec = f.next()?.parse().ok()?;
-    Some(Header {
+    let mut num = || f.next()?.parse::<i64>().ok();
+    let mtime = Stamp {
+        sec: num()?,
+        nsec: num()?,
+    };
+    let ctime = Stamp {
+        sec: num()?,
+        nsec: num()?,
+    };
+    Some(DirState {
         dev,
         ino,
-        mtime: Stamp { sec, nsec },
+        mtime,
+        ctime,
     })
 }
 
@@ -643,8 +686,8 @@ fn parse_header(line: &str) -> Option<Header> {
 fn header_dir(line: &str) -> Option<&str> {
     line.strip_prefix(MAGIC)?
         .strip_prefix(' ')?
-        .splitn(5, ' ')
-        .nth(4)
+        .splitn(HEADER_FIELDS, ' ')
+        .nth(HEADER_FIELDS - 1)
 }
 
 /// Removes the index files in `dir` (except `keep`) whose network directory no longer exists or
@@ -706,7 +749,7 @@ mod tests {
         assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
     }
 
-    fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
+    fn parse(bytes: &[u8]) -> Option<(DirState, Records)> {
         Records::parse(bytes.to_vec())
     }
 
@@ -717,20 +760,38 @@ mod tests {
     #[test]
     fn parse_round_trip_and_rejects_torn_files() {
         let end = std::str::from_utf8(END_RECORD).unwrap();
+        let state = DirState {
+            dev: 2049,
+            ino: 77,
+            mtime: Stamp {
+                sec: 1_700_000_000,
+                nsec: 123,
+            },
+            ctime: Stamp {
+                sec: 1_700_000_060,
+                nsec: 999_999_999,
+            },
+        };
+        let header = header_line(&state, "/var/lib/cni/networks/a b");
+        // fixed width: the records do not move when the times change
+        let later = DirState {
+            ctime: Stamp {
+                sec: 1_800_000_000,
+                nsec: 5,
+            },
+            ..state
+        };
+        assert_eq!(
+            header.len(),
+            header_line(&later, "/var/lib/cni/networks/a b").len()
+        );
         let text = format!(
-            "{MAGIC} 2049 77 1700000000 123 /var/lib/cni/networks/a b\n{}{}{end}",
+            "{header}{}{}{end}",
             record(0xff, "10.0.0.2"),
             record(0x0123_4567_89ab_cdef, "fd00::2"),
         );
         let (h, mut r) = parse(text.as_bytes()).unwrap();
-        assert_eq!((h.dev, h.ino), (2049, 77));
-        assert_eq!(
-            h.mtime,
-            Stamp {
-                sec: 1_700_000_000,
-                nsec: 123
-            }
-        );
+        assert_eq!(h, state);
         assert_eq!(
             r.matching(&[0x0123_4567_89ab_cdef, 7]),
             [Entry {
@@ -760,7 +821,10 @@ mod tests {
             )
             .is_none()
         );
-        assert!(parse(text.replace("index 1", "index 2").as_bytes()).is_none());
+        assert!(parse(text.replace("index 2", "index 1").as_bytes()).is_none());
+        // a version 1 header (no ctime) is not read as version 2
+        let v1 = format!("twill-host-local-index 1 2049 77 1700000000 123 /x\n{end}");
+        assert!(parse(v1.as_bytes()).is_none());
     }
 
     #[test]

@@ -677,17 +677,17 @@ fn spawn_reference(command: &str, id: &str, conf: &Value) -> std::process::Child
     child
 }
 
-/// Runs the reference host-local (if installed) with `conf` on stdin.
-fn reference(command: &str, id: &str, conf: &Value) -> Option<std::process::Output> {
-    if !Path::new(REFERENCE).exists() {
-        eprintln!("{REFERENCE} not installed: skipping the interop part");
-        return None;
-    }
-    Some(
-        spawn_reference(command, id, conf)
-            .wait_with_output()
-            .unwrap(),
-    )
+/// Runs the reference host-local with `conf` on stdin; fails the test when it is not
+/// installed (the interoperation is part of what is tested).
+fn reference(command: &str, id: &str, conf: &Value) -> std::process::Output {
+    assert!(
+        Path::new(REFERENCE).is_file(),
+        "{REFERENCE} not found: install the Debian package containernetworking-plugins \
+         (apt-get install containernetworking-plugins), which holds the reference plugins"
+    );
+    spawn_reference(command, id, conf)
+        .wait_with_output()
+        .unwrap()
 }
 
 #[test]
@@ -697,9 +697,7 @@ fn interop_with_reference_binary() {
                       "ranges": [[{"subnet": "10.9.0.0/29"}], [{"subnet": "fd00::/125"}]]});
     let conf = json!({"cniVersion": "1.0.0", "name": "testnet", "type": "x", "ipam": ipam});
     let h = HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap());
-    let Some(out) = reference("ADD", "ref1", &conf) else {
-        return;
-    };
+    let out = reference("ADD", "ref1", &conf);
     assert!(
         out.status.success(),
         "{}",
@@ -718,17 +716,17 @@ fn interop_with_reference_binary() {
         fs::read(net(&d).join("last_reserved_ip.1")).unwrap(),
         b"fd00::3"
     );
-    let out = reference("ADD", "ref2", &conf).unwrap();
+    let out = reference("ADD", "ref2", &conf);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ips"][0]["address"], "10.9.0.4/29", "{v}");
     assert_eq!(v["ips"][1]["address"], "fd00::4/125", "{v}");
     // each releases the other's reservations
     h.del("ref1", "eth0").unwrap();
     assert!(!net(&d).join("10.9.0.2").exists());
-    assert!(reference("DEL", "tw1", &conf).unwrap().status.success());
+    assert!(reference("DEL", "tw1", &conf).status.success());
     assert!(!net(&d).join("10.9.0.3").exists());
     assert!(!net(&d).join("fd00::3").exists());
-    assert!(reference("CHECK", "ref2", &conf).unwrap().status.success());
+    assert!(reference("CHECK", "ref2", &conf).status.success());
     h.check("ref2", "eth0", &[ip("10.9.0.4"), ip("fd00::4")])
         .unwrap();
 
@@ -928,20 +926,66 @@ fn foreign_changes_invalidate_the_index() {
     );
 }
 
-/// An index that lies although the stamp matches (a change hidden by resetting the mtime) is
-/// caught by verification before anything is returned or removed.
+/// Makes the index file claim the directory's current state (device, inode, mtime, ctime), as
+/// if twill had just written it: an index that lies although it looks valid.
+fn forge_index_header(dir: &TempDir) {
+    use std::os::unix::fs::MetadataExt;
+    let (path, text) = index_text(dir);
+    let m = fs::metadata(net(dir)).unwrap();
+    let (line, rest) = text.split_once('\n').unwrap();
+    let f: Vec<&str> = line.splitn(9, ' ').collect();
+    let forged = format!(
+        "{} {} {} {} {:020} {:09} {:020} {:09} {}\n{rest}",
+        f[0],
+        f[1],
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        f[8]
+    );
+    fs::write(&path, forged).unwrap();
+}
+
+/// A change hidden by resetting the directory's mtime to the stamp (what a restore with kept
+/// mtimes does) still changed its ctime, which no one can set back: the index is not used.
+#[test]
+fn a_change_hidden_by_resetting_the_mtime_invalidates_the_index() {
+    let d = TempDir::new("idx-hidden");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap(); // .2
+    let stamp = dir_mtime(&d);
+    assert_eq!(index_stamp(&index_text(&d).1), stamp);
+    fs::write(net(&d).join("10.9.0.7"), "hidden\r\neth0").unwrap();
+    set_dir_mtime(&d, stamp);
+    // DEL of the hidden owner releases its reservation
+    h.del("hidden", "eth0").unwrap();
+    assert_eq!(files(&d), ["10.9.0.2", "last_reserved_ip.0", "lock"]);
+    // the rebuilt index is trusted again: a re-ADD of a needs no scan to answer
+    assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.2/24"]);
+    let (_, text) = index_text(&d);
+    assert_eq!(index_stamp(&text), dir_mtime(&d));
+    assert_eq!(
+        index_records(&text),
+        [format!("{:016x} 10.9.0.2", index::exact_key("a", "eth0"))]
+    );
+}
+
+/// An index that lies although it matches the directory (forged here) is caught by
+/// verification before anything is returned or removed.
 #[test]
 fn stale_index_entries_are_verified_before_use() {
     let d = TempDir::new("idx-stale");
     let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
     h.add("a", "eth0", &[]).unwrap(); // .2
     h.add("b", "eth0", &[]).unwrap(); // .3
-    let stamp = dir_mtime(&d);
     // a's file vanished, b's now belongs to z: the index still says a→.2, b→.3
     fs::remove_file(net(&d).join("10.9.0.2")).unwrap();
     fs::remove_file(net(&d).join("10.9.0.3")).unwrap();
     fs::write(net(&d).join("10.9.0.3"), "z\r\neth0").unwrap();
-    set_dir_mtime(&d, stamp);
+    forge_index_header(&d);
     // re-ADD of a does not return the vanished address
     assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
     // (that fell back to a scan, whose index is correct again)
@@ -966,16 +1010,15 @@ fn stale_index_entries_are_verified_before_use() {
     assert!(text.contains(&format!("{:016x} 10.9.0.3", index::exact_key("b", "eth0"))));
 }
 
-/// A reservation the index does not list (hidden by resetting the mtime) is found when ADD
-/// bumps into it; the index is then dropped and rebuilt by the next operation.
+/// A reservation the index does not list (the index forged to match the directory) is found
+/// when ADD bumps into it; the index is then dropped and rebuilt by the next operation.
 #[test]
 fn unlisted_reservation_drops_the_index() {
     let d = TempDir::new("idx-unlisted");
     let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
     h.add("a", "eth0", &[]).unwrap(); // .2
-    let stamp = dir_mtime(&d);
     fs::write(net(&d).join("10.9.0.3"), "hidden\r\neth0").unwrap();
-    set_dir_mtime(&d, stamp);
+    forge_index_header(&d);
     assert_eq!(addrs(&h.add("b", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
     let (path, _) = index_text(&d);
     assert!(!path.exists(), "index kept after it proved incomplete");
@@ -1002,7 +1045,7 @@ fn stale_index_files_are_pruned() {
     let live = idx.join(format!("{}-{}", m.dev(), m.ino()));
     let header = |dev: u64, ino: u64, p: &Path| {
         format!(
-            "twill-host-local-index 1 {dev} {ino} 1 0 {}\nend\n",
+            "twill-host-local-index 2 {dev} {ino} 1 0 1 0 {}\nend\n",
             p.display()
         )
     };
