@@ -1,6 +1,7 @@
-//! The owner index: twill's private, self-validating hint that turns "which reservations does
-//! (container ID, ifname) hold?" from one open and read per reservation file into one read of
-//! one file, without changing the on-disk format shared with the reference plugin.
+//! The owner index: twill's private hint that turns "which reservations does (container ID,
+//! ifname) hold?" from one open and read per reservation file into one read of one file,
+//! without changing the on-disk format shared with the reference plugin. It is never trusted
+//! into a leak: the reservation files are the truth, the index only proposes where to look.
 //!
 //! # Where and what
 //!
@@ -11,62 +12,71 @@
 //! environment variable [`INDEX_DIR_ENV`] (empty: no index). Contents, in text:
 //!
 //! ```text
-//! twill-host-local-index 1 <dev> <ino> <stamp seconds> <stamp nanoseconds> <network dir path>
+//! twill-host-local-index 2 <dev> <ino> <mtime s> <mtime ns> <ctime s> <ctime ns> <dir path>
 //! <owner key, 16 hex digits> <reservation file name, padded with spaces to 46 bytes>
 //! ...
 //! end<padded with spaces to 63 bytes>
 //! ```
 //!
-//! One fixed-width line (a 64-byte record) per reservation file of the directory, in no
-//! particular order; bytes after the `end` record are ignored (left over when the index
-//! shrank). The key is a 64-bit FNV-1a hash of the owner ([`exact_key`] for
-//! `<id>\r\n<ifname>` files, [`legacy_key`] for container-ID-only files). A hash is enough
-//! because every entry is verified before it is acted on (below). Fixed-width records make
-//! loading, looking up, adding and removing entries plain byte-slice work, without parsing or
-//! allocating per entry.
+//! The times are zero-padded (20 and 9 digits), so the header keeps its length. One
+//! fixed-width line (a 64-byte record) per reservation file of the directory, in no particular
+//! order; bytes after the `end` record are ignored (left over when the index shrank). The key
+//! is a 64-bit FNV-1a hash of the owner ([`exact_key`] for `<id>\r\n<ifname>` files,
+//! [`legacy_key`] for container-ID-only files). A hash is enough because every entry is
+//! verified before it is acted on (below). Fixed-width records make loading, looking up,
+//! adding and removing entries plain byte-slice work, without parsing or allocating per entry.
 //!
-//! # Why it can be trusted: the directory stamp
+//! # When it is used: the directory's stamp and ctime
 //!
-//! Anything that creates, removes or renames a reservation (the reference plugin, an older
-//! twill, an administrator) changes the directory's modification time to the current time.
-//! twill, after each operation that changed the directory and after updating the index, sets
-//! the directory's mtime back to the index's *stamp*: a time chosen when the index was built,
-//! one minute in the past (read back after setting it, so filesystems with coarse timestamps
-//! store exactly the recorded value). So:
+//! The header records the state of the network directory the index was written for: device,
+//! inode, mtime and ctime. The index is used only while the directory still has exactly that
+//! state; anything else (someone changed the directory, an operation died half-way, the
+//! directory was recreated or restored, the index file is missing, torn, unparsable, of format
+//! 1, or an older copy of itself) makes the operation read every reservation file as the
+//! reference does (the full scan) and write a fresh index.
 //!
-//! - directory mtime == stamp (and same device and inode): every change since the index was
-//!   written was made by twill, which kept the index exact; the index lists every reservation;
-//!   an owner absent from it holds nothing.
-//! - otherwise (someone else changed the directory, an operation crashed between its change and
-//!   the stamp, the directory was recreated, the index file is missing, torn or unparsable): the
-//!   index is not used; the operation reads every reservation file as before (the full scan),
-//!   and writes a fresh index with a fresh stamp, so the next operation is fast again.
+//! - The mtime is the *stamp*: after each operation that changed the directory, twill sets the
+//!   directory's mtime back to it, a time one minute in the past chosen when the index was
+//!   built (read back after setting, so filesystems with coarse timestamps store exactly the
+//!   recorded value). Anything else that creates, removes or renames a file there (the
+//!   reference, an older twill, an administrator) sets the mtime to "now", which is not the
+//!   stamp, even within the same coarse kernel tick as twill's last change.
+//! - The ctime cannot be set at all: every change of the directory, including twill's own
+//!   `utimensat` of the stamp and any restore that puts an older mtime back (`cp -a`,
+//!   `rsync -a`, `tar`), sets it to "now". Setting the stamp is the last change of an
+//!   operation, so the ctime read right after it identifies the directory state the index
+//!   describes. An older copy of the index, or a directory restored with its times kept, has a
+//!   ctime no index records.
 //!
-//! The order of writes makes every crash land in the second case: the directory changes first,
-//! then the index file, then the stamp. A later foreign change cannot reproduce the stamp,
-//! because kernel-set times are "now" and the stamp lies in the past: only a wall clock stepped
-//! back by at least a minute, with the change landing on the stamp exactly (to the nanosecond,
-//! or to the second on filesystems with one-second timestamps) could. Restoring the time after
-//! each change (rather than remembering the time of the last change) is what makes this hold
-//! on kernels whose timestamps are coarse (a tick of several milliseconds): a change by the
-//! reference right after twill's, in the same tick, would otherwise leave the time unchanged.
-//! The cost is that the network directory's mtime stays at the stamp while only twill works on
-//! it; its ctime still shows the last change. Changes made without taking the directory's lock
-//! (hand edits of a file's contents in place) are outside this contract, as they are for the
-//! reference.
+//! Order of writes in an operation: the directory's files; the stamp (a new ctime that no index
+//! file records yet); the changed records; the header, last, in one small write at offset 0.
+//! An operation killed anywhere in between leaves a header that does not match the directory.
 //!
-//! # Self-validation and fallbacks
+//! # What is believed, and what makes it scan anyway
 //!
-//! - Hits are verified: an entry is used only after its reservation file was read and holds
-//!   exactly the owner (a re-ADD returns it, DEL removes it). A failed verification means the
-//!   index is wrong: the operation falls back to the full scan and rebuilds the index.
+//! - Only positive answers are believed, and only after their reservation file was read and
+//!   holds exactly the owner (a re-ADD returns it, DEL removes it). A failed verification
+//!   proves the index wrong: the operation falls back to the full scan and rebuilds it.
+//! - An owner's entries are the whole answer only when they are complete: the caller says
+//!   what complete is (`Store::owned`). DEL and CHECK need a verified address in every range
+//!   set; ADD accepts a full set, or nothing at all (a fresh attachment, the common case).
+//!   Anything in between (part of a dual-stack pair, a legacy reservation only) scans. This
+//!   is what catches a reservation file edited in place to name another owner, which changes
+//!   neither the directory's mtime nor its ctime: its new owner is unknown to the index (DEL
+//!   of it scans and releases it), its old owner's entry fails verification.
 //! - A reservation attempt that finds the address taken although the index does not list it
 //!   also proves the index wrong: it is deleted (the next operation scans and rebuilds).
 //! - An index is only written when the scan could read every reservation file (an unreadable
-//!   one has an unknown owner, which an index cannot answer for).
+//!   one has an unknown owner, which an index cannot answer for). A scan that only confirms a
+//!   valid index does not rewrite it.
 //! - No index directory, or it cannot be written: every operation scans (the behaviour without
-//!   an index). A reservation made by the reference is found by the scan that follows its
-//!   directory change; DEL of it works the same way.
+//!   an index).
+//!
+//! What remains outside any O(1) answer: a file edited in place to name an owner that the
+//! index already lists with a full set (that owner then holds one more address than the index
+//! shows; its DEL leaves the extra one, which GC releases), or a fresh attachment's ADD after
+//! such an edit named it (it gets a second address). Both need a hand edit of a file's contents
+//! without the directory's lock; the reference plugin scans on every operation and has neither.
 //!
 //! Index files of network directories that no longer exist are removed whenever a new index
 //! file is created.

@@ -19,9 +19,11 @@
 //! - DEL does not create the data directory; a missing one means nothing to release.
 //!
 //! Beyond the shared state, twill keeps a private owner index outside the data directory (see
-//! [`index`]) so that ADD, DEL and CHECK do not read every reservation file; it is a
-//! self-validating hint, and whenever it cannot be trusted (the reference plugin or anyone else
-//! changed the directory) the operation reads every file as the reference does and rebuilds it.
+//! [`index`]) so that ADD and DEL of an attachment do not read every reservation file. It is
+//! only a hint: its answers are verified against the reservation files, and whenever it cannot
+//! prove an answer complete (the directory changed behind it or was restored, the index is an
+//! older copy, a file names another owner than indexed, an owner holds fewer addresses than
+//! there are range sets) the operation reads every file as the reference does.
 
 pub mod allocator;
 pub mod config;

@@ -17,9 +17,10 @@
 //! file is never half-written), and `EEXIST` means taken.
 //!
 //! Which reservations an owner holds is answered by twill's owner index ([`super::index`]) when
-//! it is valid, without reading every reservation file; otherwise by reading them all (a scan),
-//! after which the index is rebuilt. The store keeps the index up to date with every change it
-//! makes and commits it when dropped, still holding the lock.
+//! it is valid and its verified answer is complete, without reading every reservation file;
+//! otherwise by reading them all (a scan), after which the index is rebuilt if it was wrong.
+//! The store keeps the index up to date with every change it makes and commits it when
+//! dropped, still holding the lock.
 
 use super::index::{self, Entry, Index};
 use crate::error::{Error, Result};
