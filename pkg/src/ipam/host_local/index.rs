@@ -692,12 +692,18 @@ fn parse_header(line: &str) -> Option<DirState> {
     })
 }
 
-/// The network directory path recorded in an index file's first line.
+/// Format 1's magic (no ctime in its header); its files are only pruned.
+const MAGIC_1: &str = "twill-host-local-index 1";
+/// Fields after format 1's magic, the directory path being the last.
+const HEADER_FIELDS_1: usize = 5;
+
+/// The network directory path recorded in an index file's first line (format 2 or 1).
 fn header_dir(line: &str) -> Option<&str> {
-    line.strip_prefix(MAGIC)?
-        .strip_prefix(' ')?
-        .splitn(HEADER_FIELDS, ' ')
-        .nth(HEADER_FIELDS - 1)
+    let (rest, fields) = match line.strip_prefix(MAGIC) {
+        Some(rest) => (rest, HEADER_FIELDS),
+        None => (line.strip_prefix(MAGIC_1)?, HEADER_FIELDS_1),
+    };
+    rest.strip_prefix(' ')?.splitn(fields, ' ').nth(fields - 1)
 }
 
 /// Removes the index files in `dir` (except `keep`) whose network directory no longer exists or
@@ -817,6 +823,10 @@ mod tests {
         assert_eq!(
             header_dir(text.lines().next().unwrap()),
             Some("/var/lib/cni/networks/a b")
+        );
+        assert_eq!(
+            header_dir("twill-host-local-index 1 2049 77 1700000000 123 /var/lib/x y"),
+            Some("/var/lib/x y")
         );
         // bytes after the end record are left-overs of a longer index
         assert!(parse(format!("{text}{}", record(1, "10.0.0.9")).as_bytes()).is_some());

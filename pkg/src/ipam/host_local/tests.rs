@@ -973,6 +973,41 @@ fn a_change_hidden_by_resetting_the_mtime_invalidates_the_index() {
     );
 }
 
+/// The directory's ctime, as (seconds, nanoseconds).
+fn dir_ctime(dir: &TempDir) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(net(dir)).unwrap();
+    (m.ctime(), m.ctime_nsec())
+}
+
+/// DEL of an owner the index does not list reads every file (the index cannot prove that a
+/// hand edit did not name it); when that only confirms the index, nothing is written: the
+/// index file and the directory stay as they were, and the next operation trusts them.
+#[test]
+fn a_scan_that_confirms_the_index_writes_nothing() {
+    let d = TempDir::new("idx-confirm");
+    let h = hl(
+        &d,
+        json!({"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/64"}]]}),
+    );
+    h.add("a", "eth0", &[]).unwrap();
+    h.add("b", "eth0", &[]).unwrap();
+    let (_, before) = index_text(&d);
+    let ctime = dir_ctime(&d);
+    h.del("ghost", "eth0").unwrap();
+    assert_eq!(index_text(&d).1, before);
+    assert_eq!(dir_ctime(&d), ctime);
+    // the index still answers; a DEL that changes something moves the ctime, and the header
+    // follows it
+    h.del("a", "eth0").unwrap();
+    let (_, after) = index_text(&d);
+    assert_ne!(dir_ctime(&d), ctime);
+    assert_eq!(index_records(&after).len(), 2, "{after}");
+    let header: Vec<&str> = after.lines().next().unwrap().split(' ').collect();
+    let (c, n) = dir_ctime(&d);
+    assert_eq!((header[6].parse(), header[7].parse()), (Ok(c), Ok(n)));
+}
+
 /// An index that lies although it matches the directory (forged here) is caught by
 /// verification before anything is returned or removed.
 #[test]
@@ -1054,6 +1089,16 @@ fn stale_index_files_are_pruned() {
     fs::write(&gone, header(1, 2, &d.path().join("gone"))).unwrap();
     let moved = idx.join(format!("{}-{}", m.dev(), m.ino() + 1_000_000));
     fs::write(&moved, header(m.dev(), m.ino() + 1_000_000, &other)).unwrap();
+    // an index of format 1 (older twill) whose directory is gone
+    let old_format = idx.join("1-3");
+    fs::write(
+        &old_format,
+        format!(
+            "twill-host-local-index 1 1 3 1 0 {}\nend\n",
+            d.path().join("gone1").display()
+        ),
+    )
+    .unwrap();
     let junk = idx.join("notes");
     fs::write(&junk, "not an index").unwrap();
     h.add("a", "eth0", &[]).unwrap();
@@ -1061,6 +1106,7 @@ fn stale_index_files_are_pruned() {
     assert!(junk.exists());
     assert!(!gone.exists());
     assert!(!moved.exists());
+    assert!(!old_format.exists());
     assert!(index_text(&d).0.exists());
 }
 
