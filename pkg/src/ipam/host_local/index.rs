@@ -463,8 +463,8 @@ impl Index {
     }
 
     /// Records the result of a full scan: `Some(entries)` when every reservation's owner could
-    /// be read, `None` when not (then no index is written).
-    /// A scan that only confirms a valid index leaves it as it is (nothing to rewrite).
+    /// be read, `None` when not (then no index is written). A scan that only confirms a valid
+    /// index leaves it as it is (nothing to rewrite).
     pub fn scanned(&mut self, entries: Option<Vec<Entry>>) {
         self.broken = false;
         let Some(scanned) = entries.as_deref().and_then(Records::from_entries) else {
