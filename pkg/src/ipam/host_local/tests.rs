@@ -43,6 +43,26 @@ fn index_dir(dir: &TempDir) -> PathBuf {
     dir.path().join("index")
 }
 
+/// Removes, when dropped, the index file that the free functions (`add`, `del`, ..., which
+/// keep the index in the directory named by the environment) wrote for `dir/testnet`; declared
+/// after the `TempDir`, it is dropped first, also when the test fails.
+struct EnvIndexFile(PathBuf);
+
+impl EnvIndexFile {
+    fn of(dir: &TempDir) -> EnvIndexFile {
+        EnvIndexFile(net(dir))
+    }
+}
+
+impl Drop for EnvIndexFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let (Some(idx), Ok(m)) = (index::index_dir_from_env(), fs::metadata(&self.0)) {
+            let _ = fs::remove_file(idx.join(format!("{}-{}", m.dev(), m.ino())));
+        }
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -593,6 +613,7 @@ fn netconf(dir: &TempDir, extra: Value) -> NetConf {
 #[test]
 fn netconf_api_with_requested_ips_and_gc() {
     let d = TempDir::new("netconf");
+    let _index = EnvIndexFile::of(&d);
     let conf = netconf(&d, json!({"runtimeConfig": {"ips": ["fd00::99/64"]}}));
     let r = add(
         &cmd_args("a", "eth0", "IgnoreUnknown=1;IP=10.9.0.42;K8S_POD_NAME=x"),
@@ -644,6 +665,7 @@ fn netconf_api_with_requested_ips_and_gc() {
 #[test]
 fn runtime_ip_ranges_capability() {
     let d = TempDir::new("ipranges");
+    let _index = EnvIndexFile::of(&d);
     let conf = netconf(
         &d,
         json!({"runtimeConfig": {"ipRanges": [[{"subnet": "10.50.0.0/24"}]]}}),
@@ -696,7 +718,8 @@ fn interop_with_reference_binary() {
     let ipam = json!({"type": "host-local", "dataDir": d.s(),
                       "ranges": [[{"subnet": "10.9.0.0/29"}], [{"subnet": "fd00::/125"}]]});
     let conf = json!({"cniVersion": "1.0.0", "name": "testnet", "type": "x", "ipam": ipam});
-    let h = HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap());
+    let h = HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap())
+        .with_index_dir(Some(index_dir(&d)));
     let out = reference("ADD", "ref1", &conf);
     assert!(
         out.status.success(),
