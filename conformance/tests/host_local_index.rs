@@ -166,19 +166,27 @@ fn restore(copy: &Path, dir: &Path) {
 fn older_index_copy_restored_makes_neither_add_nor_del_leak() {
     let env = Env::new();
     let conf = env.conf(json!([[{"subnet": "10.64.1.0/24"}]]));
-    let (a, b) = (unique_name("a"), unique_name("b"));
+    let (a, b, c) = (unique_name("a"), unique_name("b"), unique_name("c"));
     assert_eq!(env.add(&a, &conf), ips(&["10.64.1.2"]));
     let old_index = env.tmp.join("index.old");
     cp_a(&env.index_dir(), &old_index);
     env.del(&a, &conf);
     assert_eq!(env.add(&b, &conf), ips(&["10.64.1.3"]));
-    // the index as it was when only a held an address
+    // the index as it was when only a held an address: DEL of b releases b's address
     restore(&old_index, &env.index_dir());
-    // a retried ADD of b gets its address back, not a second one
-    assert_eq!(env.add(&b, &conf), ips(&["10.64.1.3"]));
-    assert_eq!(env.reservations(), reservations(&[("10.64.1.3", &b)]));
     env.del(&b, &conf);
     assert_eq!(env.reservations(), BTreeMap::new(), "DEL of b left it");
+
+    // the index as it was before c's ADD: c's retried ADD gets its address back, not a
+    // second one
+    let older = env.tmp.join("index.older");
+    cp_a(&env.index_dir(), &older);
+    assert_eq!(env.add(&c, &conf), ips(&["10.64.1.4"]));
+    restore(&older, &env.index_dir());
+    assert_eq!(env.add(&c, &conf), ips(&["10.64.1.4"]));
+    assert_eq!(env.reservations(), reservations(&[("10.64.1.4", &c)]));
+    env.del(&c, &conf);
+    assert_eq!(env.reservations(), BTreeMap::new());
 }
 
 #[test]
