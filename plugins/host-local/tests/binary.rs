@@ -239,13 +239,18 @@ fn gc_and_status_through_the_binary() {
     assert_eq!(e["code"], 50, "{e}");
 }
 
-/// Runs the reference host-local (if installed) with the fixture's namespace and `conf`.
-fn reference(f: &Fixture, command: &str, id: &str, conf: &Value) -> Option<Value> {
-    const REFERENCE: &str = "/usr/lib/cni/host-local";
-    if !Path::new(REFERENCE).exists() {
-        eprintln!("{REFERENCE} not installed: skipping the reference part");
-        return None;
-    }
+/// The reference host-local binary.
+const REFERENCE: &str = "/usr/lib/cni/host-local";
+
+/// Runs the reference host-local with the fixture's namespace and `conf`, asserting success;
+/// fails the test when it is not installed (the comparison is part of what is tested).
+fn reference(f: &Fixture, command: &str, id: &str, conf: &Value) -> Value {
+    assert!(
+        Path::new(REFERENCE).is_file(),
+        "{REFERENCE} not found: install the Debian package containernetworking-plugins \
+         (apt-get install containernetworking-plugins), which holds the reference plugins \
+         this test compares against"
+    );
     let out = run_with_stdin(
         Command::new(REFERENCE)
             .env_clear()
@@ -263,7 +268,7 @@ fn reference(f: &Fixture, command: &str, id: &str, conf: &Value) -> Option<Value
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    Some(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 /// The owner index lives in `TWILL_HOST_LOCAL_INDEX_DIR`, never in the data directory; the
@@ -280,21 +285,20 @@ fn owner_index_outside_the_data_dir_and_reference_changes() {
         f.files(),
         ["10.77.1.2", "10.77.1.3", "last_reserved_ip.0", "lock"]
     );
-    if let Some(r) = reference(&f, "ADD", "ctr-r", &conf) {
-        assert_eq!(r["ips"][0]["address"], "10.77.1.4/24", "{r}");
-        // ours finds the reference's reservation for a re-ADD, and releases it on DEL
-        let (ok, again) = f.run("ADD", "ctr-r", "eth0", &conf);
-        assert!(ok, "{again}");
-        assert_eq!(again["ips"][0]["address"], "10.77.1.4/24");
-        assert_eq!(f.run("DEL", "ctr-r", "eth0", &conf), (true, Value::Null));
-        assert!(!f.net().join("10.77.1.4").exists());
-        // and the reference releases ours
-        reference(&f, "DEL", "ctr-a", &conf);
-        assert!(!f.net().join("10.77.1.2").exists());
-        let (ok, r) = f.run("ADD", "ctr-c", "eth0", &conf);
-        assert!(ok, "{r}");
-        assert_eq!(r["ips"][0]["address"], "10.77.1.5/24");
-    }
+    let r = reference(&f, "ADD", "ctr-r", &conf);
+    assert_eq!(r["ips"][0]["address"], "10.77.1.4/24", "{r}");
+    // ours finds the reference's reservation for a re-ADD, and releases it on DEL
+    let (ok, again) = f.run("ADD", "ctr-r", "eth0", &conf);
+    assert!(ok, "{again}");
+    assert_eq!(again["ips"][0]["address"], "10.77.1.4/24");
+    assert_eq!(f.run("DEL", "ctr-r", "eth0", &conf), (true, Value::Null));
+    assert!(!f.net().join("10.77.1.4").exists());
+    // and the reference releases ours
+    reference(&f, "DEL", "ctr-a", &conf);
+    assert!(!f.net().join("10.77.1.2").exists());
+    let (ok, r) = f.run("ADD", "ctr-c", "eth0", &conf);
+    assert!(ok, "{r}");
+    assert_eq!(r["ips"][0]["address"], "10.77.1.5/24");
 
     let mut off = Fixture::new("index-off");
     off.index = String::new();

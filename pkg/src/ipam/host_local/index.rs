@@ -1,6 +1,7 @@
-//! The owner index: twill's private, self-validating hint that turns "which reservations does
-//! (container ID, ifname) hold?" from one open and read per reservation file into one read of
-//! one file, without changing the on-disk format shared with the reference plugin.
+//! The owner index: twill's private hint that turns "which reservations does (container ID,
+//! ifname) hold?" from one open and read per reservation file into one read of one file,
+//! without changing the on-disk format shared with the reference plugin. It is never trusted
+//! into a leak: the reservation files are the truth, the index only proposes where to look.
 //!
 //! # Where and what
 //!
@@ -11,62 +12,71 @@
 //! environment variable [`INDEX_DIR_ENV`] (empty: no index). Contents, in text:
 //!
 //! ```text
-//! twill-host-local-index 1 <dev> <ino> <stamp seconds> <stamp nanoseconds> <network dir path>
+//! twill-host-local-index 2 <dev> <ino> <mtime s> <mtime ns> <ctime s> <ctime ns> <dir path>
 //! <owner key, 16 hex digits> <reservation file name, padded with spaces to 46 bytes>
 //! ...
 //! end<padded with spaces to 63 bytes>
 //! ```
 //!
-//! One fixed-width line (a 64-byte record) per reservation file of the directory, in no
-//! particular order; bytes after the `end` record are ignored (left over when the index
-//! shrank). The key is a 64-bit FNV-1a hash of the owner ([`exact_key`] for
-//! `<id>\r\n<ifname>` files, [`legacy_key`] for container-ID-only files). A hash is enough
-//! because every entry is verified before it is acted on (below). Fixed-width records make
-//! loading, looking up, adding and removing entries plain byte-slice work, without parsing or
-//! allocating per entry.
+//! The times are zero-padded (20 and 9 digits), so the header keeps its length. One
+//! fixed-width line (a 64-byte record) per reservation file of the directory, in no particular
+//! order; bytes after the `end` record are ignored (left over when the index shrank). The key
+//! is a 64-bit FNV-1a hash of the owner ([`exact_key`] for `<id>\r\n<ifname>` files,
+//! [`legacy_key`] for container-ID-only files). A hash is enough because every entry is
+//! verified before it is acted on (below). Fixed-width records make loading, looking up,
+//! adding and removing entries plain byte-slice work, without parsing or allocating per entry.
 //!
-//! # Why it can be trusted: the directory stamp
+//! # When it is used: the directory's stamp and ctime
 //!
-//! Anything that creates, removes or renames a reservation (the reference plugin, an older
-//! twill, an administrator) changes the directory's modification time to the current time.
-//! twill, after each operation that changed the directory and after updating the index, sets
-//! the directory's mtime back to the index's *stamp*: a time chosen when the index was built,
-//! one minute in the past (read back after setting it, so filesystems with coarse timestamps
-//! store exactly the recorded value). So:
+//! The header records the state of the network directory the index was written for: device,
+//! inode, mtime and ctime. The index is used only while the directory still has exactly that
+//! state; anything else (someone changed the directory, an operation died half-way, the
+//! directory was recreated or restored, the index file is missing, torn, unparsable, of format
+//! 1, or an older copy of itself) makes the operation read every reservation file as the
+//! reference does (the full scan) and write a fresh index.
 //!
-//! - directory mtime == stamp (and same device and inode): every change since the index was
-//!   written was made by twill, which kept the index exact; the index lists every reservation;
-//!   an owner absent from it holds nothing.
-//! - otherwise (someone else changed the directory, an operation crashed between its change and
-//!   the stamp, the directory was recreated, the index file is missing, torn or unparsable): the
-//!   index is not used; the operation reads every reservation file as before (the full scan),
-//!   and writes a fresh index with a fresh stamp, so the next operation is fast again.
+//! - The mtime is the *stamp*: after each operation that changed the directory, twill sets the
+//!   directory's mtime back to it, a time one minute in the past chosen when the index was
+//!   built (read back after setting, so filesystems with coarse timestamps store exactly the
+//!   recorded value). Anything else that creates, removes or renames a file there (the
+//!   reference, an older twill, an administrator) sets the mtime to "now", which is not the
+//!   stamp, even within the same coarse kernel tick as twill's last change.
+//! - The ctime cannot be set at all: every change of the directory, including twill's own
+//!   `utimensat` of the stamp and any restore that puts an older mtime back (`cp -a`,
+//!   `rsync -a`, `tar`), sets it to "now". Setting the stamp is the last change of an
+//!   operation, so the ctime read right after it identifies the directory state the index
+//!   describes. An older copy of the index, or a directory restored with its times kept, has a
+//!   ctime no index records.
 //!
-//! The order of writes makes every crash land in the second case: the directory changes first,
-//! then the index file, then the stamp. A later foreign change cannot reproduce the stamp,
-//! because kernel-set times are "now" and the stamp lies in the past: only a wall clock stepped
-//! back by at least a minute, with the change landing on the stamp exactly (to the nanosecond,
-//! or to the second on filesystems with one-second timestamps) could. Restoring the time after
-//! each change (rather than remembering the time of the last change) is what makes this hold
-//! on kernels whose timestamps are coarse (a tick of several milliseconds): a change by the
-//! reference right after twill's, in the same tick, would otherwise leave the time unchanged.
-//! The cost is that the network directory's mtime stays at the stamp while only twill works on
-//! it; its ctime still shows the last change. Changes made without taking the directory's lock
-//! (hand edits of a file's contents in place) are outside this contract, as they are for the
-//! reference.
+//! Order of writes in an operation: the directory's files; the stamp (a new ctime that no index
+//! file records yet); the changed records; the header, last, in one small write at offset 0.
+//! An operation killed anywhere in between leaves a header that does not match the directory.
 //!
-//! # Self-validation and fallbacks
+//! # What is believed, and what makes it scan anyway
 //!
-//! - Hits are verified: an entry is used only after its reservation file was read and holds
-//!   exactly the owner (a re-ADD returns it, DEL removes it). A failed verification means the
-//!   index is wrong: the operation falls back to the full scan and rebuilds the index.
+//! - Only positive answers are believed, and only after their reservation file was read and
+//!   holds exactly the owner (a re-ADD returns it, DEL removes it). A failed verification
+//!   proves the index wrong: the operation falls back to the full scan and rebuilds it.
+//! - An owner's entries are the whole answer only when they are complete: the caller says
+//!   what complete is (`Store::owned`). DEL and CHECK need a verified address in every range
+//!   set; ADD accepts a full set, or nothing at all (a fresh attachment, the common case).
+//!   Anything in between (part of a dual-stack pair, a legacy reservation only) scans. This
+//!   is what catches a reservation file edited in place to name another owner, which changes
+//!   neither the directory's mtime nor its ctime: its new owner is unknown to the index (DEL
+//!   of it scans and releases it), its old owner's entry fails verification.
 //! - A reservation attempt that finds the address taken although the index does not list it
 //!   also proves the index wrong: it is deleted (the next operation scans and rebuilds).
 //! - An index is only written when the scan could read every reservation file (an unreadable
-//!   one has an unknown owner, which an index cannot answer for).
+//!   one has an unknown owner, which an index cannot answer for). A scan that only confirms a
+//!   valid index does not rewrite it.
 //! - No index directory, or it cannot be written: every operation scans (the behaviour without
-//!   an index). A reservation made by the reference is found by the scan that follows its
-//!   directory change; DEL of it works the same way.
+//!   an index).
+//!
+//! What remains outside any O(1) answer: a file edited in place to name an owner that the
+//! index already lists with a full set (that owner then holds one more address than the index
+//! shows; its DEL leaves the extra one, which GC releases), or a fresh attachment's ADD after
+//! such an edit named it (it gets a second address). Both need a hand edit of a file's contents
+//! without the directory's lock; the reference plugin scans on every operation and has neither.
 //!
 //! Index files of network directories that no longer exist are removed whenever a new index
 //! file is created.
@@ -84,7 +94,7 @@ pub const DEFAULT_INDEX_DIR: &str = "/run/twill/host-local";
 pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
 
 /// First word and format version of an index file.
-const MAGIC: &str = "twill-host-local-index 1";
+const MAGIC: &str = "twill-host-local-index 2";
 /// Last record of a complete index file.
 const END_RECORD: &[u8; 64] = b"end                                                            \n";
 /// Bytes left after the `end` record above which a shrinking index is truncated.
@@ -180,7 +190,7 @@ impl Records {
 
     /// Takes an index file's bytes; `None` unless the header line is followed by well-formed
     /// records and an `end` record (anything after it is dropped).
-    fn parse(mut buf: Vec<u8>) -> Option<(Header, Records)> {
+    fn parse(mut buf: Vec<u8>) -> Option<(DirState, Records)> {
         let nl = buf.iter().position(|b| *b == b'\n')?;
         let header = parse_header(std::str::from_utf8(&buf[..nl]).ok()?)?;
         let start = nl + 1;
@@ -209,11 +219,24 @@ impl Records {
         Some((header, records))
     }
 
-    /// Replaces the header line (everything is then to be written).
+    /// Replaces the header line. One of another length moves every record, which are then all
+    /// to be written; the header itself is always written (last, see [`Index::write`]).
     fn set_header(&mut self, header: &[u8]) {
+        if header.len() == self.start {
+            self.buf[..self.start].copy_from_slice(header);
+            return;
+        }
         self.buf.splice(..self.start, header.iter().copied());
         self.start = header.len();
         self.changed_from = Some(0);
+    }
+
+    /// The (key, name) pairs of the records, sorted.
+    fn sorted_entries(&self) -> Vec<(&[u8], &[u8])> {
+        let mut v: Vec<(&[u8], &[u8])> =
+            self.iter().map(|r| (&r[..16], Records::name(r))).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Offset of the `end` record.
@@ -327,9 +350,11 @@ struct DirState {
     dev: u64,
     ino: u64,
     mtime: Stamp,
+    /// The inode change time: set by the kernel on every change, never settable.
+    ctime: Stamp,
 }
 
-/// A modification time: seconds and nanoseconds since the epoch.
+/// A file time: seconds and nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     sec: i64,
@@ -345,6 +370,10 @@ impl DirState {
             mtime: Stamp {
                 sec: m.mtime(),
                 nsec: m.mtime_nsec(),
+            },
+            ctime: Stamp {
+                sec: m.ctime(),
+                nsec: m.ctime_nsec(),
             },
         })
     }
@@ -408,12 +437,10 @@ impl Index {
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
-            if let Some((header, records)) = Records::parse(bytes)
-                && header.dev == state.dev
-                && header.ino == state.ino
-                && header.mtime == state.mtime
+            if let Some((written_for, records)) = Records::parse(bytes)
+                && written_for == state
             {
-                index.stamp = Some(header.mtime);
+                index.stamp = Some(state.mtime);
                 index.known = Known::Indexed(records);
             }
             index.file = Some((file, len));
@@ -436,13 +463,20 @@ impl Index {
     }
 
     /// Records the result of a full scan: `Some(entries)` when every reservation's owner could
-    /// be read, `None` when not (then no index is written).
+    /// be read, `None` when not (then no index is written). A scan that only confirms a valid
+    /// index leaves it as it is (nothing to rewrite).
     pub fn scanned(&mut self, entries: Option<Vec<Entry>>) {
         self.broken = false;
-        self.known = match entries.as_deref().and_then(Records::from_entries) {
-            Some(r) => Known::Scanned(r),
-            None => Known::Nothing,
+        let Some(scanned) = entries.as_deref().and_then(Records::from_entries) else {
+            self.known = Known::Nothing;
+            return;
         };
+        if let Known::Indexed(r) = &self.known
+            && r.sorted_entries() == scanned.sorted_entries()
+        {
+            return;
+        }
+        self.known = Known::Scanned(scanned);
     }
 
     /// This operation created reservation `name` for the owner with `key`.
@@ -498,58 +532,57 @@ impl Index {
             let _ = fs::remove_file(&path);
             return;
         }
-        match std::mem::replace(&mut self.known, Known::Nothing) {
-            Known::Indexed(records) => {
-                let Some(stamp) = self.stamp.filter(|_| self.dirty) else {
-                    return;
-                };
-                if self.write(&path, &records) {
-                    let _ = set_mtime(net_dir, stamp);
-                }
-            }
-            Known::Scanned(mut records) => {
-                // A fresh stamp, in the past; read back what the filesystem stored.
+        let (mut records, stamp) = match std::mem::replace(&mut self.known, Known::Nothing) {
+            Known::Indexed(records) => match self.stamp.filter(|_| self.dirty) {
+                Some(stamp) => (records, stamp),
+                None => return,
+            },
+            Known::Scanned(records) => {
+                // A fresh stamp, in the past.
                 let Ok(ago) = (SystemTime::now() - STAMP_AGE).duration_since(UNIX_EPOCH) else {
                     return;
                 };
-                let wanted = Stamp {
+                let stamp = Stamp {
                     sec: ago.as_secs() as i64,
                     nsec: i64::from(ago.subsec_nanos()),
                 };
-                let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
-                    return;
-                };
-                if set_mtime(net_dir, wanted).is_err() {
-                    return;
-                }
-                let Some(now) = DirState::of(net_dir) else {
-                    return;
-                };
-                if now.dev != state.dev || now.ino != state.ino {
-                    return;
-                }
-                let header = format!(
-                    "{MAGIC} {} {} {} {} {dir_text}\n",
-                    now.dev, now.ino, now.mtime.sec, now.mtime.nsec
-                );
-                records.set_header(header.as_bytes());
-                self.write(&path, &records);
+                (records, stamp)
             }
-            Known::Nothing => {}
+            Known::Nothing => return,
+        };
+        let Some(dir_text) = net_dir.to_str().filter(|s| !s.contains('\n')) else {
+            return;
+        };
+        // The stamp first: it gives the directory a ctime no index file records yet, so that
+        // until the header below is written, whatever the index file holds is not trusted.
+        if set_mtime(net_dir, stamp).is_err() {
+            return;
         }
+        // What the filesystem stored (coarse filesystems round the stamp) and the new ctime.
+        let Some(now) = DirState::of(net_dir) else {
+            return;
+        };
+        if now.dev != state.dev || now.ino != state.ino {
+            return;
+        }
+        records.set_header(header_line(&now, dir_text).as_bytes());
+        self.write(&path, &records);
     }
 
-    /// Writes what changed in the index file (creating it when needed); a shorter index leaves
-    /// bytes after its `end` record unless they amount to more than [`SHRINK_AT`] (truncating
-    /// every time would cost a truncate per DEL). True when written completely.
+    /// Writes what changed in the index file (creating it when needed): the records first, the
+    /// header last, in one small write at offset 0, so an operation killed in between leaves a
+    /// header that does not match the directory. A shorter index leaves bytes after its `end`
+    /// record unless they amount to more than [`SHRINK_AT`] (truncating every time would cost a
+    /// truncate per DEL). True when written completely.
     fn write(&mut self, path: &Path, records: &Records) -> bool {
-        let Some(from) = records.changed_from else {
-            return true;
-        };
         let new_len = records.buf.len() as u64;
+        let header = &records.buf[..records.start];
+        let body_from = records.changed_from.map(|c| c.max(records.start));
         if let Some((file, old_len)) = &self.file {
-            return file.write_all_at(&records.buf[from..], from as u64).is_ok()
-                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok());
+            return body_from
+                .is_none_or(|from| file.write_all_at(&records.buf[from..], from as u64).is_ok())
+                && (*old_len <= new_len + SHRINK_AT || file.set_len(new_len).is_ok())
+                && file.write_all_at(header, 0).is_ok();
         }
         let Some(dir) = path.parent() else {
             return false;
@@ -582,7 +615,12 @@ impl Index {
             Err(_) => return false,
         };
         prune(dir, path);
-        let ok = file.write_all_at(&records.buf, 0).is_ok() && file.set_len(new_len).is_ok();
+        let start = records.start;
+        let ok = file
+            .write_all_at(&records.buf[start..], start as u64)
+            .is_ok()
+            && file.set_len(new_len).is_ok()
+            && file.write_all_at(header, 0).is_ok();
         self.file = Some((file, new_len));
         ok
     }
@@ -617,34 +655,55 @@ fn read_all(file: &mut File) -> Option<Vec<u8>> {
     }
 }
 
-/// The header of an index file.
-struct Header {
-    dev: u64,
-    ino: u64,
-    mtime: Stamp,
+/// Number of space-separated fields after the magic, the directory path being the last.
+const HEADER_FIELDS: usize = 7;
+
+/// The first line of an index file for a directory in `state` at path `dir_text`. The numbers
+/// are zero-padded so that the line keeps its length from one operation to the next (it is
+/// rewritten by every operation that changes the directory; the records then stay in place).
+fn header_line(state: &DirState, dir_text: &str) -> String {
+    format!(
+        "{MAGIC} {} {} {:020} {:09} {:020} {:09} {dir_text}\n",
+        state.dev, state.ino, state.mtime.sec, state.mtime.nsec, state.ctime.sec, state.ctime.nsec
+    )
 }
 
-/// Parses the first line; the directory path at its end is not needed to validate.
-fn parse_header(line: &str) -> Option<Header> {
+/// Parses the first line: the state of the directory the index was written for (the path at
+/// its end is not needed to validate).
+fn parse_header(line: &str) -> Option<DirState> {
     let rest = line.strip_prefix(MAGIC)?.strip_prefix(' ')?;
-    let mut f = rest.splitn(5, ' ');
+    let mut f = rest.splitn(HEADER_FIELDS, ' ');
     let dev = f.next()?.parse().ok()?;
     let ino = f.next()?.parse().ok()?;
-    let sec = f.next()?.parse().ok()?;
-    let nsec = f.next()?.parse().ok()?;
-    Some(Header {
+    let mut num = || f.next()?.parse::<i64>().ok();
+    let mtime = Stamp {
+        sec: num()?,
+        nsec: num()?,
+    };
+    let ctime = Stamp {
+        sec: num()?,
+        nsec: num()?,
+    };
+    Some(DirState {
         dev,
         ino,
-        mtime: Stamp { sec, nsec },
+        mtime,
+        ctime,
     })
 }
 
-/// The network directory path recorded in an index file's first line.
+/// Format 1's magic (no ctime in its header); its files are only pruned.
+const MAGIC_1: &str = "twill-host-local-index 1";
+/// Fields after format 1's magic, the directory path being the last.
+const HEADER_FIELDS_1: usize = 5;
+
+/// The network directory path recorded in an index file's first line (format 2 or 1).
 fn header_dir(line: &str) -> Option<&str> {
-    line.strip_prefix(MAGIC)?
-        .strip_prefix(' ')?
-        .splitn(5, ' ')
-        .nth(4)
+    let (rest, fields) = match line.strip_prefix(MAGIC) {
+        Some(rest) => (rest, HEADER_FIELDS),
+        None => (line.strip_prefix(MAGIC_1)?, HEADER_FIELDS_1),
+    };
+    rest.strip_prefix(' ')?.splitn(fields, ' ').nth(fields - 1)
 }
 
 /// Removes the index files in `dir` (except `keep`) whose network directory no longer exists or
@@ -706,7 +765,7 @@ mod tests {
         assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
     }
 
-    fn parse(bytes: &[u8]) -> Option<(Header, Records)> {
+    fn parse(bytes: &[u8]) -> Option<(DirState, Records)> {
         Records::parse(bytes.to_vec())
     }
 
@@ -717,20 +776,38 @@ mod tests {
     #[test]
     fn parse_round_trip_and_rejects_torn_files() {
         let end = std::str::from_utf8(END_RECORD).unwrap();
+        let state = DirState {
+            dev: 2049,
+            ino: 77,
+            mtime: Stamp {
+                sec: 1_700_000_000,
+                nsec: 123,
+            },
+            ctime: Stamp {
+                sec: 1_700_000_060,
+                nsec: 999_999_999,
+            },
+        };
+        let header = header_line(&state, "/var/lib/cni/networks/a b");
+        // fixed width: the records do not move when the times change
+        let later = DirState {
+            ctime: Stamp {
+                sec: 1_800_000_000,
+                nsec: 5,
+            },
+            ..state
+        };
+        assert_eq!(
+            header.len(),
+            header_line(&later, "/var/lib/cni/networks/a b").len()
+        );
         let text = format!(
-            "{MAGIC} 2049 77 1700000000 123 /var/lib/cni/networks/a b\n{}{}{end}",
+            "{header}{}{}{end}",
             record(0xff, "10.0.0.2"),
             record(0x0123_4567_89ab_cdef, "fd00::2"),
         );
         let (h, mut r) = parse(text.as_bytes()).unwrap();
-        assert_eq!((h.dev, h.ino), (2049, 77));
-        assert_eq!(
-            h.mtime,
-            Stamp {
-                sec: 1_700_000_000,
-                nsec: 123
-            }
-        );
+        assert_eq!(h, state);
         assert_eq!(
             r.matching(&[0x0123_4567_89ab_cdef, 7]),
             [Entry {
@@ -747,6 +824,10 @@ mod tests {
             header_dir(text.lines().next().unwrap()),
             Some("/var/lib/cni/networks/a b")
         );
+        assert_eq!(
+            header_dir("twill-host-local-index 1 2049 77 1700000000 123 /var/lib/x y"),
+            Some("/var/lib/x y")
+        );
         // bytes after the end record are left-overs of a longer index
         assert!(parse(format!("{text}{}", record(1, "10.0.0.9")).as_bytes()).is_some());
         // torn (no end record), garbage record, record without its separator, wrong magic
@@ -760,7 +841,10 @@ mod tests {
             )
             .is_none()
         );
-        assert!(parse(text.replace("index 1", "index 2").as_bytes()).is_none());
+        assert!(parse(text.replace("index 2", "index 1").as_bytes()).is_none());
+        // a version 1 header (no ctime) is not read as version 2
+        let v1 = format!("twill-host-local-index 1 2049 77 1700000000 123 /x\n{end}");
+        assert!(parse(v1.as_bytes()).is_none());
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //! - DEL does not create the data directory; a missing one means nothing to release.
 //!
 //! Beyond the shared state, twill keeps a private owner index outside the data directory (see
-//! [`index`]) so that ADD, DEL and CHECK do not read every reservation file; it is a
-//! self-validating hint, and whenever it cannot be trusted (the reference plugin or anyone else
-//! changed the directory) the operation reads every file as the reference does and rebuilds it.
+//! [`index`]) so that ADD and DEL of an attachment do not read every reservation file. It is
+//! only a hint: its answers are verified against the reservation files, and whenever it cannot
+//! prove an answer complete (the directory changed behind it or was restored, the index is an
+//! older copy, a file names another owner than indexed, an owner holds fewer addresses than
+//! there are range sets) the operation reads every file as the reference does.
 
 pub mod allocator;
 pub mod config;
@@ -171,7 +173,10 @@ impl HostLocal {
                 format!("{} vanished", self.config.network_dir().display()),
             )
         })?;
-        let owned = store.owned(&owner)?;
+        // A fresh attachment (nothing indexed) is not looked for further: a file of it that the
+        // index missed can only be a hand edit in place (see the module doc). Part of a set of
+        // addresses is not an answer, though: the rest may be there.
+        let owned = store.owned(&owner, |o| o.is_empty() || self.covers_every_set(&o.exact))?;
         let mut mine: Vec<IpAddr> = owned.exact.iter().map(|(ip, _)| *ip).collect();
         mine.sort_by_key(|ip| config::to_u128(*ip));
         let mut taken = owned.taken;
@@ -244,6 +249,14 @@ impl HostLocal {
                 Err(e)
             }
         }
+    }
+
+    /// True when `held` has an address in every range set.
+    fn covers_every_set(&self, held: &[(IpAddr, String)]) -> bool {
+        self.config
+            .range_sets
+            .iter()
+            .all(|set| held.iter().any(|(ip, _)| set.contains(*ip)))
     }
 
     /// Maps each requested address to its range set (no two in one set), or code 102.
@@ -324,7 +337,8 @@ impl HostLocal {
         let Some(store) = self.open(false)? else {
             return Ok(());
         };
-        let owned = store.owned(&owner)?;
+        // Nothing but a full set of addresses is known to be everything the owner holds.
+        let owned = store.owned(&owner, |o| self.covers_every_set(&o.exact))?;
         let held = if owned.exact.is_empty() {
             &owned.legacy
         } else {
@@ -354,7 +368,9 @@ impl HostLocal {
                 dir.display()
             )));
         };
-        let owned = store.owned(&owner)?;
+        let owned = store.owned(&owner, |o| {
+            self.covers_every_set(&o.exact) || self.covers_every_set(&o.legacy)
+        })?;
         let held: BTreeSet<IpAddr> = owned
             .exact
             .iter()

@@ -17,9 +17,10 @@
 //! file is never half-written), and `EEXIST` means taken.
 //!
 //! Which reservations an owner holds is answered by twill's owner index ([`super::index`]) when
-//! it is valid, without reading every reservation file; otherwise by reading them all (a scan),
-//! after which the index is rebuilt. The store keeps the index up to date with every change it
-//! makes and commits it when dropped, still holding the lock.
+//! it is valid and its verified answer is complete, without reading every reservation file;
+//! otherwise by reading them all (a scan), after which the index is rebuilt if it was wrong.
+//! The store keeps the index up to date with every change it makes and commits it when
+//! dropped, still holding the lock.
 
 use super::index::{self, Entry, Index};
 use crate::error::{Error, Result};
@@ -149,6 +150,11 @@ pub struct Owned {
 }
 
 impl Owned {
+    /// True when the owner holds nothing, exact or legacy.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.legacy.is_empty()
+    }
+
     fn from_listing(listing: &Listing, owner: &Owner) -> Owned {
         let mut owned = Owned {
             taken: listing.reservations.keys().copied().collect(),
@@ -245,17 +251,22 @@ impl Store {
         }))
     }
 
-    /// The reservations of `owner` (exact and legacy): from the owner index when it is valid,
-    /// each entry verified by reading its file; else (or when an entry fails verification)
-    /// from a full scan, which also rebuilds the index.
-    pub fn owned(&self, owner: &Owner) -> Result<Owned> {
-        if let Some(owned) = self.owned_from_index(owner) {
+    /// The reservations of `owner` (exact and legacy). The owner index only proposes: its
+    /// answer is used when the index is valid, every entry it names was verified by reading
+    /// its file, and `complete` accepts the verified answer as the whole truth (a caller that
+    /// knows the owner must hold one address per range set says so there). Otherwise (or when
+    /// an entry fails verification) the answer comes from a full scan, which also rebuilds the
+    /// index if it proved wrong.
+    pub fn owned(&self, owner: &Owner, complete: impl Fn(&Owned) -> bool) -> Result<Owned> {
+        if let Some(owned) = self.owned_from_index(owner)
+            && complete(&owned)
+        {
             return Ok(owned);
         }
         Ok(Owned::from_listing(&self.list(true)?, owner))
     }
 
-    /// [`Store::owned`] from the index; `None` when it is not valid or proves wrong.
+    /// [`Store::owned`] from the index, verified; `None` when it is not valid or proves wrong.
     fn owned_from_index(&self, owner: &Owner) -> Option<Owned> {
         let (exact_key, legacy_key) = (owner.key(), index::legacy_key(owner.id));
         let hits = self.index.borrow().lookup(&[exact_key, legacy_key])?;

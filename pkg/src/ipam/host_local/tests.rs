@@ -43,6 +43,26 @@ fn index_dir(dir: &TempDir) -> PathBuf {
     dir.path().join("index")
 }
 
+/// Removes, when dropped, the index file that the free functions (`add`, `del`, ..., which
+/// keep the index in the directory named by the environment) wrote for `dir/testnet`; declared
+/// after the `TempDir`, it is dropped first, also when the test fails.
+struct EnvIndexFile(PathBuf);
+
+impl EnvIndexFile {
+    fn of(dir: &TempDir) -> EnvIndexFile {
+        EnvIndexFile(net(dir))
+    }
+}
+
+impl Drop for EnvIndexFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let (Some(idx), Ok(m)) = (index::index_dir_from_env(), fs::metadata(&self.0)) {
+            let _ = fs::remove_file(idx.join(format!("{}-{}", m.dev(), m.ino())));
+        }
+    }
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -593,6 +613,7 @@ fn netconf(dir: &TempDir, extra: Value) -> NetConf {
 #[test]
 fn netconf_api_with_requested_ips_and_gc() {
     let d = TempDir::new("netconf");
+    let _index = EnvIndexFile::of(&d);
     let conf = netconf(&d, json!({"runtimeConfig": {"ips": ["fd00::99/64"]}}));
     let r = add(
         &cmd_args("a", "eth0", "IgnoreUnknown=1;IP=10.9.0.42;K8S_POD_NAME=x"),
@@ -644,6 +665,7 @@ fn netconf_api_with_requested_ips_and_gc() {
 #[test]
 fn runtime_ip_ranges_capability() {
     let d = TempDir::new("ipranges");
+    let _index = EnvIndexFile::of(&d);
     let conf = netconf(
         &d,
         json!({"runtimeConfig": {"ipRanges": [[{"subnet": "10.50.0.0/24"}]]}}),
@@ -677,17 +699,17 @@ fn spawn_reference(command: &str, id: &str, conf: &Value) -> std::process::Child
     child
 }
 
-/// Runs the reference host-local (if installed) with `conf` on stdin.
-fn reference(command: &str, id: &str, conf: &Value) -> Option<std::process::Output> {
-    if !Path::new(REFERENCE).exists() {
-        eprintln!("{REFERENCE} not installed: skipping the interop part");
-        return None;
-    }
-    Some(
-        spawn_reference(command, id, conf)
-            .wait_with_output()
-            .unwrap(),
-    )
+/// Runs the reference host-local with `conf` on stdin; fails the test when it is not
+/// installed (the interoperation is part of what is tested).
+fn reference(command: &str, id: &str, conf: &Value) -> std::process::Output {
+    assert!(
+        Path::new(REFERENCE).is_file(),
+        "{REFERENCE} not found: install the Debian package containernetworking-plugins \
+         (apt-get install containernetworking-plugins), which holds the reference plugins"
+    );
+    spawn_reference(command, id, conf)
+        .wait_with_output()
+        .unwrap()
 }
 
 #[test]
@@ -696,10 +718,9 @@ fn interop_with_reference_binary() {
     let ipam = json!({"type": "host-local", "dataDir": d.s(),
                       "ranges": [[{"subnet": "10.9.0.0/29"}], [{"subnet": "fd00::/125"}]]});
     let conf = json!({"cniVersion": "1.0.0", "name": "testnet", "type": "x", "ipam": ipam});
-    let h = HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap());
-    let Some(out) = reference("ADD", "ref1", &conf) else {
-        return;
-    };
+    let h = HostLocal::new(Config::parse("testnet", "1.0.0", &ipam, None).unwrap())
+        .with_index_dir(Some(index_dir(&d)));
+    let out = reference("ADD", "ref1", &conf);
     assert!(
         out.status.success(),
         "{}",
@@ -718,17 +739,17 @@ fn interop_with_reference_binary() {
         fs::read(net(&d).join("last_reserved_ip.1")).unwrap(),
         b"fd00::3"
     );
-    let out = reference("ADD", "ref2", &conf).unwrap();
+    let out = reference("ADD", "ref2", &conf);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ips"][0]["address"], "10.9.0.4/29", "{v}");
     assert_eq!(v["ips"][1]["address"], "fd00::4/125", "{v}");
     // each releases the other's reservations
     h.del("ref1", "eth0").unwrap();
     assert!(!net(&d).join("10.9.0.2").exists());
-    assert!(reference("DEL", "tw1", &conf).unwrap().status.success());
+    assert!(reference("DEL", "tw1", &conf).status.success());
     assert!(!net(&d).join("10.9.0.3").exists());
     assert!(!net(&d).join("fd00::3").exists());
-    assert!(reference("CHECK", "ref2", &conf).unwrap().status.success());
+    assert!(reference("CHECK", "ref2", &conf).status.success());
     h.check("ref2", "eth0", &[ip("10.9.0.4"), ip("fd00::4")])
         .unwrap();
 
@@ -928,20 +949,101 @@ fn foreign_changes_invalidate_the_index() {
     );
 }
 
-/// An index that lies although the stamp matches (a change hidden by resetting the mtime) is
-/// caught by verification before anything is returned or removed.
+/// Makes the index file claim the directory's current state (device, inode, mtime, ctime), as
+/// if twill had just written it: an index that lies although it looks valid.
+fn forge_index_header(dir: &TempDir) {
+    use std::os::unix::fs::MetadataExt;
+    let (path, text) = index_text(dir);
+    let m = fs::metadata(net(dir)).unwrap();
+    let (line, rest) = text.split_once('\n').unwrap();
+    let f: Vec<&str> = line.splitn(9, ' ').collect();
+    let forged = format!(
+        "{} {} {} {} {:020} {:09} {:020} {:09} {}\n{rest}",
+        f[0],
+        f[1],
+        m.dev(),
+        m.ino(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        f[8]
+    );
+    fs::write(&path, forged).unwrap();
+}
+
+/// A change hidden by resetting the directory's mtime to the stamp (what a restore with kept
+/// mtimes does) still changed its ctime, which no one can set back: the index is not used.
+#[test]
+fn a_change_hidden_by_resetting_the_mtime_invalidates_the_index() {
+    let d = TempDir::new("idx-hidden");
+    let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
+    h.add("a", "eth0", &[]).unwrap(); // .2
+    let stamp = dir_mtime(&d);
+    assert_eq!(index_stamp(&index_text(&d).1), stamp);
+    fs::write(net(&d).join("10.9.0.7"), "hidden\r\neth0").unwrap();
+    set_dir_mtime(&d, stamp);
+    // DEL of the hidden owner releases its reservation
+    h.del("hidden", "eth0").unwrap();
+    assert_eq!(files(&d), ["10.9.0.2", "last_reserved_ip.0", "lock"]);
+    // the rebuilt index is trusted again: a re-ADD of a needs no scan to answer
+    assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.2/24"]);
+    let (_, text) = index_text(&d);
+    assert_eq!(index_stamp(&text), dir_mtime(&d));
+    assert_eq!(
+        index_records(&text),
+        [format!("{:016x} 10.9.0.2", index::exact_key("a", "eth0"))]
+    );
+}
+
+/// The directory's ctime, as (seconds, nanoseconds).
+fn dir_ctime(dir: &TempDir) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(net(dir)).unwrap();
+    (m.ctime(), m.ctime_nsec())
+}
+
+/// DEL of an owner the index does not list reads every file (the index cannot prove that a
+/// hand edit did not name it); when that only confirms the index, nothing is written: the
+/// index file and the directory stay as they were, and the next operation trusts them.
+#[test]
+fn a_scan_that_confirms_the_index_writes_nothing() {
+    let d = TempDir::new("idx-confirm");
+    let h = hl(
+        &d,
+        json!({"ranges": [[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00::/64"}]]}),
+    );
+    h.add("a", "eth0", &[]).unwrap();
+    h.add("b", "eth0", &[]).unwrap();
+    let (_, before) = index_text(&d);
+    let ctime = dir_ctime(&d);
+    h.del("ghost", "eth0").unwrap();
+    assert_eq!(index_text(&d).1, before);
+    assert_eq!(dir_ctime(&d), ctime);
+    // the index still answers; a DEL that changes something moves the ctime, and the header
+    // follows it
+    h.del("a", "eth0").unwrap();
+    let (_, after) = index_text(&d);
+    assert_ne!(dir_ctime(&d), ctime);
+    assert_eq!(index_records(&after).len(), 2, "{after}");
+    let header: Vec<&str> = after.lines().next().unwrap().split(' ').collect();
+    let (c, n) = dir_ctime(&d);
+    assert_eq!((header[6].parse(), header[7].parse()), (Ok(c), Ok(n)));
+}
+
+/// An index that lies although it matches the directory (forged here) is caught by
+/// verification before anything is returned or removed.
 #[test]
 fn stale_index_entries_are_verified_before_use() {
     let d = TempDir::new("idx-stale");
     let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
     h.add("a", "eth0", &[]).unwrap(); // .2
     h.add("b", "eth0", &[]).unwrap(); // .3
-    let stamp = dir_mtime(&d);
     // a's file vanished, b's now belongs to z: the index still says a→.2, b→.3
     fs::remove_file(net(&d).join("10.9.0.2")).unwrap();
     fs::remove_file(net(&d).join("10.9.0.3")).unwrap();
     fs::write(net(&d).join("10.9.0.3"), "z\r\neth0").unwrap();
-    set_dir_mtime(&d, stamp);
+    forge_index_header(&d);
     // re-ADD of a does not return the vanished address
     assert_eq!(addrs(&h.add("a", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
     // (that fell back to a scan, whose index is correct again)
@@ -966,16 +1068,15 @@ fn stale_index_entries_are_verified_before_use() {
     assert!(text.contains(&format!("{:016x} 10.9.0.3", index::exact_key("b", "eth0"))));
 }
 
-/// A reservation the index does not list (hidden by resetting the mtime) is found when ADD
-/// bumps into it; the index is then dropped and rebuilt by the next operation.
+/// A reservation the index does not list (the index forged to match the directory) is found
+/// when ADD bumps into it; the index is then dropped and rebuilt by the next operation.
 #[test]
 fn unlisted_reservation_drops_the_index() {
     let d = TempDir::new("idx-unlisted");
     let h = hl(&d, json!({"subnet": "10.9.0.0/24"}));
     h.add("a", "eth0", &[]).unwrap(); // .2
-    let stamp = dir_mtime(&d);
     fs::write(net(&d).join("10.9.0.3"), "hidden\r\neth0").unwrap();
-    set_dir_mtime(&d, stamp);
+    forge_index_header(&d);
     assert_eq!(addrs(&h.add("b", "eth0", &[]).unwrap()), ["10.9.0.4/24"]);
     let (path, _) = index_text(&d);
     assert!(!path.exists(), "index kept after it proved incomplete");
@@ -1002,7 +1103,7 @@ fn stale_index_files_are_pruned() {
     let live = idx.join(format!("{}-{}", m.dev(), m.ino()));
     let header = |dev: u64, ino: u64, p: &Path| {
         format!(
-            "twill-host-local-index 1 {dev} {ino} 1 0 {}\nend\n",
+            "twill-host-local-index 2 {dev} {ino} 1 0 1 0 {}\nend\n",
             p.display()
         )
     };
@@ -1011,6 +1112,16 @@ fn stale_index_files_are_pruned() {
     fs::write(&gone, header(1, 2, &d.path().join("gone"))).unwrap();
     let moved = idx.join(format!("{}-{}", m.dev(), m.ino() + 1_000_000));
     fs::write(&moved, header(m.dev(), m.ino() + 1_000_000, &other)).unwrap();
+    // an index of format 1 (older twill) whose directory is gone
+    let old_format = idx.join("1-3");
+    fs::write(
+        &old_format,
+        format!(
+            "twill-host-local-index 1 1 3 1 0 {}\nend\n",
+            d.path().join("gone1").display()
+        ),
+    )
+    .unwrap();
     let junk = idx.join("notes");
     fs::write(&junk, "not an index").unwrap();
     h.add("a", "eth0", &[]).unwrap();
@@ -1018,6 +1129,7 @@ fn stale_index_files_are_pruned() {
     assert!(junk.exists());
     assert!(!gone.exists());
     assert!(!moved.exists());
+    assert!(!old_format.exists());
     assert!(index_text(&d).0.exists());
 }
 
