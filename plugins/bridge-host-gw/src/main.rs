@@ -14,10 +14,10 @@ mod rollback;
 use config::{Need, Network, subnets_of};
 use ipnetwork::IpNetwork;
 use rollback::Undo;
-use twill::kernel::netlink::Netlink;
+use twill::kernel::netlink::{Netlink, PortFlags};
 use twill::kernel::netns::Netns;
 use twill::pod::bridge;
-use twill::pod::veth::{self, HostEnd, PairSpec, PodEnd};
+use twill::pod::veth::{self, HostEnd, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
 struct BridgeHostGw;
@@ -29,8 +29,9 @@ impl Plugin for BridgeHostGw {
         let mut node = Netlink::new()?;
         let mut undo = Undo::default();
 
-        let mtu = net.mtu(&mut node)?;
-        let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
+        let br = bridge::ensure_with(&mut node, &net.bridge, &net.bridge_options(), |nl| {
+            net.default_mtu(nl)
+        })?;
         let pair = PairSpec {
             container_id: &args.container_id,
             ifname: &args.ifname,
@@ -43,6 +44,11 @@ impl Plugin for BridgeHostGw {
         undo.push("delete the veth pair", || {
             veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
         });
+        let port = net.port_flags();
+        if port != PortFlags::default() {
+            let index = host_index(&mut node, &host)?;
+            bridge::configure_port(&mut node, index, port)?;
+        }
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
@@ -60,13 +66,16 @@ impl Plugin for BridgeHostGw {
         }
 
         let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, net.is_default_gateway);
-        let pod =
-            veth::configure_created_pod(&mut node, &pod_ns, &args.ifname, &host, &addrs, &routes)?;
+        let pod = veth::configure_created_pod(
+            &mut node,
+            &pod_ns,
+            &args.ifname,
+            &host,
+            &addrs,
+            &routes,
+            net.pod_options(),
+        )?;
         bridge::settle_carrier(&mut node, &br)?;
-        if net.hairpin {
-            let port = host_index(&mut node, &pod, &host)?;
-            bridge::set_hairpin(&mut node, port, true)?;
-        }
 
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets)?;
@@ -180,9 +189,9 @@ fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
     ips
 }
 
-/// The host end's ifindex: as the pod end's peer reported it, else looked up by name.
-fn host_index(node: &mut Netlink, pod: &PodEnd, host: &HostEnd) -> Result<u32> {
-    if let Some(i) = pod.peer_index {
+/// The host end's ifindex: as the kernel echoed its creation, else looked up by name.
+fn host_index(node: &mut Netlink, host: &HostEnd) -> Result<u32> {
+    if let Some(i) = host.index {
         return Ok(i);
     }
     node.link_by_name(&host.name)?
