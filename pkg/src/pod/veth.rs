@@ -6,13 +6,16 @@
 //! ports of the bridge belong to attachments the runtime still knows.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
 use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
+    AddrOptions, DadOutcome, Ipv6AddrEvents, Link, MacAddr, Netlink, NetlinkError, RouteFilter,
+    RouteSpec, VethSpec,
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
@@ -326,6 +329,12 @@ fn configure_pod_of(
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
         }
         set_dad(ifname, opts.dad, v6)?;
+        // Subscribed before the addresses exist, so the end of their DAD cannot be missed.
+        let mut dad_events = if opts.dad && opts.up && v6 {
+            Some(Ipv6AddrEvents::open()?)
+        } else {
+            None
+        };
         let addr_opts = AddrOptions {
             nodad: !opts.dad,
             ..Default::default()
@@ -347,8 +356,51 @@ fn configure_pod_of(
             r.oif = Some(link.index);
             nl.append_route(&r)?;
         }
+        if let Some(events) = &mut dad_events {
+            let v6: Vec<Ipv6Addr> = addrs
+                .iter()
+                .filter_map(|a| match a.ip() {
+                    IpAddr::V6(ip) => Some(ip),
+                    IpAddr::V4(_) => None,
+                })
+                .collect();
+            dad_settled(
+                events.wait_dad(&mut nl, link.index, &v6, DAD_TIMEOUT)?,
+                ifname,
+            )?;
+        }
         Ok(link)
     })?
+}
+
+/// The longest ADD waits for IPv6 duplicate address detection (`enabledad`), as the reference.
+pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// DAD's end as an ADD result: an address in use elsewhere is code 104, DAD still running
+/// after [`DAD_TIMEOUT`] code 11 (try again).
+fn dad_settled(outcome: DadOutcome, ifname: &str) -> Result<()> {
+    match outcome {
+        DadOutcome::Settled => Ok(()),
+        DadOutcome::Failed(ip) => Err(Error::new(
+            code::CONFLICT,
+            format!(
+                "IPv6 address {ip} of interface {ifname:?} is already in use on the pod network \
+                 (duplicate address detection failed)"
+            ),
+        )),
+        DadOutcome::TimedOut(ips) => {
+            let list: Vec<String> = ips.iter().map(Ipv6Addr::to_string).collect();
+            Err(Error::new(
+                code::TRY_AGAIN,
+                format!(
+                    "duplicate address detection of {} on interface {ifname:?} did not finish \
+                     within {} s",
+                    list.join(", "),
+                    DAD_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
 }
 
 /// IPv6 DAD of interface `ifname` in the calling thread's netns, set before it comes up so
