@@ -158,7 +158,7 @@ impl Network {
             refuse_unsupported(k)?;
         }
         let promisc = k.promisc_mode.unwrap_or(false);
-        if promisc && k.hairpin_mode == Some(true) {
+        if need == Need::Required && promisc && k.hairpin_mode == Some(true) {
             return Err(Error::invalid_config(
                 "\"promiscMode\" and \"hairpinMode\" cannot both be true: a promiscuous bridge \
                  would hand a pod copies of its own hairpinned frames; drop one of them",
@@ -698,7 +698,13 @@ mod tests {
         }
         // DEL and GC still release what such a config may have left.
         let n = Network::load(
-            &args(&base(json!({"vlan": 100, "macspoofchk": true})), ""),
+            &args(
+                &base(
+                    json!({"vlan": 100, "macspoofchk": true, "promiscMode": true,
+                    "hairpinMode": true, "disableContainerInterface": true}),
+                ),
+                "",
+            ),
             Need::Release,
         );
         assert!(n.is_ok());
