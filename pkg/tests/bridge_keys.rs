@@ -72,7 +72,7 @@ fn configure_port_sets_hairpin_and_isolation_in_one_request() {
         hairpin: true,
         isolated: true,
     };
-    bridge::configure_port(&mut nl, p0.index, both).unwrap();
+    bridge::configure_port(&mut nl, None, "p0", both).unwrap();
     assert_eq!(slave(&ns), (true.into(), true.into()));
     let isolated_only = PortFlags {
         hairpin: false,

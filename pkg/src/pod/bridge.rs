@@ -259,13 +259,28 @@ pub fn set_hairpin(nl: &mut Netlink, port: u32, on: bool) -> Result<()> {
     Ok(nl.set_hairpin(port, on)?)
 }
 
-/// Gives the freshly enslaved port `port` (ifindex) the flags `flags` (`hairpinMode`,
-/// `portIsolation`) in one request; none when both are off, as a new port already is.
-pub fn configure_port(nl: &mut Netlink, port: u32, flags: PortFlags) -> Result<()> {
+/// Gives a pod's freshly enslaved host veth the port flags `flags` (`hairpinMode`,
+/// `portIsolation`) in one request: the port is ifindex `index` when known (as the creation
+/// echoed it), else looked up as `name`. Nothing is sent when both flags are off, as a new
+/// port's already are.
+pub fn configure_port(
+    nl: &mut Netlink,
+    index: Option<u32>,
+    name: &str,
+    flags: PortFlags,
+) -> Result<()> {
     if flags == PortFlags::default() {
         return Ok(());
     }
-    Ok(nl.set_port_flags(port, flags)?)
+    let index = match index {
+        Some(i) => i,
+        None => {
+            nl.link_by_name(name)?
+                .ok_or_else(|| Error::new(code::NETLINK, format!("host veth {name} vanished")))?
+                .index
+        }
+    };
+    Ok(nl.set_port_flags(index, flags)?)
 }
 
 /// The address the bridge carries for pod address `ip`: its gateway with the pod subnet's

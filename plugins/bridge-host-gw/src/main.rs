@@ -1,9 +1,10 @@
 //! twill bridge-host-gw: pods on a Linux bridge (reference `bridge` behaviour) and the other
 //! nodes' pod subnets routed via their node IPs (flannel host-gw), in one binary.
 //!
-//! ADD, start to end: parse the config, make the pair (host end on the bridge, pod end made in
-//! the pod netns), allocate, put the gateways on the bridge, set up the pod side, reconcile
-//! peer routes and masquerading, print the result. Any failure undoes what this ADD made.
+//! ADD, start to end: parse the config, ensure the bridge, make the pair (host end on the
+//! bridge with its port flags, pod end made in the pod netns), allocate, put the gateways on
+//! the bridge, set up the pod side, reconcile peer routes and masquerading, print the result.
+//! Any failure undoes what this ADD made.
 //! The mechanisms live in `twill::{bridge, veth, ipam, peers, masq}`. The entry point is
 //! `twill::plugin_main!` (no Rust runtime start-up: the process lives for about a millisecond).
 #![cfg_attr(not(test), no_main)]
@@ -14,10 +15,10 @@ mod rollback;
 use config::{Need, Network, subnets_of};
 use ipnetwork::IpNetwork;
 use rollback::Undo;
-use twill::kernel::netlink::{Netlink, PortFlags};
+use twill::kernel::netlink::Netlink;
 use twill::kernel::netns::Netns;
 use twill::pod::bridge;
-use twill::pod::veth::{self, HostEnd, PairSpec};
+use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
 struct BridgeHostGw;
@@ -44,11 +45,7 @@ impl Plugin for BridgeHostGw {
         undo.push("delete the veth pair", || {
             veth::delete(&mut Netlink::new()?, &args.container_id, &args.ifname).map(drop)
         });
-        let port = net.port_flags();
-        if port != PortFlags::default() {
-            let index = host_index(&mut node, &host)?;
-            bridge::configure_port(&mut node, index, port)?;
-        }
+        bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
@@ -187,16 +184,6 @@ fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
         }
     }
     ips
-}
-
-/// The host end's ifindex: as the kernel echoed its creation, else looked up by name.
-fn host_index(node: &mut Netlink, host: &HostEnd) -> Result<u32> {
-    if let Some(i) = host.index {
-        return Ok(i);
-    }
-    node.link_by_name(&host.name)?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::new(code::NETLINK, format!("host veth {} vanished", host.name)))
 }
 
 fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
