@@ -142,8 +142,10 @@ impl Network {
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
     ///
     /// For [`Need::Required`] everything that can be checked before touching the node is: a
-    /// host-local `ipam` section, the pod MAC and the cluster view (`peersFile` read here), so
-    /// bad input changes nothing.
+    /// host-local `ipam` section, the pod MAC, the cluster view (`peersFile` read here), the
+    /// reference bridge keys this plugin refuses ([`refuse_unsupported`]) and the combinations
+    /// the reference refuses too (`promiscMode` with `hairpinMode`, `disableContainerInterface`
+    /// with addresses), so bad input changes nothing.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
