@@ -6,16 +6,13 @@
 //! ports of the bridge belong to attachments the runtime still knows.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv6Addr};
-use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
 use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, DadOutcome, Ipv6AddrEvents, Link, MacAddr, Netlink, NetlinkError, RouteFilter,
-    RouteSpec, VethSpec,
+    AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
@@ -331,7 +328,7 @@ fn configure_pod_of(
         set_dad(ifname, opts.dad, v6)?;
         // Subscribed before the addresses exist, so the end of their DAD cannot be missed.
         let mut dad_events = if opts.dad && opts.up && v6 {
-            Some(Ipv6AddrEvents::open()?)
+            Some(crate::kernel::netlink::Ipv6AddrEvents::open()?)
         } else {
             None
         };
@@ -357,11 +354,11 @@ fn configure_pod_of(
             nl.append_route(&r)?;
         }
         if let Some(events) = &mut dad_events {
-            let v6: Vec<Ipv6Addr> = addrs
+            let v6: Vec<std::net::Ipv6Addr> = addrs
                 .iter()
                 .filter_map(|a| match a.ip() {
-                    IpAddr::V6(ip) => Some(ip),
-                    IpAddr::V4(_) => None,
+                    std::net::IpAddr::V6(ip) => Some(ip),
+                    std::net::IpAddr::V4(_) => None,
                 })
                 .collect();
             dad_settled(
@@ -374,11 +371,12 @@ fn configure_pod_of(
 }
 
 /// The longest ADD waits for IPv6 duplicate address detection (`enabledad`), as the reference.
-pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// DAD's end as an ADD result: an address in use elsewhere is code 104, DAD still running
 /// after [`DAD_TIMEOUT`] code 11 (try again).
-fn dad_settled(outcome: DadOutcome, ifname: &str) -> Result<()> {
+fn dad_settled(outcome: crate::kernel::netlink::DadOutcome, ifname: &str) -> Result<()> {
+    use crate::kernel::netlink::DadOutcome;
     match outcome {
         DadOutcome::Settled => Ok(()),
         DadOutcome::Failed(ip) => Err(Error::new(
@@ -389,7 +387,7 @@ fn dad_settled(outcome: DadOutcome, ifname: &str) -> Result<()> {
             ),
         )),
         DadOutcome::TimedOut(ips) => {
-            let list: Vec<String> = ips.iter().map(Ipv6Addr::to_string).collect();
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
             Err(Error::new(
                 code::TRY_AGAIN,
                 format!(
