@@ -251,9 +251,9 @@ fn disable_container_interface_leaves_the_pod_interface_down() {
     assert_eq!(tw_links(&c.node(0).ns), Vec::<String>::new());
 }
 
-/// Keys of the reference bridge that bridge-host-gw does not implement, and contradictory
-/// combinations the reference refuses too: ADD fails with code 7 naming the key, and nothing of
-/// the node changes (no bridge, veth, address, route, nftables rule or file) nor of the pod.
+/// Keys of the reference bridge that bridge-host-gw does not implement, keys in another case
+/// than theirs, and contradictory combinations the reference refuses too: ADD fails with code 7
+/// naming the key, and nothing of the node changes (no bridge, veth, address, route, nftables rule or file) nor of the pod.
 #[test]
 fn unsupported_reference_keys_are_refused_with_code_7_and_change_nothing() {
     let c = Cluster::new(Fabric::single_l2(1));
@@ -268,6 +268,9 @@ fn unsupported_reference_keys_are_refused_with_code_7_and_change_nothing() {
             "\"vlanTrunk\"",
         ),
         (json!({"macspoofchk": true}), "\"macspoofchk\""),
+        // The reference's decoder ignores case; a key in another case is named, not ignored.
+        (json!({"macSpoofChk": true}), "\"macSpoofChk\""),
+        (json!({"PromiscMode": true}), "\"promiscMode\""),
         (
             json!({"promiscMode": true, "hairpinMode": true}),
             "\"hairpinMode\"",

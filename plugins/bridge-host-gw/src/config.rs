@@ -158,6 +158,7 @@ impl Network {
         }
         if need == Need::Required {
             refuse_unsupported(k)?;
+            refuse_miscased(&k.rest)?;
         }
         let promisc = k.promisc_mode.unwrap_or(false);
         if need == Need::Required && promisc && k.hairpin_mode == Some(true) {
@@ -472,6 +473,53 @@ pub fn refuse_unsupported(k: &Keys) -> Result<()> {
     Ok(())
 }
 
+/// Every key this plugin reads, as spelled in the config.
+pub const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "args",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "prevResult",
+    "bridge",
+    "mtu",
+    "isGateway",
+    "isDefaultGateway",
+    "hairpinMode",
+    "forceAddress",
+    "subnetFile",
+    "dataDir",
+    "peers",
+    "peersFile",
+    "runDir",
+    "promiscMode",
+    "portIsolation",
+    "enabledad",
+    "disableContainerInterface",
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+];
+
+/// Code 7 for a key spelled like one of [`KNOWN_KEYS`] but in another case (`macSpoofChk`,
+/// `isgateway`): the reference plugin's JSON decoder matches keys ignoring case, this one does
+/// not, so such a key would otherwise be ignored without a word.
+pub fn refuse_miscased(rest: &Map<String, Value>) -> Result<()> {
+    for key in rest.keys() {
+        if let Some(known) = KNOWN_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            return Err(Error::invalid_config(format!(
+                "\"{key}\": keys are case-sensitive here; write \"{known}\""
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The pod MAC asked for: `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS `MAC`.
 /// Code 7 when it is not a MAC address.
 fn pod_mac(conf: &NetConf<Keys>, args: &CmdArgs) -> Result<Option<MacAddr>> {
@@ -693,6 +741,8 @@ mod tests {
                 json!({"disableContainerInterface": true}),
                 "\"disableContainerInterface\"",
             ),
+            (json!({"macSpoofChk": true}), "\"macspoofchk\""),
+            (json!({"isgateway": false}), "\"isGateway\""),
         ] {
             let e = Network::load(&args(&base(extra.clone()), ""), Need::Required).unwrap_err();
             assert_eq!(e.code, code::INVALID_CONFIG, "{extra}: {e}");
