@@ -66,6 +66,7 @@ fn existing_bridge_keeps_its_mtu_and_pods_get_it_unless_mtu_is_set() {
     assert_eq!(link(&node.ns, &host_veth(&q.result)).mtu, 1300, "host veth");
     assert_eq!(link(&q.ns, "eth0").mtu, 1300, "pod interface");
     for pod in [&p, &q] {
+        pod.run("CHECK").assert_ok_empty();
         pod.run("DEL").assert_ok_empty();
     }
 }
@@ -90,6 +91,7 @@ fn promisc_mode_makes_the_bridge_promiscuous_new_or_existing() {
     let br = link(&c.node(0).ns, "cni0");
     assert!(flags(&br).contains(&"PROMISC".to_string()), "{}", br.raw);
     for pod in [&fresh, &plain, &p] {
+        pod.run("CHECK").assert_ok_empty();
         pod.run("DEL").assert_ok_empty();
     }
 }
@@ -130,6 +132,7 @@ fn port_isolation_cuts_isolated_pods_off_from_each_other_only() {
         "isolated pods must not reach each other"
     );
     for pod in [&a, &b, &open] {
+        pod.run("CHECK").assert_ok_empty();
         pod.run("DEL").assert_ok_empty();
     }
 }
@@ -165,6 +168,7 @@ fn enabledad_switches_ipv6_dad_on_the_pod_interface() {
     let gw6 = gw6(0).parse().expect("gateway");
     assert!(ping(&on.ns, gw6), "the DAD-checked address works");
     for pod in [&off, &on] {
+        pod.run("CHECK").assert_ok_empty();
         pod.run("DEL").assert_ok_empty();
     }
 }
