@@ -370,3 +370,49 @@ pub fn link_aliases(ns: &Netns) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// What of a node a refused call must leave as it was: link names and flags, addresses,
+/// routes, the nftables rule set, and every file under the node's directories.
+#[derive(Debug, PartialEq)]
+pub struct NodeSnapshot {
+    pub links: Vec<String>,
+    pub addrs: Vec<String>,
+    pub routes: Vec<String>,
+    pub nft: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl NodeSnapshot {
+    /// Takes the snapshot of `node`.
+    pub fn take(node: &Node) -> NodeSnapshot {
+        let mut links: Vec<String> = node
+            .ns
+            .links()
+            .iter()
+            .map(|l| format!("{} mtu {} up {} {}", l.name, l.mtu, l.up, l.raw["flags"]))
+            .collect();
+        links.sort();
+        let mut addrs: Vec<String> = node
+            .ns
+            .all_addrs()
+            .iter()
+            .map(|a| format!("{} {}", a.dev, a.cidr()))
+            .collect();
+        addrs.sort();
+        let mut routes: Vec<String> = node.ns.routes().iter().map(|r| r.raw.to_string()).collect();
+        routes.sort();
+        let dir = node.data_dir.parent().expect("node dir");
+        let files = DirSnapshot::take(dir)
+            .files()
+            .into_iter()
+            .map(|(p, b)| (p.display().to_string(), b))
+            .collect();
+        NodeSnapshot {
+            links,
+            addrs,
+            routes,
+            nft: node.ns.nft_ruleset(),
+            files,
+        }
+    }
+}

@@ -334,9 +334,16 @@ fn pod_setup_without_the_creation_echo_looks_the_ends_up() {
     host.pod_index = None;
     let addrs = [net("10.1.0.5/24")];
     let (routes, _) = veth::pod_routes(&[ipc("10.1.0.5/24", "10.1.0.1")], &[], true);
-    let end =
-        veth::configure_created_pod(&mut node.nl, &pod.open(), "eth0", &host, &addrs, &routes)
-            .unwrap();
+    let end = veth::configure_created_pod(
+        &mut node.nl,
+        &pod.open(),
+        "eth0",
+        &host,
+        &addrs,
+        &routes,
+        veth::PodOptions::default(),
+    )
+    .unwrap();
     let host_index = node.nl.link_by_name(&host.name).unwrap().unwrap().index;
     assert_eq!(end.peer_index, Some(host_index));
     assert_eq!(pod.link("eth0")["ifindex"], end.index);

@@ -1,5 +1,5 @@
-//! The node's bridge: made on first use (MTU, fixed MAC, no IPv6 DAD, up), its gateway
-//! addresses, and hairpin mode on its ports.
+//! The node's bridge: made on first use (MTU, fixed MAC, no IPv6 DAD, up; promiscuous when
+//! asked), its gateway addresses, and the flags of its ports (hairpin, isolation).
 //!
 //! Hot path (bridge and gateway already there): one RTM_GETLINK and one address dump per
 //! gateway (served without the RTNL lock); no change requests.
@@ -11,7 +11,8 @@ use ipnetwork::IpNetwork;
 use crate::cni::types::IpConfig;
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, BridgeSpec, Family, Link, MacAddr, Netlink, validate_ifname,
+    AddrOptions, BridgeSpec, Family, IFF_PROMISC, Link, MacAddr, Netlink, PortFlags,
+    validate_ifname,
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
@@ -60,22 +61,52 @@ pub fn find(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
     }
 }
 
-/// Makes sure bridge `name` exists, is up and has MTU `mtu`.
+/// What [`ensure_with`] makes sure of besides the bridge's existence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BridgeOptions {
+    /// MTU imposed on the bridge, new or existing (a configured `mtu`). None: an existing
+    /// bridge keeps its MTU, a new one gets the default MTU asked for at creation.
+    pub mtu: Option<u32>,
+    /// Promiscuous mode on (`promiscMode`). False leaves the bridge's mode as it is: another
+    /// network on the same bridge may have asked for it.
+    pub promisc: bool,
+}
+
+/// Makes sure bridge `name` exists, is up and has MTU `mtu` ([`ensure_with`] imposing `mtu`).
+pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
+    let opts = BridgeOptions {
+        mtu: Some(mtu),
+        promisc: false,
+    };
+    ensure_with(nl, name, &opts, |_| Ok(mtu))
+}
+
+/// Makes sure bridge `name` exists and is up, with `opts` applied.
 ///
-/// Missing: created in one request (MTU, and a random fixed MAC so the gateway's MAC never
-/// follows port churn); a concurrent creator (EEXIST) is tolerated and its bridge used.
-/// Present: one lookup, plus a change only when it is down or has another MTU. A non-bridge
-/// link of that name is code 104.
+/// Missing: created in one request with MTU `opts.mtu`, else `default_mtu`'s answer (asked
+/// only then), and a random fixed MAC so the gateway's MAC never follows port churn; a
+/// concurrent creator (EEXIST) is tolerated and its bridge used as an existing one.
+/// Present: one lookup, plus a change only when it is down, has another MTU than `opts.mtu`,
+/// or lacks promiscuous mode that `opts` asks for. A non-bridge link of that name is code 104.
 ///
 /// A bridge brought up here first gets `accept_dad=0` (when the calling thread is in `nl`'s
 /// netns): its IPv6 link-local address is then
 /// usable at once. While it is tentative the kernel cannot send neighbour solicitations for
 /// packets it forwards to pods, so IPv6 traffic from other nodes to the first pods would be
 /// dropped for the second or two DAD takes.
-pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
+pub fn ensure_with(
+    nl: &mut Netlink,
+    name: &str,
+    opts: &BridgeOptions,
+    default_mtu: impl FnOnce(&mut Netlink) -> Result<u32>,
+) -> Result<Bridge> {
     if let Some(l) = find(nl, name)? {
-        return adopt(nl, l, mtu, false);
+        return adopt(nl, l, opts, false);
     }
+    let mtu = match opts.mtu {
+        Some(m) => m,
+        None => default_mtu(nl)?,
+    };
     let spec = BridgeSpec {
         name,
         mtu: Some(mtu),
@@ -93,10 +124,10 @@ pub fn ensure(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Bridge> {
             format!("bridge {name:?} disappeared right after it was created"),
         )
     })?;
-    adopt(nl, l, mtu, created)
+    adopt(nl, l, opts, created)
 }
 
-fn adopt(nl: &mut Netlink, mut l: Link, mtu: u32, created: bool) -> Result<Bridge> {
+fn adopt(nl: &mut Netlink, mut l: Link, opts: &BridgeOptions, created: bool) -> Result<Bridge> {
     if !l.admin_up {
         // sysctl acts in the calling thread's netns: only when that is `nl`'s (as in a
         // plugin). The file is absent only when IPv6 is off in the kernel: nothing to do then.
@@ -105,9 +136,14 @@ fn adopt(nl: &mut Netlink, mut l: Link, mtu: u32, created: bool) -> Result<Bridg
         }
         nl.set_link_up(l.index, true)?;
     }
-    if l.mtu != mtu {
+    if let Some(mtu) = opts.mtu
+        && l.mtu != mtu
+    {
         nl.set_mtu(l.index, mtu)?;
         l.mtu = mtu;
+    }
+    if opts.promisc && l.flags & IFF_PROMISC == 0 {
+        nl.set_promisc(l.index, true)?;
     }
     Ok(Bridge {
         index: l.index,
@@ -221,6 +257,30 @@ pub fn conflicts_with(have: &IpNetwork, want: &IpNetwork) -> bool {
 /// came in on, so a pod reaches itself through a service IP. One request.
 pub fn set_hairpin(nl: &mut Netlink, port: u32, on: bool) -> Result<()> {
     Ok(nl.set_hairpin(port, on)?)
+}
+
+/// Gives a pod's freshly enslaved host veth the port flags `flags` (`hairpinMode`,
+/// `portIsolation`) in one request: the port is ifindex `index` when known (as the creation
+/// echoed it), else looked up as `name`. Nothing is sent when both flags are off, as a new
+/// port's already are.
+pub fn configure_port(
+    nl: &mut Netlink,
+    index: Option<u32>,
+    name: &str,
+    flags: PortFlags,
+) -> Result<()> {
+    if flags == PortFlags::default() {
+        return Ok(());
+    }
+    let index = match index {
+        Some(i) => i,
+        None => {
+            nl.link_by_name(name)?
+                .ok_or_else(|| Error::new(code::NETLINK, format!("host veth {name} vanished")))?
+                .index
+        }
+    };
+    Ok(nl.set_port_flags(index, flags)?)
 }
 
 /// The address the bridge carries for pod address `ip`: its gateway with the pod subnet's

@@ -346,9 +346,32 @@ pub struct PodEnd {
     pub peer_index: Option<u32>,
 }
 
-/// Configures the pod end inside `pod_ns` over one socket made there: addresses (IPv6 without
-/// DAD), up, an announcement of its IPv4 addresses (gratuitous ARP), then `routes` (their `oif`
-/// is set to the interface; protocol [`POD_ROUTE_PROTO`] unless set). One setns bracket.
+/// How [`configure_created_pod`] leaves the pod end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodOptions {
+    /// Bring the interface up (false: `disableContainerInterface`, for a pod without
+    /// addresses; it is left down, and neither routes nor announcements are made).
+    pub up: bool,
+    /// IPv6 duplicate address detection on the interface (`enabledad`): `accept_dad=1`,
+    /// `enhanced_dad=1` and addresses added tentative. Off: `accept_dad=0` and every
+    /// address usable at once (the link-local one too).
+    pub dad: bool,
+}
+
+impl Default for PodOptions {
+    /// Up, without DAD.
+    fn default() -> Self {
+        PodOptions {
+            up: true,
+            dad: false,
+        }
+    }
+}
+
+/// Configures the pod end inside `pod_ns` over one socket made there: DAD off (see
+/// [`PodOptions`]), addresses, up, an announcement of its IPv4 addresses (gratuitous ARP),
+/// then `routes` (their `oif` is set to the interface; protocol [`POD_ROUTE_PROTO`] unless
+/// set). One setns bracket.
 ///
 /// The announcement corrects stale neighbour entries of a reused IP on the node and the other
 /// pods. A gratuitous ARP sent as the interface comes up (arp_notify) is not reliable through a
@@ -364,11 +387,13 @@ pub fn configure_pod(
     addrs: &[IpNetwork],
     routes: &[RouteSpec],
 ) -> Result<PodEnd> {
-    configure_pod_of(node, pod_ns, ifname, None, addrs, routes)
+    let opts = PodOptions::default();
+    configure_pod_of(node, pod_ns, ifname, None, addrs, routes, opts)
 }
 
-/// [`configure_pod`] for the pair `host` [`create`]d: when the kernel echoed both ifindexes,
-/// the pod end is not looked up (one round trip less); otherwise exactly [`configure_pod`].
+/// [`configure_pod`] for the pair `host` [`create`]d, with `opts`: when the kernel echoed
+/// both ifindexes, the pod end is not looked up (one round trip less). Code 7 when `opts`
+/// leaves the interface down but `addrs` or `routes` are given.
 pub fn configure_created_pod(
     node: &mut Netlink,
     pod_ns: &Netns,
@@ -376,6 +401,7 @@ pub fn configure_created_pod(
     host: &HostEnd,
     addrs: &[IpNetwork],
     routes: &[RouteSpec],
+    opts: PodOptions,
 ) -> Result<PodEnd> {
     let known = match (host.pod_index, host.index) {
         (Some(pod), Some(peer)) => Some(PodEnd {
@@ -385,7 +411,7 @@ pub fn configure_created_pod(
         }),
         _ => None,
     };
-    configure_pod_of(node, pod_ns, ifname, known, addrs, routes)
+    configure_pod_of(node, pod_ns, ifname, known, addrs, routes, opts)
 }
 
 fn configure_pod_of(
@@ -395,7 +421,14 @@ fn configure_pod_of(
     known: Option<PodEnd>,
     addrs: &[IpNetwork],
     routes: &[RouteSpec],
+    opts: PodOptions,
 ) -> Result<PodEnd> {
+    if !opts.up && (!addrs.is_empty() || !routes.is_empty()) {
+        return Err(Error::invalid_config(format!(
+            "interface {ifname:?} is to stay down (\"disableContainerInterface\"), so it cannot \
+             take addresses or routes: use \"ipam\": {{}}"
+        )));
+    }
     pod_ns.run(|| -> Result<PodEnd> {
         let mut nl = Netlink::new()?;
         let link = match known {
@@ -419,17 +452,28 @@ fn configure_pod_of(
                 })?,
         };
         let v4 = addrs.iter().any(IpNetwork::is_ipv4);
-        if addrs.iter().any(IpNetwork::is_ipv6) {
+        let v6 = addrs.iter().any(IpNetwork::is_ipv6);
+        if v6 {
             // Harmless when already 0; the file is missing only when IPv6 is off in the kernel,
             // and then the address below fails with a clear error.
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
         }
-        let opts = AddrOptions {
-            nodad: true,
+        set_dad(ifname, opts.dad, v6)?;
+        // Subscribed before the addresses exist, so the end of their DAD cannot be missed.
+        let mut dad_events = if opts.dad && opts.up && v6 {
+            Some(crate::kernel::netlink::Ipv6AddrEvents::open()?)
+        } else {
+            None
+        };
+        let addr_opts = AddrOptions {
+            nodad: !opts.dad,
             ..Default::default()
         };
         for a in addrs {
-            nl.add_address(link.index, *a, &opts)?;
+            nl.add_address(link.index, *a, &addr_opts)?;
+        }
+        if !opts.up {
+            return Ok(link);
         }
         nl.set_link_up(link.index, true)?;
         if v4 && let (Some(peer), Some(mac)) = (link.peer_index, link.mac) {
@@ -442,8 +486,71 @@ fn configure_pod_of(
             r.oif = Some(link.index);
             nl.append_route(&r)?;
         }
+        if let Some(events) = &mut dad_events {
+            let v6: Vec<std::net::Ipv6Addr> = addrs
+                .iter()
+                .filter_map(|a| match a.ip() {
+                    std::net::IpAddr::V6(ip) => Some(ip),
+                    std::net::IpAddr::V4(_) => None,
+                })
+                .collect();
+            dad_settled(
+                events.wait_dad(&mut nl, link.index, &v6, DAD_TIMEOUT)?,
+                ifname,
+            )?;
+        }
         Ok(link)
     })?
+}
+
+/// The longest ADD waits for IPv6 duplicate address detection (`enabledad`), as the reference.
+pub const DAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// DAD's end as an ADD result: an address in use elsewhere is code 104, DAD still running
+/// after [`DAD_TIMEOUT`] code 11 (try again).
+fn dad_settled(outcome: crate::kernel::netlink::DadOutcome, ifname: &str) -> Result<()> {
+    use crate::kernel::netlink::DadOutcome;
+    match outcome {
+        DadOutcome::Settled => Ok(()),
+        DadOutcome::Failed(ip) => Err(Error::new(
+            code::CONFLICT,
+            format!(
+                "IPv6 address {ip} of interface {ifname:?} is already in use on the pod network \
+                 (duplicate address detection failed)"
+            ),
+        )),
+        DadOutcome::TimedOut(ips) => {
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            Err(Error::new(
+                code::TRY_AGAIN,
+                format!(
+                    "duplicate address detection of {} on interface {ifname:?} did not finish \
+                     within {} s",
+                    list.join(", "),
+                    DAD_TIMEOUT.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+/// IPv6 DAD of interface `ifname` in the calling thread's netns, set before it comes up so
+/// that its link-local address follows too: on, `accept_dad=1` and `enhanced_dad=1`; off,
+/// `accept_dad=0`. Without IPv6 in the kernel (no such file) there is nothing to set; with
+/// IPv6 addresses to add (`needed`) a failed write is an error, otherwise it is ignored.
+fn set_dad(ifname: &str, on: bool, needed: bool) -> Result<()> {
+    let keys: &[(&str, &str)] = if on {
+        &[("accept_dad", "1"), ("enhanced_dad", "1")]
+    } else {
+        &[("accept_dad", "0")]
+    };
+    for (key, value) in keys {
+        match sysctl::set(&format!("net/ipv6/conf/{ifname}/{key}"), value) {
+            Err(e) if needed => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A host end of a network whose attachment is no longer valid (GC): its link and owner.

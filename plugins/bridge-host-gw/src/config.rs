@@ -10,10 +10,12 @@ use twill::cni::args::CniArgs;
 use twill::cni::types::parse_netconf;
 use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
+use twill::kernel::netlink::PortFlags;
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use twill::node::masq;
 use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
-use twill::pod::bridge;
+use twill::pod::bridge::{self, BridgeOptions};
+use twill::pod::veth::PodOptions;
 use twill::{CmdArgs, CniResult, Error, NetConf, Result, code};
 
 /// Bridge name unless `bridge` says otherwise.
@@ -39,9 +41,38 @@ pub struct Keys {
     /// `isGateway`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_default_gateway: Option<bool>,
-    /// `hairpinMode` on the host veth port (default true).
+    /// `hairpinMode` on the host veth port (default true, false with `promiscMode`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hairpin_mode: Option<bool>,
+    /// `promiscMode`: the bridge in promiscuous mode (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promisc_mode: Option<bool>,
+    /// `portIsolation`: the host veth port isolated from the other isolated ports (default
+    /// false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_isolation: Option<bool>,
+    /// `enabledad`: IPv6 duplicate address detection on the pod interface (default false).
+    #[serde(default, rename = "enabledad", skip_serializing_if = "Option::is_none")]
+    pub enable_dad: Option<bool>,
+    /// `disableContainerInterface`: the pod interface stays down (layer-2 only networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_container_interface: Option<bool>,
+    /// `vlan`: refused unless 0 (see [`refuse_unsupported`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<i64>,
+    /// `vlanTrunk`: refused unless empty (see [`refuse_unsupported`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_trunk: Option<Vec<Value>>,
+    /// `preserveDefaultVlan`: accepted; it only qualifies `vlan` / `vlanTrunk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_default_vlan: Option<bool>,
+    /// `macspoofchk`: refused when true (see [`refuse_unsupported`]).
+    #[serde(
+        default,
+        rename = "macspoofchk",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mac_spoof_check: Option<bool>,
     /// `forceAddress`: replace a conflicting bridge address (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_address: Option<bool>,
@@ -72,6 +103,14 @@ pub struct Network {
     pub is_default_gateway: bool,
     /// Hairpin mode on the host veth.
     pub hairpin: bool,
+    /// The bridge in promiscuous mode.
+    pub promisc: bool,
+    /// The host veth port isolated.
+    pub port_isolation: bool,
+    /// IPv6 DAD on the pod interface.
+    pub enable_dad: bool,
+    /// The pod interface stays down (only with a layer-2 only network).
+    pub disable_container_interface: bool,
     /// Replace conflicting bridge addresses.
     pub force_address: bool,
     /// Masquerade traffic leaving the cluster.
@@ -104,8 +143,10 @@ impl Network {
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
     ///
     /// For [`Need::Required`] everything that can be checked before touching the node is: a
-    /// host-local `ipam` section, the pod MAC and the cluster view (`peersFile` read here), so
-    /// bad input changes nothing.
+    /// host-local `ipam` section, the pod MAC, the cluster view (`peersFile` read here), the
+    /// reference bridge keys this plugin refuses ([`refuse_unsupported`]) and the combinations
+    /// the reference refuses too (`promiscMode` with `hairpinMode`, `disableContainerInterface`
+    /// with addresses), so bad input changes nothing.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
@@ -121,6 +162,17 @@ impl Network {
             return Err(Error::invalid_config(format!(
                 "\"mtu\": {mtu} is out of range (68-65535)"
             )));
+        }
+        if need == Need::Required {
+            refuse_unsupported(k)?;
+            refuse_miscased(&k.rest)?;
+        }
+        let promisc = k.promisc_mode.unwrap_or(false);
+        if need == Need::Required && promisc && k.hairpin_mode == Some(true) {
+            return Err(Error::invalid_config(
+                "\"promiscMode\" and \"hairpinMode\" cannot both be true: a promiscuous bridge \
+                 would hand a pod copies of its own hairpinned frames; drop one of them",
+            ));
         }
         // isDefaultGateway follows isGateway unless given; given true, it implies isGateway.
         let is_default_gateway = k.is_default_gateway.or(k.is_gateway).unwrap_or(true);
@@ -172,11 +224,22 @@ impl Network {
             HostLocal::from_netconf(&conf)?;
         }
         let k = &conf.plugin;
+        let disable_container_interface = k.disable_container_interface.unwrap_or(false);
+        if need == Need::Required && disable_container_interface && !l2_only {
+            return Err(Error::invalid_config(
+                "\"disableContainerInterface\" leaves the pod interface down, so it cannot carry \
+                 IPAM addresses: use it with \"ipam\": {} (a layer-2 only network) or drop it",
+            ));
+        }
         Ok(Network {
             bridge,
             is_gateway,
             is_default_gateway,
-            hairpin: k.hairpin_mode.unwrap_or(true),
+            hairpin: k.hairpin_mode.unwrap_or(!promisc),
+            promisc,
+            port_isolation: k.port_isolation.unwrap_or(false),
+            enable_dad: k.enable_dad.unwrap_or(false),
+            disable_container_interface,
             force_address: k.force_address.unwrap_or(false),
             ip_masq,
             subnet,
@@ -187,10 +250,35 @@ impl Network {
         })
     }
 
-    /// The MTU: `mtu`, else the subnet file's FLANNEL_MTU, else the MTU of the link of the
-    /// node's default route (IPv4, then IPv6), else [`FALLBACK_MTU`]. Only the last two ask the
-    /// kernel (a main-table dump and one lookup).
-    pub fn mtu(&self, node: &mut Netlink) -> Result<u32> {
+    /// The bridge as the config wants it: the configured `mtu` imposed (none: an existing
+    /// bridge keeps its own, and pods get it), promiscuous mode per `promiscMode`.
+    pub fn bridge_options(&self) -> BridgeOptions {
+        BridgeOptions {
+            mtu: self.conf.plugin.mtu.filter(|&m| m != 0),
+            promisc: self.promisc,
+        }
+    }
+
+    /// The flags of the pod's bridge port: `hairpinMode`, `portIsolation`.
+    pub fn port_flags(&self) -> PortFlags {
+        PortFlags {
+            hairpin: self.hairpin,
+            isolated: self.port_isolation,
+        }
+    }
+
+    /// How the pod interface is left: `disableContainerInterface`, `enabledad`.
+    pub fn pod_options(&self) -> PodOptions {
+        PodOptions {
+            up: !self.disable_container_interface,
+            dad: self.enable_dad,
+        }
+    }
+
+    /// The MTU of a bridge made by this ADD: `mtu`, else the subnet file's FLANNEL_MTU, else
+    /// the MTU of the link of the node's default route (IPv4, then IPv6), else
+    /// [`FALLBACK_MTU`]. Only the last two ask the kernel (a main-table dump and one lookup).
+    pub fn default_mtu(&self, node: &mut Netlink) -> Result<u32> {
         if let Some(m) = self.conf.plugin.mtu.filter(|&m| m != 0) {
             return Ok(m);
         }
@@ -359,6 +447,86 @@ impl Network {
         }
         masq::check(&self.conf.name, pod_subnets, &self.cluster_networks())
     }
+}
+
+/// Code 7 for the reference bridge's keys that bridge-host-gw does not implement, naming the
+/// key and why, so that a config brought from the reference plugin never loses them silently:
+/// `vlan` (other than 0), a non-empty `vlanTrunk`, `macspoofchk: true`.
+pub fn refuse_unsupported(k: &Keys) -> Result<()> {
+    if let Some(v) = k.vlan.filter(|&v| v != 0) {
+        if !(1..=4094).contains(&v) {
+            return Err(Error::invalid_config(format!(
+                "\"vlan\": {v} is not a VLAN ID (0-4094)"
+            )));
+        }
+        return Err(Error::invalid_config(format!(
+            "\"vlan\": {v} is not supported by bridge-host-gw: host-gw routes pods through the \
+             gateway on the bridge itself, which a pod in VLAN {v} could not reach; remove \
+             \"vlan\" (or use the reference bridge plugin for VLAN networks)"
+        )));
+    }
+    if k.vlan_trunk.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(Error::invalid_config(
+            "\"vlanTrunk\" is not supported by bridge-host-gw: pods on tagged VLANs could not \
+             reach the gateway on the bridge itself; remove \"vlanTrunk\" (or use the reference \
+             bridge plugin for VLAN networks)",
+        ));
+    }
+    if k.mac_spoof_check == Some(true) {
+        return Err(Error::invalid_config(
+            "\"macspoofchk\": true is not supported by bridge-host-gw: its per-pod nftables \
+             rule would have to be removed by DEL and GC, which only delete the pod's veth; \
+             remove \"macspoofchk\" or set it to false",
+        ));
+    }
+    Ok(())
+}
+
+/// Every key this plugin reads, as spelled in the config.
+pub const KNOWN_KEYS: &[&str] = &[
+    "cniVersion",
+    "cniVersions",
+    "name",
+    "type",
+    "args",
+    "ipMasq",
+    "ipam",
+    "dns",
+    "runtimeConfig",
+    "prevResult",
+    "bridge",
+    "mtu",
+    "isGateway",
+    "isDefaultGateway",
+    "hairpinMode",
+    "forceAddress",
+    "subnetFile",
+    "dataDir",
+    "peers",
+    "peersFile",
+    "runDir",
+    "promiscMode",
+    "portIsolation",
+    "enabledad",
+    "disableContainerInterface",
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+];
+
+/// Code 7 for a key spelled like one of [`KNOWN_KEYS`] but in another case (`macSpoofChk`,
+/// `isgateway`): the reference plugin's JSON decoder matches keys ignoring case, this one does
+/// not, so such a key would otherwise be ignored without a word.
+pub fn refuse_miscased(rest: &Map<String, Value>) -> Result<()> {
+    for key in rest.keys() {
+        if let Some(known) = KNOWN_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            return Err(Error::invalid_config(format!(
+                "\"{key}\": keys are case-sensitive here; write \"{known}\""
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The pod MAC asked for: `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS `MAC`.
@@ -548,6 +716,73 @@ mod tests {
             Some(0),
             "0 means unset"
         );
+    }
+
+    #[test]
+    fn reference_bridge_keys_defaults_and_values() {
+        let load = |extra| Network::load(&args(&base(extra), ""), Need::Required).unwrap();
+        let n = load(json!({}));
+        assert!(!n.promisc && !n.port_isolation && !n.enable_dad);
+        assert!(!n.disable_container_interface);
+        assert_eq!(n.bridge_options(), BridgeOptions::default());
+        assert_eq!(n.pod_options(), PodOptions::default());
+        let n = load(
+            json!({"promiscMode": true, "portIsolation": true, "enabledad": true,
+            "mtu": 1400, "vlan": 0, "vlanTrunk": [], "preserveDefaultVlan": false,
+            "macspoofchk": false}),
+        );
+        assert!(
+            n.promisc && !n.hairpin,
+            "promiscMode turns hairpin's default off"
+        );
+        assert_eq!(
+            n.port_flags(),
+            PortFlags {
+                hairpin: false,
+                isolated: true
+            }
+        );
+        assert_eq!(n.bridge_options().mtu, Some(1400));
+        assert!(n.pod_options().dad && n.pod_options().up);
+        let n = load(json!({"disableContainerInterface": true, "ipam": {}}));
+        assert!(!n.pod_options().up);
+    }
+
+    #[test]
+    fn unsupported_or_contradictory_keys_are_code_7_naming_the_key() {
+        for (extra, key) in [
+            (json!({"vlan": 100}), "\"vlan\""),
+            (json!({"vlan": 4095}), "\"vlan\""),
+            (json!({"vlan": -1}), "\"vlan\""),
+            (json!({"vlanTrunk": [{"id": 5}]}), "\"vlanTrunk\""),
+            (json!({"macspoofchk": true}), "\"macspoofchk\""),
+            (
+                json!({"promiscMode": true, "hairpinMode": true}),
+                "\"hairpinMode\"",
+            ),
+            (
+                json!({"disableContainerInterface": true}),
+                "\"disableContainerInterface\"",
+            ),
+            (json!({"macSpoofChk": true}), "\"macspoofchk\""),
+            (json!({"isgateway": false}), "\"isGateway\""),
+        ] {
+            let e = Network::load(&args(&base(extra.clone()), ""), Need::Required).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{extra}: {e}");
+            assert!(e.msg.contains(key), "{extra}: {e}");
+        }
+        // DEL and GC still release what such a config may have left.
+        let n = Network::load(
+            &args(
+                &base(
+                    json!({"vlan": 100, "macspoofchk": true, "promiscMode": true,
+                    "hairpinMode": true, "disableContainerInterface": true}),
+                ),
+                "",
+            ),
+            Need::Release,
+        );
+        assert!(n.is_ok());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! twill bridge-host-gw: pods on a Linux bridge (reference `bridge` behaviour) and the other
 //! nodes' pod subnets routed via their node IPs (flannel host-gw), in one binary.
 //!
-//! ADD, start to end: parse the config, make the pair (host end on the bridge, pod end made in
-//! the pod netns), allocate, put the gateways on the bridge, set up the pod side, reconcile
-//! peer routes and masquerading, print the result. Any failure undoes what this ADD made.
+//! ADD, start to end: parse the config, ensure the bridge, make the pair (host end on the
+//! bridge with its port flags, pod end made in the pod netns), allocate, put the gateways on
+//! the bridge, set up the pod side, reconcile peer routes and masquerading, print the result.
+//! Any failure undoes what this ADD made.
 //! The mechanisms live in `twill::{bridge, veth, ipam, peers, masq}`. The entry point is
 //! `twill::plugin_main!` (no Rust runtime start-up: the process lives for about a millisecond).
 #![cfg_attr(not(test), no_main)]
@@ -17,7 +18,7 @@ use rollback::Undo;
 use twill::kernel::netlink::Netlink;
 use twill::kernel::netns::Netns;
 use twill::pod::bridge;
-use twill::pod::veth::{self, HostEnd, PairSpec, PodEnd};
+use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
 struct BridgeHostGw;
@@ -29,8 +30,9 @@ impl Plugin for BridgeHostGw {
         let mut node = Netlink::new()?;
         let mut undo = Undo::default();
 
-        let mtu = net.mtu(&mut node)?;
-        let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
+        let br = bridge::ensure_with(&mut node, &net.bridge, &net.bridge_options(), |nl| {
+            net.default_mtu(nl)
+        })?;
         let pair = PairSpec {
             owner: owner(&net, args),
             pod_ns: &pod_ns,
@@ -43,6 +45,7 @@ impl Plugin for BridgeHostGw {
         undo.push("delete the veth pair", move || {
             veth::delete_created(&mut Netlink::new()?, &made).map(drop)
         });
+        bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
@@ -60,13 +63,16 @@ impl Plugin for BridgeHostGw {
         }
 
         let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, net.is_default_gateway);
-        let pod =
-            veth::configure_created_pod(&mut node, &pod_ns, &args.ifname, &host, &addrs, &routes)?;
+        let pod = veth::configure_created_pod(
+            &mut node,
+            &pod_ns,
+            &args.ifname,
+            &host,
+            &addrs,
+            &routes,
+            net.pod_options(),
+        )?;
         bridge::settle_carrier(&mut node, &br)?;
-        if net.hairpin {
-            let port = host_index(&mut node, &pod, &host)?;
-            bridge::set_hairpin(&mut node, port, true)?;
-        }
 
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets)?;
@@ -150,7 +156,7 @@ impl Plugin for BridgeHostGw {
         let mut node = Netlink::new().map_err(|e| unavailable(e.into()))?;
         // The bridge exists as a bridge, or its name is free for ADD to take.
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
-        net.mtu(&mut node).map_err(unavailable)?;
+        net.default_mtu(&mut node).map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
     }
 }
@@ -232,16 +238,6 @@ fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
         }
     }
     ips
-}
-
-/// The host end's ifindex: as the pod end's peer reported it, else looked up by name.
-fn host_index(node: &mut Netlink, pod: &PodEnd, host: &HostEnd) -> Result<u32> {
-    if let Some(i) = pod.peer_index {
-        return Ok(i);
-    }
-    node.link_by_name(&host.name)?
-        .map(|l| l.index)
-        .ok_or_else(|| Error::new(code::NETLINK, format!("host veth {} vanished", host.name)))
 }
 
 fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {

@@ -10,7 +10,9 @@
 //! extended-ACK text; they convert into [`crate::Error`] with code 100 (NETLINK).
 
 mod addr;
+mod addr_events;
 mod attr;
+mod bridge_port;
 mod error;
 mod link;
 mod neigh;
@@ -24,6 +26,8 @@ pub use addr::{
     AddrOptions, Address, Broadcast, IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_NOPREFIXROUTE,
     IFA_F_TENTATIVE,
 };
+pub use addr_events::{DadOutcome, Ipv6AddrEvents};
+pub use bridge_port::{IFF_PROMISC, PortFlags};
 pub use error::{NetlinkError, NetlinkErrorKind, NlResult};
 pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname};
 pub use neigh::{FdbEntry, Neighbour, NeighbourSpec, nud};
