@@ -399,7 +399,14 @@ impl NodeSnapshot {
             .map(|a| format!("{} {}", a.dev, a.cidr()))
             .collect();
         addrs.sort();
-        let mut routes: Vec<String> = node.ns.routes().iter().map(|r| r.raw.to_string()).collect();
+        // The kernel adds the underlay's IPv6 link-local routes on its own schedule (after DAD).
+        let mut routes: Vec<String> = node
+            .ns
+            .routes()
+            .iter()
+            .filter(|r| !r.dst.starts_with("fe80:"))
+            .map(|r| r.raw.to_string())
+            .collect();
         routes.sort();
         let dir = node.data_dir.parent().expect("node dir");
         let files = DirSnapshot::take(dir)

@@ -1190,7 +1190,13 @@ fn node_state(c: &Cluster, i: usize) -> NodeState {
             .map(|a| format!("{} {}", a.dev, a.cidr()))
             .collect();
     addrs.sort();
-    let mut routes: Vec<String> = n.ns.routes().iter().map(|r| r.raw.to_string()).collect();
+    // The kernel adds the underlay's IPv6 link-local routes on its own schedule (after DAD).
+    let mut routes: Vec<String> =
+        n.ns.routes()
+            .iter()
+            .filter(|r| !r.dst.starts_with("fe80:"))
+            .map(|r| r.raw.to_string())
+            .collect();
     routes.sort();
     let dir = n.data_dir.parent().expect("node dir");
     let files = DirSnapshot::take(dir)

@@ -249,6 +249,9 @@ fn disable_container_interface_leaves_the_pod_interface_down() {
 
     let up = c.add_pod_with(0, &l2);
     assert!(link(&up.ns, "eth0").up, "a layer-2 pod is up by default");
+    // CHECK knows which state the config asked for: down for one, up for the other.
+    down.run("CHECK").assert_ok_empty();
+    up.run("CHECK").assert_ok_empty();
     for pod in [&down, &up] {
         pod.run("DEL").assert_ok_empty();
     }

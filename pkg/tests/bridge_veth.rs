@@ -398,8 +398,16 @@ fn check_passes_as_made_and_names_what_changed() {
     .unwrap();
     let prev = prev_result(&node, &host, &pod, &end);
     let pod_ns = pod.open();
-    let check =
-        |node: &mut Node| veth::check(&mut node.nl, &pod_ns, node.br.index, &owner("c1"), &prev);
+    let check = |node: &mut Node| {
+        veth::check(
+            &mut node.nl,
+            &pod_ns,
+            node.br.index,
+            &owner("c1"),
+            &prev,
+            veth::PodOptions::default(),
+        )
+    };
     check(&mut node).unwrap();
 
     let expect_fail = |node: &mut Node, what: &str| {

@@ -613,14 +613,15 @@ pub fn remove_stale(nl: &mut Netlink, network: &str, valid: &[Attachment]) -> Ve
 /// CHECK of one attachment against its `prev` result: the host end carrying `owner`'s mark
 /// exists, is a veth and a port of bridge `bridge` (ifindex); the pod end `owner.ifname`
 /// exists in `pod_ns`, is the host end's peer, has the MAC `prev` reports, every address
-/// `prev` assigns to it and every route of `prev`. Code 105 naming the first thing that
-/// differs.
+/// `prev` assigns to it and every route of `prev`, and is up unless `opts` left it down.
+/// Code 105 naming the first thing that differs.
 pub fn check(
     nl: &mut Netlink,
     pod_ns: &Netns,
     bridge: u32,
     owner: &Owner<'_>,
     prev: &CniResult,
+    opts: PodOptions,
 ) -> Result<()> {
     let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
     let ifname = owner.ifname;
@@ -686,8 +687,9 @@ pub fn check(
             "interface {ifname} in the pod is not the peer of host veth {host_name}"
         )));
     }
-    if !pod.admin_up {
-        return Err(failed(format!("interface {ifname} in the pod is down")));
+    if pod.admin_up != opts.up {
+        let state = if opts.up { "down" } else { "up" };
+        return Err(failed(format!("interface {ifname} in the pod is {state}")));
     }
     let pod_pos = prev
         .interfaces

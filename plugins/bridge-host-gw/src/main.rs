@@ -121,7 +121,15 @@ impl Plugin for BridgeHostGw {
                 format!("bridge {} does not exist", net.bridge),
             )
         })?;
-        veth::check(&mut node, &pod_ns, br.index, &owner(&net, args), &prev)?;
+        let opts = net.pod_options();
+        veth::check(
+            &mut node,
+            &pod_ns,
+            br.index,
+            &owner(&net, args),
+            &prev,
+            opts,
+        )?;
         if net.is_gateway {
             let gws: Vec<IpNetwork> = prev
                 .ips
