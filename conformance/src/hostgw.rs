@@ -422,4 +422,33 @@ impl NodeSnapshot {
             files,
         }
     }
+
+    /// What was added (+) and removed (-), field by field.
+    pub fn diff(&self, after: &NodeSnapshot) -> String {
+        fn lines(field: &str, a: &[String], b: &[String], out: &mut Vec<String>) {
+            out.extend(
+                b.iter()
+                    .filter(|x| !a.contains(x))
+                    .map(|x| format!("+{field} {x}")),
+            );
+            out.extend(
+                a.iter()
+                    .filter(|x| !b.contains(x))
+                    .map(|x| format!("-{field} {x}")),
+            );
+        }
+        let mut out = Vec::new();
+        lines("link", &self.links, &after.links, &mut out);
+        lines("addr", &self.addrs, &after.addrs, &mut out);
+        lines("route", &self.routes, &after.routes, &mut out);
+        let nft = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+        lines("nft", &nft(&self.nft), &nft(&after.nft), &mut out);
+        let names = |f: &[(String, Vec<u8>)]| {
+            f.iter()
+                .map(|(p, b)| format!("{p} ({} bytes)", b.len()))
+                .collect::<Vec<_>>()
+        };
+        lines("file", &names(&self.files), &names(&after.files), &mut out);
+        out.join("\n  ")
+    }
 }

@@ -738,9 +738,13 @@ fn gc_releases_exactly_the_orphans() {
     let c = Cluster::new(Fabric::single_l2(2));
     let node = c.node(0);
     // GC on a node that has nothing yet (no bridge, no data dir): success, no change.
-    let fresh = node_state(&c, 1);
+    let fresh = NodeSnapshot::take(c.node(1));
     plain(c.node(1), "GC", &with_attachments(&c.conf(1), &[])).assert_ok_empty();
-    assert_eq!(node_state(&c, 1), fresh, "GC on a fresh node changed it");
+    assert_eq!(
+        NodeSnapshot::take(c.node(1)),
+        fresh,
+        "GC on a fresh node changed it"
+    );
     let pods: Vec<Pod> = (0..4).map(|_| c.add_pod(0)).collect();
     // A port of cni0 that is not twill's: GC must leave it alone.
     node.ns.ip(&[
@@ -1139,80 +1143,6 @@ fn parallel_adds_on_a_fresh_node() {
 // Malformed input
 // ---------------------------------------------------------------------------------------------
 
-/// Everything of the node a rejected call must leave as it was.
-#[derive(Debug, PartialEq)]
-struct NodeState {
-    links: Vec<String>,
-    addrs: Vec<String>,
-    routes: Vec<String>,
-    nft: String,
-    files: Vec<(String, Vec<u8>)>,
-}
-
-impl NodeState {
-    /// What was added (+) and removed (-), field by field.
-    fn diff(&self, after: &NodeState) -> String {
-        fn lines(field: &str, a: &[String], b: &[String], out: &mut Vec<String>) {
-            out.extend(
-                b.iter()
-                    .filter(|x| !a.contains(x))
-                    .map(|x| format!("+{field} {x}")),
-            );
-            out.extend(
-                a.iter()
-                    .filter(|x| !b.contains(x))
-                    .map(|x| format!("-{field} {x}")),
-            );
-        }
-        let mut out = Vec::new();
-        lines("link", &self.links, &after.links, &mut out);
-        lines("addr", &self.addrs, &after.addrs, &mut out);
-        lines("route", &self.routes, &after.routes, &mut out);
-        let nft = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
-        lines("nft", &nft(&self.nft), &nft(&after.nft), &mut out);
-        let names = |f: &[(String, Vec<u8>)]| {
-            f.iter()
-                .map(|(p, b)| format!("{p} ({} bytes)", b.len()))
-                .collect::<Vec<_>>()
-        };
-        lines("file", &names(&self.files), &names(&after.files), &mut out);
-        out.join("\n  ")
-    }
-}
-
-fn node_state(c: &Cluster, i: usize) -> NodeState {
-    let n = c.node(i);
-    let mut links = n.ns.link_names();
-    links.sort();
-    let mut addrs: Vec<String> =
-        n.ns.all_addrs()
-            .iter()
-            .map(|a| format!("{} {}", a.dev, a.cidr()))
-            .collect();
-    addrs.sort();
-    // The kernel adds the underlay's IPv6 link-local routes on its own schedule (after DAD).
-    let mut routes: Vec<String> =
-        n.ns.routes()
-            .iter()
-            .filter(|r| !r.dst.starts_with("fe80:"))
-            .map(|r| r.raw.to_string())
-            .collect();
-    routes.sort();
-    let dir = n.data_dir.parent().expect("node dir");
-    let files = DirSnapshot::take(dir)
-        .files()
-        .into_iter()
-        .map(|(p, b)| (p.display().to_string(), b))
-        .collect();
-    NodeState {
-        links,
-        addrs,
-        routes,
-        nft: n.ns.nft_ruleset(),
-        files,
-    }
-}
-
 /// Bad environment and bad configs, each on a fresh node (no bridge yet): a CNI error object
 /// with the expected code(s), and no change at all to the node (no bridge, no veth, no
 /// address, no route, no file, no nftables table) nor to the pod namespace.
@@ -1356,14 +1286,14 @@ fn malformed_input_is_rejected_without_touching_the_node() {
     ];
 
     let node_dir = DirSnapshot::take(&dir);
-    let mut before = node_state(&c, 0);
+    let mut before = NodeSnapshot::take(c.node(0));
     let mut failures = Vec::new();
     for (what, call, codes) in cases {
         let out = call.run();
         if let Err(e) = out.check_error(codes) {
             failures.push(format!("{what}: {e}\n{out}"));
         }
-        let after = node_state(&c, 0);
+        let after = NodeSnapshot::take(c.node(0));
         if after != before {
             failures.push(format!("{what}: the node changed: {}", before.diff(&after)));
             // Put the node back for the next case: remove links a plugin made, restore the
@@ -1374,7 +1304,7 @@ fn malformed_input_is_rejected_without_touching_the_node() {
                 }
             }
             node_dir.restore(&dir);
-            before = node_state(&c, 0);
+            before = NodeSnapshot::take(c.node(0));
         }
         if pod_ns.link_names() != vec!["lo".to_string()] {
             failures.push(format!(
@@ -1678,13 +1608,13 @@ fn existing_non_bridge_device_with_the_bridge_name_is_refused() {
     node.ns.ip(&[
         "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
     ]);
-    let before = node_state(&c, 0);
+    let before = NodeSnapshot::take(c.node(0));
     let (pod, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
     let err = out
         .check_error_shape()
         .unwrap_or_else(|e| panic!("ADD onto a veth named cni0: {e}\n{out}"));
     assert!(error_text(&err).contains("cni0"), "{out}");
-    let after = node_state(&c, 0);
+    let after = NodeSnapshot::take(c.node(0));
     assert!(after == before, "the node changed: {}", before.diff(&after));
     assert_eq!(pod.ns.link_names(), vec!["lo".to_string()]);
 }
