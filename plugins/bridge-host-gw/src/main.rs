@@ -71,6 +71,7 @@ impl Plugin for BridgeHostGw {
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets)?;
         net.ensure_masq(&subnets)?;
+        net.ensure_forward(&subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
@@ -125,7 +126,8 @@ impl Plugin for BridgeHostGw {
         net.ipam_check(args)?;
         let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
         net.check_peers(&mut node, &subnets)?;
-        net.check_masq(&subnets)
+        net.check_node_rules(&subnets);
+        Ok(())
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
@@ -148,6 +150,7 @@ impl Plugin for BridgeHostGw {
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
         let mut node = Netlink::new()?;
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
+        net.netfilter_status().map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
     }
 }

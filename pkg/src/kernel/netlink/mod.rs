@@ -14,6 +14,7 @@ mod attr;
 mod error;
 mod link;
 mod neigh;
+pub mod netfilter;
 mod route;
 mod socket;
 
