@@ -480,7 +480,10 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let rs = ruleset("n", &[net("10.1.0.0/24")], &[net("10.0.0.0/8")]).unwrap();
         write_with(&fake, &rs).unwrap();
-        assert_eq!(std::fs::read_to_string(&seen).unwrap(), rs.legacy_script.trim_end());
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap(),
+            rs.legacy_script.trim_end()
+        );
         let e = write_with(Path::new("/bin/false"), &rs).unwrap_err();
         assert_eq!(e.code, code::EXTERNAL_TOOL);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -10,6 +10,7 @@ use twill::cni::args::CniArgs;
 use twill::cni::types::parse_netconf;
 use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
+use twill::kernel::netlink::netfilter;
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
 use twill::node::{forward, masq};
@@ -468,6 +469,24 @@ impl Network {
                 }
             );
         }
+    }
+
+    /// Before ADD changes anything: with ipMasq or `forwardRules` on, `nft` must be there
+    /// (code 106 naming the key to turn off), so a node without nftables fails up front.
+    pub fn preflight_node_rules(&self) -> Result<()> {
+        if netfilter::find_nft().is_some() {
+            return Ok(());
+        }
+        if self.ip_masq {
+            return Err(netfilter::nft_missing("ipMasq", "ipMasq"));
+        }
+        if self.forward_rules() {
+            return Err(netfilter::nft_missing(
+                "accepting pod traffic in the host's forward chains",
+                "forwardRules",
+            ));
+        }
+        Ok(())
     }
 
     /// STATUS of what ADD needs for ipMasq and `forwardRules`, creating nothing: `nft` is found

@@ -25,6 +25,7 @@ struct BridgeHostGw;
 impl Plugin for BridgeHostGw {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
+        net.preflight_node_rules()?;
         let pod_ns = open_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::default();
