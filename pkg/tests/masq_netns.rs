@@ -7,7 +7,13 @@ mod common;
 
 use common::{TestNs, net, sh};
 use serde_json::Value;
+use twill::kernel::netlink::netfilter::Netfilter;
 use twill::node::masq;
+
+/// A netfilter socket in the calling thread's namespace.
+fn nf() -> Netfilter {
+    Netfilter::new().expect("netfilter socket")
+}
 
 /// A namespace made by this test with its loopback up.
 fn up_ns() -> TestNs {
@@ -35,7 +41,7 @@ fn ensure_creates_one_table_with_the_right_rules() {
     let network = format!("mq{}", std::process::id());
     let pods = [net("10.244.1.0/24"), net("fd10:0:0:1::/64")];
     let cluster = [net("10.244.0.0/16"), net("fd10::/48")];
-    ns.enter(|| masq::ensure(&network, &pods, &cluster))
+    ns.enter(|| masq::ensure(&mut nf(), &network, &pods, &cluster))
         .unwrap();
     let first = ns.ruleset_json();
     let tables = objects(&first, "table");
@@ -46,14 +52,14 @@ fn ensure_creates_one_table_with_the_right_rules() {
 
     // Many more calls, sequential and concurrent: the same table object (same handle) stays.
     for _ in 0..50 {
-        ns.enter(|| masq::ensure(&network, &pods, &cluster))
+        ns.enter(|| masq::ensure(&mut nf(), &network, &pods, &cluster))
             .unwrap();
     }
     std::thread::scope(|s| {
         for _ in 0..6 {
             s.spawn(|| {
                 for _ in 0..10 {
-                    ns.enter(|| masq::ensure(&network, &pods, &cluster))
+                    ns.enter(|| masq::ensure(&mut nf(), &network, &pods, &cluster))
                         .unwrap();
                 }
             });
@@ -116,8 +122,9 @@ fn ensure_creates_one_table_with_the_right_rules() {
         assert_eq!(expr[2]["masquerade"]["flags"], "fully-random");
         assert!(rule["comment"].as_str().unwrap().starts_with("twill masq "));
     }
-    masq::check(&network, &pods, &cluster).unwrap_err(); // root ns: not there
-    ns.enter(|| masq::check(&network, &pods, &cluster)).unwrap();
+    masq::check(&mut nf(), &network, &pods, &cluster).unwrap_err(); // root ns: not there
+    ns.enter(|| masq::check(&mut nf(), &network, &pods, &cluster))
+        .unwrap();
     assert_root_untouched(&network);
 }
 
@@ -130,7 +137,7 @@ fn concurrent_first_creation_converges() {
     std::thread::scope(|s| {
         for _ in 0..8 {
             s.spawn(|| {
-                ns.enter(|| masq::ensure(&network, &pods, &cluster))
+                ns.enter(|| masq::ensure(&mut nf(), &network, &pods, &cluster))
                     .unwrap()
             });
         }
@@ -139,7 +146,8 @@ fn concurrent_first_creation_converges() {
     assert_eq!(objects(&all, "table").len(), 1);
     assert_eq!(objects(&all, "chain").len(), 1);
     assert_eq!(objects(&all, "rule").len(), 1);
-    ns.enter(|| masq::check(&network, &pods, &cluster)).unwrap();
+    ns.enter(|| masq::check(&mut nf(), &network, &pods, &cluster))
+        .unwrap();
     assert_root_untouched(&network);
 }
 
@@ -148,9 +156,9 @@ fn config_change_replaces_rule_set() {
     let ns = up_ns();
     let network = "chg";
     let pods = [net("10.60.1.0/24")];
-    ns.enter(|| masq::ensure(network, &pods, &[net("10.60.0.0/16")]))
+    ns.enter(|| masq::ensure(&mut nf(), network, &pods, &[net("10.60.0.0/16")]))
         .unwrap();
-    ns.enter(|| masq::ensure(network, &pods, &[net("10.60.0.0/15")]))
+    ns.enter(|| masq::ensure(&mut nf(), network, &pods, &[net("10.60.0.0/15")]))
         .unwrap();
     let all = ns.ruleset_json();
     assert_eq!(objects(&all, "table").len(), 1);
@@ -158,10 +166,10 @@ fn config_change_replaces_rule_set() {
     assert_eq!(rules.len(), 1);
     let set = &rules[0]["expr"][1]["match"]["right"]["set"];
     assert_eq!(set[0]["prefix"]["len"], 15, "{set}");
-    ns.enter(|| masq::check(network, &pods, &[net("10.60.0.0/15")]))
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &[net("10.60.0.0/15")]))
         .unwrap();
     let e = ns
-        .enter(|| masq::check(network, &pods, &[net("10.60.0.0/16")]))
+        .enter(|| masq::check(&mut nf(), network, &pods, &[net("10.60.0.0/16")]))
         .unwrap_err();
     assert_eq!(e.code, twill::code::CHECK_FAILED);
 }
@@ -172,8 +180,10 @@ fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
     let network = "tamper";
     let pods = [net("10.70.1.0/24"), net("fd70::/64")];
     let cluster = [net("10.70.0.0/16")];
-    ns.enter(|| masq::ensure(network, &pods, &cluster)).unwrap();
-    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+    ns.enter(|| masq::ensure(&mut nf(), network, &pods, &cluster))
+        .unwrap();
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap();
 
     ns.run(&[
         "nft",
@@ -184,13 +194,14 @@ fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
         "postrouting",
     ]);
     let e = ns
-        .enter(|| masq::check(network, &pods, &cluster))
+        .enter(|| masq::check(&mut nf(), network, &pods, &cluster))
         .unwrap_err();
     assert_eq!(e.code, twill::code::CHECK_FAILED);
     assert!(e.msg.contains("expected 2"), "{e}");
     ns.enter(|| masq::rebuild(network, &pods, &cluster))
         .unwrap();
-    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap();
 
     // An extra foreign rule in our chain is also a CHECK failure.
     ns.run(&[
@@ -203,17 +214,17 @@ fn check_detects_tampering_rebuild_repairs_remove_is_idempotent() {
         "counter",
     ]);
     let e = ns
-        .enter(|| masq::check(network, &pods, &cluster))
+        .enter(|| masq::check(&mut nf(), network, &pods, &cluster))
         .unwrap_err();
     assert!(e.msg.contains("3 in total"), "{e}");
 
-    assert!(ns.enter(|| masq::exists(network)).unwrap());
-    ns.enter(|| masq::remove(network)).unwrap();
-    assert!(!ns.enter(|| masq::exists(network)).unwrap());
+    assert!(ns.enter(|| masq::exists(&mut nf(), network)).unwrap());
+    ns.enter(|| masq::remove(&mut nf(), network)).unwrap();
+    assert!(!ns.enter(|| masq::exists(&mut nf(), network)).unwrap());
     assert!(ns.run(&["nft", "list", "tables"]).trim().is_empty());
-    ns.enter(|| masq::remove(network)).unwrap();
+    ns.enter(|| masq::remove(&mut nf(), network)).unwrap();
     let e = ns
-        .enter(|| masq::check(network, &pods, &cluster))
+        .enter(|| masq::check(&mut nf(), network, &pods, &cluster))
         .unwrap_err();
     assert!(e.msg.contains("does not exist"), "{e}");
 }
@@ -257,8 +268,15 @@ fn masquerades_real_packets_leaving_the_cluster_only() {
              add rule inet seen in ip saddr 10.80.2.1 counter",
         ]);
     }
-    node.enter(|| masq::ensure("pkt", &[net("10.80.1.0/24")], &[net("10.80.0.0/16")]))
-        .unwrap();
+    node.enter(|| {
+        masq::ensure(
+            &mut nf(),
+            "pkt",
+            &[net("10.80.1.0/24")],
+            &[net("10.80.0.0/16")],
+        )
+    })
+    .unwrap();
     pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.51.100.2"]);
     pod.run(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.80.2.2"]);
     let counts = |ns: &TestNs| -> Vec<(String, u64)> {
@@ -312,9 +330,13 @@ fn without_table_comment_the_rule_comments_decide() {
     assert!(tables[0].get("comment").is_none(), "{all:?}");
     let handle = tables[0]["handle"].clone();
 
-    assert!(!ns.enter(|| masq::ensure(network, &pods, &cluster)).unwrap());
+    assert!(
+        !ns.enter(|| masq::ensure(&mut nf(), network, &pods, &cluster))
+            .unwrap()
+    );
     assert_eq!(objects(&ns.ruleset_json(), "table")[0]["handle"], handle);
-    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap();
 
     // One rule gone: found through the rules, rewritten.
     ns.run(&[
@@ -328,11 +350,15 @@ fn without_table_comment_the_rule_comments_decide() {
         &objects(&ns.ruleset_json(), "rule")[0]["handle"].to_string(),
     ]);
     let e = ns
-        .enter(|| masq::check(network, &pods, &cluster))
+        .enter(|| masq::check(&mut nf(), network, &pods, &cluster))
         .unwrap_err();
     assert_eq!(e.code, twill::code::CHECK_FAILED);
-    assert!(ns.enter(|| masq::ensure(network, &pods, &cluster)).unwrap());
-    ns.enter(|| masq::check(network, &pods, &cluster)).unwrap();
+    assert!(
+        ns.enter(|| masq::ensure(&mut nf(), network, &pods, &cluster))
+            .unwrap()
+    );
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap();
     assert_root_untouched(network);
 }
 
@@ -349,20 +375,27 @@ fn ensure_growing_never_narrows_even_when_concurrent() {
             let (ns, network, lock_dir) = (&ns, &network, &lock_dir);
             s.spawn(move || {
                 let pod = [net(&format!("10.93.{i}.0/24"))];
-                ns.enter(|| masq::ensure_growing(network, &pod, &cluster, lock_dir))
+                ns.enter(|| masq::ensure_growing(&mut nf(), network, &pod, &cluster, lock_dir))
                     .unwrap()
             });
         }
     });
-    let mut held = ns.enter(|| masq::sources(&network)).unwrap();
+    let mut held = ns.enter(|| masq::sources(&mut nf(), &network)).unwrap();
     held.sort();
     let want: Vec<_> = (0..8).map(|i| net(&format!("10.93.{i}.0/24"))).collect();
     assert_eq!(held, want);
     assert!(
-        !ns.enter(|| masq::ensure_growing(&network, &[net("10.93.3.0/24")], &cluster, &lock_dir))
-            .unwrap()
+        !ns.enter(|| masq::ensure_growing(
+            &mut nf(),
+            &network,
+            &[net("10.93.3.0/24")],
+            &cluster,
+            &lock_dir
+        ))
+        .unwrap()
     );
-    ns.enter(|| masq::check(&network, &want, &cluster)).unwrap();
+    ns.enter(|| masq::check(&mut nf(), &network, &want, &cluster))
+        .unwrap();
     std::fs::remove_dir_all(&lock_dir).unwrap();
     assert_root_untouched(&network);
 }
@@ -392,33 +425,34 @@ fn forward_rules_follow_the_space_and_leave_with_the_network() {
     };
     let space = [net("10.94.0.0/16"), net("fd94::/48")];
     assert!(
-        ns.enter(|| forward::ensure("a", &space, false, &dir))
+        ns.enter(|| forward::ensure(&mut nf(), "a", &space, false, &dir))
             .unwrap()
     );
     assert_eq!(count("ip", "filter", "FORWARD", "a"), 2);
     assert_eq!(count("inet", "filter", "forward", "a"), 4);
     assert!(
-        !ns.enter(|| forward::ensure("a", &space, false, &dir))
+        !ns.enter(|| forward::ensure(&mut nf(), "a", &space, false, &dir))
             .unwrap()
     );
-    ns.enter(|| forward::check("a", &space, false)).unwrap();
+    ns.enter(|| forward::check(&mut nf(), "a", &space, false))
+        .unwrap();
     let e = ns
-        .enter(|| forward::check("a", &space[..1], false))
+        .enter(|| forward::check(&mut nf(), "a", &space[..1], false))
         .unwrap_err();
     assert_eq!(e.code, twill::code::CHECK_FAILED);
     assert!(e.msg.contains("inet filter forward"), "{e}");
 
     assert!(
-        ns.enter(|| forward::ensure("a", &space[..1], false, &dir))
+        ns.enter(|| forward::ensure(&mut nf(), "a", &space[..1], false, &dir))
             .unwrap()
     );
     assert_eq!(count("inet", "filter", "forward", "a"), 2);
     assert!(
-        ns.enter(|| forward::ensure("b", &[net("10.95.0.0/16")], false, &dir))
+        ns.enter(|| forward::ensure(&mut nf(), "b", &[net("10.95.0.0/16")], false, &dir))
             .unwrap()
     );
-    assert_eq!(ns.enter(|| forward::remove("a")).unwrap(), 4);
-    assert_eq!(ns.enter(|| forward::remove("a")).unwrap(), 0);
+    assert_eq!(ns.enter(|| forward::remove(&mut nf(), "a")).unwrap(), 4);
+    assert_eq!(ns.enter(|| forward::remove(&mut nf(), "a")).unwrap(), 0);
     assert_eq!(count("ip", "filter", "FORWARD", "a"), 0);
     assert_eq!(count("ip", "filter", "FORWARD", "b"), 2);
     assert_eq!(objects(&ns.ruleset_json(), "chain").len(), 2, "chains stay");

@@ -24,7 +24,8 @@
 //! when a chain's rules of this network differ, replaces them in one `nft -f -` transaction
 //! under a lock file. [`remove`] deletes every rule of the network over netlink (no `nft`).
 //!
-//! Everything happens in the network namespace of the calling thread.
+//! Every function works over the caller's [`Netfilter`] socket, in the network namespace that
+//! socket was opened in; `nft` runs in the calling thread's.
 
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::netfilter::{
@@ -217,8 +218,13 @@ fn script(p: &Plan) -> String {
 /// dump plus one rule dump per table holding a forward chain, no exec. A change takes the lock
 /// file `forward-<network>.lock` in `lock_dir`, reads again and writes one `nft -f -`
 /// transaction. No forward chain on the node: nothing to do (the kernel forwards).
-pub fn ensure(network: &str, space: &[IpNetwork], grow: bool, lock_dir: &Path) -> Result<bool> {
-    let mut nf = Netfilter::new()?;
+pub fn ensure(
+    nf: &mut Netfilter,
+    network: &str,
+    space: &[IpNetwork],
+    grow: bool,
+    lock_dir: &Path,
+) -> Result<bool> {
     let compute = |nf: &mut Netfilter| -> Result<Plan> {
         let seen = read(nf, network)?;
         let mut space = space.to_vec();
@@ -228,12 +234,12 @@ pub fn ensure(network: &str, space: &[IpNetwork], grow: bool, lock_dir: &Path) -
         let want = wanted(network, &space, &host_chains(&seen.chains))?;
         Ok(plan(&seen, &want))
     };
-    let p = compute(&mut nf)?;
+    let p = compute(nf)?;
     if p.delete.is_empty() && p.add.is_empty() {
         return Ok(false);
     }
     let _lock = masq::lock_file(lock_dir, &format!("forward-{network}.lock"))?;
-    let p = compute(&mut nf)?;
+    let p = compute(nf)?;
     if p.delete.is_empty() && p.add.is_empty() {
         return Ok(false);
     }
@@ -259,9 +265,8 @@ fn nft_missing() -> Error {
 
 /// CHECK: the host's forward chains hold exactly the rules [`ensure`] would leave; code 105
 /// naming the chains that differ.
-pub fn check(network: &str, space: &[IpNetwork], grow: bool) -> Result<()> {
-    let mut nf = Netfilter::new()?;
-    let seen = read(&mut nf, network)?;
+pub fn check(nf: &mut Netfilter, network: &str, space: &[IpNetwork], grow: bool) -> Result<()> {
+    let seen = read(nf, network)?;
     let mut space = space.to_vec();
     if grow {
         space.extend(held(&seen.ours));
@@ -292,24 +297,23 @@ pub fn check(network: &str, space: &[IpNetwork], grow: bool) -> Result<()> {
 
 /// Deletes every forward rule of `network` from every table (netlink only, one batch);
 /// returns how many there were.
-pub fn remove(network: &str) -> Result<usize> {
+pub fn remove(nf: &mut Netfilter, network: &str) -> Result<usize> {
     masq::table_name(network)?;
-    let mut nf = Netfilter::new()?;
-    let seen = read(&mut nf, network)?;
+    let seen = read(nf, network)?;
     nf.delete_rules(&seen.ours)?;
     Ok(seen.ours.len())
 }
 
 /// The rules of `network` in the host's forward chains (for callers that report).
-pub fn rules(network: &str) -> Result<Vec<NfRule>> {
-    Ok(read(&mut Netfilter::new()?, network)?.ours)
+pub fn rules(nf: &mut Netfilter, network: &str) -> Result<Vec<NfRule>> {
+    Ok(read(nf, network)?.ours)
 }
 
 /// STATUS: what [`ensure`] needs is there, nothing is created: `nft` is found (code 106
 /// otherwise) and nf_tables answers a chain dump (code 100 otherwise).
-pub fn available() -> Result<PathBuf> {
+pub fn available(nf: &mut Netfilter) -> Result<PathBuf> {
     let nft = netfilter::find_nft().ok_or_else(nft_missing)?;
-    Netfilter::new()?.chains(None)?;
+    nf.chains(None)?;
     Ok(nft)
 }
 

@@ -30,7 +30,8 @@
 //! concurrent ADDs in two new subnets both end up masqueraded. A source stays until the network's
 //! table is rebuilt from a declared range set or removed.
 //!
-//! Everything happens in the network namespace of the calling thread.
+//! Every function works over the caller's [`Netfilter`] socket (one per plugin run), in the
+//! network namespace that socket was opened in; `nft` runs in the calling thread's.
 
 use crate::error::{Error, Result, code};
 use crate::flannel::subnet_file::network_of;
@@ -232,10 +233,14 @@ fn drift(nf: &mut Netfilter, rs: &Ruleset, thorough: bool) -> Result<Drift> {
 /// `cluster`; returns whether it had to be written. Cost when it does: one NETLINK_NETFILTER
 /// request (two on kernels before 5.10). Otherwise one `nft -f -` transaction. `nft` missing
 /// or failing is code 106; a netlink failure is code 100.
-pub fn ensure(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Result<bool> {
+pub fn ensure(
+    nf: &mut Netfilter,
+    network: &str,
+    sources: &[IpNetwork],
+    cluster: &[IpNetwork],
+) -> Result<bool> {
     let rs = ruleset(network, sources, cluster)?;
-    let mut nf = Netfilter::new()?;
-    if drift(&mut nf, &rs, false)? == Drift::None {
+    if drift(nf, &rs, false)? == Drift::None {
         return Ok(false);
     }
     write(&rs)?;
@@ -247,24 +252,24 @@ pub fn ensure(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Re
 /// is read again and written under the lock file `masq-<network>.lock` in `lock_dir` (created
 /// if needed), so concurrent ADDs never drop each other's sources.
 pub fn ensure_growing(
+    nf: &mut Netfilter,
     network: &str,
     pod_subnets: &[IpNetwork],
     cluster: &[IpNetwork],
     lock_dir: &Path,
 ) -> Result<bool> {
     let table = table_name(network)?;
-    let mut nf = Netfilter::new()?;
     let plan = |nf: &mut Netfilter| -> Result<(Ruleset, Drift)> {
         let held = held_sources(nf, &table)?;
         let rs = ruleset(network, &[held, pod_subnets.to_vec()].concat(), cluster)?;
         let d = drift(nf, &rs, false)?;
         Ok((rs, d))
     };
-    if plan(&mut nf)?.1 == Drift::None {
+    if plan(nf)?.1 == Drift::None {
         return Ok(false);
     }
     let _lock = lock_file(lock_dir, &format!("masq-{network}.lock"))?;
-    let (rs, d) = plan(&mut nf)?;
+    let (rs, d) = plan(nf)?;
     if d == Drift::None {
         return Ok(false);
     }
@@ -303,9 +308,9 @@ fn source_of(r: &NfRule) -> Option<IpNetwork> {
 }
 
 /// The sources held by the network's masquerade table, read from its rules (one dump).
-pub fn sources(network: &str) -> Result<Vec<IpNetwork>> {
+pub fn sources(nf: &mut Netfilter, network: &str) -> Result<Vec<IpNetwork>> {
     let table = table_name(network)?;
-    held_sources(&mut Netfilter::new()?, &table)
+    held_sources(nf, &table)
 }
 
 /// Recreates the table unconditionally (one `nft -f -` transaction), e.g. after [`check`]
@@ -333,9 +338,14 @@ fn write_with(nft: &Path, rs: &Ruleset) -> Result<()> {
 
 /// CHECK: the table holds exactly this rule set (table comment, when the kernel keeps one, and
 /// every rule's comment). Anything else is code 105 saying what differs.
-pub fn check(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Result<()> {
+pub fn check(
+    nf: &mut Netfilter,
+    network: &str,
+    sources: &[IpNetwork],
+    cluster: &[IpNetwork],
+) -> Result<()> {
     let rs = ruleset(network, sources, cluster)?;
-    match drift(&mut Netfilter::new()?, &rs, true)? {
+    match drift(nf, &rs, true)? {
         Drift::None => Ok(()),
         Drift::Missing => Err(Error::new(
             code::CHECK_FAILED,
@@ -347,23 +357,23 @@ pub fn check(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Res
 
 /// Deletes the network's masquerade table (one netlink request, no `nft` needed); returns
 /// whether there was one.
-pub fn remove(network: &str) -> Result<bool> {
+pub fn remove(nf: &mut Netfilter, network: &str) -> Result<bool> {
     let table = table_name(network)?;
-    Ok(Netfilter::new()?.delete_table(NfFamily::Inet, &table)?)
+    Ok(nf.delete_table(NfFamily::Inet, &table)?)
 }
 
 /// True when the network's masquerade table exists (one netlink request).
-pub fn exists(network: &str) -> Result<bool> {
+pub fn exists(nf: &mut Netfilter, network: &str) -> Result<bool> {
     let table = table_name(network)?;
-    Ok(Netfilter::new()?.table(NfFamily::Inet, &table)?.is_some())
+    Ok(nf.table(NfFamily::Inet, &table)?.is_some())
 }
 
 /// STATUS: what [`ensure`] needs is there, nothing is created: `nft` is found (code 106
 /// otherwise) and nf_tables answers a lookup of the network's table (code 100 otherwise).
-pub fn available(network: &str) -> Result<PathBuf> {
+pub fn available(nf: &mut Netfilter, network: &str) -> Result<PathBuf> {
     let table = table_name(network)?;
     let nft = netfilter::find_nft().ok_or_else(|| netfilter::nft_missing("ipMasq", "ipMasq"))?;
-    Netfilter::new()?.table(NfFamily::Inet, &table)?;
+    nf.table(NfFamily::Inet, &table)?;
     Ok(nft)
 }
 

@@ -10,7 +10,7 @@ use twill::cni::args::CniArgs;
 use twill::cni::types::parse_netconf;
 use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
-use twill::kernel::netlink::netfilter;
+use twill::kernel::netlink::netfilter::{self, Netfilter};
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
 use twill::node::{forward, masq};
@@ -383,13 +383,21 @@ impl Network {
         StateFile::new(self.conf.plugin.peers.run_dir(), &self.conf.name, cookie)
     }
 
+    /// The node rules this network owns, over one netfilter socket: the masquerade
+    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]).
+    pub fn ensure_node_rules(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+        let mut nf = Netfilter::new()?;
+        self.ensure_masq(&mut nf, pod_subnets)?;
+        self.ensure_forward(&mut nf, pod_subnets)
+    }
+
     /// ipMasq, decided by the config and the cluster: on, the network's table masquerades its
     /// pod ranges to anything outside the cluster space (one netfilter request when it already
     /// does); off, the network's table is removed (one request when there is none).
     /// `pod_subnets` (this pod's) are only used for an IPAM that does not declare its ranges.
-    pub fn ensure_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+    pub fn ensure_masq(&self, nf: &mut Netfilter, pod_subnets: &[IpNetwork]) -> Result<()> {
         if !self.ip_masq {
-            masq::remove(&self.conf.name)?;
+            masq::remove(nf, &self.conf.name)?;
             return Ok(());
         }
         if self.l2_only {
@@ -397,11 +405,11 @@ impl Network {
         }
         let cluster = self.cluster_networks()?;
         match self.pod_ranges()? {
-            Some(ranges) => masq::ensure(&self.conf.name, &ranges, &cluster)?,
+            Some(ranges) => masq::ensure(nf, &self.conf.name, &ranges, &cluster)?,
             None if pod_subnets.is_empty() => return Ok(()),
             None => {
                 let run_dir = self.conf.plugin.peers.run_dir();
-                masq::ensure_growing(&self.conf.name, pod_subnets, &cluster, run_dir)?
+                masq::ensure_growing(nf, &self.conf.name, pod_subnets, &cluster, run_dir)?
             }
         };
         Ok(())
@@ -410,9 +418,9 @@ impl Network {
     /// `forwardRules`: on, the host's forward chains accept the network's traffic from and to
     /// its cluster space and pod ranges (nothing changes when they already do); off, the
     /// network's forward rules are removed.
-    pub fn ensure_forward(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+    pub fn ensure_forward(&self, nf: &mut Netfilter, pod_subnets: &[IpNetwork]) -> Result<()> {
         if !self.forward_rules() {
-            forward::remove(&self.conf.name)?;
+            forward::remove(nf, &self.conf.name)?;
             return Ok(());
         }
         if self.l2_only {
@@ -420,7 +428,7 @@ impl Network {
         }
         let (space, grow) = self.forward_space(pod_subnets)?;
         let run_dir = self.conf.plugin.peers.run_dir();
-        forward::ensure(&self.conf.name, &space, grow, run_dir)?;
+        forward::ensure(nf, &self.conf.name, &space, grow, run_dir)?;
         Ok(())
     }
 
@@ -437,15 +445,25 @@ impl Network {
     /// repairs it) and never fails the CHECK.
     pub fn check_node_rules(&self, pod_subnets: &[IpNetwork]) {
         let mut drift = Vec::new();
+        let mut nf = match Netfilter::new() {
+            Ok(nf) => nf,
+            Err(e) => {
+                eprintln!(
+                    "twill bridge-host-gw: CHECK of network \"{}\": cannot read netfilter: {e}",
+                    self.conf.name
+                );
+                return;
+            }
+        };
         if self.ip_masq && !self.l2_only {
             let res = self
                 .cluster_networks()
                 .and_then(|cluster| match self.pod_ranges()? {
-                    Some(ranges) => masq::check(&self.conf.name, &ranges, &cluster),
+                    Some(ranges) => masq::check(&mut nf, &self.conf.name, &ranges, &cluster),
                     None => {
-                        let mut sources = masq::sources(&self.conf.name)?;
+                        let mut sources = masq::sources(&mut nf, &self.conf.name)?;
                         sources.extend_from_slice(pod_subnets);
-                        masq::check(&self.conf.name, &sources, &cluster)
+                        masq::check(&mut nf, &self.conf.name, &sources, &cluster)
                     }
                 });
             drift.extend(res.err());
@@ -453,7 +471,7 @@ impl Network {
         if self.forward_rules() && !self.l2_only {
             let res = self
                 .forward_space(pod_subnets)
-                .and_then(|(space, grow)| forward::check(&self.conf.name, &space, grow));
+                .and_then(|(space, grow)| forward::check(&mut nf, &self.conf.name, &space, grow));
             drift.extend(res.err());
         }
         for e in drift {
@@ -492,11 +510,15 @@ impl Network {
     /// STATUS of what ADD needs for ipMasq and `forwardRules`, creating nothing: `nft` is found
     /// and nf_tables answers.
     pub fn netfilter_status(&self) -> Result<()> {
+        if !self.ip_masq && !self.forward_rules() {
+            return Ok(());
+        }
+        let mut nf = Netfilter::new()?;
         if self.ip_masq {
-            masq::available(&self.conf.name)?;
+            masq::available(&mut nf, &self.conf.name)?;
         }
         if self.forward_rules() {
-            forward::available()?;
+            forward::available(&mut nf)?;
         }
         Ok(())
     }

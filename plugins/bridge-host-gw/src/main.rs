@@ -71,8 +71,7 @@ impl Plugin for BridgeHostGw {
 
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets)?;
-        net.ensure_masq(&subnets)?;
-        net.ensure_forward(&subnets)?;
+        net.ensure_node_rules(&subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
