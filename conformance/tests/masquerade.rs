@@ -200,6 +200,79 @@ fn a_pod_in_a_second_range_keeps_the_first_ranges_masquerade() {
     del_all(&[&first, &second]);
 }
 
+/// An IPAM twill cannot read (the reference `static`, exec'd from CNI_PATH): the masquerade
+/// grows with the pods' subnets and never narrows, so a pod in a second subnet does not take
+/// it away from the first; CHECK sees no drift. (Gateways and default routes set by hand, as
+/// in `a_pod_in_a_second_range_keeps_the_first_ranges_masquerade`.)
+#[test]
+fn an_exec_ipam_grows_the_masquerade_and_never_narrows_it() {
+    let c = Cluster::new(Fabric::single_l2(1));
+    let node = c.node(0);
+    let outside = c.fab.attach_host("out", &["10.99.0.250/24"]);
+    count_sources(
+        &outside,
+        &[
+            ("node0", "10.99.0.1"),
+            ("pods", CLUSTER4),
+            ("second", "10.246.1.0/24"),
+        ],
+    );
+    let cni_path = format!(
+        "{}:{}",
+        plugin().parent().expect("dir").display(),
+        conformance::bins::ref_dir().display()
+    );
+    let mut pods = Vec::new();
+    for (addr, gw) in [
+        ("10.244.1.77/24", gw4(0)),
+        ("10.246.1.77/24", "10.246.1.1".into()),
+    ] {
+        let mut conf = explicit_conf(&c, 0, &[]);
+        conf["cniVersion"] = json!("1.0.0"); // the reference static stops at 1.0.0
+        conf["isGateway"] = json!(false);
+        conf["ipam"] = json!({"type": "static", "addresses": [{"address": addr}]});
+        let ns = Netns::with_tag("pod");
+        let id = conformance::unique_name("c");
+        let call = |cmd: &str| {
+            node.invoke(&plugin(), cmd, &conf, &id, ns.path(), "eth0")
+                .cni_path(&cni_path)
+                .run()
+        };
+        let prev = call("ADD").assert_ok();
+        let mut conf = conf.clone();
+        conf["prevResult"] = prev;
+        pods.push((ns, id, conf, gw));
+    }
+    for (ns, _, _, gw) in &pods {
+        node.ns
+            .ip(&["addr", "add", &format!("{gw}/24"), "dev", "cni0"]);
+        ns.ip(&["route", "add", "default", "via", gw]);
+    }
+    let out: IpAddr = "10.99.0.250".parse().expect("ip");
+    for (i, (ns, ..)) in pods.iter().enumerate() {
+        assert!(
+            ping(ns, out),
+            "pod {i} -> outside: not masqueraded?\n{}",
+            node.ns.nft_ruleset()
+        );
+        assert!(wait_counter(&outside, "obs", "node0", i as u64 + 1) > i as u64);
+    }
+    assert_eq!(outside.nft_counter("inet", "obs", "pods"), 0);
+    assert_eq!(outside.nft_counter("inet", "obs", "second"), 0);
+    for (ns, id, conf, _) in &pods {
+        let out = node
+            .invoke(&plugin(), "CHECK", conf, id, ns.path(), "eth0")
+            .cni_path(&cni_path)
+            .run();
+        out.assert_ok_empty();
+        assert!(!out.stderr.contains("drift"), "{out}");
+        node.invoke(&plugin(), "DEL", conf, id, ns.path(), "eth0")
+            .cni_path(&cni_path)
+            .run()
+            .assert_ok_empty();
+    }
+}
+
 /// The rule set follows the config: an ADD with `ipMasq: false` removes the network's table,
 /// and the pods then leave with their own addresses.
 #[test]
