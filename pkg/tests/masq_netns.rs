@@ -362,6 +362,59 @@ fn without_table_comment_the_rule_comments_decide() {
     assert_root_untouched(network);
 }
 
+/// Kernels before 5.2 have no nat in the inet family: the rule set then lives in an `ip` and
+/// an `ip6` table (what the split script writes). Such a pair is recognised and left alone,
+/// checked, read back and removed like the inet table.
+#[test]
+fn the_split_ip_and_ip6_layout_is_recognised_checked_and_removed() {
+    let ns = up_ns();
+    let network = "split";
+    let pods = [net("10.96.1.0/24"), net("fd96::/64")];
+    let cluster = [net("10.96.0.0/16")];
+    let rs = masq::ruleset(network, &pods, &cluster).unwrap();
+    let file = std::env::temp_dir().join(format!("tw-masq-split-{}.nft", std::process::id()));
+    std::fs::write(&file, &rs.split_script).unwrap();
+    ns.run(&["nft", "-f", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    let families = |ns: &TestNs| -> Vec<String> {
+        objects(&ns.ruleset_json(), "table")
+            .iter()
+            .map(|t| t["family"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(families(&ns), ["ip", "ip6"]);
+
+    assert!(
+        !ns.enter(|| masq::ensure(&mut nf(), network, &pods, &cluster))
+            .unwrap()
+    );
+    assert_eq!(families(&ns), ["ip", "ip6"], "left alone");
+    ns.enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap();
+    let mut held = ns.enter(|| masq::sources(&mut nf(), network)).unwrap();
+    held.sort();
+    assert_eq!(held, pods);
+    ns.run(&[
+        "nft",
+        "flush",
+        "chain",
+        "ip6",
+        "twill-masq-split",
+        "postrouting",
+    ]);
+    let e = ns
+        .enter(|| masq::check(&mut nf(), network, &pods, &cluster))
+        .unwrap_err();
+    assert!(
+        e.msg.contains("table ip twill-masq-split + table ip6"),
+        "{e}"
+    );
+    assert!(ns.enter(|| masq::remove(&mut nf(), network)).unwrap());
+    assert!(ns.run(&["nft", "list", "tables"]).trim().is_empty());
+    assert!(!ns.enter(|| masq::exists(&mut nf(), network)).unwrap());
+    assert_root_untouched(network);
+}
+
 /// An IPAM twill cannot read: the sources only grow. Eight concurrent first ADDs in eight new
 /// subnets all end up masqueraded; a later ADD in a known subnet writes nothing.
 #[test]

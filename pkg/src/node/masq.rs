@@ -20,6 +20,9 @@
 //! nft 0.9.7); on older kernels the comment is silently dropped, so a table without one is
 //! judged by its rules' comments instead (one more request, a dump of the table's rules); on
 //! older nft the table is written without a comment (see [`Ruleset::legacy_script`]).
+//! Kernels before 5.2 have no nat in the inet family: there the same rules go into an `ip` and
+//! an `ip6` table of the same name ([`Ruleset::split_script`]), found and judged the same way.
+//! Every script clears both layouts first, so a node holds exactly one.
 //! Otherwise it runs `nft -f -` with one atomic transaction (add table; delete table; define
 //! table, chain and rules), so concurrent creators converge on one rule set and a changed
 //! configuration replaces the old one.
@@ -35,7 +38,7 @@
 
 use crate::error::{Error, Result, code};
 use crate::flannel::subnet_file::network_of;
-use crate::kernel::netlink::netfilter::{self, Netfilter, NfFamily, NfRule};
+use crate::kernel::netlink::netfilter::{self, Netfilter, NfFamily, NfRule, NfTable};
 use ipnetwork::IpNetwork;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -64,6 +67,9 @@ pub struct Ruleset {
     pub script: String,
     /// The same without the table comment, for nft before 0.9.7.
     pub legacy_script: String,
+    /// The same rules in one `ip` and one `ip6` table of the same name, for kernels before
+    /// 5.2 (no nat in the inet family), without table comments.
+    pub split_script: String,
 }
 
 /// What the kernel holds compared with a [`Ruleset`].
@@ -164,24 +170,41 @@ pub fn ruleset(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> R
     let fp = fnv1a64(format!("twill-masq 2\n{table}\n{}\n", rules.join("\n")).as_bytes());
     let comment = format!("{MARK}{fp:016x}");
     let rule_comments: Vec<String> = sources.iter().map(|s| format!("{comment} {s}")).collect();
-    let render = |table_comment: bool| {
-        let mut s =
-            format!("table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n");
+    // Every script first clears both layouts (add then delete: no error when absent), so the
+    // node holds exactly one. Priority 100 is srcnat (numeric for nft before 0.9.1).
+    let mut clear = String::new();
+    for fam in ["inet", "ip", "ip6"] {
+        clear.push_str(&format!(
+            "table {fam} {table} {{}}\ndelete table {fam} {table}\n"
+        ));
+    }
+    let define = |fam: &str, table_comment: bool, v6: Option<bool>| {
+        let mut s = format!("table {fam} {table} {{\n");
         if table_comment {
             s.push_str(&format!("\tcomment \"{comment}\"\n"));
         }
         s.push_str(&format!(
-            "\tchain {CHAIN} {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+            "\tchain {CHAIN} {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n"
         ));
-        for (r, c) in rules.iter().zip(&rule_comments) {
-            s.push_str(&format!("\t\t{r} comment \"{c}\"\n"));
+        for ((r, c), src) in rules.iter().zip(&rule_comments).zip(&sources) {
+            if v6.is_none_or(|v6| src.is_ipv6() == v6) {
+                s.push_str(&format!("\t\t{r} comment \"{c}\"\n"));
+            }
         }
         s.push_str("\t}\n}\n");
         s
     };
+    let mut split_script = clear.clone();
+    if sources.iter().any(IpNetwork::is_ipv4) {
+        split_script.push_str(&define("ip", false, Some(false)));
+    }
+    if sources.iter().any(IpNetwork::is_ipv6) {
+        split_script.push_str(&define("ip6", false, Some(true)));
+    }
     Ok(Ruleset {
-        script: render(true),
-        legacy_script: render(false),
+        script: format!("{clear}{}", define("inet", true, None)),
+        legacy_script: format!("{clear}{}", define("inet", false, None)),
+        split_script,
         table,
         comment,
         sources,
@@ -190,25 +213,61 @@ pub fn ruleset(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> R
     })
 }
 
-/// Compares the kernel's table with `rs`. `thorough` also reads the rules when the table's
-/// comment matches (CHECK); otherwise a matching table comment is trusted (one request).
+impl Ruleset {
+    /// The families of the split layout this rule set needs (`ip` and/or `ip6`).
+    fn split_families(&self) -> Vec<NfFamily> {
+        let mut out = Vec::new();
+        if self.sources.iter().any(IpNetwork::is_ipv4) {
+            out.push(NfFamily::Ip);
+        }
+        if self.sources.iter().any(IpNetwork::is_ipv6) {
+            out.push(NfFamily::Ip6);
+        }
+        out
+    }
+}
+
+/// Compares the kernel's table(s) with `rs`: the inet table, else (kernels before 5.2) the
+/// `ip`/`ip6` pair. `thorough` also reads the rules when the table comments match (CHECK);
+/// otherwise a matching table comment is trusted (one request).
 fn drift(nf: &mut Netfilter, rs: &Ruleset, thorough: bool) -> Result<Drift> {
-    let Some(table) = nf.table(NfFamily::Inet, &rs.table)? else {
-        return Ok(Drift::Missing);
-    };
-    match table.comment.as_deref() {
-        Some(c) if c == rs.comment && !thorough => return Ok(Drift::None),
-        Some(c) if c != rs.comment => {
+    if let Some(t) = nf.table(NfFamily::Inet, &rs.table)? {
+        return judge(nf, rs, &[t], thorough);
+    }
+    let mut tables = Vec::new();
+    for fam in rs.split_families() {
+        match nf.table(fam, &rs.table)? {
+            Some(t) => tables.push(t),
+            None => return Ok(Drift::Missing),
+        }
+    }
+    judge(nf, rs, &tables, thorough)
+}
+
+fn judge(nf: &mut Netfilter, rs: &Ruleset, tables: &[NfTable], thorough: bool) -> Result<Drift> {
+    for t in tables {
+        if let Some(c) = t.comment.as_deref().filter(|c| *c != rs.comment) {
             return Ok(Drift::Differs(format!(
-                "table inet {} holds another rule set (\"{c}\", expected \"{}\")",
-                rs.table, rs.comment
+                "table {} {} holds another rule set (\"{c}\", expected \"{}\")",
+                t.family.name(),
+                rs.table,
+                rs.comment
             )));
         }
-        // Matching and thorough, or no table comment (kernel before 5.10, nft before 0.9.7):
-        // the rules' comments decide.
-        _ => {}
     }
-    let rules = nf.rules(NfFamily::Inet, &rs.table)?;
+    if !thorough
+        && tables
+            .iter()
+            .all(|t| t.comment.as_deref() == Some(rs.comment.as_str()))
+    {
+        return Ok(Drift::None);
+    }
+    // Thorough, or no table comment (kernel before 5.10, nft before 0.9.7): the rules'
+    // comments decide.
+    let mut rules = Vec::new();
+    for t in tables {
+        rules.extend(nf.rules(t.family, &rs.table)?);
+    }
     let got: Vec<Option<&str>> = rules
         .iter()
         .map(|r| (r.chain == CHAIN).then_some(r.comment.as_deref()).flatten())
@@ -221,9 +280,13 @@ fn drift(nf: &mut Netfilter, rs: &Ruleset, thorough: bool) -> Result<Drift> {
         .iter()
         .filter(|c| c.is_some_and(|c| c.starts_with(&rs.comment)))
         .count();
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("table {} {}", t.family.name(), rs.table))
+        .collect();
     Ok(Drift::Differs(format!(
-        "table inet {}: expected {} twill rules in chain {CHAIN}, found {good} ({} in total)",
-        rs.table,
+        "{}: expected {} twill rules in chain {CHAIN}, found {good} ({} in total)",
+        names.join(" + "),
         want.len(),
         rules.len()
     )))
@@ -293,13 +356,15 @@ pub(crate) fn lock_file(dir: &Path, name: &str) -> Result<std::fs::File> {
     Ok(lock)
 }
 
-/// The sources the table's rules name in their comments (empty when there is no table).
+/// The sources the table's rules name in their comments (empty when there is no table): the
+/// inet table's, else those of the `ip`/`ip6` pair.
 fn held_sources(nf: &mut Netfilter, table: &str) -> Result<Vec<IpNetwork>> {
-    Ok(nf
-        .rules(NfFamily::Inet, table)?
-        .iter()
-        .filter_map(source_of)
-        .collect())
+    let mut rules = nf.rules(NfFamily::Inet, table)?;
+    if rules.is_empty() {
+        rules.extend(nf.rules(NfFamily::Ip, table)?);
+        rules.extend(nf.rules(NfFamily::Ip6, table)?);
+    }
+    Ok(rules.iter().filter_map(source_of).collect())
 }
 
 fn source_of(r: &NfRule) -> Option<IpNetwork> {
@@ -326,14 +391,20 @@ fn write(rs: &Ruleset) -> Result<()> {
     write_with(&nft, rs)
 }
 
-/// Writes `rs` with the `nft` at `nft`; an nft that refuses the table comment (before
-/// 0.9.7) gets the legacy script, and the first error is reported when that fails too.
+/// Writes `rs` with the `nft` at `nft`: an nft that refuses the table comment (before
+/// 0.9.7) gets the legacy script, a kernel without inet nat (before 5.2) the split one; the
+/// first error is reported when all fail.
 fn write_with(nft: &Path, rs: &Ruleset) -> Result<()> {
     let what = format!("table inet {}", rs.table);
-    match netfilter::run_nft(nft, &rs.script, &what) {
-        Ok(()) => Ok(()),
-        Err(first) => netfilter::run_nft(nft, &rs.legacy_script, &what).map_err(|_| first),
+    let Err(first) = netfilter::run_nft(nft, &rs.script, &what) else {
+        return Ok(());
+    };
+    for fallback in [&rs.legacy_script, &rs.split_script] {
+        if netfilter::run_nft(nft, fallback, &what).is_ok() {
+            return Ok(());
+        }
     }
+    Err(first)
 }
 
 /// CHECK: the table holds exactly this rule set (table comment, when the kernel keeps one, and
@@ -355,17 +426,31 @@ pub fn check(
     }
 }
 
-/// Deletes the network's masquerade table (one netlink request, no `nft` needed); returns
-/// whether there was one.
-pub fn remove(nf: &mut Netfilter, network: &str) -> Result<bool> {
-    let table = table_name(network)?;
-    Ok(nf.delete_table(NfFamily::Inet, &table)?)
+/// The network's masquerade tables present: the inet one, or the `ip`/`ip6` pair (one dump).
+fn present(nf: &mut Netfilter, table: &str) -> Result<Vec<NfFamily>> {
+    Ok(nf
+        .tables()?
+        .into_iter()
+        .filter(|t| t.name == table)
+        .map(|t| t.family)
+        .collect())
 }
 
-/// True when the network's masquerade table exists (one netlink request).
+/// Deletes the network's masquerade table(s) over netlink, no `nft` needed (one request when
+/// there is none); returns whether there was one.
+pub fn remove(nf: &mut Netfilter, network: &str) -> Result<bool> {
+    let table = table_name(network)?;
+    let families = present(nf, &table)?;
+    for fam in &families {
+        nf.delete_table(*fam, &table)?;
+    }
+    Ok(!families.is_empty())
+}
+
+/// True when the network has a masquerade table (one netlink request).
 pub fn exists(nf: &mut Netfilter, network: &str) -> Result<bool> {
     let table = table_name(network)?;
-    Ok(nf.table(NfFamily::Inet, &table)?.is_some())
+    Ok(!present(nf, &table)?.is_empty())
 }
 
 /// STATUS: what [`ensure`] needs is there, nothing is created: `nft` is found (code 106
@@ -419,6 +504,8 @@ mod tests {
             rs.script
                 .starts_with("table inet twill-masq-cbr0 {}\ndelete table inet twill-masq-cbr0\n")
         );
+        assert!(rs.script.contains("delete table ip twill-masq-cbr0\n"));
+        assert!(rs.script.contains("delete table ip6 twill-masq-cbr0\n"));
         assert_eq!(rs.script.matches(&rs.comment).count(), 4);
         assert_eq!(rs.legacy_script.matches(&rs.comment).count(), 3);
         assert!(
@@ -468,10 +555,10 @@ mod tests {
         assert_eq!(source_of(&rule(None)), None);
     }
 
-    /// An nft that refuses table comments (as nft before 0.9.7 does) gets the legacy script;
-    /// a failure of both reports the first error.
+    /// An nft that refuses table comments (as nft before 0.9.7 does) gets the legacy script, a
+    /// kernel without inet nat the split one; a failure of all reports the first error.
     #[test]
-    fn old_nft_gets_the_script_without_table_comment() {
+    fn old_nft_and_old_kernels_get_their_fallback_scripts() {
         let dir = std::env::temp_dir().join(format!("twill-masq-oldnft-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let seen = dir.join("seen");
@@ -494,6 +581,30 @@ mod tests {
             std::fs::read_to_string(&seen).unwrap(),
             rs.legacy_script.trim_end()
         );
+        // A kernel without inet nat: both inet scripts fail, the split one is written.
+        let no_inet = dir.join("no-inet");
+        std::fs::create_dir_all(&no_inet).unwrap();
+        let fake2 = no_inet.join("nft");
+        std::fs::write(
+            &fake2,
+            format!(
+                "#!/bin/sh\nin=$(cat)\nif printf '%s' \"$in\" | grep -q '^table inet .* {{$'; then \
+                 echo 'Could not process rule: No such file or directory' >&2; exit 1; fi\n\
+                 printf '%s' \"$in\" > {}\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake2, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dual = ruleset("n", &[net("10.1.0.0/24"), net("fd01::/64")], &[]).unwrap();
+        write_with(&fake2, &dual).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap(),
+            dual.split_script.trim_end()
+        );
+        assert!(dual.split_script.contains("table ip twill-masq-n {\n"));
+        assert!(dual.split_script.contains("table ip6 twill-masq-n {\n"));
+        assert_eq!(dual.split_script.matches(" masquerade ").count(), 2);
         let e = write_with(Path::new("/bin/false"), &rs).unwrap_err();
         assert_eq!(e.code, code::EXTERNAL_TOOL);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -171,14 +171,7 @@ impl Netfilter {
         let mut found = None;
         let res = self.sock.request_raw(&msg, &mut |ty, p| {
             if ty == nft(NFT_MSG_NEWTABLE) {
-                let comment = attrs(p)
-                    .find(|(t, _)| *t == NFTA_TABLE_USERDATA)
-                    .and_then(|(_, u)| udata_comment(u));
-                found = Some(NfTable {
-                    family,
-                    name: name.to_string(),
-                    comment,
-                });
+                found = parse_table(p);
             }
             Ok(())
         });
@@ -187,6 +180,26 @@ impl Netfilter {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.with_op(|| format!("get table {} {name}", family.name()))),
         }
+    }
+
+    /// Every table of the families twill handles (one dump).
+    pub fn tables(&mut self) -> NlResult<Vec<NfTable>> {
+        let mut msg = Vec::with_capacity(32);
+        push_msg(
+            &mut msg,
+            nft(NFT_MSG_GETTABLE),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            NFPROTO_UNSPEC,
+            0,
+            &[],
+        );
+        self.sock
+            .dump_raw(&msg, &mut |ty, p| {
+                (ty == nft(NFT_MSG_NEWTABLE))
+                    .then(|| parse_table(p))
+                    .flatten()
+            })
+            .map_err(|e| e.with_op(|| "dump nftables tables".into()))
     }
 
     /// Every chain of `family` (every family twill handles when None), one dump.
@@ -222,7 +235,7 @@ impl Netfilter {
             &[(NFTA_RULE_TABLE, &cstr(table))],
         );
         let res = self.sock.dump_raw(&msg, &mut |ty, p| {
-            // Kernels before 4.17 ignore the table filter of a dump: filter here as well.
+            // Older kernels ignore the table filter of a dump: filter here as well.
             (ty == nft(NFT_MSG_NEWRULE))
                 .then(|| parse_rule(p))
                 .flatten()
@@ -440,6 +453,22 @@ fn string_of(v: &[u8]) -> String {
 
 fn be32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+fn parse_table(p: &[u8]) -> Option<NfTable> {
+    let mut t = NfTable {
+        family: family_of(p)?,
+        name: String::new(),
+        comment: None,
+    };
+    for (ty, v) in attrs(p) {
+        match ty {
+            NFTA_TABLE_NAME => t.name = string_of(v),
+            NFTA_TABLE_USERDATA => t.comment = udata_comment(v),
+            _ => {}
+        }
+    }
+    Some(t)
 }
 
 fn parse_chain(p: &[u8]) -> Option<NfChain> {
