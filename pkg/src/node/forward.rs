@@ -18,7 +18,8 @@
 //! still decides first; they use only payload matches and a verdict, so iptables-nft lists
 //! and edits those chains as before. Nothing else is ever accepted.
 //!
-//! Ownership: twill's rules are known by their comment alone (`twill forward <network> `); the
+//! Ownership: twill's rules are known by their comment alone (`twill forward <network> `, or
+//! `twill forward #<hash of the name> ` for names longer than 48 bytes); the
 //! fingerprint (a hash of the network's space) tells stale ones. [`ensure`] reads the chains
 //! (one dump) and the rules of the tables holding forward chains (one dump per table) and, only
 //! when a chain's rules of this network differ, replaces them in one `nft -f -` transaction
@@ -54,9 +55,16 @@ pub struct Wanted {
     pub comment: String,
 }
 
-/// The comment prefix of the rules of `network`.
+/// The longest network name a rule comment carries as is (nft caps comments at 128 bytes).
+const NAME_IN_COMMENT_MAX: usize = 48;
+
+/// The comment prefix of the rules of `network`: its name, or `#<hash>` for a longer name.
 fn prefix(network: &str) -> String {
-    format!("{MARK}{network} ")
+    if network.len() <= NAME_IN_COMMENT_MAX {
+        format!("{MARK}{network} ")
+    } else {
+        format!("{MARK}#{:016x} ", fnv1a64(network.as_bytes()))
+    }
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -378,6 +386,12 @@ mod tests {
         assert!(w[0].comment.starts_with("twill forward pods "));
         assert!(w[0].comment.ends_with(" 10.244.0.0/16"));
         assert_eq!(wanted("a b", &[], &chains).unwrap_err().code, 7);
+        // A long network name still fits nft's 128-byte comment limit.
+        let long = "n".repeat(200);
+        let w = wanted(&long, &[net("fd00:1234:5678:9abc::/64")], &chains).unwrap();
+        assert!(w[0].comment.len() <= 128, "{}", w[0].comment);
+        assert!(w[0].comment.starts_with(&prefix(&long)));
+        assert_ne!(prefix(&long), prefix(&"n".repeat(199)));
     }
 
     #[test]
