@@ -511,3 +511,31 @@ fn forward_rules_follow_the_space_and_leave_with_the_network() {
     assert_eq!(objects(&ns.ruleset_json(), "chain").len(), 2, "chains stay");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Eight concurrent first ADDs of one network on a node with a forward chain leave exactly one
+/// copy of its rules (the slow path re-reads under the lock).
+#[test]
+fn concurrent_forward_ensure_adds_the_rules_once() {
+    use twill::node::forward;
+    let ns = up_ns();
+    ns.run(&["iptables-nft", "-P", "FORWARD", "DROP"]);
+    let dir = std::env::temp_dir().join(format!("tw-fwd-conc-{}", std::process::id()));
+    let space = [net("10.97.0.0/16")];
+    let written: usize = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    ns.enter(|| forward::ensure(&mut nf(), "conc", &space, false, &dir))
+                        .unwrap()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+    });
+    assert_eq!(written, 1, "exactly one run writes");
+    let rules = objects(&ns.ruleset_json(), "rule").len();
+    assert_eq!(rules, 2, "{}", ns.run(&["nft", "list", "ruleset"]));
+    ns.enter(|| forward::check(&mut nf(), "conc", &space, false))
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
