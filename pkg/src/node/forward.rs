@@ -312,11 +312,6 @@ pub fn remove(nf: &mut Netfilter, network: &str) -> Result<usize> {
     Ok(seen.ours.len())
 }
 
-/// The rules of `network` in the host's forward chains (for callers that report).
-pub fn rules(nf: &mut Netfilter, network: &str) -> Result<Vec<NfRule>> {
-    Ok(read(nf, network)?.ours)
-}
-
 /// STATUS: what [`ensure`] needs is there, nothing is created: `nft` is found (code 106
 /// otherwise) and nf_tables answers a chain dump (code 100 otherwise).
 pub fn available(nf: &mut Netfilter) -> Result<PathBuf> {

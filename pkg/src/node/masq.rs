@@ -74,7 +74,7 @@ pub struct Ruleset {
 
 /// What the kernel holds compared with a [`Ruleset`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Drift {
+enum Drift {
     /// The table holds exactly this rule set.
     None,
     /// The table does not exist.
@@ -294,8 +294,9 @@ fn judge(nf: &mut Netfilter, rs: &Ruleset, tables: &[NfTable], thorough: bool) -
 
 /// Makes sure the network's masquerade table holds exactly the rule set of `sources` and
 /// `cluster`; returns whether it had to be written. Cost when it does: one NETLINK_NETFILTER
-/// request (two on kernels before 5.10). Otherwise one `nft -f -` transaction. `nft` missing
-/// or failing is code 106; a netlink failure is code 100.
+/// request (a rule dump more on kernels before 5.10, a table lookup per family more before
+/// 5.2). Otherwise one `nft -f -` transaction. `nft` missing or failing is code 106; a
+/// netlink failure is code 100.
 pub fn ensure(
     nf: &mut Netfilter,
     network: &str,
