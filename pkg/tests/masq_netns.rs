@@ -10,6 +10,23 @@ use serde_json::Value;
 use twill::kernel::netlink::netfilter::Netfilter;
 use twill::node::masq;
 
+/// A private directory under the temp dir, removed on drop (also when the test panics).
+struct TmpDir(std::path::PathBuf);
+
+impl TmpDir {
+    fn new(tag: &str) -> TmpDir {
+        let p = std::env::temp_dir().join(format!("tw-masq-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TmpDir(p)
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A netfilter socket in the calling thread's namespace.
 fn nf() -> Netfilter {
     Netfilter::new().expect("netfilter socket")
@@ -320,10 +337,10 @@ fn without_table_comment_the_rule_comments_decide() {
     let pods = [net("10.91.1.0/24"), net("fd91::/64")];
     let cluster = [net("10.91.0.0/16")];
     let rs = masq::ruleset(network, &pods, &cluster).unwrap();
-    let file = std::env::temp_dir().join(format!("tw-masq-legacy-{}.nft", std::process::id()));
+    let tmp = TmpDir::new("legacy");
+    let file = tmp.0.join("legacy.nft");
     std::fs::write(&file, &rs.legacy_script).unwrap();
     ns.run(&["nft", "-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     let all = ns.ruleset_json();
     let tables = objects(&all, "table");
     assert_eq!(tables.len(), 1);
@@ -372,10 +389,10 @@ fn the_split_ip_and_ip6_layout_is_recognised_checked_and_removed() {
     let pods = [net("10.96.1.0/24"), net("fd96::/64")];
     let cluster = [net("10.96.0.0/16")];
     let rs = masq::ruleset(network, &pods, &cluster).unwrap();
-    let file = std::env::temp_dir().join(format!("tw-masq-split-{}.nft", std::process::id()));
+    let tmp = TmpDir::new("split");
+    let file = tmp.0.join("split.nft");
     std::fs::write(&file, &rs.split_script).unwrap();
     ns.run(&["nft", "-f", file.to_str().unwrap()]);
-    std::fs::remove_file(&file).unwrap();
     let families = |ns: &TestNs| -> Vec<String> {
         objects(&ns.ruleset_json(), "table")
             .iter()
@@ -422,7 +439,8 @@ fn ensure_growing_never_narrows_even_when_concurrent() {
     let ns = up_ns();
     let network = format!("grow{}", std::process::id());
     let cluster = [net("10.92.0.0/16")];
-    let lock_dir = std::env::temp_dir().join(format!("tw-masq-grow-{}", std::process::id()));
+    let tmp = TmpDir::new("grow");
+    let lock_dir = tmp.0.clone();
     std::thread::scope(|s| {
         for i in 0..8 {
             let (ns, network, lock_dir) = (&ns, &network, &lock_dir);
@@ -449,7 +467,6 @@ fn ensure_growing_never_narrows_even_when_concurrent() {
     );
     ns.enter(|| masq::check(&mut nf(), &network, &want, &cluster))
         .unwrap();
-    std::fs::remove_dir_all(&lock_dir).unwrap();
     assert_root_untouched(&network);
 }
 
@@ -462,7 +479,8 @@ fn forward_rules_follow_the_space_and_leave_with_the_network() {
     let ns = up_ns();
     ns.run(&["iptables-nft", "-P", "FORWARD", "DROP"]);
     ns.run(&["nft", "add table inet filter; add chain inet filter forward { type filter hook forward priority 0; policy drop; }"]);
-    let dir = std::env::temp_dir().join(format!("tw-fwd-{}", std::process::id()));
+    let tmp = TmpDir::new("fwd");
+    let dir = tmp.0.clone();
     let count = |family: &str, table: &str, chain: &str, network: &str| {
         objects(&ns.ruleset_json(), "rule")
             .iter()
@@ -509,7 +527,6 @@ fn forward_rules_follow_the_space_and_leave_with_the_network() {
     assert_eq!(count("ip", "filter", "FORWARD", "a"), 0);
     assert_eq!(count("ip", "filter", "FORWARD", "b"), 2);
     assert_eq!(objects(&ns.ruleset_json(), "chain").len(), 2, "chains stay");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Eight concurrent first ADDs of one network on a node with a forward chain leave exactly one
@@ -519,7 +536,8 @@ fn concurrent_forward_ensure_adds_the_rules_once() {
     use twill::node::forward;
     let ns = up_ns();
     ns.run(&["iptables-nft", "-P", "FORWARD", "DROP"]);
-    let dir = std::env::temp_dir().join(format!("tw-fwd-conc-{}", std::process::id()));
+    let tmp = TmpDir::new("fwd-conc");
+    let dir = tmp.0.clone();
     let space = [net("10.97.0.0/16")];
     let written: usize = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
@@ -537,5 +555,4 @@ fn concurrent_forward_ensure_adds_the_rules_once() {
     assert_eq!(rules, 2, "{}", ns.run(&["nft", "list", "ruleset"]));
     ns.enter(|| forward::check(&mut nf(), "conc", &space, false))
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -560,7 +560,15 @@ mod tests {
     /// kernel without inet nat the split one; a failure of all reports the first error.
     #[test]
     fn old_nft_and_old_kernels_get_their_fallback_scripts() {
-        let dir = std::env::temp_dir().join(format!("twill-masq-oldnft-{}", std::process::id()));
+        struct Tmp(PathBuf);
+        impl Drop for Tmp {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let tmp =
+            Tmp(std::env::temp_dir().join(format!("twill-masq-oldnft-{}", std::process::id())));
+        let dir = tmp.0.clone();
         std::fs::create_dir_all(&dir).unwrap();
         let seen = dir.join("seen");
         let fake = dir.join("nft");
@@ -608,6 +616,5 @@ mod tests {
         assert_eq!(dual.split_script.matches(" masquerade ").count(), 2);
         let e = write_with(Path::new("/bin/false"), &rs).unwrap_err();
         assert_eq!(e.code, code::EXTERNAL_TOOL);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -566,8 +566,9 @@ mod tests {
     fn nft_lookup_and_failures_are_code_106() {
         let empty = std::env::temp_dir().join(format!("twill-nf-nonft-{}", std::process::id()));
         std::fs::create_dir_all(&empty).unwrap();
-        assert_eq!(find_nft_in([empty.clone()]), None);
+        let found = find_nft_in([empty.clone()]);
         std::fs::remove_dir_all(&empty).unwrap();
+        assert_eq!(found, None);
         let e = nft_missing("ipMasq", "ipMasq");
         assert_eq!(e.code, code::EXTERNAL_TOOL);
         assert!(e.msg.contains("install nftables") && e.msg.contains("\"ipMasq\": false"));
