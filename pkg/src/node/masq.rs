@@ -1,50 +1,86 @@
-//! ipMasq: one nftables rule set per network, created once and checked cheaply.
+//! ipMasq: one nftables rule set per network, decided by the cluster, created once and checked
+//! cheaply.
 //!
 //! Each network gets its own table, `table inet twill-masq-<network>`, holding one nat chain
-//! hooked at postrouting with one rule per IP family:
+//! hooked at postrouting with one rule per masqueraded source (the network's configured pod
+//! ranges):
 //!
 //! ```text
-//! ip saddr { <pod subnets> } ip daddr != { <cluster networks>, <pod subnets>, 224.0.0.0/4 } \
-//!     masquerade fully-random
-//! ip6 saddr { ... } ip6 daddr != { ..., ff00::/8 } masquerade fully-random
+//! ip saddr <source> ip daddr != { <cluster space>, <sources>, 224.0.0.0/4 } masquerade fully-random
+//! ip6 saddr <source> ip6 daddr != { ..., ff00::/8 } masquerade fully-random
 //! ```
 //!
-//! The table and its rules carry the comment `twill masq <fingerprint>` (a hash of the rule
-//! set), stored by the kernel as table/rule userdata. [`ensure`] asks the kernel for the table
-//! directly over NETLINK_NETFILTER (one request, no exec): present with the right fingerprint →
-//! done. Otherwise it runs `nft -f -` with one atomic transaction (add table; delete table;
-//! define table, chain and rules), so concurrent creators all converge on the same single rule
-//! set and a changed configuration replaces the old one. Everything happens in the network
-//! namespace of the calling thread.
+//! The cluster space (the caller's union of the flannel network, every podCIDR of the cluster
+//! view and `clusterNetworks`) is never masqueraded: pod-to-pod traffic keeps its addresses.
+//!
+//! Ownership and drift: the table is twill's alone. Its comment is `twill masq <fingerprint>`
+//! (a hash of the whole rule set) and every rule's comment is `twill masq <fingerprint>
+//! <source>`. [`ensure`] asks the kernel for the table over NETLINK_NETFILTER: the table's
+//! comment equal to the fingerprint → done (one request). Table comments need Linux 5.10 (and
+//! nft 0.9.7); on older kernels the comment is silently dropped, so a table without one is
+//! judged by its rules' comments instead (one more request, a dump of the table's rules); on
+//! older nft the table is written without a comment (see [`Ruleset::legacy_script`]).
+//! Kernels before 5.2 have no nat in the inet family: there the same rules go into an `ip` and
+//! an `ip6` table of the same name ([`Ruleset::split_script`]), found and judged the same way.
+//! Every script clears both layouts first, so a node holds exactly one.
+//! Otherwise it runs `nft -f -` with one atomic transaction (add table; delete table; define
+//! table, chain and rules), so concurrent creators converge on one rule set and a changed
+//! configuration replaces the old one.
+//!
+//! Sources an IPAM does not declare (an exec'd IPAM plugin): [`ensure_growing`] never narrows.
+//! The sources become the union of the pod's subnets and those the table already holds (read
+//! back from the rules' comments), and the read-modify-write runs under a lock file, so
+//! concurrent ADDs in two new subnets both end up masqueraded. A source stays until the network's
+//! table is rebuilt from a declared range set or removed.
+//!
+//! Every function works over the caller's [`Netfilter`] socket (one per plugin run), in the
+//! network namespace that socket was opened in; `nft` runs in the calling thread's.
 
 use crate::error::{Error, Result, code};
 use crate::flannel::subnet_file::network_of;
-use crate::node::peers::fnv1a64;
+use crate::kernel::netlink::netfilter::{self, Netfilter, NfFamily, NfRule, NfTable};
 use ipnetwork::IpNetwork;
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 
 /// Every masquerade table is named this prefix + the network name.
 pub const TABLE_PREFIX: &str = "twill-masq-";
 /// The chain inside the table.
 pub const CHAIN: &str = "postrouting";
-/// Where `nft` is looked for after `PATH`.
-const NFT_FALLBACK_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
+/// The comment prefix of the table and of every rule.
+pub const MARK: &str = "twill masq ";
 
 /// The rule set of one network, rendered (pure; see [`ruleset`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     /// Table name (`twill-masq-<network>`), family `inet`.
     pub table: String,
-    /// The comment carried by the table and every rule: `twill masq <fingerprint hex>`.
+    /// The table's comment: `twill masq <fingerprint hex>`.
     pub comment: String,
-    /// The rules (without comment), one per IP family that has a pod subnet.
+    /// The masqueraded sources, minimal and sorted.
+    pub sources: Vec<IpNetwork>,
+    /// The rules (without comment), one per source.
     pub rules: Vec<String>,
-    /// The atomic `nft -f` script that (re)creates the table.
+    /// The comment of each rule: `twill masq <fingerprint hex> <source>`.
+    pub rule_comments: Vec<String>,
+    /// The atomic `nft -f` script that (re)creates the table, table comment included.
     pub script: String,
+    /// The same without the table comment, for nft before 0.9.7.
+    pub legacy_script: String,
+    /// The same rules in one `ip` and one `ip6` table of the same name, for kernels before
+    /// 5.2 (no nat in the inet family), without table comments.
+    pub split_script: String,
+}
+
+/// What the kernel holds compared with a [`Ruleset`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Drift {
+    /// The table holds exactly this rule set.
+    None,
+    /// The table does not exist.
+    Missing,
+    /// The table exists with something else; the text says what.
+    Differs(String),
 }
 
 /// The table name for `network` (validated: letters, digits, `_`, `.`, `-`; code 7).
@@ -57,22 +93,21 @@ pub fn table_name(network: &str) -> Result<String> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         return Err(Error::invalid_config(format!(
-            "invalid network name {network:?} for ipMasq: use letters, digits, '_', '.', '-'"
+            "invalid network name \"{network}\" for ipMasq: use letters, digits, '_', '.', '-'"
         )));
     }
     Ok(format!("{TABLE_PREFIX}{network}"))
 }
 
 /// Networks reduced to their network address, those inside another dropped, sorted.
-fn minimal(nets: impl IntoIterator<Item = IpNetwork>) -> Vec<IpNetwork> {
+pub fn minimal(nets: impl IntoIterator<Item = IpNetwork>) -> Vec<IpNetwork> {
     let mut all: Vec<IpNetwork> = nets.into_iter().map(network_of).collect();
     all.sort_by_key(|n| n.prefix());
     let mut kept: Vec<IpNetwork> = Vec::new();
     for n in all {
-        if !kept
-            .iter()
-            .any(|k| k.prefix() <= n.prefix() && k.contains(n.network()))
-        {
+        if !kept.iter().any(|k| {
+            k.is_ipv4() == n.is_ipv4() && k.prefix() <= n.prefix() && k.contains(n.network())
+        }) {
             kept.push(n);
         }
     }
@@ -85,552 +120,347 @@ fn set_of(nets: &[IpNetwork]) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
-/// Renders the rule set: masquerade from `pod_subnets` to anything outside `cluster_networks`,
-/// the pod subnets themselves and multicast. No pod subnet is code 7.
-pub fn ruleset(
-    network: &str,
-    pod_subnets: &[IpNetwork],
-    cluster_networks: &[IpNetwork],
-) -> Result<Ruleset> {
+/// FNV-1a, 64 bits: the rule set's fingerprint (stable across builds and machines).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn multicast(v6: bool) -> Result<IpNetwork> {
+    let (addr, len) = if v6 {
+        (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(), 8)
+    } else {
+        (Ipv4Addr::new(224, 0, 0, 0).into(), 4)
+    };
+    IpNetwork::new(addr, len)
+        .map_err(|e| Error::new(code::INTERNAL, "multicast prefix").with_details(e))
+}
+
+/// Renders the rule set: masquerade from each of `sources` to anything outside the
+/// `cluster` space, the sources themselves and multicast. No source is code 7.
+pub fn ruleset(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Result<Ruleset> {
     let table = table_name(network)?;
-    if pod_subnets.is_empty() {
+    let sources = minimal(sources.iter().copied());
+    if sources.is_empty() {
         return Err(Error::invalid_config(format!(
-            "ipMasq for network {network:?} needs at least one pod subnet"
+            "ipMasq for network \"{network}\" needs at least one pod subnet"
         )));
     }
     let mut rules = Vec::new();
     for v6 in [false, true] {
         let fam = |n: &&IpNetwork| n.is_ipv6() == v6;
-        let pods = minimal(pod_subnets.iter().filter(fam).copied());
-        if pods.is_empty() {
-            continue;
-        }
-        let multicast = if v6 {
-            IpNetwork::new(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0).into(), 8)
-        } else {
-            IpNetwork::new(Ipv4Addr::new(224, 0, 0, 0).into(), 4)
-        }
-        .map_err(|e| Error::new(code::INVALID_CONFIG, "multicast prefix").with_details(e))?;
+        let own: Vec<IpNetwork> = sources.iter().filter(fam).copied().collect();
         let excluded = minimal(
-            cluster_networks
+            cluster
                 .iter()
                 .filter(fam)
-                .chain(pods.iter())
+                .chain(own.iter())
                 .copied()
-                .chain([multicast]),
+                .chain([multicast(v6)?]),
         );
         let proto = if v6 { "ip6" } else { "ip" };
-        rules.push(format!(
-            "{proto} saddr {} {proto} daddr != {} masquerade fully-random",
-            set_of(&pods),
-            set_of(&excluded)
+        for src in &own {
+            rules.push(format!(
+                "{proto} saddr {src} {proto} daddr != {} masquerade fully-random",
+                set_of(&excluded)
+            ));
+        }
+    }
+    let fp = fnv1a64(format!("twill-masq 2\n{table}\n{}\n", rules.join("\n")).as_bytes());
+    let comment = format!("{MARK}{fp:016x}");
+    let rule_comments: Vec<String> = sources.iter().map(|s| format!("{comment} {s}")).collect();
+    // Every script first clears both layouts (add then delete: no error when absent), so the
+    // node holds exactly one. Priority 100 is srcnat (numeric for nft before 0.9.1).
+    let mut clear = String::new();
+    for fam in ["inet", "ip", "ip6"] {
+        clear.push_str(&format!(
+            "table {fam} {table} {{}}\ndelete table {fam} {table}\n"
         ));
     }
-    let fp = fnv1a64(format!("twill-masq 1\n{table}\n{}\n", rules.join("\n")).as_bytes());
-    let comment = format!("twill masq {fp:016x}");
-    let mut script = format!(
-        "table inet {table} {{}}\ndelete table inet {table}\ntable inet {table} {{\n\
-         \tcomment \"{comment}\"\n\tchain {CHAIN} {{\n\
-         \t\ttype nat hook postrouting priority srcnat; policy accept;\n"
-    );
-    for r in &rules {
-        script.push_str(&format!("\t\t{r} comment \"{comment}\"\n"));
+    let define = |fam: &str, table_comment: bool, v6: Option<bool>| {
+        let mut s = format!("table {fam} {table} {{\n");
+        if table_comment {
+            s.push_str(&format!("\tcomment \"{comment}\"\n"));
+        }
+        s.push_str(&format!(
+            "\tchain {CHAIN} {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n"
+        ));
+        for ((r, c), src) in rules.iter().zip(&rule_comments).zip(&sources) {
+            if v6.is_none_or(|v6| src.is_ipv6() == v6) {
+                s.push_str(&format!("\t\t{r} comment \"{c}\"\n"));
+            }
+        }
+        s.push_str("\t}\n}\n");
+        s
+    };
+    let mut split_script = clear.clone();
+    if sources.iter().any(IpNetwork::is_ipv4) {
+        split_script.push_str(&define("ip", false, Some(false)));
     }
-    script.push_str("\t}\n}\n");
+    if sources.iter().any(IpNetwork::is_ipv6) {
+        split_script.push_str(&define("ip6", false, Some(true)));
+    }
     Ok(Ruleset {
+        script: format!("{clear}{}", define("inet", true, None)),
+        legacy_script: format!("{clear}{}", define("inet", false, None)),
+        split_script,
         table,
         comment,
+        sources,
         rules,
-        script,
+        rule_comments,
     })
 }
 
-/// Makes sure the network's masquerade table exists with exactly this rule set.
-/// Cost when it does: one NETLINK_NETFILTER request. Otherwise one `nft -f -` transaction.
-/// `nft` missing or failing is code 106; a netlink failure is code 100.
+impl Ruleset {
+    /// The families of the split layout this rule set needs (`ip` and/or `ip6`).
+    fn split_families(&self) -> Vec<NfFamily> {
+        let mut out = Vec::new();
+        if self.sources.iter().any(IpNetwork::is_ipv4) {
+            out.push(NfFamily::Ip);
+        }
+        if self.sources.iter().any(IpNetwork::is_ipv6) {
+            out.push(NfFamily::Ip6);
+        }
+        out
+    }
+}
+
+/// Compares the kernel's table(s) with `rs`: the inet table, else (kernels before 5.2) the
+/// `ip`/`ip6` pair. `thorough` also reads the rules when the table comments match (CHECK);
+/// otherwise a matching table comment is trusted (one request).
+fn drift(nf: &mut Netfilter, rs: &Ruleset, thorough: bool) -> Result<Drift> {
+    if let Some(t) = nf.table(NfFamily::Inet, &rs.table)? {
+        return judge(nf, rs, &[t], thorough);
+    }
+    let mut tables = Vec::new();
+    for fam in rs.split_families() {
+        match nf.table(fam, &rs.table)? {
+            Some(t) => tables.push(t),
+            None => return Ok(Drift::Missing),
+        }
+    }
+    judge(nf, rs, &tables, thorough)
+}
+
+fn judge(nf: &mut Netfilter, rs: &Ruleset, tables: &[NfTable], thorough: bool) -> Result<Drift> {
+    for t in tables {
+        if let Some(c) = t.comment.as_deref().filter(|c| *c != rs.comment) {
+            return Ok(Drift::Differs(format!(
+                "table {} {} holds another rule set (\"{c}\", expected \"{}\")",
+                t.family.name(),
+                rs.table,
+                rs.comment
+            )));
+        }
+    }
+    if !thorough
+        && tables
+            .iter()
+            .all(|t| t.comment.as_deref() == Some(rs.comment.as_str()))
+    {
+        return Ok(Drift::None);
+    }
+    // Thorough, or no table comment (kernel before 5.10, nft before 0.9.7): the rules'
+    // comments decide.
+    let mut rules = Vec::new();
+    for t in tables {
+        rules.extend(nf.rules(t.family, &rs.table)?);
+    }
+    let got: Vec<Option<&str>> = rules
+        .iter()
+        .map(|r| (r.chain == CHAIN).then_some(r.comment.as_deref()).flatten())
+        .collect();
+    let want: Vec<Option<&str>> = rs.rule_comments.iter().map(|c| Some(c.as_str())).collect();
+    if got == want {
+        return Ok(Drift::None);
+    }
+    let good = got
+        .iter()
+        .filter(|c| c.is_some_and(|c| c.starts_with(&rs.comment)))
+        .count();
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("table {} {}", t.family.name(), rs.table))
+        .collect();
+    Ok(Drift::Differs(format!(
+        "{}: expected {} twill rules in chain {CHAIN}, found {good} ({} in total)",
+        names.join(" + "),
+        want.len(),
+        rules.len()
+    )))
+}
+
+/// Makes sure the network's masquerade table holds exactly the rule set of `sources` and
+/// `cluster`; returns whether it had to be written. Cost when it does: one NETLINK_NETFILTER
+/// request (a rule dump more on kernels before 5.10, a table lookup per family more before
+/// 5.2). Otherwise one `nft -f -` transaction. `nft` missing or failing is code 106; a
+/// netlink failure is code 100.
 pub fn ensure(
+    nf: &mut Netfilter,
+    network: &str,
+    sources: &[IpNetwork],
+    cluster: &[IpNetwork],
+) -> Result<bool> {
+    let rs = ruleset(network, sources, cluster)?;
+    if drift(nf, &rs, false)? == Drift::None {
+        return Ok(false);
+    }
+    write(&rs)?;
+    Ok(true)
+}
+
+/// [`ensure`] for sources an IPAM does not declare: the sources are `pod_subnets` plus those
+/// the table already holds, never fewer. The fast path (nothing new) is one rule dump; a change
+/// is read again and written under the lock file `masq-<network>.lock` in `lock_dir` (created
+/// if needed), so concurrent ADDs never drop each other's sources.
+pub fn ensure_growing(
+    nf: &mut Netfilter,
     network: &str,
     pod_subnets: &[IpNetwork],
-    cluster_networks: &[IpNetwork],
-) -> Result<()> {
-    let rs = ruleset(network, pod_subnets, cluster_networks)?;
-    let mut nl = Nfnl::open()?;
-    if let Some(t) = nl.get_table(&rs.table)?
-        && t.comment.as_deref() == Some(rs.comment.as_str())
-    {
-        return Ok(());
+    cluster: &[IpNetwork],
+    lock_dir: &Path,
+) -> Result<bool> {
+    let table = table_name(network)?;
+    let plan = |nf: &mut Netfilter| -> Result<(Ruleset, Drift)> {
+        let held = held_sources(nf, &table)?;
+        let rs = ruleset(network, &[held, pod_subnets.to_vec()].concat(), cluster)?;
+        let d = drift(nf, &rs, false)?;
+        Ok((rs, d))
+    };
+    if plan(nf)?.1 == Drift::None {
+        return Ok(false);
     }
-    run_nft(&rs.script, &rs.table)
+    let _lock = lock_file(lock_dir, &format!("masq-{network}.lock"))?;
+    let (rs, d) = plan(nf)?;
+    if d == Drift::None {
+        return Ok(false);
+    }
+    write(&rs)?;
+    Ok(true)
+}
+
+/// Takes the exclusive lock on `dir/name` (both created if needed), held until the file is
+/// dropped: serializes the read-modify-write slow paths of concurrent plugin runs.
+pub(crate) fn lock_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let path = dir.join(name);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("open lock file {}", path.display()), e))?;
+    lock.lock()
+        .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
+    Ok(lock)
+}
+
+/// The sources the table's rules name in their comments (empty when there is no table): the
+/// inet table's, else those of the `ip`/`ip6` pair.
+fn held_sources(nf: &mut Netfilter, table: &str) -> Result<Vec<IpNetwork>> {
+    let mut rules = nf.rules(NfFamily::Inet, table)?;
+    if rules.is_empty() {
+        rules.extend(nf.rules(NfFamily::Ip, table)?);
+        rules.extend(nf.rules(NfFamily::Ip6, table)?);
+    }
+    Ok(rules.iter().filter_map(source_of).collect())
+}
+
+fn source_of(r: &NfRule) -> Option<IpNetwork> {
+    let rest = r.comment.as_deref()?.strip_prefix(MARK)?;
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// The sources held by the network's masquerade table, read from its rules (one dump).
+pub fn sources(nf: &mut Netfilter, network: &str) -> Result<Vec<IpNetwork>> {
+    let table = table_name(network)?;
+    held_sources(nf, &table)
 }
 
 /// Recreates the table unconditionally (one `nft -f -` transaction), e.g. after [`check`]
-/// found it tampered with: [`ensure`] only compares the table's fingerprint comment.
-pub fn rebuild(
-    network: &str,
-    pod_subnets: &[IpNetwork],
-    cluster_networks: &[IpNetwork],
-) -> Result<()> {
-    let rs = ruleset(network, pod_subnets, cluster_networks)?;
-    run_nft(&rs.script, &rs.table)
+/// found it tampered with: [`ensure`] trusts a matching table comment.
+pub fn rebuild(network: &str, sources: &[IpNetwork], cluster: &[IpNetwork]) -> Result<()> {
+    write(&ruleset(network, sources, cluster)?)
 }
 
-/// CHECK: the table exists with this rule set's fingerprint and its chain holds exactly the
-/// expected rules (each carrying the fingerprint comment). Anything else is code 105.
+fn write(rs: &Ruleset) -> Result<()> {
+    let Some(nft) = netfilter::find_nft() else {
+        return Err(netfilter::nft_missing("ipMasq", "ipMasq"));
+    };
+    write_with(&nft, rs)
+}
+
+/// Writes `rs` with the `nft` at `nft`: an nft that refuses the table comment (before
+/// 0.9.7) gets the legacy script, a kernel without inet nat (before 5.2) the split one; the
+/// first error is reported when all fail.
+fn write_with(nft: &Path, rs: &Ruleset) -> Result<()> {
+    let what = format!("table inet {}", rs.table);
+    let Err(first) = netfilter::run_nft(nft, &rs.script, &what) else {
+        return Ok(());
+    };
+    for fallback in [&rs.legacy_script, &rs.split_script] {
+        if netfilter::run_nft(nft, fallback, &what).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(first)
+}
+
+/// CHECK: the table holds exactly this rule set (table comment, when the kernel keeps one, and
+/// every rule's comment). Anything else is code 105 saying what differs.
 pub fn check(
+    nf: &mut Netfilter,
     network: &str,
-    pod_subnets: &[IpNetwork],
-    cluster_networks: &[IpNetwork],
+    sources: &[IpNetwork],
+    cluster: &[IpNetwork],
 ) -> Result<()> {
-    let rs = ruleset(network, pod_subnets, cluster_networks)?;
-    let mut nl = Nfnl::open()?;
-    let failed = |what: String| Error::new(code::CHECK_FAILED, what);
-    let Some(table) = nl.get_table(&rs.table)? else {
-        return Err(failed(format!(
-            "masquerade table inet {} does not exist",
-            rs.table
-        )));
-    };
-    if table.comment.as_deref() != Some(rs.comment.as_str()) {
-        return Err(failed(format!(
-            "masquerade table inet {} holds another rule set ({:?}, expected {:?})",
-            rs.table, table.comment, rs.comment
-        )));
+    let rs = ruleset(network, sources, cluster)?;
+    match drift(nf, &rs, true)? {
+        Drift::None => Ok(()),
+        Drift::Missing => Err(Error::new(
+            code::CHECK_FAILED,
+            format!("masquerade table inet {} does not exist", rs.table),
+        )),
+        Drift::Differs(what) => Err(Error::new(code::CHECK_FAILED, format!("masquerade {what}"))),
     }
-    let rules = nl.dump_rules(&rs.table)?;
-    let good = rules
-        .iter()
-        .filter(|r| r.chain == CHAIN && r.comment.as_deref() == Some(rs.comment.as_str()))
-        .count();
-    if good != rs.rules.len() || rules.len() != rs.rules.len() {
-        return Err(failed(format!(
-            "masquerade table inet {}: expected {} twill rules in chain {CHAIN}, found {} \
-             ({} in total)",
-            rs.table,
-            rs.rules.len(),
-            good,
-            rules.len()
-        )));
-    }
-    Ok(())
 }
 
-/// Deletes the network's masquerade table (over netlink, no `nft` needed). Absent is `Ok`.
-pub fn remove(network: &str) -> Result<()> {
+/// The network's masquerade tables present: the inet one, or the `ip`/`ip6` pair (one dump).
+fn present(nf: &mut Netfilter, table: &str) -> Result<Vec<NfFamily>> {
+    Ok(nf
+        .tables()?
+        .into_iter()
+        .filter(|t| t.name == table)
+        .map(|t| t.family)
+        .collect())
+}
+
+/// Deletes the network's masquerade table(s) over netlink, no `nft` needed (one request when
+/// there is none); returns whether there was one.
+pub fn remove(nf: &mut Netfilter, network: &str) -> Result<bool> {
     let table = table_name(network)?;
-    Nfnl::open()?.delete_table(&table)
+    let families = present(nf, &table)?;
+    for fam in &families {
+        nf.delete_table(*fam, &table)?;
+    }
+    Ok(!families.is_empty())
 }
 
-/// True when the network's masquerade table exists (one netlink request).
-pub fn exists(network: &str) -> Result<bool> {
+/// True when the network has a masquerade table (one netlink request).
+pub fn exists(nf: &mut Netfilter, network: &str) -> Result<bool> {
     let table = table_name(network)?;
-    Ok(Nfnl::open()?.get_table(&table)?.is_some())
+    Ok(!present(nf, &table)?.is_empty())
 }
 
-fn find_nft() -> Option<PathBuf> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    find_nft_in(
-        path_dirs
-            .into_iter()
-            .chain(NFT_FALLBACK_DIRS.iter().map(PathBuf::from)),
-    )
-}
-
-/// The first executable file named `nft` in `dirs`.
-fn find_nft_in(dirs: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    dirs.into_iter().map(|d| d.join("nft")).find(|p| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
-}
-
-fn run_nft(script: &str, table: &str) -> Result<()> {
-    run_nft_at(find_nft(), script, table)
-}
-
-fn run_nft_at(nft: Option<PathBuf>, script: &str, table: &str) -> Result<()> {
-    let Some(nft) = nft else {
-        return Err(Error::new(
-            code::EXTERNAL_TOOL,
-            "ipMasq needs the nft binary, not found in PATH or /usr/sbin, /sbin, /usr/local/sbin: \
-             install nftables on the node, or set \"ipMasq\": false",
-        ));
-    };
-    let tool_err = |what: &str| {
-        Error::new(
-            code::EXTERNAL_TOOL,
-            format!("{what} {} -f - (table inet {table})", nft.display()),
-        )
-    };
-    let mut child = Command::new(&nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| tool_err("cannot run").with_details(e))?;
-    let written = match child.stdin.take() {
-        Some(mut stdin) => stdin.write_all(script.as_bytes()),
-        None => Ok(()),
-    };
-    let out = child
-        .wait_with_output()
-        .map_err(|e| tool_err("cannot wait for").with_details(e))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(tool_err("failed:").with_details(format!("{}: {}", out.status, stderr.trim())));
-    }
-    written.map_err(|e| tool_err("cannot feed").with_details(e))
-}
-
-// ---------------------------------------------------------------------------------------------
-// NETLINK_NETFILTER, by hand. Every message is
-//
-//   struct nlmsghdr { u32 len; u16 type; u16 flags; u32 seq; u32 pid }   16 bytes, host order
-//   struct nfgenmsg { u8 family; u8 version = 0; be16 res_id }           4 bytes
-//   attributes: struct nlattr { u16 len; u16 type } + payload, each padded to 4 bytes
-//
-// with type = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_*. A GET for one table carries
-// NFTA_TABLE_NAME (NUL-terminated); the kernel answers with a NEWTABLE message or an
-// NLMSG_ERROR (-ENOENT when absent). Table and rule userdata (NFTA_*_USERDATA) is libnftnl's
-// TLV list { u8 type; u8 len; value } where type 0 is the comment (NUL-terminated).
-// Changes go in a batch: NFNL_MSG_BATCH_BEGIN, the message, NFNL_MSG_BATCH_END, with the
-// subsystem in res_id of the batch markers.
-// ---------------------------------------------------------------------------------------------
-
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_GETRULE: u16 = 7;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_USERDATA: u16 = 6;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFPROTO_INET: u8 = 1;
-const UDATA_COMMENT: u8 = 0;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_MULTI: u16 = 0x2;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const ENOENT: i32 = 2;
-
-/// What the kernel says about a table.
-struct TableInfo {
-    comment: Option<String>,
-}
-
-/// What the kernel says about a rule.
-struct RuleInfo {
-    chain: String,
-    comment: Option<String>,
-}
-
-/// One NETLINK_NETFILTER socket.
-struct Nfnl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-fn nl_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(code::NETLINK, format!("nftables netlink: {what}")).with_details(e)
-}
-
-fn push_msg(
-    out: &mut Vec<u8>,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    family: u8,
-    res_id: u16,
-    attrs: &[(u16, &[u8])],
-) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 4]); // length, patched below
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[family, 0]);
-    out.extend_from_slice(&res_id.to_be_bytes());
-    for (at, payload) in attrs {
-        let len = 4 + payload.len();
-        out.extend_from_slice(&(len as u16).to_ne_bytes());
-        out.extend_from_slice(&at.to_ne_bytes());
-        out.extend_from_slice(payload);
-        out.resize(out.len() + (4 - len % 4) % 4, 0);
-    }
-    let len = (out.len() - start) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-/// One received message: type, flags, seq and the bytes after the nlmsghdr.
-struct Msg<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    body: &'a [u8],
-}
-
-fn messages(mut b: &[u8]) -> impl Iterator<Item = Msg<'_>> {
-    std::iter::from_fn(move || {
-        if b.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-        if len < 16 || len > b.len() {
-            return None;
-        }
-        let m = Msg {
-            ty: u16::from_ne_bytes([b[4], b[5]]),
-            flags: u16::from_ne_bytes([b[6], b[7]]),
-            seq: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-            body: &b[16..len],
-        };
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some(m)
-    })
-}
-
-/// The attributes of an nftables message body (after the 4-byte nfgenmsg).
-fn attrs(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut b = body.get(4..).unwrap_or(&[]);
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let item = (u16::from_ne_bytes([b[2], b[3]]) & 0x3fff, &b[4..len]);
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some(item)
-    })
-}
-
-fn string_of(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|&c| c == 0)
-        .unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
-}
-
-/// The comment in a libnftnl userdata TLV list.
-fn udata_comment(mut u: &[u8]) -> Option<String> {
-    while u.len() >= 2 {
-        let (ty, len) = (u[0], u[1] as usize);
-        let value = u.get(2..2 + len)?;
-        if ty == UDATA_COMMENT {
-            return Some(string_of(value));
-        }
-        u = &u[2 + len..];
-    }
-    None
-}
-
-/// The errno of an NLMSG_ERROR body (0 = ack).
-fn error_code(body: &[u8]) -> i32 {
-    body.get(..4)
-        .map_or(-1, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-impl Nfnl {
-    fn open() -> Result<Nfnl> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| nl_err("socket", e))?;
-        sock.bind_auto().map_err(|e| nl_err("bind", e))?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(|e| nl_err("connect", e))?;
-        Ok(Nfnl {
-            sock,
-            seq: 0,
-            buf: Vec::with_capacity(64 * 1024),
-        })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq += 1;
-        self.seq
-    }
-
-    fn send(&self, msg: &[u8]) -> Result<()> {
-        self.sock.send(msg, 0).map_err(|e| nl_err("send", e))?;
-        Ok(())
-    }
-
-    /// Receives one datagram into `self.buf`.
-    fn recv(&mut self) -> Result<()> {
-        self.buf.clear();
-        let n = self
-            .sock
-            .recv(&mut self.buf, 0)
-            .map_err(|e| nl_err("recv", e))?;
-        if n > self.buf.len() {
-            return Err(nl_err("recv", "reply truncated"));
-        }
-        Ok(())
-    }
-
-    fn get_table(&mut self, name: &str) -> Result<Option<TableInfo>> {
-        let seq = self.next_seq();
-        let mut msg = Vec::with_capacity(64);
-        let ty = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE;
-        push_msg(
-            &mut msg,
-            ty,
-            NLM_F_REQUEST,
-            seq,
-            NFPROTO_INET,
-            0,
-            &[(NFTA_TABLE_NAME, &cstr(name))],
-        );
-        self.send(&msg)?;
-        loop {
-            self.recv()?;
-            for m in messages(&self.buf) {
-                if m.seq != seq {
-                    continue;
-                }
-                if m.ty == NLMSG_ERROR {
-                    return match error_code(m.body) {
-                        0 => continue,
-                        e if e == -ENOENT => Ok(None),
-                        e => Err(nl_err(
-                            &format!("get table inet {name}"),
-                            std::io::Error::from_raw_os_error(-e),
-                        )),
-                    };
-                }
-                if m.ty == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWTABLE {
-                    let comment = attrs(m.body)
-                        .find(|(t, _)| *t == NFTA_TABLE_USERDATA)
-                        .and_then(|(_, u)| udata_comment(u));
-                    return Ok(Some(TableInfo { comment }));
-                }
-            }
-        }
-    }
-
-    fn dump_rules(&mut self, table: &str) -> Result<Vec<RuleInfo>> {
-        let seq = self.next_seq();
-        let mut msg = Vec::with_capacity(64);
-        let ty = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE;
-        let flags = NLM_F_REQUEST | NLM_F_DUMP;
-        push_msg(
-            &mut msg,
-            ty,
-            flags,
-            seq,
-            NFPROTO_INET,
-            0,
-            &[(NFTA_RULE_TABLE, &cstr(table))],
-        );
-        self.send(&msg)?;
-        let mut rules = Vec::new();
-        loop {
-            self.recv()?;
-            let mut done = false;
-            for m in messages(&self.buf) {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => match error_code(m.body) {
-                        0 => done = true,
-                        e if e == -ENOENT => return Ok(Vec::new()),
-                        e => {
-                            return Err(nl_err(
-                                &format!("dump rules of inet {table}"),
-                                std::io::Error::from_raw_os_error(-e),
-                            ));
-                        }
-                    },
-                    t if t == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE => {
-                        let (mut rtable, mut chain, mut comment) =
-                            (String::new(), String::new(), None);
-                        for (at, p) in attrs(m.body) {
-                            match at {
-                                NFTA_RULE_TABLE => rtable = string_of(p),
-                                NFTA_RULE_CHAIN => chain = string_of(p),
-                                NFTA_RULE_USERDATA => comment = udata_comment(p),
-                                _ => {}
-                            }
-                        }
-                        if rtable == table {
-                            rules.push(RuleInfo { chain, comment });
-                        }
-                    }
-                    _ => {}
-                }
-                if m.flags & NLM_F_MULTI == 0 && m.ty != NLMSG_ERROR {
-                    done = true;
-                }
-            }
-            if done {
-                return Ok(rules);
-            }
-        }
-    }
-
-    fn delete_table(&mut self, name: &str) -> Result<()> {
-        let (s0, s1, s2) = (self.next_seq(), self.next_seq(), self.next_seq());
-        let mut msg = Vec::with_capacity(128);
-        let sub = NFNL_SUBSYS_NFTABLES;
-        push_msg(
-            &mut msg,
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            s0,
-            0,
-            sub,
-            &[],
-        );
-        let ty = sub << 8 | NFT_MSG_DELTABLE;
-        let name_attr = cstr(name);
-        push_msg(
-            &mut msg,
-            ty,
-            NLM_F_REQUEST | NLM_F_ACK,
-            s1,
-            NFPROTO_INET,
-            0,
-            &[(NFTA_TABLE_NAME, &name_attr)],
-        );
-        push_msg(&mut msg, NFNL_MSG_BATCH_END, NLM_F_REQUEST, s2, 0, sub, &[]);
-        self.send(&msg)?;
-        loop {
-            self.recv()?;
-            for m in messages(&self.buf) {
-                if m.ty != NLMSG_ERROR || m.seq != s1 {
-                    continue;
-                }
-                return match error_code(m.body) {
-                    0 => Ok(()),
-                    e if e == -ENOENT => Ok(()),
-                    e => Err(nl_err(
-                        &format!("delete table inet {name}"),
-                        std::io::Error::from_raw_os_error(-e),
-                    )),
-                };
-            }
-        }
-    }
+/// STATUS: what [`ensure`] needs is there, nothing is created: `nft` is found (code 106
+/// otherwise) and nf_tables answers a lookup of the network's table (code 100 otherwise).
+pub fn available(nf: &mut Netfilter, network: &str) -> Result<PathBuf> {
+    let table = table_name(network)?;
+    let nft = netfilter::find_nft().ok_or_else(|| netfilter::nft_missing("ipMasq", "ipMasq"))?;
+    nf.table(NfFamily::Inet, &table)?;
+    Ok(nft)
 }
 
 #[cfg(test)]
@@ -642,10 +472,14 @@ mod tests {
     }
 
     #[test]
-    fn ruleset_dual_stack() {
+    fn ruleset_dual_stack_one_rule_per_source() {
         let rs = ruleset(
             "cbr0",
-            &[net("10.244.1.1/24"), net("fd10:0:0:1::/64")],
+            &[
+                net("10.244.1.1/24"),
+                net("fd10:0:0:1::/64"),
+                net("10.245.0.0/24"),
+            ],
             &[net("10.244.0.0/16"), net("fd10::/48")],
         )
         .unwrap();
@@ -653,9 +487,11 @@ mod tests {
         assert_eq!(
             rs.rules,
             vec![
-                "ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } \
-                 masquerade fully-random",
-                "ip6 saddr { fd10:0:0:1::/64 } ip6 daddr != { fd10::/48, ff00::/8 } \
+                "ip saddr 10.244.1.0/24 ip daddr != { 10.244.0.0/16, 10.245.0.0/24, \
+                 224.0.0.0/4 } masquerade fully-random",
+                "ip saddr 10.245.0.0/24 ip daddr != { 10.244.0.0/16, 10.245.0.0/24, \
+                 224.0.0.0/4 } masquerade fully-random",
+                "ip6 saddr fd10:0:0:1::/64 ip6 daddr != { fd10::/48, ff00::/8 } \
                  masquerade fully-random",
             ]
         );
@@ -664,27 +500,18 @@ mod tests {
             "{}",
             rs.comment
         );
+        assert_eq!(rs.rule_comments[1], format!("{} 10.245.0.0/24", rs.comment));
         assert!(
             rs.script
                 .starts_with("table inet twill-masq-cbr0 {}\ndelete table inet twill-masq-cbr0\n")
         );
-        assert_eq!(rs.script.matches(&rs.comment).count(), 3);
-    }
-
-    #[test]
-    fn ruleset_pod_subnet_outside_cluster_and_v4_only() {
-        let rs = ruleset(
-            "n",
-            &[net("192.168.5.0/24")],
-            &[net("10.0.0.0/8"), net("fd00::/8")],
-        )
-        .unwrap();
-        assert_eq!(
-            rs.rules,
-            vec![
-                "ip saddr { 192.168.5.0/24 } ip daddr != { 10.0.0.0/8, 192.168.5.0/24, \
-                 224.0.0.0/4 } masquerade fully-random"
-            ]
+        assert!(rs.script.contains("delete table ip twill-masq-cbr0\n"));
+        assert!(rs.script.contains("delete table ip6 twill-masq-cbr0\n"));
+        assert_eq!(rs.script.matches(&rs.comment).count(), 4);
+        assert_eq!(rs.legacy_script.matches(&rs.comment).count(), 3);
+        assert!(
+            !rs.legacy_script
+                .contains(&format!("comment \"{}\"\n", rs.comment))
         );
     }
 
@@ -694,67 +521,100 @@ mod tests {
         let b = ruleset("n", &[net("10.1.0.0/24")], &[net("10.0.0.0/8")]).unwrap();
         let c = ruleset("n", &[net("10.1.0.0/24")], &[net("10.0.0.0/9")]).unwrap();
         let d = ruleset("m", &[net("10.1.0.0/24")], &[net("10.0.0.0/8")]).unwrap();
+        let e = ruleset("n", &[net("10.1.0.0/24"), net("10.2.0.0/24")], &[]).unwrap();
         assert_eq!(a, b);
-        assert_ne!(a.comment, c.comment);
-        assert_ne!(a.comment, d.comment);
+        for other in [&c, &d, &e] {
+            assert_ne!(a.comment, other.comment);
+        }
     }
 
     #[test]
     fn bad_input() {
         assert_eq!(ruleset("n", &[], &[]).unwrap_err().code, 7);
         for bad in ["", "../x", "a b", "-x", "a;b", "a\"b"] {
-            assert_eq!(table_name(bad).unwrap_err().code, 7, "{bad:?}");
+            let e = table_name(bad).unwrap_err();
+            assert_eq!(e.code, 7, "{bad:?}");
+            assert!(!e.msg.contains("Some("), "{e}");
         }
     }
 
     #[test]
-    fn nft_missing_or_failing_is_code_106() {
-        let empty = std::env::temp_dir().join(format!("twill-masq-nonft-{}", std::process::id()));
-        std::fs::create_dir_all(&empty).unwrap();
-        assert_eq!(find_nft_in([empty.clone()]), None);
-        let e = run_nft_at(find_nft_in([empty.clone()]), "", "t").unwrap_err();
-        assert_eq!(e.code, code::EXTERNAL_TOOL);
-        assert!(
-            e.msg.contains("nft") && e.msg.contains("install nftables"),
-            "{e}"
+    fn held_sources_come_from_twill_rule_comments_only() {
+        let rule = |c: Option<&str>| NfRule {
+            family: NfFamily::Inet,
+            table: "t".into(),
+            chain: CHAIN.into(),
+            handle: 1,
+            comment: c.map(str::to_string),
+        };
+        assert_eq!(
+            source_of(&rule(Some("twill masq 0123456789abcdef 10.1.0.0/24"))),
+            Some(net("10.1.0.0/24"))
         );
-        std::fs::remove_dir_all(&empty).unwrap();
-        // A "nft" that fails: its exit status and stderr end up in the details.
-        let e = run_nft_at(Some("/bin/false".into()), "x", "t").unwrap_err();
-        assert_eq!(e.code, code::EXTERNAL_TOOL);
-        assert!(e.msg.contains("failed"), "{e}");
-        assert!(
-            find_nft_in([PathBuf::from("/usr/sbin")]).is_some(),
-            "nft installed here"
-        );
+        assert_eq!(source_of(&rule(Some("twill masq 0123456789abcdef"))), None);
+        assert_eq!(source_of(&rule(Some("someone 10.1.0.0/24"))), None);
+        assert_eq!(source_of(&rule(None)), None);
     }
 
+    /// An nft that refuses table comments (as nft before 0.9.7 does) gets the legacy script, a
+    /// kernel without inet nat the split one; a failure of all reports the first error.
     #[test]
-    fn message_layout() {
-        let mut m = Vec::new();
-        push_msg(
-            &mut m,
-            0x0a01,
-            NLM_F_REQUEST,
-            7,
-            NFPROTO_INET,
-            0,
-            &[(NFTA_TABLE_NAME, &cstr("ab"))],
-        );
-        // 16 header + 4 nfgenmsg + 4 attr header + "ab\0" padded to 4.
-        assert_eq!(m.len(), 28);
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 28);
-        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 0x0a01);
-        assert_eq!(&m[16..20], &[1, 0, 0, 0]);
-        assert_eq!(u16::from_ne_bytes(m[20..22].try_into().unwrap()), 7);
-        assert_eq!(&m[24..28], b"ab\0\0");
-        let parsed: Vec<Msg> = messages(&m).collect();
-        assert_eq!(parsed.len(), 1);
-        let a: Vec<(u16, &[u8])> = attrs(parsed[0].body).collect();
-        assert_eq!(a, vec![(1u16, &b"ab\0"[..])]);
+    fn old_nft_and_old_kernels_get_their_fallback_scripts() {
+        struct Tmp(PathBuf);
+        impl Drop for Tmp {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let tmp =
+            Tmp(std::env::temp_dir().join(format!("twill-masq-oldnft-{}", std::process::id())));
+        let dir = tmp.0.clone();
+        std::fs::create_dir_all(&dir).unwrap();
+        let seen = dir.join("seen");
+        let fake = dir.join("nft");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nin=$(cat)\nif printf '%s' \"$in\" | grep -q '^\tcomment'; then \
+                 echo 'syntax error, unexpected comment' >&2; exit 1; fi\n\
+                 printf '%s' \"$in\" > {}\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rs = ruleset("n", &[net("10.1.0.0/24")], &[net("10.0.0.0/8")]).unwrap();
+        write_with(&fake, &rs).unwrap();
         assert_eq!(
-            udata_comment(&[1, 1, b'x', 0, 4, b'h', b'i', b'!', 0]).as_deref(),
-            Some("hi!")
+            std::fs::read_to_string(&seen).unwrap(),
+            rs.legacy_script.trim_end()
         );
+        // A kernel without inet nat: both inet scripts fail, the split one is written.
+        let no_inet = dir.join("no-inet");
+        std::fs::create_dir_all(&no_inet).unwrap();
+        let fake2 = no_inet.join("nft");
+        std::fs::write(
+            &fake2,
+            format!(
+                "#!/bin/sh\nin=$(cat)\nif printf '%s' \"$in\" | grep -q '^table inet .* {{$'; then \
+                 echo 'Could not process rule: No such file or directory' >&2; exit 1; fi\n\
+                 printf '%s' \"$in\" > {}\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake2, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dual = ruleset("n", &[net("10.1.0.0/24"), net("fd01::/64")], &[]).unwrap();
+        write_with(&fake2, &dual).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap(),
+            dual.split_script.trim_end()
+        );
+        assert!(dual.split_script.contains("table ip twill-masq-n {\n"));
+        assert!(dual.split_script.contains("table ip6 twill-masq-n {\n"));
+        assert_eq!(dual.split_script.matches(" masquerade ").count(), 2);
+        let e = write_with(Path::new("/bin/false"), &rs).unwrap_err();
+        assert_eq!(e.code, code::EXTERNAL_TOOL);
     }
 }

@@ -11,11 +11,13 @@ use twill::cni::types::parse_netconf;
 use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
 use twill::kernel::netlink::PortFlags;
+use twill::kernel::netlink::netfilter::{self, Netfilter};
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
-use twill::node::masq;
 use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
+use twill::node::{forward, masq};
 use twill::pod::bridge::{self, BridgeOptions};
 use twill::pod::veth::PodOptions;
+
 use twill::{CmdArgs, CniResult, Error, NetConf, Result, code};
 
 /// Bridge name unless `bridge` says otherwise.
@@ -82,6 +84,14 @@ pub struct Keys {
     /// `dataDir` of the host-local IPAM derived from the subnet file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `clusterNetworks`: CIDRs of the cluster's own space beyond the subnet file's network and
+    /// the cluster view's podCIDRs (e.g. the service range); never masqueraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_networks: Option<Vec<IpNetwork>>,
+    /// `forwardRules`: accept the network's traffic in the host's forward filter chains
+    /// (default true, as flannel's `--iptables-forward-rules`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_rules: Option<bool>,
     /// `peers` / `peersFile` / `runDir`: the cluster view and where fingerprints live.
     #[serde(flatten)]
     pub peers: PeersConf,
@@ -375,12 +385,51 @@ impl Network {
         })
     }
 
-    /// The cluster networks (subnet file), for the masquerade exemption.
-    pub fn cluster_networks(&self) -> Vec<IpNetwork> {
-        self.subnet
-            .as_ref()
-            .map(SubnetFile::cluster_networks)
-            .unwrap_or_default()
+    /// The cluster's own space, never masqueraded: the subnet file's networks
+    /// (FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK; the file is read here when loading did not need
+    /// it), every podCIDR of the cluster view and `clusterNetworks`.
+    pub fn cluster_networks(&self) -> Result<Vec<IpNetwork>> {
+        let mut out = match &self.subnet {
+            Some(sf) => sf.cluster_networks(),
+            None => read_subnet_file(&self.subnet_path())?
+                .map(|sf| sf.cluster_networks())
+                .unwrap_or_default(),
+        };
+        if let Some(view) = &self.view {
+            out.extend(view.peers().iter().map(|p| p.pod_cidr));
+        }
+        out.extend(self.conf.plugin.cluster_networks.iter().flatten().copied());
+        Ok(out)
+    }
+
+    fn subnet_path(&self) -> PathBuf {
+        self.conf
+            .plugin
+            .subnet_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(subnet_file::DEFAULT_PATH))
+    }
+
+    /// The network's own pod ranges: every subnet of the host-local range sets (configured,
+    /// or derived from the subnet file), or None for an IPAM whose ranges twill cannot read
+    /// (exec'd plugins: the masquerade then grows with the pods' subnets, never narrows).
+    pub fn pod_ranges(&self) -> Result<Option<Vec<IpNetwork>>> {
+        if twill::ipam::ipam_type(&self.conf)? != twill::ipam::HOST_LOCAL {
+            return Ok(None);
+        }
+        let hl = HostLocal::from_netconf(&self.conf)?;
+        Ok(Some(
+            hl.config()
+                .range_sets
+                .iter()
+                .flat_map(|set| set.ranges.iter().map(|r| r.subnet))
+                .collect(),
+        ))
+    }
+
+    /// `forwardRules`, default true.
+    pub fn forward_rules(&self) -> bool {
+        self.conf.plugin.forward_rules.unwrap_or(true)
     }
 
     /// Makes the node's routes to the other nodes' pod subnets match the cluster view
@@ -432,20 +481,144 @@ impl Network {
         StateFile::new(self.conf.plugin.peers.run_dir(), &self.conf.name, cookie)
     }
 
-    /// ipMasq: the network's masquerade rule set exists (one netfilter request when it does).
-    pub fn ensure_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
-        if !self.ip_masq || pod_subnets.is_empty() {
-            return Ok(());
-        }
-        masq::ensure(&self.conf.name, pod_subnets, &self.cluster_networks())
+    /// The node rules this network owns, over one netfilter socket: the masquerade
+    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]).
+    pub fn ensure_node_rules(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
+        let mut nf = Netfilter::new()?;
+        self.ensure_masq(&mut nf, pod_subnets)?;
+        self.ensure_forward(&mut nf, pod_subnets)
     }
 
-    /// CHECK of ipMasq (code 105 when the rule set is missing or altered).
-    pub fn check_masq(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
-        if !self.ip_masq || pod_subnets.is_empty() {
+    /// ipMasq, decided by the config and the cluster: on, the network's table masquerades its
+    /// pod ranges to anything outside the cluster space (one netfilter request when it already
+    /// does); off, the network's table is removed (one request when there is none).
+    /// `pod_subnets` (this pod's) are only used for an IPAM that does not declare its ranges.
+    pub fn ensure_masq(&self, nf: &mut Netfilter, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if !self.ip_masq {
+            masq::remove(nf, &self.conf.name)?;
             return Ok(());
         }
-        masq::check(&self.conf.name, pod_subnets, &self.cluster_networks())
+        if self.l2_only {
+            return Ok(());
+        }
+        let cluster = self.cluster_networks()?;
+        match self.pod_ranges()? {
+            Some(ranges) => masq::ensure(nf, &self.conf.name, &ranges, &cluster)?,
+            None if pod_subnets.is_empty() => return Ok(()),
+            None => {
+                let run_dir = self.conf.plugin.peers.run_dir();
+                masq::ensure_growing(nf, &self.conf.name, pod_subnets, &cluster, run_dir)?
+            }
+        };
+        Ok(())
+    }
+
+    /// `forwardRules`: on, the host's forward chains accept the network's traffic from and to
+    /// its cluster space and pod ranges (nothing changes when they already do); off, the
+    /// network's forward rules are removed.
+    pub fn ensure_forward(&self, nf: &mut Netfilter, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if !self.forward_rules() {
+            forward::remove(nf, &self.conf.name)?;
+            return Ok(());
+        }
+        if self.l2_only {
+            return Ok(());
+        }
+        let (space, grow) = self.forward_space(pod_subnets)?;
+        let run_dir = self.conf.plugin.peers.run_dir();
+        forward::ensure(nf, &self.conf.name, &space, grow, run_dir)?;
+        Ok(())
+    }
+
+    fn forward_space(&self, pod_subnets: &[IpNetwork]) -> Result<(Vec<IpNetwork>, bool)> {
+        let mut space = self.cluster_networks()?;
+        let ranges = self.pod_ranges()?;
+        let grow = ranges.is_none();
+        space.extend(ranges.unwrap_or_else(|| pod_subnets.to_vec()));
+        Ok((space, grow))
+    }
+
+    /// CHECK of the node's masquerade and forward rules. They are node state shared by every
+    /// pod of the network, not this attachment: drift is reported on stderr (the next ADD
+    /// repairs it) and never fails the CHECK.
+    pub fn check_node_rules(&self, pod_subnets: &[IpNetwork]) {
+        let mut drift = Vec::new();
+        let mut nf = match Netfilter::new() {
+            Ok(nf) => nf,
+            Err(e) => {
+                eprintln!(
+                    "twill bridge-host-gw: CHECK of network \"{}\": cannot read netfilter: {e}",
+                    self.conf.name
+                );
+                return;
+            }
+        };
+        if self.ip_masq && !self.l2_only {
+            let res = self
+                .cluster_networks()
+                .and_then(|cluster| match self.pod_ranges()? {
+                    Some(ranges) => masq::check(&mut nf, &self.conf.name, &ranges, &cluster),
+                    None => {
+                        let mut sources = masq::sources(&mut nf, &self.conf.name)?;
+                        sources.extend_from_slice(pod_subnets);
+                        masq::check(&mut nf, &self.conf.name, &sources, &cluster)
+                    }
+                });
+            drift.extend(res.err());
+        }
+        if self.forward_rules() && !self.l2_only {
+            let res = self
+                .forward_space(pod_subnets)
+                .and_then(|(space, grow)| forward::check(&mut nf, &self.conf.name, &space, grow));
+            drift.extend(res.err());
+        }
+        for e in drift {
+            eprintln!(
+                "twill bridge-host-gw: CHECK of network \"{}\": node state drift (the next ADD \
+                 repairs it): {}{}",
+                self.conf.name,
+                e.msg,
+                if e.details.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", e.details)
+                }
+            );
+        }
+    }
+
+    /// Before ADD changes anything: with ipMasq or `forwardRules` on, `nft` must be there
+    /// (code 106 naming the key to turn off), so a node without nftables fails up front.
+    pub fn preflight_node_rules(&self) -> Result<()> {
+        if netfilter::find_nft().is_some() {
+            return Ok(());
+        }
+        if self.ip_masq {
+            return Err(netfilter::nft_missing("ipMasq", "ipMasq"));
+        }
+        if self.forward_rules() {
+            return Err(netfilter::nft_missing(
+                "accepting pod traffic in the host's forward chains",
+                "forwardRules",
+            ));
+        }
+        Ok(())
+    }
+
+    /// STATUS of what ADD needs for ipMasq and `forwardRules`, creating nothing: `nft` is found
+    /// and nf_tables answers.
+    pub fn netfilter_status(&self) -> Result<()> {
+        if !self.ip_masq && !self.forward_rules() {
+            return Ok(());
+        }
+        let mut nf = Netfilter::new()?;
+        if self.ip_masq {
+            masq::available(&mut nf, &self.conf.name)?;
+        }
+        if self.forward_rules() {
+            forward::available(&mut nf)?;
+        }
+        Ok(())
     }
 }
 
@@ -655,7 +828,7 @@ mod tests {
             "flanneld does not masquerade (FLANNEL_IPMASQ=false): the plugin does"
         );
         assert_eq!(
-            n.cluster_networks(),
+            n.cluster_networks().unwrap(),
             vec!["10.244.0.0/16".parse::<IpNetwork>().unwrap()]
         );
         // The config's own keys win.
@@ -665,6 +838,66 @@ mod tests {
         let n = Network::load(&args(&c2, ""), Need::Required).unwrap();
         assert!(!n.ip_masq);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn cluster_space_is_subnet_file_peers_and_cluster_networks() {
+        let d = temp_dir("space");
+        let sf = d.join("subnet.env");
+        std::fs::write(
+            &sf,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        // Explicit ipam, mtu and ipMasq: loading does not need the file; the space reads it.
+        let conf = base(json!({
+            "subnetFile": sf, "mtu": 1400, "ipMasq": true,
+            "peers": [{"nodeIP": "10.0.0.2", "podCIDR": "10.50.2.0/24"}],
+            "clusterNetworks": ["10.96.0.0/12", "fd00:96::/108"],
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "10.2.0.0/24"}]]}
+        }));
+        let n = Network::load(&args(&conf, ""), Need::Required).unwrap();
+        let space: Vec<String> = n
+            .cluster_networks()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            space,
+            [
+                "10.244.0.0/16",
+                "10.50.2.0/24",
+                "10.96.0.0/12",
+                "fd00:96::/108"
+            ]
+        );
+        let ranges: Vec<String> = n
+            .pod_ranges()
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(ranges, ["10.1.0.0/24", "10.2.0.0/24"], "every range set");
+        assert!(n.forward_rules(), "forward rules default on");
+        // An exec'd IPAM declares no ranges.
+        let mut c2 = conf.clone();
+        c2["ipam"] = json!({"type": "dhcp"});
+        let n = Network::load(&args(&c2, ""), Need::Required).unwrap();
+        assert_eq!(n.pod_ranges().unwrap(), None);
+        std::fs::remove_dir_all(&d).unwrap();
+        for bad in [
+            json!({"clusterNetworks": ["10.96.0.0/33"]}),
+            json!({"clusterNetworks": "10.96.0.0/12"}),
+            json!({"clusterNetworks": ["ten"]}),
+            json!({"forwardRules": "yes"}),
+        ] {
+            let e = Network::load(&args(&base(bad.clone()), ""), Need::Required).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            let key = bad.as_object().unwrap().keys().next().unwrap().clone();
+            assert!(e.msg.contains(&key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ struct BridgeHostGw;
 impl Plugin for BridgeHostGw {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
+        net.preflight_node_rules()?;
         let pod_ns = open_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::default();
@@ -76,7 +77,7 @@ impl Plugin for BridgeHostGw {
 
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets)?;
-        net.ensure_masq(&subnets)?;
+        net.ensure_node_rules(&subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
@@ -141,7 +142,8 @@ impl Plugin for BridgeHostGw {
         net.ipam_check(args)?;
         let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
         net.check_peers(&mut node, &subnets)?;
-        net.check_masq(&subnets)
+        net.check_node_rules(&subnets);
+        Ok(())
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<()> {
@@ -165,6 +167,7 @@ impl Plugin for BridgeHostGw {
         // The bridge exists as a bridge, or its name is free for ADD to take.
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
         net.default_mtu(&mut node).map_err(unavailable)?;
+        net.netfilter_status().map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)
     }
 }

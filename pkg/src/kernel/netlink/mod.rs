@@ -16,6 +16,7 @@ mod bridge_port;
 mod error;
 mod link;
 mod neigh;
+pub mod netfilter;
 mod route;
 mod socket;
 

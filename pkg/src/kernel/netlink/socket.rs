@@ -1,5 +1,7 @@
-//! The NETLINK_ROUTE socket: one request at a time, sequence-checked replies, ACK/error/extack
-//! decoding, bounded retry of interrupted dumps.
+//! The netlink socket: one request at a time, sequence-checked replies, ACK/error/extack
+//! decoding, bounded retry of interrupted dumps. NETLINK_ROUTE requests are built from
+//! netlink-packet-route messages; other families (NETLINK_NETFILTER) hand in raw messages and
+//! share the same framing, sequencing and error decoding.
 
 use std::os::fd::AsRawFd;
 
@@ -8,6 +10,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+
+pub(crate) use netlink_sys::protocols::NETLINK_NETFILTER;
 use nix::libc;
 
 use super::attr::Attrs;
@@ -30,7 +34,7 @@ pub const DUMP_RETRIES: u32 = 5;
 /// Initial receive buffer; grown on demand when a datagram is larger (peeked first).
 const RX_INITIAL: usize = 32 * 1024;
 
-/// A bound NETLINK_ROUTE socket with its request/reply buffers and sequence counter.
+/// A bound netlink socket (NETLINK_ROUTE unless opened with [`NlSocket::open_protocol`]) with its request/reply buffers and sequence counter.
 pub(crate) struct NlSocket {
     sock: Socket,
     seq: u32,
@@ -45,7 +49,13 @@ impl NlSocket {
     /// Opens and binds a NETLINK_ROUTE socket in the calling thread's network namespace, with
     /// extended ACKs, capped ACKs and strict checking enabled where the kernel supports them.
     pub(crate) fn open() -> NlResult<NlSocket> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        NlSocket::open_protocol(NETLINK_ROUTE)
+    }
+
+    /// Opens and binds a socket of netlink `protocol` (e.g. [`NETLINK_NETFILTER`]) in the
+    /// calling thread's network namespace, with the same options as [`NlSocket::open`].
+    pub(crate) fn open_protocol(protocol: isize) -> NlResult<NlSocket> {
+        let mut sock = Socket::new(protocol)?;
         sock.bind_auto()?;
         // Optional features: older kernels lack them; failures there are harmless.
         let _ = sock.set_ext_ack(true);
@@ -81,11 +91,21 @@ impl NlSocket {
         nl.serialize(&mut self.tx);
     }
 
-    /// Sends the encoded request under a fresh sequence number; returns that number.
+    /// Sends the encoded request under a fresh sequence number, written into every message of
+    /// the buffer (a batch is several messages); returns that number.
     fn transmit(&mut self) -> NlResult<u32> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.tx[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let mut off = 0;
+        while off + NLMSG_HDRLEN <= self.tx.len() {
+            self.tx[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
+            let t = &self.tx[off..off + 4];
+            let len = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]) as usize;
+            if len < NLMSG_HDRLEN {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
         loop {
             let n = unsafe {
                 libc::send(
@@ -235,6 +255,45 @@ impl NlSocket {
         parse: &mut dyn FnMut(u16, &[u8]) -> Option<T>,
     ) -> NlResult<Vec<T>> {
         self.encode(msg, NLM_F_REQUEST | NLM_F_DUMP);
+        let mut out = Vec::new();
+        for _ in 0..=DUMP_RETRIES {
+            out.clear();
+            let seq = self.transmit()?;
+            let interrupted = self.collect(seq, &mut |ty, p| {
+                if let Some(v) = parse(ty, p) {
+                    out.push(v);
+                }
+                Ok(())
+            })?;
+            if !interrupted {
+                return Ok(out);
+            }
+        }
+        Err(NetlinkErrorKind::DumpInterrupted(DUMP_RETRIES + 1).into())
+    }
+}
+
+impl NlSocket {
+    /// Sends `msgs` (complete netlink messages of this socket's family, sequence left 0) under
+    /// one fresh sequence number and reads the replies as [`NlSocket::request`] does: data
+    /// messages go to `handler`, the first ACK or error ends it. For a batch, ask for an ACK on
+    /// its last message only: any failing message is answered with an error first.
+    pub(crate) fn request_raw(&mut self, msgs: &[u8], handler: Handler<'_>) -> NlResult<()> {
+        self.tx.clear();
+        self.tx.extend_from_slice(msgs);
+        let seq = self.transmit()?;
+        self.collect(seq, handler).map(|_| ())
+    }
+
+    /// Dumps with the raw request `msg` (which carries NLM_F_DUMP), keeping what `parse` makes
+    /// of each message; interrupted dumps are redone as in [`NlSocket::dump`].
+    pub(crate) fn dump_raw<T>(
+        &mut self,
+        msg: &[u8],
+        parse: &mut dyn FnMut(u16, &[u8]) -> Option<T>,
+    ) -> NlResult<Vec<T>> {
+        self.tx.clear();
+        self.tx.extend_from_slice(msg);
         let mut out = Vec::new();
         for _ in 0..=DUMP_RETRIES {
             out.clear();
