@@ -11,8 +11,11 @@ use twill::cni::types::parse_netconf;
 use twill::flannel::subnet_file::{self, SubnetFile};
 use twill::ipam::host_local::{self, HostLocal};
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
+use twill::node::host_gw::HostGw;
 use twill::node::masq;
-use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
+use twill::node::peers::{PeersConf, ViewSource};
+use twill::node::reconcile::{self, Inputs, Reconciled, Report};
+use twill::node::state::StateFile;
 use twill::pod::bridge;
 use twill::{CmdArgs, CniResult, Error, NetConf, Result, code};
 
@@ -80,9 +83,12 @@ pub struct Network {
     pub subnet: Option<SubnetFile>,
     /// `"ipam": {}`: a layer-2 only network, no addresses (as the reference bridge allows).
     pub l2_only: bool,
-    /// The cluster view (`peers` / `peersFile`), read once for ADD, CHECK and STATUS; None
-    /// when the config has neither (no peer routes are managed then).
-    pub view: Option<ClusterView>,
+    /// Where the cluster view comes from (`peers` / `peersFile`); None when the config has
+    /// neither (no peer routes are managed then). It is read by the reconcile, under its lock.
+    pub view: Option<ViewSource>,
+    /// The pod ranges this network owns on the node (host-local's configured ranges): a view
+    /// entry with one of them is this node.
+    pub own_ranges: Vec<IpNetwork>,
     /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
     /// `MAC`.
     pub pod_mac: Option<MacAddr>,
@@ -103,8 +109,9 @@ impl Network {
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
     ///
     /// For [`Need::Required`] everything that can be checked before touching the node is: a
-    /// host-local `ipam` section, the pod MAC and the cluster view (`peersFile` read here), so
-    /// bad input changes nothing.
+    /// host-local `ipam` section, the pod MAC and where the cluster view comes from, so bad
+    /// input changes nothing. The view itself is not read here: a bad or unreadable view never
+    /// fails ADD (see [`Network::reconcile_peers`]).
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
@@ -147,20 +154,18 @@ impl Network {
             .ip_masq
             .unwrap_or_else(|| subnet.as_ref().is_some_and(|s| !s.ip_masq));
         let (pod_mac, view) = match need {
-            Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.view()?),
+            Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.source()?),
             Need::Release => (None, None),
         };
-        if let Some(view) = &view {
-            // Host-gw needs each peer's pod CIDR reachable via a node IP of its own family:
-            // refuse a view that cannot be routed before anything on the node changes.
-            let peers: Vec<_> = view.peers().iter().collect();
-            RouteMode::HostGw.desired(&peers)?;
-        }
+        let mut own_ranges = Vec::new();
         if need == Need::Required
             && !l2_only
             && twill::ipam::ipam_type(&conf)? == twill::ipam::HOST_LOCAL
         {
-            HostLocal::from_netconf(&conf)?;
+            let hl = HostLocal::from_netconf(&conf)?;
+            for set in &hl.config().range_sets {
+                own_ranges.extend(set.ranges.iter().map(|r| r.subnet));
+            }
         }
         let k = &conf.plugin;
         Ok(Network {
@@ -174,6 +179,7 @@ impl Network {
             l2_only,
             pod_mac,
             view,
+            own_ranges,
             conf,
         })
     }
@@ -287,52 +293,112 @@ impl Network {
     }
 
     /// Makes the node's routes to the other nodes' pod subnets match the cluster view
-    /// (host-gw), skipping all kernel work when the view's fingerprint is unchanged. No view
-    /// configured: nothing to do.
-    pub fn reconcile_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = &self.view else {
+    /// (host-gw), skipping all other kernel work when the view's fingerprint is unchanged and
+    /// twill's routes are all still there. Skipped entries, an unreadable view and refused
+    /// routes are reported on stderr and never fail the ADD (STATUS answers for them); only
+    /// a state file or kernel listing that fails is an error. No view configured: nothing.
+    pub fn reconcile_peers(&self, node: &mut Netlink, pod_subnets: &[IpNetwork]) -> Result<()> {
+        let Some(source) = &self.view else {
             return Ok(());
         };
         let state = self.peer_state(node)?;
-        peers::reconcile(node, &state, view, own, &RouteMode::HostGw)?;
+        let own = self.own_ranges_with(pod_subnets);
+        let inputs = Inputs {
+            source,
+            own_ranges: &own,
+            plane: &HostGw,
+        };
+        if let Reconciled::Applied(report) = reconcile::reconcile(node, &state, &inputs)? {
+            self.warn(&report.warnings());
+        }
         Ok(())
     }
 
-    /// CHECK of the peer routes: the node's routes are what [`Network::reconcile_peers`]
-    /// would leave (code 105 naming the difference).
-    pub fn check_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = &self.view else {
+    /// CHECK of the peer routes: drift is node state that the next ADD repairs, not a broken
+    /// attachment, so it is reported on stderr and CHECK goes on.
+    pub fn check_peers(&self, node: &mut Netlink, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if let Some(report) = self.verify_peers(node, pod_subnets)? {
+            let p = &report.plan;
+            let mut what: Vec<String> = Vec::new();
+            what.extend(p.apply.iter().map(|o| format!("missing {o}")));
+            what.extend(p.remove.iter().map(|o| format!("stale {o}")));
+            if !what.is_empty() {
+                self.warn(&[format!(
+                    "peer routes differ from the cluster view (the next ADD repairs them): {}",
+                    what.join("; ")
+                )]);
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS of the cluster view: code 51 (limited connectivity) when the view cannot be read
+    /// or some of its entries cannot be used on this node, naming them and why.
+    pub fn view_status(&self, node: &mut Netlink) -> Result<()> {
+        let Some(report) = self.verify_peers(node, &[])? else {
             return Ok(());
         };
-        let state = self.peer_state(node)?;
-        let plan = peers::verify(node, &state, view, own, &RouteMode::HostGw)?;
-        if plan.is_empty() {
+        if let Some(u) = report.unreadable {
+            return Err(Error::new(code::LIMITED_CONNECTIVITY, u));
+        }
+        if report.skipped.is_empty() {
             return Ok(());
         }
-        let mut what = Vec::new();
-        what.extend(
-            plan.replace
-                .iter()
-                .map(|r| format!("missing {} via {:?}", r.dst, r.gateway)),
-        );
-        what.extend(plan.delete.iter().map(|r| format!("stale {}", r.dst)));
-        what.extend(
-            plan.conflicts
-                .iter()
-                .map(|r| format!("foreign route on {}", r.dst)),
-        );
+        let list: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         Err(Error::new(
-            code::CHECK_FAILED,
+            code::LIMITED_CONNECTIVITY,
             format!(
-                "peer routes differ from the cluster view: {}",
-                what.join("; ")
+                "{} of the cluster view cannot be used on this node: {}",
+                if list.len() == 1 {
+                    "1 entry".to_string()
+                } else {
+                    format!("{} entries", list.len())
+                },
+                list.join("; ")
             ),
         ))
     }
 
+    fn verify_peers(
+        &self,
+        node: &mut Netlink,
+        pod_subnets: &[IpNetwork],
+    ) -> Result<Option<Report>> {
+        let Some(source) = &self.view else {
+            return Ok(None);
+        };
+        let state = self.peer_state(node)?;
+        let own = self.own_ranges_with(pod_subnets);
+        let inputs = Inputs {
+            source,
+            own_ranges: &own,
+            plane: &HostGw,
+        };
+        reconcile::verify(node, &state, &inputs).map(Some)
+    }
+
+    /// The configured ranges plus the pod's own subnets (an IPAM that is not host-local only
+    /// tells them through its result), sorted, without duplicates.
+    fn own_ranges_with(&self, pod_subnets: &[IpNetwork]) -> Vec<IpNetwork> {
+        let mut own: Vec<IpNetwork> = self.own_ranges.iter().chain(pod_subnets).copied().collect();
+        own.sort();
+        own.dedup();
+        own
+    }
+
+    fn warn(&self, lines: &[String]) {
+        for l in lines {
+            eprintln!("bridge-host-gw: network {:?}: {l}", self.conf.name);
+        }
+    }
+
     fn peer_state(&self, node: &mut Netlink) -> Result<StateFile> {
-        let cookie = node.netns_cookie()?;
-        StateFile::new(self.conf.plugin.peers.run_dir(), &self.conf.name, cookie)
+        StateFile::new(
+            self.conf.plugin.peers.run_dir(),
+            &self.conf.name,
+            node.netns_key()?,
+            node.netns_inode()?,
+        )
     }
 
     /// ipMasq: the network's masquerade rule set exists (one netfilter request when it does).

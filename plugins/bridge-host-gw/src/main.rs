@@ -148,7 +148,8 @@ impl Plugin for BridgeHostGw {
         let net = Network::load(args, Need::Required).map_err(unavailable)?;
         let mut node = Netlink::new()?;
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
-        net.ipam_status(args).map_err(unavailable)
+        net.ipam_status(args).map_err(unavailable)?;
+        net.view_status(&mut node).map_err(unavailable)
     }
 }
 
