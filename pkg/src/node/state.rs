@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
 use crate::node::reconcile::Object;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,10 +160,14 @@ impl StateFile {
                 NetnsKey::Cookie(_) => read_state(&path).and_then(|(_, i)| i).map(|i| i.1),
             };
             // A file that does not say its namespace is left alone.
-            if let Some(ino) = ino
-                && !live.contains(&ino)
-                && std::fs::remove_file(&path).is_ok()
-            {
+            let Some(ino) = ino else { continue };
+            let dead = match (live.get(&ino), key) {
+                (None, _) => true,
+                // The inode was reused by a younger namespace: cookies are never reused.
+                (Some(p), NetnsKey::Cookie(c)) => cookie_at(p).is_some_and(|now| now != c),
+                (Some(_), NetnsKey::Inode { .. }) => false,
+            };
+            if dead && std::fs::remove_file(&path).is_ok() {
                 removed.push(path);
                 dead_keys.insert(key);
             }
@@ -221,26 +225,57 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
     Some((state, inode))
 }
 
-/// The inode numbers of every network namespace that exists for this mount namespace's
-/// view: those of processes (`/proc/<pid>/ns/net`) and those held by nsfs mounts
-/// (`ip netns add`, runtimes' pinned namespaces).
-fn live_netns_inodes() -> BTreeSet<u64> {
+/// The cookie of the namespace at `path` (None when it cannot be told: then it counts as live).
+fn cookie_at(path: &Path) -> Option<u64> {
+    crate::kernel::netns::Netns::open(path).ok()?.cookie().ok()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Every network namespace that exists for this mount namespace's view, by inode, with a
+/// path that opens it: those of processes (`/proc/<pid>/ns/net`) and those held by nsfs
+/// mounts (`ip netns add`, runtimes' pinned namespaces).
+fn live_netns_inodes() -> BTreeMap<u64, PathBuf> {
     let inode_of = |s: &str| {
         s.strip_prefix("net:[")
             .and_then(|r| r.strip_suffix(']'))
             .and_then(|n| n.parse::<u64>().ok())
     };
-    let mut live = BTreeSet::new();
+    let mut live = BTreeMap::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let name = e.file_name();
             if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
                 continue;
             }
-            if let Ok(link) = std::fs::read_link(e.path().join("ns/net"))
+            let path = e.path().join("ns/net");
+            if let Ok(link) = std::fs::read_link(&path)
                 && let Some(i) = link.to_str().and_then(inode_of)
             {
-                live.insert(i);
+                live.entry(i).or_insert(path);
             }
         }
     }
@@ -249,10 +284,11 @@ fn live_netns_inodes() -> BTreeSet<u64> {
             // "id parent maj:min root mountpoint opts [optional...] - fstype source super"
             let mut f = line.split(' ');
             let root = f.nth(3);
+            let point = f.next();
             if line.contains(" - nsfs ")
-                && let Some(i) = root.and_then(inode_of)
+                && let (Some(i), Some(p)) = (root.and_then(inode_of), point)
             {
-                live.insert(i);
+                live.insert(i, unescape_mount_path(p));
             }
         }
     }
@@ -353,19 +389,27 @@ mod tests {
     fn prune_removes_only_files_of_namespaces_that_are_gone() {
         let dir = TempDir::new("prune");
         let own_ns = crate::kernel::netns::Netns::current().unwrap().id();
-        let me = StateFile::new(&dir.0, "n", NetnsKey::Cookie(1), own_ns).unwrap();
+        let me = StateFile::new(&dir.0, "n", NetnsKey::Cookie(u64::MAX), own_ns).unwrap();
         me.write(&NodeState::default()).unwrap();
         assert!(me.prune_dead().is_empty());
-        // This process's namespace lives, under either key kind; inode 1 is no namespace.
-        let alive = StateFile::new(&dir.0, "n", NetnsKey::Cookie(2), own_ns).unwrap();
+        // This process's namespace lives, under either key kind; inode 1 is no namespace; a
+        // cookie that is not the one of the namespace now at the recorded inode is gone too.
+        let cookie = crate::kernel::netns::Netns::current()
+            .unwrap()
+            .cookie()
+            .unwrap();
+        let alive = StateFile::new(&dir.0, "n", NetnsKey::Cookie(cookie), own_ns).unwrap();
         alive.write(&NodeState::default()).unwrap();
+        let reused = StateFile::new(&dir.0, "r", NetnsKey::Cookie(cookie + 1), own_ns).unwrap();
+        reused.write(&NodeState::default()).unwrap();
         let by_inode = NetnsKey::Inode {
             dev: own_ns.0,
             ino: own_ns.1,
         };
         let alive2 = StateFile::new(&dir.0, "m", by_inode, own_ns).unwrap();
         alive2.write(&NodeState::default()).unwrap();
-        let dead = StateFile::new(&dir.0, "n", NetnsKey::Cookie(3), (own_ns.0, 1)).unwrap();
+        let dead_key = NetnsKey::Cookie(cookie + 7);
+        let dead = StateFile::new(&dir.0, "d", dead_key, (own_ns.0, 1)).unwrap();
         dead.write(&NodeState::default()).unwrap();
         let _l = dead.lock().unwrap();
         let dead2 =
@@ -373,10 +417,16 @@ mod tests {
         dead2.write(&NodeState::default()).unwrap();
         let mut removed = me.prune_dead();
         removed.sort();
-        let mut want = vec![dead.path().to_path_buf(), dead2.path().to_path_buf()];
+        let mut want = vec![
+            dead.path().to_path_buf(),
+            dead2.path().to_path_buf(),
+            reused.path().to_path_buf(),
+        ];
         want.sort();
         assert_eq!(removed, want);
-        assert!(me.path().exists() && alive.path().exists() && alive2.path().exists());
-        assert!(!dir.0.join(".lock.c0000000000000003").exists());
+        for kept in [&me, &alive, &alive2] {
+            assert!(kept.path().exists(), "{}", kept.path().display());
+        }
+        assert!(!dir.0.join(format!(".lock.{dead_key}")).exists());
     }
 }
