@@ -451,3 +451,27 @@ fn check_succeeds_on_peer_route_drift_and_reports_it_on_stderr() {
     assert!(out.stderr.is_empty(), "no drift left\n{out}");
     del_all(&[&p, &q]);
 }
+
+/// A peer skipped as off-link is looked at again by every ADD: once the node has an address
+/// on that peer's segment, the next ADD routes it (no stale "unchanged" fast path).
+#[test]
+fn an_off_link_peer_is_routed_once_the_node_joins_its_segment() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let mut view = c.peers(|_| true);
+    view.as_array_mut()
+        .expect("list")
+        .push(json!({"nodeIP": "10.98.0.5", "podCIDR": "10.244.50.0/24"}));
+    write(&node.peers_file, &view.to_string());
+    let (p1, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+    assert!(out.success(), "{out}");
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0), "{out}");
+    node.ns.ip(&["addr", "add", "10.98.0.1/24", "dev", "eth0"]);
+    let (p2, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+    assert!(out.success(), "{out}");
+    let mut want = c.expected_peer_routes(0);
+    want.insert(route("10.244.50.0/24", "10.98.0.5"));
+    assert_eq!(peer_routes(&node.ns), want, "{out}");
+    plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
+    del_all(&[&p1, &p2]);
+}

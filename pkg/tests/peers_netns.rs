@@ -17,8 +17,8 @@ use twill::kernel::netns::NetnsKey;
 use twill::node::host_gw::HostGw;
 use twill::node::peers::{Peer, ViewSource};
 use twill::node::reconcile::{
-    DataPlane, Found, Inputs, Kind, NodeKernel, Object, Reconciled, Report, VxlanDevice, reconcile,
-    verify,
+    DataPlane, Found, Inputs, Kind, NodeKernel, Object, Reconciled, Reject, Report, VxlanDevice,
+    reconcile, verify,
 };
 use twill::node::state::StateFile;
 
@@ -426,6 +426,13 @@ fn off_link_peers_are_skipped_and_refused_routes_retried() {
         node.twill_routes()
             .contains(&pair("10.244.4.0/24", "192.168.78.2"))
     );
+    // The off-link peer is looked at again on every call (the node may gain an address on
+    // its subnet), and routed once the node is on its segment.
+    assert_eq!(applied(run(&mut nl, &st, &view)).skipped.len(), 1);
+    node.ip(&["addr", "add", "172.31.0.1/24", "dev", "under0"]);
+    let r = applied(run(&mut nl, &st, &view));
+    assert!(r.skipped.is_empty() && r.failures.is_empty(), "{r:?}");
+    assert_eq!(node.twill_routes().len(), 3);
     assert_eq!(run(&mut nl, &st, &view), Reconciled::Unchanged);
 }
 
@@ -439,8 +446,11 @@ impl DataPlane for VxlanLike {
     fn owns(&self) -> &'static [Kind] {
         &[Kind::Device, Kind::Fdb, Kind::Neighbour]
     }
-    fn reject(&self, p: &Peer, _: &[IpNetwork]) -> Option<String> {
-        p.vtep_mac.is_none().then(|| "no vtepMAC".to_string())
+    fn reject(&self, p: &Peer, _: &[IpNetwork]) -> Option<Reject> {
+        p.vtep_mac.is_none().then(|| Reject {
+            reason: "no vtepMAC".to_string(),
+            depends_on_node: false,
+        })
     }
     fn desired(&self, peers: &[&Peer]) -> Vec<Object> {
         let mut out = vec![Object::Vxlan(VxlanDevice {

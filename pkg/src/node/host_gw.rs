@@ -3,7 +3,7 @@
 //! family; an entry that is not is skipped, with its reason.
 
 use crate::node::peers::Peer;
-use crate::node::reconcile::{DataPlane, Kind, Object, PeerRoute};
+use crate::node::reconcile::{DataPlane, Kind, Object, PeerRoute, Reject};
 use ipnetwork::IpNetwork;
 
 /// host-gw: routes only, via the peers' node IPs.
@@ -19,26 +19,34 @@ impl DataPlane for HostGw {
         &[Kind::Route]
     }
 
-    fn reject(&self, p: &Peer, local: &[IpNetwork]) -> Option<String> {
+    fn reject(&self, p: &Peer, local: &[IpNetwork]) -> Option<Reject> {
         if p.node_ip.is_ipv4() != p.pod_cidr.is_ipv4() {
-            return Some(format!(
+            let reason = format!(
                 "host-gw cannot route podCIDR {} via nodeIP {} (different IP families): list an \
                  IPv{} nodeIP for it",
                 p.pod_cidr,
                 p.node_ip,
                 if p.pod_cidr.is_ipv4() { 4 } else { 6 }
-            ));
+            );
+            return Some(Reject {
+                reason,
+                depends_on_node: false,
+            });
         }
         let on_link = local.iter().any(|a| {
             let host_only = a.prefix() == if a.is_ipv4() { 32 } else { 128 };
             !host_only && a.contains(p.node_ip)
         });
         if !on_link {
-            return Some(format!(
+            let reason = format!(
                 "nodeIP {} is on no subnet of this node: host-gw needs the nodes on one L2 \
                  segment (use an overlay for nodes behind a router)",
                 p.node_ip
-            ));
+            );
+            return Some(Reject {
+                reason,
+                depends_on_node: true,
+            });
         }
         None
     }
@@ -84,10 +92,20 @@ mod tests {
         let fam = HostGw
             .reject(&peer("10.0.0.2", "fd10:2::/64"), &local)
             .unwrap();
-        assert!(fam.contains("IPv6 nodeIP"), "{fam}");
+        assert!(
+            fam.reason.contains("IPv6 nodeIP") && !fam.depends_on_node,
+            "{fam:?}"
+        );
         for off in ["10.0.1.2", "10.9.9.10"] {
             let why = HostGw.reject(&peer(off, "10.244.3.0/24"), &local).unwrap();
-            assert!(why.contains(off) && why.contains("L2"), "{why}");
+            assert!(
+                why.reason.contains(off) && why.reason.contains("L2"),
+                "{why:?}"
+            );
+            assert!(
+                why.depends_on_node,
+                "an address may bring the node onto that segment"
+            );
         }
     }
 }

@@ -295,9 +295,19 @@ pub trait DataPlane {
     /// The kinds of object it owns (listed and compared by [`reconcile`]).
     fn owns(&self) -> &'static [Kind];
     /// Why this plane cannot serve `peer` from a node with addresses `local`; `None` if it can.
-    fn reject(&self, peer: &Peer, local: &[IpNetwork]) -> Option<String>;
+    fn reject(&self, peer: &Peer, local: &[IpNetwork]) -> Option<Reject>;
     /// The objects wanted for the accepted remote peers.
     fn desired(&self, peers: &[&Peer]) -> Vec<Object>;
+}
+
+/// Why a plane cannot serve a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// For a person: what is wrong and what to do.
+    pub reason: String,
+    /// The verdict depends on the node's current state (its addresses), not only on the
+    /// entry: while such a rejection stands, every reconcile looks again (no fast path).
+    pub depends_on_node: bool,
 }
 
 /// The inputs of a reconcile of one network.
@@ -418,6 +428,9 @@ pub fn reconcile(
     let _lock = state.lock()?;
     let prev = state.read();
     let mut report = Report::default();
+    // Some plane rejections depend on the node (its addresses), not only on the inputs: while
+    // there are any, the fingerprint is not recorded, so every call looks again.
+    let mut node_dependent = false;
     let (desired, fp) = match inputs.source.bytes().and_then(|b| {
         let view = ClusterView::parse(&b, inputs.source)?;
         Ok((view, fingerprint(&b, inputs.own_ranges, inputs.plane)))
@@ -427,8 +440,9 @@ pub fn reconcile(
                 return Ok(Reconciled::Unchanged); // applied by another call meanwhile
             }
             let local = k.local_addrs()?;
-            let (desired, skipped) = wanted(&view, inputs, &local);
+            let (desired, skipped, rejected) = wanted(&view, inputs, &local);
             report.skipped = skipped;
+            node_dependent = rejected;
             (desired, Some(fp))
         }
         Err(e) => {
@@ -464,7 +478,7 @@ pub fn reconcile(
             report.failures.push(format!("could not remove {o}: {e}"));
         }
     }
-    let complete = plan.conflicts.is_empty() && report.failures.is_empty();
+    let complete = plan.conflicts.is_empty() && report.failures.is_empty() && !node_dependent;
     state.write(&NodeState {
         fingerprint: fp.filter(|_| complete),
         installed: desired,
@@ -482,7 +496,7 @@ pub fn verify(k: &mut dyn NodeKernel, state: &StateFile, inputs: &Inputs<'_>) ->
     let desired = match inputs.source.read() {
         Ok(view) => {
             let local = k.local_addrs()?;
-            let (desired, skipped) = wanted(&view, inputs, &local);
+            let (desired, skipped, _) = wanted(&view, inputs, &local);
             report.skipped = skipped;
             desired
         }
@@ -500,27 +514,32 @@ pub fn verify(k: &mut dyn NodeKernel, state: &StateFile, inputs: &Inputs<'_>) ->
     Ok(report)
 }
 
-/// The objects the plane wants for `view` on a node with addresses `local`, and every entry
-/// skipped on the way (by the view, by the selection, by the plane).
+/// The objects the plane wants for `view` on a node with addresses `local`, every entry
+/// skipped on the way (by the view, by the selection, by the plane), and whether a plane
+/// rejection depends on the node (a verdict that may change with its addresses).
 fn wanted(
     view: &ClusterView,
     inputs: &Inputs<'_>,
     local: &[IpNetwork],
-) -> (Vec<Object>, Vec<Skipped>) {
+) -> (Vec<Object>, Vec<Skipped>, bool) {
     let sel = view.select(inputs.own_ranges, local);
     let mut skipped = sel.skipped;
+    let mut node_dependent = false;
     let mut remote = Vec::with_capacity(sel.remote.len());
     for p in sel.remote {
         match inputs.plane.reject(p, local) {
             None => remote.push(p),
-            Some(reason) => skipped.push(Skipped {
-                entry: p.to_json().to_string(),
-                reason,
-            }),
+            Some(r) => {
+                node_dependent |= r.depends_on_node;
+                skipped.push(Skipped {
+                    entry: p.to_json().to_string(),
+                    reason: r.reason,
+                });
+            }
         }
     }
     skipped.sort();
-    (inputs.plane.desired(&remote), skipped)
+    (inputs.plane.desired(&remote), skipped, node_dependent)
 }
 
 /// True when the kernel holds every object of `installed` (one owned-listing per kind).
