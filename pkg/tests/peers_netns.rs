@@ -526,3 +526,35 @@ fn a_plane_owning_a_device_fdb_and_neighbours_is_applied_by_the_same_reconcile()
     let neigh = node.ip(&["neigh", "show", "dev", "twvx0"]);
     assert!(!neigh.contains("10.244.3.0"), "{neigh}");
 }
+
+#[test]
+fn routes_recorded_by_the_previous_state_format_are_taken_over_and_cleaned_up() {
+    let node = Node::new();
+    let mut nl = node.netlink();
+    let proto = TWILL_PROTO.to_string();
+    for (dst, gw) in [
+        ("10.244.2.0/24", "192.168.77.2"),
+        ("10.244.5.0/24", "192.168.77.5"),
+    ] {
+        node.ip(&["route", "add", dst, "via", gw, "proto", &proto]);
+    }
+    let NetnsKey::Cookie(cookie) = nl.netns_key().unwrap() else {
+        panic!("this kernel has SO_NETNS_COOKIE")
+    };
+    std::fs::create_dir_all(&node.run_dir).unwrap();
+    let legacy = node.run_dir.join(format!("old.peers.{cookie:016x}"));
+    std::fs::write(&legacy, "00000000000000aa\n10.244.2.0/24\n10.244.5.0/24\n").unwrap();
+    std::fs::write(node.run_dir.join("old.peers.lock"), "").unwrap();
+    let st = node.state("old");
+    // The new view no longer lists 10.244.5.0/24: the old network's route to it goes.
+    let view = inline(json!([entry("192.168.77.2", "10.244.2.0/24")]));
+    let r = applied(run(&mut nl, &st, &view));
+    assert!(r.plan.apply.is_empty(), "{r:?}");
+    assert_eq!(r.plan.remove.len(), 1, "{r:?}");
+    assert_eq!(
+        node.twill_routes(),
+        [pair("10.244.2.0/24", "192.168.77.2")].into()
+    );
+    assert!(!legacy.exists() && !node.run_dir.join("old.peers.lock").exists());
+    assert_eq!(run(&mut nl, &st, &view), Reconciled::Unchanged);
+}

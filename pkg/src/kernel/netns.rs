@@ -146,32 +146,51 @@ impl Netns {
     /// The namespace cookie (SO_NETNS_COOKIE of a socket made inside it): a 64-bit id the
     /// kernel never reuses within a boot, unlike inode numbers. Kernel >= 5.14.
     pub fn cookie(&self) -> Result<u64> {
-        let sock = self
-            .run(|| {
-                let fd = unsafe {
-                    libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-                };
-                if fd < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-                }
-            })?
+        self.socket_inside()
+            .and_then(|s| socket_netns_cookie(s.as_raw_fd()))
             .map_err(|e| {
                 Error::io(
-                    format!("socket in network namespace {}", self.path.display()),
+                    format!(
+                        "SO_NETNS_COOKIE of network namespace {}",
+                        self.path.display()
+                    ),
                     e,
                 )
-            })?;
-        socket_netns_cookie(sock.as_raw_fd()).map_err(|e| {
-            Error::io(
-                format!(
-                    "SO_NETNS_COOKIE of network namespace {}",
-                    self.path.display()
-                ),
+            })
+    }
+
+    /// The key naming this namespace in state files: its cookie, or on kernels without
+    /// SO_NETNS_COOKIE its nsfs identity ([`Netns::id`]). Equal to
+    /// [`crate::kernel::netlink::Netlink::netns_key`] of a socket in the same namespace.
+    pub fn key(&self) -> Result<NetnsKey> {
+        match self
+            .socket_inside()
+            .and_then(|s| socket_netns_cookie(s.as_raw_fd()))
+        {
+            Ok(c) => Ok(NetnsKey::Cookie(c)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(NetnsKey::Inode {
+                dev: self.dev,
+                ino: self.ino,
+            }),
+            Err(e) => Err(Error::io(
+                format!("identify network namespace {}", self.path.display()),
                 e,
-            )
+            )),
+        }
+    }
+
+    /// A datagram socket created inside this namespace (to ask the kernel about it).
+    fn socket_inside(&self) -> std::io::Result<OwnedFd> {
+        self.run(|| {
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
         })
+        .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
 
@@ -302,6 +321,7 @@ mod tests {
             socket_netns_key(sock.as_raw_fd()).unwrap(),
             NetnsKey::Cookie(ns.cookie().unwrap())
         );
+        assert_eq!(ns.key().unwrap(), NetnsKey::Cookie(ns.cookie().unwrap()));
         for k in [
             NetnsKey::Cookie(0xabc),
             NetnsKey::Inode {

@@ -426,7 +426,20 @@ pub fn reconcile(
         }
     }
     let _lock = state.lock()?;
-    let prev = state.read();
+    let mut prev = state.read();
+    // Upgrade from the previous state format: its destinations are this network's claims.
+    let legacy = if prev == NodeState::default() {
+        state.legacy_destinations()
+    } else {
+        None
+    };
+    if let Some(dsts) = &legacy {
+        prev.installed = k
+            .list_owned(Kind::Route)?
+            .into_iter()
+            .filter(|o| matches!(o, Object::Route(r) if dsts.contains(&r.dst)))
+            .collect();
+    }
     let mut report = Report::default();
     // Some plane rejections depend on the node (its addresses), not only on the inputs: while
     // there are any, the fingerprint is not recorded, so every call looks again.
@@ -483,6 +496,9 @@ pub fn reconcile(
         fingerprint: fp.filter(|_| complete),
         installed: desired,
     })?;
+    if legacy.is_some() {
+        state.remove_legacy();
+    }
     state.prune_dead();
     report.plan = plan;
     Ok(Reconciled::Applied(report))

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
 use crate::node::reconcile::Object;
+use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
@@ -39,6 +40,7 @@ pub struct StateFile {
     key: NetnsKey,
     inode: (u64, u64),
     path: PathBuf,
+    legacy: Option<PathBuf>,
 }
 
 /// The namespace-wide reconcile lock; released on drop.
@@ -58,6 +60,12 @@ impl StateFile {
             key,
             inode,
             path: run_dir.join(format!("{network}{STATE_INFIX}{key}")),
+            legacy: match key {
+                NetnsKey::Cookie(c) => {
+                    Some(run_dir.join(format!("{network}{STATE_INFIX}{c:016x}")))
+                }
+                NetnsKey::Inode { .. } => None,
+            },
         })
     }
 
@@ -105,6 +113,31 @@ impl StateFile {
                 Err(Error::io(format!("remove {}", self.path.display()), e))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// The destinations recorded by the previous state format (`<network>.peers.<cookie as 16
+    /// hex digits>`: a fingerprint line, then one destination per line), when this network
+    /// has such a file in this namespace: its claims, to be taken over on upgrade.
+    pub fn legacy_destinations(&self) -> Option<BTreeSet<IpNetwork>> {
+        let text = std::fs::read_to_string(self.legacy.as_ref()?).ok()?;
+        Some(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// Removes the previous format's state file and its per-network lock (claims taken over).
+    pub fn remove_legacy(&self) {
+        if let Some(l) = &self.legacy {
+            let _ = std::fs::remove_file(l);
+            if let Some(name) = l.file_name().and_then(|n| n.to_str())
+                && let Some((network, _)) = name.rsplit_once(STATE_INFIX)
+            {
+                let _ = std::fs::remove_file(self.dir.join(format!("{network}.peers.lock")));
+            }
         }
     }
 

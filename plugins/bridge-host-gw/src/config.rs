@@ -594,6 +594,43 @@ mod tests {
     }
 
     #[test]
+    fn view_source_is_kept_not_read_and_own_ranges_come_from_host_local() {
+        let conf = base(json!({
+            "peersFile": "/nonexistent/twill/peers.json",
+            "ipam": {"type": "host-local", "ranges": [
+                [{"subnet": "10.1.0.0/25"}, {"subnet": "10.1.0.128/25"}],
+                [{"subnet": "fd00:1::/64"}]
+            ]}
+        }));
+        let n = Network::load(&args(&conf, ""), Need::Required).unwrap();
+        assert_eq!(
+            n.view,
+            Some(ViewSource::File("/nonexistent/twill/peers.json".into()))
+        );
+        let r = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert_eq!(
+            n.own_ranges,
+            vec![r("10.1.0.0/25"), r("10.1.0.128/25"), r("fd00:1::/64")]
+        );
+        assert_eq!(
+            n.own_ranges_with(&[r("10.1.0.0/25"), r("10.9.0.0/24")]),
+            vec![
+                r("10.1.0.0/25"),
+                r("10.1.0.128/25"),
+                r("10.9.0.0/24"),
+                r("fd00:1::/64")
+            ]
+        );
+        // An inline view that is not a list is not a config error either.
+        let n = Network::load(
+            &args(&base(json!({"peers": {"nodeIP": "10.0.0.2"}})), ""),
+            Need::Required,
+        )
+        .unwrap();
+        assert!(matches!(n.view, Some(ViewSource::Inline(_))));
+    }
+
+    #[test]
     fn pod_mac_precedence() {
         let mac = |extra, env: &str| {
             Network::load(&args(&base(extra), env), Need::Required)
