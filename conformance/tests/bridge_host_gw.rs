@@ -622,8 +622,8 @@ fn add_failure_ifname_taken_leaves_nothing() {
     keep.run("DEL").assert_ok_empty();
 }
 
-/// A failure after the address was allocated (a peer whose node IP is not reachable, so its
-/// route cannot be installed): ADD rolls back the veth and the reservation.
+/// A failure after the address was allocated (a runDir that cannot be created, so the node's
+/// peer state cannot be recorded): ADD rolls back the veth and the reservation.
 #[test]
 fn add_failure_after_allocation_rolls_back() {
     let c = Cluster::new(Fabric::single_l2(2));
@@ -634,19 +634,15 @@ fn add_failure_after_allocation_rolls_back() {
     let routes_before = peer_routes(&node.ns);
 
     let mut bad = c.conf(0);
-    let obj = bad.as_object_mut().expect("object");
-    obj.remove("peersFile");
-    obj.insert(
-        "peers".into(),
-        json!([{"nodeIP": "192.0.2.77", "podCIDR": "10.244.77.0/24"}]),
-    );
+    let under_a_file = node.subnet_file.join("run");
+    bad["runDir"] = json!(under_a_file);
     let (pod, out) = node.try_add_pod(&plugin(), &bad, &unique_name("c"));
     let err = out
         .check_error_shape()
-        .unwrap_or_else(|e| panic!("ADD with an unreachable peer: {e}\n{out}"));
+        .unwrap_or_else(|e| panic!("ADD with an unusable runDir: {e}\n{out}"));
     assert!(
-        error_text(&err).contains("192.0.2.77"),
-        "error names the peer\n{out}"
+        error_text(&err).contains(&under_a_file.display().to_string()),
+        "error names the run dir\n{out}"
     );
     assert_eq!(tw_links(&node.ns), links, "no host veth left\n{out}");
     assert_eq!(state_without_cursors(node), state, "no reservation left");
