@@ -129,21 +129,21 @@ impl Object {
     }
 
     /// The kernel's key: two objects with one key cannot both exist (a write replaces).
-    pub fn key(&self) -> String {
+    pub fn key(&self) -> Key {
         match self {
-            Object::Route(r) => format!("route {} metric {}", r.dst, r.metric),
-            _ => self.claim(),
+            Object::Route(r) => Key::Route(r.dst, r.metric),
+            Object::Neighbour { dev, ip, .. } => Key::Neighbour(dev.clone(), *ip),
+            Object::Fdb { dev, mac, dst } => Key::Fdb(dev.clone(), *mac, *dst),
+            Object::Vxlan(d) => Key::Device(d.name.clone()),
         }
     }
 
     /// What a network claims by installing this object (routes: the destination, at any
     /// metric); another network never deletes an object whose claim it holds.
-    pub fn claim(&self) -> String {
+    pub fn claim(&self) -> Key {
         match self {
-            Object::Route(r) => format!("route {}", r.dst),
-            Object::Neighbour { dev, ip, .. } => format!("neigh {dev} {ip}"),
-            Object::Fdb { dev, mac, dst } => format!("fdb {dev} {mac} {dst}"),
-            Object::Vxlan(d) => format!("device {}", d.name),
+            Object::Route(r) => Key::Route(r.dst, 0),
+            _ => self.key(),
         }
     }
 
@@ -254,6 +254,20 @@ impl fmt::Display for Object {
             Object::Vxlan(d) => write!(f, "vxlan device {} (vni {})", d.name, d.vni),
         }
     }
+}
+
+/// Identifies objects for comparison: [`Object::key`] (the kernel's key) and
+/// [`Object::claim`] (what a network claims: for routes the destination at any metric, 0).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// Destination and metric.
+    Route(IpNetwork, u32),
+    /// Device and address.
+    Neighbour(String, IpAddr),
+    /// Device, MAC and remote.
+    Fdb(String, MacAddr, IpAddr),
+    /// Device name.
+    Device(String),
 }
 
 /// An object found in the kernel, and whether twill may own it (routes: protocol 116).
@@ -469,7 +483,7 @@ pub fn reconcile(
     for kind in kinds {
         found.extend(k.list(kind)?);
     }
-    let mine: BTreeSet<String> = prev.installed.iter().map(Object::claim).collect();
+    let mine: BTreeSet<Key> = prev.installed.iter().map(Object::claim).collect();
     let plan = plan(&desired, &found, &mine, &state.other_claims());
     if !plan.apply.is_empty() || !plan.remove.is_empty() {
         let mut pending: Vec<Object> = prev.installed.clone();
@@ -525,7 +539,7 @@ pub fn verify(k: &mut dyn NodeKernel, state: &StateFile, inputs: &Inputs<'_>) ->
     for kind in inputs.plane.owns() {
         found.extend(k.list(*kind)?);
     }
-    let mine: BTreeSet<String> = prev.installed.iter().map(Object::claim).collect();
+    let mine: BTreeSet<Key> = prev.installed.iter().map(Object::claim).collect();
     report.plan = plan(&desired, &found, &mine, &state.other_claims());
     Ok(report)
 }
@@ -563,7 +577,7 @@ fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
     let kinds: BTreeSet<Kind> = installed.iter().map(Object::kind).collect();
     for kind in kinds {
         let owned = k.list_owned(kind)?;
-        let mut by_key: BTreeMap<String, Vec<&Object>> = BTreeMap::new();
+        let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
         for o in &owned {
             by_key.entry(o.key()).or_default().push(o);
         }
@@ -586,15 +600,15 @@ fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
 pub fn plan(
     desired: &[Object],
     found: &[Found],
-    mine: &BTreeSet<String>,
-    others: &BTreeSet<String>,
+    mine: &BTreeSet<Key>,
+    others: &BTreeSet<Key>,
 ) -> Plan {
-    let mut by_key: BTreeMap<String, Vec<&Found>> = BTreeMap::new();
+    let mut by_key: BTreeMap<Key, Vec<&Found>> = BTreeMap::new();
     for f in found {
         by_key.entry(f.object.key()).or_default().push(f);
     }
-    let wanted_keys: BTreeSet<String> = desired.iter().map(Object::key).collect();
-    let wanted_claims: BTreeSet<String> = desired.iter().map(Object::claim).collect();
+    let wanted_keys: BTreeSet<Key> = desired.iter().map(Object::key).collect();
+    let wanted_claims: BTreeSet<Key> = desired.iter().map(Object::claim).collect();
     let mut plan = Plan::default();
     for want in desired {
         let here = by_key
@@ -860,8 +874,8 @@ mod tests {
             ours,
         }
     }
-    fn claims(c: &[&str]) -> BTreeSet<String> {
-        c.iter().map(|d| format!("route {d}")).collect()
+    fn claims(c: &[&str]) -> BTreeSet<Key> {
+        c.iter().map(|d| Key::Route(net(d), 0)).collect()
     }
 
     #[test]

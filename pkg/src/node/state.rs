@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
-use crate::node::reconcile::Object;
+use crate::node::reconcile::{Key, Object};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -159,7 +159,7 @@ impl StateFile {
 
     /// The claim keys ([`Object::claim`]) of every other network's state in this namespace and
     /// run dir: what this network must not delete even when it no longer wants it.
-    pub fn other_claims(&self) -> BTreeSet<String> {
+    pub fn other_claims(&self) -> BTreeSet<Key> {
         let mut out = BTreeSet::new();
         for (path, key) in state_files(&self.dir) {
             if key == self.key
@@ -400,7 +400,7 @@ mod tests {
         let claims = st.other_claims();
         assert_eq!(claims.len(), 2, "{claims:?}");
         assert!(
-            claims.iter().all(|c| !c.contains("10.244.9.0")),
+            !claims.contains(&Key::Route("10.244.9.0/24".parse().unwrap(), 0)),
             "{claims:?}"
         );
         let _l = st.lock().unwrap();
