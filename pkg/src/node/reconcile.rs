@@ -618,7 +618,12 @@ pub fn plan(
         if here.iter().any(|f| f.ours && want.satisfied_by(&f.object)) {
             continue;
         }
-        let foreign: Vec<&&Found> = here.iter().filter(|f| !f.ours).collect();
+        // Routes and devices of other owners are theirs; neighbour and FDB entries live on
+        // twill's own devices, where a learned entry is overwritten by the permanent one.
+        let foreign: Vec<&&Found> = here
+            .iter()
+            .filter(|f| !f.ours && matches!(want.kind(), Kind::Route | Kind::Device))
+            .collect();
         if foreign.is_empty() {
             plan.apply.push(want.clone());
         } else {
@@ -946,6 +951,32 @@ mod tests {
         assert_eq!(p.apply, vec![desired[1].clone(), desired[2].clone()]);
         assert_eq!(p.remove, vec![found[2].object.clone()]);
         assert!(p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn plan_overwrites_a_learned_neighbour_on_a_twill_device() {
+        let mac: MacAddr = "02:00:00:00:00:02".parse().unwrap();
+        let want = Object::Neighbour {
+            dev: "twvx0".into(),
+            ip: "10.244.2.0".parse().unwrap(),
+            mac,
+        };
+        let learned = Found {
+            object: Object::Neighbour {
+                dev: "twvx0".into(),
+                ip: "10.244.2.0".parse().unwrap(),
+                mac: "02:00:00:00:00:99".parse().unwrap(),
+            },
+            ours: false,
+        };
+        let p = plan(
+            std::slice::from_ref(&want),
+            &[learned],
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.apply, vec![want]);
+        assert!(p.conflicts.is_empty() && p.remove.is_empty());
     }
 
     #[test]
