@@ -500,15 +500,17 @@ pub fn reconcile(
             report.failures.push(format!("could not install {o}: {e}"));
         }
     }
+    let mut installed = desired;
     for o in &plan.remove {
         if let Err(e) = k.remove(o) {
             report.failures.push(format!("could not remove {o}: {e}"));
+            installed.push(o.clone()); // still claimed, so the next call removes it
         }
     }
     let complete = plan.conflicts.is_empty() && report.failures.is_empty() && !node_dependent;
     state.write(&NodeState {
         fingerprint: fp.filter(|_| complete),
-        installed: desired,
+        installed,
     })?;
     if legacy.is_some() {
         state.remove_legacy();
@@ -951,6 +953,81 @@ mod tests {
         assert_eq!(p.apply, vec![desired[1].clone(), desired[2].clone()]);
         assert_eq!(p.remove, vec![found[2].object.clone()]);
         assert!(p.conflicts.is_empty());
+    }
+
+    /// Routes only, in memory, with the kernel's replace semantics; removal can be refused.
+    #[derive(Default)]
+    struct FakeKernel {
+        routes: Vec<Found>,
+        refuse_remove: bool,
+    }
+
+    impl NodeKernel for FakeKernel {
+        fn local_addrs(&mut self) -> Result<Vec<IpNetwork>> {
+            Ok(vec![net("10.0.0.1/24")])
+        }
+        fn list(&mut self, _: Kind) -> Result<Vec<Found>> {
+            Ok(self.routes.clone())
+        }
+        fn apply(&mut self, o: &Object) -> Result<()> {
+            self.routes.retain(|f| f.object.key() != o.key());
+            self.routes.push(Found {
+                object: o.clone(),
+                ours: true,
+            });
+            Ok(())
+        }
+        fn remove(&mut self, o: &Object) -> Result<()> {
+            if self.refuse_remove {
+                return Err(Error::new(code::NETLINK, "Operation not permitted"));
+            }
+            self.routes.retain(|f| f.object != *o);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_removal_the_kernel_refused_stays_claimed_and_is_retried() {
+        let dir = std::env::temp_dir().join(format!("twill-reconcile-{}", std::process::id()));
+        let st =
+            StateFile::new(&dir, "n", crate::kernel::netns::NetnsKey::Cookie(1), (0, 0)).unwrap();
+        let mut k = FakeKernel::default();
+        let v1 = ViewSource::Inline(serde_json::json!([
+            {"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+            {"nodeIP": "10.0.0.3", "podCIDR": "10.244.3.0/24"},
+        ]));
+        let v2 = ViewSource::Inline(serde_json::json!([
+            {"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+        ]));
+        let run = |k: &mut FakeKernel, v: &ViewSource| {
+            let inputs = Inputs {
+                source: v,
+                own_ranges: &[],
+                plane: &crate::node::host_gw::HostGw,
+            };
+            reconcile(k, &st, &inputs).unwrap()
+        };
+        run(&mut k, &v1);
+        assert_eq!(k.routes.len(), 2);
+        k.refuse_remove = true;
+        let Reconciled::Applied(r) = run(&mut k, &v2) else {
+            panic!("expected an apply")
+        };
+        assert_eq!(r.failures.len(), 1, "{r:?}");
+        assert!(
+            st.read()
+                .installed
+                .contains(&route("10.244.3.0/24", "10.0.0.3"))
+        );
+        assert_eq!(st.read().fingerprint, None);
+        k.refuse_remove = false;
+        let Reconciled::Applied(r) = run(&mut k, &v2) else {
+            panic!("expected an apply")
+        };
+        assert_eq!(r.plan.remove, vec![route("10.244.3.0/24", "10.0.0.3")]);
+        assert_eq!(k.routes.len(), 1);
+        assert_eq!(run(&mut k, &v2), Reconciled::Unchanged);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
