@@ -163,20 +163,15 @@ impl Netns {
     /// SO_NETNS_COOKIE its nsfs identity ([`Netns::id`]). Equal to
     /// [`crate::kernel::netlink::Netlink::netns_key`] of a socket in the same namespace.
     pub fn key(&self) -> Result<NetnsKey> {
-        match self
+        let cookie = self
             .socket_inside()
-            .and_then(|s| socket_netns_cookie(s.as_raw_fd()))
-        {
-            Ok(c) => Ok(NetnsKey::Cookie(c)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(NetnsKey::Inode {
-                dev: self.dev,
-                ino: self.ino,
-            }),
-            Err(e) => Err(Error::io(
+            .and_then(|s| socket_netns_cookie(s.as_raw_fd()));
+        key_or_fallback(cookie, || Ok(self.id())).map_err(|e| {
+            Error::io(
                 format!("identify network namespace {}", self.path.display()),
                 e,
-            )),
-        }
+            )
+        })
     }
 
     /// A datagram socket created inside this namespace (to ask the kernel about it).
@@ -256,10 +251,19 @@ impl std::str::FromStr for NetnsKey {
 /// The key of the namespace a socket lives in: its cookie, or on kernels without
 /// SO_NETNS_COOKIE (ENOPROTOOPT) the nsfs identity from [`socket_netns_inode`].
 pub(crate) fn socket_netns_key(fd: i32) -> std::io::Result<NetnsKey> {
-    match socket_netns_cookie(fd) {
+    key_or_fallback(socket_netns_cookie(fd), || socket_netns_inode(fd))
+}
+
+/// The cookie as key, or the nsfs identity when the kernel has no SO_NETNS_COOKIE
+/// (ENOPROTOOPT, before 5.14); other errors are errors.
+fn key_or_fallback(
+    cookie: std::io::Result<u64>,
+    inode: impl FnOnce() -> std::io::Result<(u64, u64)>,
+) -> std::io::Result<NetnsKey> {
+    match cookie {
         Ok(c) => Ok(NetnsKey::Cookie(c)),
         Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
-            let (dev, ino) = socket_netns_inode(fd)?;
+            let (dev, ino) = inode()?;
             Ok(NetnsKey::Inode { dev, ino })
         }
         Err(e) => Err(e),
@@ -322,6 +326,23 @@ mod tests {
             NetnsKey::Cookie(ns.cookie().unwrap())
         );
         assert_eq!(ns.key().unwrap(), NetnsKey::Cookie(ns.cookie().unwrap()));
+    }
+
+    #[test]
+    fn without_so_netns_cookie_the_key_is_the_nsfs_identity() {
+        // What a kernel before 5.14 answers to SO_NETNS_COOKIE.
+        let old_kernel = || Err(std::io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+        let ns = Netns::current().unwrap();
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let key = key_or_fallback(old_kernel(), || socket_netns_inode(sock.as_raw_fd())).unwrap();
+        let (dev, ino) = ns.id();
+        assert_eq!(key, NetnsKey::Inode { dev, ino });
+        let e = key_or_fallback(Err(std::io::Error::from_raw_os_error(libc::EBADF)), || {
+            unreachable!("only ENOPROTOOPT falls back")
+        });
+        assert!(e.is_err());
         for k in [
             NetnsKey::Cookie(0xabc),
             NetnsKey::Inode {
