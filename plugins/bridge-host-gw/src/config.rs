@@ -322,6 +322,7 @@ impl Network {
             let mut what: Vec<String> = Vec::new();
             what.extend(p.apply.iter().map(|o| format!("missing {o}")));
             what.extend(p.remove.iter().map(|o| format!("stale {o}")));
+            what.extend(p.conflicts.iter().map(|o| format!("another owner's {o}")));
             if !what.is_empty() {
                 self.warn(&[format!(
                     "peer routes differ from the cluster view (the next ADD repairs them): {}",
