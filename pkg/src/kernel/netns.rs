@@ -146,32 +146,46 @@ impl Netns {
     /// The namespace cookie (SO_NETNS_COOKIE of a socket made inside it): a 64-bit id the
     /// kernel never reuses within a boot, unlike inode numbers. Kernel >= 5.14.
     pub fn cookie(&self) -> Result<u64> {
-        let sock = self
-            .run(|| {
-                let fd = unsafe {
-                    libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-                };
-                if fd < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-                }
-            })?
+        self.socket_inside()
+            .and_then(|s| socket_netns_cookie(s.as_raw_fd()))
             .map_err(|e| {
                 Error::io(
-                    format!("socket in network namespace {}", self.path.display()),
+                    format!(
+                        "SO_NETNS_COOKIE of network namespace {}",
+                        self.path.display()
+                    ),
                     e,
                 )
-            })?;
-        socket_netns_cookie(sock.as_raw_fd()).map_err(|e| {
+            })
+    }
+
+    /// The key naming this namespace in state files: its cookie, or on kernels without
+    /// SO_NETNS_COOKIE its nsfs identity ([`Netns::id`]). Equal to
+    /// [`crate::kernel::netlink::Netlink::netns_key`] of a socket in the same namespace.
+    pub fn key(&self) -> Result<NetnsKey> {
+        let cookie = self
+            .socket_inside()
+            .and_then(|s| socket_netns_cookie(s.as_raw_fd()));
+        key_or_fallback(cookie, || Ok(self.id())).map_err(|e| {
             Error::io(
-                format!(
-                    "SO_NETNS_COOKIE of network namespace {}",
-                    self.path.display()
-                ),
+                format!("identify network namespace {}", self.path.display()),
                 e,
             )
         })
+    }
+
+    /// A datagram socket created inside this namespace (to ask the kernel about it).
+    fn socket_inside(&self) -> std::io::Result<OwnedFd> {
+        self.run(|| {
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 }
 
@@ -187,6 +201,86 @@ impl Drop for ReturnGuard<'_> {
             std::process::abort();
         }
     }
+}
+
+/// What names a network namespace in run-state file names: its cookie where the kernel has
+/// SO_NETNS_COOKIE (5.14+; never reused within a boot), else the (device, inode) of its nsfs
+/// file (reused only after the namespace is gone; stale state is pruned by inode liveness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetnsKey {
+    /// SO_NETNS_COOKIE.
+    Cookie(u64),
+    /// The nsfs (st_dev, st_ino) of the namespace.
+    Inode {
+        /// st_dev of the nsfs file.
+        dev: u64,
+        /// st_ino of the nsfs file.
+        ino: u64,
+    },
+}
+
+impl std::fmt::Display for NetnsKey {
+    /// `c<cookie hex>` or `i<dev hex>-<ino hex>`: file-name safe, and the two never collide.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NetnsKey::Cookie(c) => write!(f, "c{c:016x}"),
+            NetnsKey::Inode { dev, ino } => write!(f, "i{dev:x}-{ino:x}"),
+        }
+    }
+}
+
+impl std::str::FromStr for NetnsKey {
+    type Err = ();
+    /// Parses what [`NetnsKey`]'s `Display` writes.
+    fn from_str(s: &str) -> std::result::Result<NetnsKey, ()> {
+        let hex = |t: &str| u64::from_str_radix(t, 16).map_err(|_| ());
+        if let Some(c) = s.strip_prefix('c') {
+            return Ok(NetnsKey::Cookie(hex(c)?));
+        }
+        let (dev, ino) = s
+            .strip_prefix('i')
+            .and_then(|r| r.split_once('-'))
+            .ok_or(())?;
+        Ok(NetnsKey::Inode {
+            dev: hex(dev)?,
+            ino: hex(ino)?,
+        })
+    }
+}
+
+/// The key of the namespace a socket lives in: its cookie, or on kernels without
+/// SO_NETNS_COOKIE (ENOPROTOOPT) the nsfs identity from [`socket_netns_inode`].
+pub(crate) fn socket_netns_key(fd: i32) -> std::io::Result<NetnsKey> {
+    key_or_fallback(socket_netns_cookie(fd), || socket_netns_inode(fd))
+}
+
+/// The cookie as key, or the nsfs identity when the kernel has no SO_NETNS_COOKIE
+/// (ENOPROTOOPT, before 5.14); other errors are errors.
+fn key_or_fallback(
+    cookie: std::io::Result<u64>,
+    inode: impl FnOnce() -> std::io::Result<(u64, u64)>,
+) -> std::io::Result<NetnsKey> {
+    match cookie {
+        Ok(c) => Ok(NetnsKey::Cookie(c)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
+            let (dev, ino) = inode()?;
+            Ok(NetnsKey::Inode { dev, ino })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The (st_dev, st_ino) of the namespace a socket lives in: SIOCGSKNS (kernel 4.9+) gives an
+/// nsfs fd of it, which is stat'ed and closed.
+pub(crate) fn socket_netns_inode(fd: i32) -> std::io::Result<(u64, u64)> {
+    const SIOCGSKNS: libc::c_ulong = 0x894C;
+    let ns = unsafe { libc::ioctl(fd, SIOCGSKNS as _) };
+    if ns < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    let st = fstat(&ns).map_err(std::io::Error::from)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// SO_NETNS_COOKIE of a socket: the cookie of the namespace the socket was created in.
@@ -218,6 +312,50 @@ mod tests {
         assert!(ns.is_current().unwrap());
         assert_eq!(ns.run(|| 7).unwrap(), 7);
         assert!(ns.cookie().unwrap() > 0);
+    }
+
+    #[test]
+    fn socket_inode_is_the_namespace_identity_and_keys_round_trip() {
+        let ns = Netns::current().unwrap();
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        assert_eq!(socket_netns_inode(sock.as_raw_fd()).unwrap(), ns.id());
+        assert_eq!(
+            socket_netns_key(sock.as_raw_fd()).unwrap(),
+            NetnsKey::Cookie(ns.cookie().unwrap())
+        );
+        assert_eq!(ns.key().unwrap(), NetnsKey::Cookie(ns.cookie().unwrap()));
+    }
+
+    #[test]
+    fn without_so_netns_cookie_the_key_is_the_nsfs_identity() {
+        // What a kernel before 5.14 answers to SO_NETNS_COOKIE.
+        let old_kernel = || Err(std::io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+        let ns = Netns::current().unwrap();
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let key = key_or_fallback(old_kernel(), || socket_netns_inode(sock.as_raw_fd())).unwrap();
+        let (dev, ino) = ns.id();
+        assert_eq!(key, NetnsKey::Inode { dev, ino });
+        let e = key_or_fallback(Err(std::io::Error::from_raw_os_error(libc::EBADF)), || {
+            unreachable!("only ENOPROTOOPT falls back")
+        });
+        assert!(e.is_err());
+        for k in [
+            NetnsKey::Cookie(0xabc),
+            NetnsKey::Inode {
+                dev: 4,
+                ino: 0xf0000000,
+            },
+        ] {
+            assert_eq!(k.to_string().parse::<NetnsKey>(), Ok(k));
+        }
+        assert_eq!(NetnsKey::Inode { dev: 4, ino: 255 }.to_string(), "i4-ff");
+        for bad in ["", "x1", "c", "i4", "i-1", "czz"] {
+            assert!(bad.parse::<NetnsKey>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@
 //! socket was opened in; `nft` runs in the calling thread's.
 
 use crate::error::{Error, Result, code};
+use crate::hash::fnv1a64;
 use crate::kernel::netlink::netfilter::{
     self, NF_INET_FORWARD, Netfilter, NfChain, NfFamily, NfRule,
 };
@@ -65,12 +66,6 @@ fn prefix(network: &str) -> String {
     } else {
         format!("{MARK}#{:016x} ", fnv1a64(network.as_bytes()))
     }
-}
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// A name `nft` takes unquoted in a script (letters, digits, `_`, `.`, `-`, a letter first).

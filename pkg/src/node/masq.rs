@@ -38,6 +38,7 @@
 
 use crate::error::{Error, Result, code};
 use crate::flannel::subnet_file::network_of;
+use crate::hash::fnv1a64;
 use crate::kernel::netlink::netfilter::{self, Netfilter, NfFamily, NfRule, NfTable};
 use ipnetwork::IpNetwork;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -118,13 +119,6 @@ pub fn minimal(nets: impl IntoIterator<Item = IpNetwork>) -> Vec<IpNetwork> {
 fn set_of(nets: &[IpNetwork]) -> String {
     let items: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
     format!("{{ {} }}", items.join(", "))
-}
-
-/// FNV-1a, 64 bits: the rule set's fingerprint (stable across builds and machines).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 fn multicast(v6: bool) -> Result<IpNetwork> {

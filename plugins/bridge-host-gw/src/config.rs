@@ -13,11 +13,13 @@ use twill::ipam::host_local::{self, HostLocal};
 use twill::kernel::netlink::PortFlags;
 use twill::kernel::netlink::netfilter::{self, Netfilter};
 use twill::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
-use twill::node::peers::{self, ClusterView, PeersConf, RouteMode, StateFile};
+use twill::node::host_gw::HostGw;
+use twill::node::peers::{PeersConf, ViewSource};
+use twill::node::reconcile::{self, Inputs, Reconciled, Report};
+use twill::node::state::StateFile;
 use twill::node::{forward, masq};
 use twill::pod::bridge::{self, BridgeOptions};
 use twill::pod::veth::PodOptions;
-
 use twill::{CmdArgs, CniResult, Error, NetConf, Result, code};
 
 /// Bridge name unless `bridge` says otherwise.
@@ -129,9 +131,12 @@ pub struct Network {
     pub subnet: Option<SubnetFile>,
     /// `"ipam": {}`: a layer-2 only network, no addresses (as the reference bridge allows).
     pub l2_only: bool,
-    /// The cluster view (`peers` / `peersFile`), read once for ADD, CHECK and STATUS; None
-    /// when the config has neither (no peer routes are managed then).
-    pub view: Option<ClusterView>,
+    /// Where the cluster view comes from (`peers` / `peersFile`); None when the config has
+    /// neither (no peer routes are managed then). It is read by the reconcile, under its lock.
+    pub view: Option<ViewSource>,
+    /// The pod ranges this network owns on the node (host-local's configured ranges): a view
+    /// entry with one of them is this node.
+    pub own_ranges: Vec<IpNetwork>,
     /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
     /// `MAC`.
     pub pod_mac: Option<MacAddr>,
@@ -153,10 +158,11 @@ impl Network {
     /// FLANNEL_SUBNET / FLANNEL_IPV6_SUBNET, routes to the cluster networks, plus `dataDir`).
     ///
     /// For [`Need::Required`] everything that can be checked before touching the node is: a
-    /// host-local `ipam` section, the pod MAC, the cluster view (`peersFile` read here), the
+    /// host-local `ipam` section, the pod MAC, where the cluster view comes from, the
     /// reference bridge keys this plugin refuses ([`refuse_unsupported`]) and the combinations
     /// the reference refuses too (`promiscMode` with `hairpinMode`, `disableContainerInterface`
-    /// with addresses), so bad input changes nothing.
+    /// with addresses), so bad input changes nothing. The view itself is not read here: a bad
+    /// or unreadable view never fails ADD (see [`Network::reconcile_peers`]).
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut conf: NetConf<Keys> = parse_netconf(&args.stdin)?;
         let k = &conf.plugin;
@@ -218,20 +224,18 @@ impl Network {
             .ip_masq
             .unwrap_or_else(|| subnet.as_ref().is_some_and(|s| !s.ip_masq));
         let (pod_mac, view) = match need {
-            Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.view()?),
+            Need::Required => (pod_mac(&conf, args)?, conf.plugin.peers.source()?),
             Need::Release => (None, None),
         };
-        if let Some(view) = &view {
-            // Host-gw needs each peer's pod CIDR reachable via a node IP of its own family:
-            // refuse a view that cannot be routed before anything on the node changes.
-            let peers: Vec<_> = view.peers().iter().collect();
-            RouteMode::HostGw.desired(&peers)?;
-        }
+        let mut own_ranges = Vec::new();
         if need == Need::Required
             && !l2_only
             && twill::ipam::ipam_type(&conf)? == twill::ipam::HOST_LOCAL
         {
-            HostLocal::from_netconf(&conf)?;
+            let hl = HostLocal::from_netconf(&conf)?;
+            for set in &hl.config().range_sets {
+                own_ranges.extend(set.ranges.iter().map(|r| r.subnet));
+            }
         }
         let k = &conf.plugin;
         let disable_container_interface = k.disable_container_interface.unwrap_or(false);
@@ -256,6 +260,7 @@ impl Network {
             l2_only,
             pod_mac,
             view,
+            own_ranges,
             conf,
         })
     }
@@ -395,7 +400,8 @@ impl Network {
                 .map(|sf| sf.cluster_networks())
                 .unwrap_or_default(),
         };
-        if let Some(view) = &self.view {
+        // An unreadable view adds nothing here; STATUS reports it (51).
+        if let Some(view) = self.view.as_ref().and_then(|v| v.read().ok()) {
             out.extend(view.peers().iter().map(|p| p.pod_cidr));
         }
         out.extend(self.conf.plugin.cluster_networks.iter().flatten().copied());
@@ -433,52 +439,113 @@ impl Network {
     }
 
     /// Makes the node's routes to the other nodes' pod subnets match the cluster view
-    /// (host-gw), skipping all kernel work when the view's fingerprint is unchanged. No view
-    /// configured: nothing to do.
-    pub fn reconcile_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = &self.view else {
+    /// (host-gw), skipping all other kernel work when the view's fingerprint is unchanged and
+    /// twill's routes are all still there. Skipped entries, an unreadable view and refused
+    /// routes are reported on stderr and never fail the ADD (STATUS answers for them); only
+    /// a state file or kernel listing that fails is an error. No view configured: nothing.
+    pub fn reconcile_peers(&self, node: &mut Netlink, pod_subnets: &[IpNetwork]) -> Result<()> {
+        let Some(source) = &self.view else {
             return Ok(());
         };
         let state = self.peer_state(node)?;
-        peers::reconcile(node, &state, view, own, &RouteMode::HostGw)?;
+        let own = self.own_ranges_with(pod_subnets);
+        let inputs = Inputs {
+            source,
+            own_ranges: &own,
+            plane: &HostGw,
+        };
+        if let Reconciled::Applied(report) = reconcile::reconcile(node, &state, &inputs)? {
+            self.warn(&report.warnings());
+        }
         Ok(())
     }
 
-    /// CHECK of the peer routes: the node's routes are what [`Network::reconcile_peers`]
-    /// would leave (code 105 naming the difference).
-    pub fn check_peers(&self, node: &mut Netlink, own: &[IpNetwork]) -> Result<()> {
-        let Some(view) = &self.view else {
+    /// CHECK of the peer routes: drift is node state that the next ADD repairs, not a broken
+    /// attachment, so it is reported on stderr and CHECK goes on.
+    pub fn check_peers(&self, node: &mut Netlink, pod_subnets: &[IpNetwork]) -> Result<()> {
+        if let Some(report) = self.verify_peers(node, pod_subnets)? {
+            let p = &report.plan;
+            let mut what: Vec<String> = Vec::new();
+            what.extend(p.apply.iter().map(|o| format!("missing {o}")));
+            what.extend(p.remove.iter().map(|o| format!("stale {o}")));
+            what.extend(p.conflicts.iter().map(|o| format!("another owner's {o}")));
+            if !what.is_empty() {
+                self.warn(&[format!(
+                    "peer routes differ from the cluster view (the next ADD repairs them): {}",
+                    what.join("; ")
+                )]);
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS of the cluster view: code 51 (limited connectivity) when the view cannot be read
+    /// or some of its entries cannot be used on this node, naming them and why.
+    pub fn view_status(&self, node: &mut Netlink) -> Result<()> {
+        let Some(report) = self.verify_peers(node, &[])? else {
             return Ok(());
         };
-        let state = self.peer_state(node)?;
-        let plan = peers::verify(node, &state, view, own, &RouteMode::HostGw)?;
-        if plan.is_empty() {
+        if let Some(u) = report.unreadable {
+            return Err(Error::new(code::LIMITED_CONNECTIVITY, u));
+        }
+        if report.skipped.is_empty() {
             return Ok(());
         }
-        let mut what = Vec::new();
-        what.extend(
-            plan.replace
-                .iter()
-                .map(|r| format!("missing {} via {:?}", r.dst, r.gateway)),
-        );
-        what.extend(plan.delete.iter().map(|r| format!("stale {}", r.dst)));
-        what.extend(
-            plan.conflicts
-                .iter()
-                .map(|r| format!("foreign route on {}", r.dst)),
-        );
+        let list: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
         Err(Error::new(
-            code::CHECK_FAILED,
+            code::LIMITED_CONNECTIVITY,
             format!(
-                "peer routes differ from the cluster view: {}",
-                what.join("; ")
+                "{} of the cluster view cannot be used on this node: {}",
+                if list.len() == 1 {
+                    "1 entry".to_string()
+                } else {
+                    format!("{} entries", list.len())
+                },
+                list.join("; ")
             ),
         ))
     }
 
+    fn verify_peers(
+        &self,
+        node: &mut Netlink,
+        pod_subnets: &[IpNetwork],
+    ) -> Result<Option<Report>> {
+        let Some(source) = &self.view else {
+            return Ok(None);
+        };
+        let state = self.peer_state(node)?;
+        let own = self.own_ranges_with(pod_subnets);
+        let inputs = Inputs {
+            source,
+            own_ranges: &own,
+            plane: &HostGw,
+        };
+        reconcile::verify(node, &state, &inputs).map(Some)
+    }
+
+    /// The configured ranges plus the pod's own subnets (an IPAM that is not host-local only
+    /// tells them through its result), sorted, without duplicates.
+    fn own_ranges_with(&self, pod_subnets: &[IpNetwork]) -> Vec<IpNetwork> {
+        let mut own: Vec<IpNetwork> = self.own_ranges.iter().chain(pod_subnets).copied().collect();
+        own.sort();
+        own.dedup();
+        own
+    }
+
+    fn warn(&self, lines: &[String]) {
+        for l in lines {
+            eprintln!("bridge-host-gw: network {:?}: {l}", self.conf.name);
+        }
+    }
+
     fn peer_state(&self, node: &mut Netlink) -> Result<StateFile> {
-        let cookie = node.netns_cookie()?;
-        StateFile::new(self.conf.plugin.peers.run_dir(), &self.conf.name, cookie)
+        StateFile::new(
+            self.conf.plugin.peers.run_dir(),
+            &self.conf.name,
+            node.netns_key()?,
+            node.netns_inode()?,
+        )
     }
 
     /// The node rules this network owns, over one netfilter socket: the masquerade
@@ -1016,6 +1083,43 @@ mod tests {
             Need::Release,
         );
         assert!(n.is_ok());
+    }
+
+    #[test]
+    fn view_source_is_kept_not_read_and_own_ranges_come_from_host_local() {
+        let conf = base(json!({
+            "peersFile": "/nonexistent/twill/peers.json",
+            "ipam": {"type": "host-local", "ranges": [
+                [{"subnet": "10.1.0.0/25"}, {"subnet": "10.1.0.128/25"}],
+                [{"subnet": "fd00:1::/64"}]
+            ]}
+        }));
+        let n = Network::load(&args(&conf, ""), Need::Required).unwrap();
+        assert_eq!(
+            n.view,
+            Some(ViewSource::File("/nonexistent/twill/peers.json".into()))
+        );
+        let r = |s: &str| s.parse::<IpNetwork>().unwrap();
+        assert_eq!(
+            n.own_ranges,
+            vec![r("10.1.0.0/25"), r("10.1.0.128/25"), r("fd00:1::/64")]
+        );
+        assert_eq!(
+            n.own_ranges_with(&[r("10.1.0.0/25"), r("10.9.0.0/24")]),
+            vec![
+                r("10.1.0.0/25"),
+                r("10.1.0.128/25"),
+                r("10.9.0.0/24"),
+                r("fd00:1::/64")
+            ]
+        );
+        // An inline view that is not a list is not a config error either.
+        let n = Network::load(
+            &args(&base(json!({"peers": {"nodeIP": "10.0.0.2"}})), ""),
+            Need::Required,
+        )
+        .unwrap();
+        assert!(matches!(n.view, Some(ViewSource::Inline(_))));
     }
 
     #[test]

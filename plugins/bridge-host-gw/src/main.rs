@@ -168,7 +168,8 @@ impl Plugin for BridgeHostGw {
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
         net.default_mtu(&mut node).map_err(unavailable)?;
         net.netfilter_status().map_err(unavailable)?;
-        net.ipam_status(args).map_err(unavailable)
+        net.ipam_status(args).map_err(unavailable)?;
+        net.view_status(&mut node).map_err(unavailable)
     }
 }
 

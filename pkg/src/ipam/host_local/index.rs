@@ -127,12 +127,11 @@ pub fn legacy_key(id: &str) -> u64 {
 /// 64-bit FNV-1a over the concatenation of `parts` (a fixed, documented function: index files
 /// must mean the same to every twill version that reads them).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = crate::hash::Fnv1a64::default();
+    for p in parts {
+        h.write(p);
     }
-    h
+    h.finish()
 }
 
 /// One reservation file and its owner's key.

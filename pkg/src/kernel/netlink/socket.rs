@@ -14,8 +14,10 @@ use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 pub(crate) use netlink_sys::protocols::NETLINK_NETFILTER;
 use nix::libc;
 
+use super::Netlink;
 use super::attr::Attrs;
 use super::error::{NetlinkError, NetlinkErrorKind, NlResult};
+use crate::kernel::netns::{self, NetnsKey};
 
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_NOOP: u16 = 1;
@@ -40,6 +42,7 @@ pub(crate) struct NlSocket {
     seq: u32,
     tx: Vec<u8>,
     rx: Vec<u8>,
+    strict: bool,
 }
 
 /// What a reply handler sees: the message type and its payload (after the nlmsghdr).
@@ -60,7 +63,9 @@ impl NlSocket {
         // Optional features: older kernels lack them; failures there are harmless.
         let _ = sock.set_ext_ack(true);
         let _ = sock.set_cap_ack(true);
-        let _ = sock.set_netlink_get_strict_chk(true);
+        // NETLINK_GET_STRICT_CHK (4.20+): dumps are filtered by the kernel (table, protocol,
+        // type, oif); without it the kernel sends everything and the caller filters.
+        let strict = sock.set_netlink_get_strict_chk(true).is_ok();
         // Seed the sequence with something not repeating across short-lived processes.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -71,7 +76,20 @@ impl NlSocket {
             seq: seed,
             tx: Vec::with_capacity(512),
             rx: vec![0; RX_INITIAL],
+            strict,
         })
+    }
+
+    /// Whether the kernel filters dumps for this socket (NETLINK_GET_STRICT_CHK is on).
+    pub(crate) fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// Turns NETLINK_GET_STRICT_CHK on or off (off: what a pre-4.20 kernel does).
+    pub(crate) fn set_strict(&mut self, on: bool) -> NlResult<()> {
+        self.sock.set_netlink_get_strict_chk(on)?;
+        self.strict = on;
+        Ok(())
     }
 
     /// The raw socket (e.g. for SO_NETNS_COOKIE).
@@ -309,6 +327,35 @@ impl NlSocket {
             }
         }
         Err(NetlinkErrorKind::DumpInterrupted(DUMP_RETRIES + 1).into())
+    }
+}
+
+impl Netlink {
+    /// Whether the kernel filters this socket's dumps (NETLINK_GET_STRICT_CHK, kernel 4.20+);
+    /// every listing is correct either way, strict ones just carry less.
+    pub fn strict_dumps(&self) -> bool {
+        self.sock.strict()
+    }
+
+    /// Turns kernel-side dump filtering on or off; off behaves like a kernel before 4.20
+    /// (tests use it to exercise the fallback).
+    pub fn set_strict_dumps(&mut self, on: bool) -> NlResult<()> {
+        self.sock
+            .set_strict(on)
+            .map_err(|e| e.with_op(|| "set NETLINK_GET_STRICT_CHK".into()))
+    }
+
+    /// The key naming this socket's namespace in state files: its cookie, or its nsfs
+    /// identity on kernels without SO_NETNS_COOKIE.
+    pub fn netns_key(&self) -> NlResult<NetnsKey> {
+        netns::socket_netns_key(self.sock.raw_fd())
+            .map_err(|e| NetlinkError::from(e).with_op(|| "identify the namespace".into()))
+    }
+
+    /// The nsfs (st_dev, st_ino) of this socket's namespace (SIOCGSKNS, kernel 4.9+).
+    pub fn netns_inode(&self) -> NlResult<(u64, u64)> {
+        netns::socket_netns_inode(self.sock.raw_fd())
+            .map_err(|e| NetlinkError::from(e).with_op(|| "SIOCGSKNS".into()))
     }
 }
 

@@ -1,0 +1,1081 @@
+//! One reconcile for every data plane: a plane ([`DataPlane`]) turns the cluster view into the
+//! node objects it owns (routes now; neighbours, FDB entries and devices for vxlan/ipip), and
+//! [`reconcile`] makes the node's kernel hold exactly those, through [`NodeKernel`].
+//!
+//! Ownership: routes carry the protocol [`TWILL_PROTO`]; a route of another owner on the same
+//! kernel key (destination, metric) is left alone and reported as a conflict. Each network's
+//! state file records what it installed ([`crate::node::state`]): a network only deletes its
+//! own objects, and never one another network in the same namespace still claims.
+//!
+//! Fast path: when the fingerprint of the inputs (view bytes, own ranges, plane) matches the
+//! state file *and* the kernel still holds every object the state says was installed (one
+//! kernel-filtered dump of twill's routes), nothing else is asked. A route the kernel lost
+//! (uplink bounce, address flush, `ip route flush`) sends the next call down the slow path,
+//! which repairs it. The slow path runs under the namespace's lock and reads the view again
+//! there, so the view applied last is never older than one applied before it.
+
+use crate::error::{Error, Result, code};
+use crate::hash::Fnv1a64;
+use crate::kernel::netlink::{
+    FdbEntry, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec, VxlanSpec, nud, rt_table,
+};
+use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource};
+use crate::node::state::{NodeState, StateFile};
+use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+pub use crate::kernel::netlink::TWILL_PROTO;
+
+/// The metric the kernel gives an IPv6 route added with metric 0 (IP6_RT_PRIO_USER).
+const IPV6_DEFAULT_METRIC: u32 = 1024;
+/// `rtm_type` of a plain unicast route.
+const RTN_UNICAST: u8 = 1;
+
+/// The kinds of node state a data plane can own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Routes in the main table (host-gw, and the pod-subnet routes of tunnel planes).
+    Route,
+    /// Permanent neighbour entries (vxlan: a peer's gateway address to its VTEP MAC).
+    Neighbour,
+    /// Bridge forwarding entries of a tunnel device (vxlan: VTEP MAC to node IP).
+    Fdb,
+    /// Devices (vxlan, later ipip tunnels).
+    Device,
+}
+
+/// A route twill wants (or found) in the main table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerRoute {
+    /// Destination (a peer's pod CIDR).
+    pub dst: IpNetwork,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index; `None` lets the kernel resolve it from the gateway.
+    pub oif: Option<u32>,
+    /// `RTNH_F_ONLINK`: gateway is on-link even without a covering connected route.
+    pub onlink: bool,
+    /// The metric the kernel files it under (IPv6 metric 0 is 1024).
+    pub metric: u32,
+}
+
+impl PeerRoute {
+    /// `dst via gateway` at the kernel's default metric.
+    pub fn via(dst: IpNetwork, gateway: IpAddr) -> PeerRoute {
+        PeerRoute {
+            dst,
+            gateway: Some(gateway),
+            oif: None,
+            onlink: false,
+            metric: effective_metric(&dst, 0),
+        }
+    }
+}
+
+/// A vxlan device a plane wants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VxlanDevice {
+    /// Device name.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Local (source) address on the underlay.
+    pub local: Option<IpAddr>,
+    /// MAC of the device (the node's VTEP MAC in the view).
+    pub mac: Option<MacAddr>,
+    /// MTU.
+    pub mtu: Option<u32>,
+}
+
+/// One object of node state, as a plane wants it or as the kernel holds it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Object {
+    /// A main-table route with protocol [`TWILL_PROTO`].
+    Route(PeerRoute),
+    /// A permanent neighbour entry on device `dev`.
+    Neighbour {
+        /// Device name.
+        dev: String,
+        /// The neighbour's address.
+        ip: IpAddr,
+        /// Its link-layer address.
+        mac: MacAddr,
+    },
+    /// A forwarding entry on device `dev`: frames for `mac` go to `dst` over the underlay.
+    Fdb {
+        /// Device name.
+        dev: String,
+        /// Destination MAC.
+        mac: MacAddr,
+        /// Remote underlay address.
+        dst: IpAddr,
+    },
+    /// A vxlan device.
+    Vxlan(VxlanDevice),
+}
+
+impl Object {
+    /// The kind of object.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Route(_) => Kind::Route,
+            Object::Neighbour { .. } => Kind::Neighbour,
+            Object::Fdb { .. } => Kind::Fdb,
+            Object::Vxlan(_) => Kind::Device,
+        }
+    }
+
+    /// The kernel's key: two objects with one key cannot both exist (a write replaces).
+    pub fn key(&self) -> Key {
+        match self {
+            Object::Route(r) => Key::Route(r.dst, r.metric),
+            Object::Neighbour { dev, ip, .. } => Key::Neighbour(dev.clone(), *ip),
+            Object::Fdb { dev, mac, dst } => Key::Fdb(dev.clone(), *mac, *dst),
+            Object::Vxlan(d) => Key::Device(d.name.clone()),
+        }
+    }
+
+    /// What a network claims by installing this object (routes: the destination, at any
+    /// metric); another network never deletes an object whose claim it holds.
+    pub fn claim(&self) -> Key {
+        match self {
+            Object::Route(r) => Key::Route(r.dst, 0),
+            _ => self.key(),
+        }
+    }
+
+    /// True when `found` (from the kernel) is what `self` (wanted) asks for.
+    pub fn satisfied_by(&self, found: &Object) -> bool {
+        match (self, found) {
+            (Object::Route(w), Object::Route(f)) => {
+                w.dst == f.dst
+                    && w.gateway == f.gateway
+                    && w.oif.is_none_or(|o| f.oif == Some(o))
+                    && w.onlink == f.onlink
+                    && w.metric == f.metric
+            }
+            (Object::Vxlan(w), Object::Vxlan(f)) => {
+                w.name == f.name
+                    && w.vni == f.vni
+                    && w.port == f.port
+                    && w.local == f.local
+                    && w.mac.is_none_or(|m| f.mac == Some(m))
+            }
+            (w, f) => w == f,
+        }
+    }
+
+    /// One line of a state file (no spaces inside fields, `-` for none).
+    pub fn to_line(&self) -> String {
+        fn opt<T: fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref().map_or("-".into(), |x| x.to_string())
+        }
+        match self {
+            Object::Route(r) => format!(
+                "route {} {} {} {} {}",
+                r.dst,
+                opt(&r.gateway),
+                opt(&r.oif),
+                u8::from(r.onlink),
+                r.metric
+            ),
+            Object::Neighbour { dev, ip, mac } => format!("neigh {dev} {ip} {mac}"),
+            Object::Fdb { dev, mac, dst } => format!("fdb {dev} {mac} {dst}"),
+            Object::Vxlan(d) => format!(
+                "vxlan {} {} {} {} {} {}",
+                d.name,
+                d.vni,
+                d.port,
+                opt(&d.local),
+                opt(&d.mac),
+                opt(&d.mtu)
+            ),
+        }
+    }
+
+    /// Parses [`Object::to_line`]'s output; `None` for anything else.
+    pub fn from_line(line: &str) -> Option<Object> {
+        fn opt<T: std::str::FromStr>(s: &str) -> Option<Option<T>> {
+            if s == "-" {
+                Some(None)
+            } else {
+                s.parse().ok().map(Some)
+            }
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.as_slice() {
+            ["route", dst, gw, oif, onlink, metric] => Some(Object::Route(PeerRoute {
+                dst: dst.parse().ok()?,
+                gateway: opt(gw)?,
+                oif: opt(oif)?,
+                onlink: *onlink == "1",
+                metric: metric.parse().ok()?,
+            })),
+            ["neigh", dev, ip, mac] => Some(Object::Neighbour {
+                dev: dev.to_string(),
+                ip: ip.parse().ok()?,
+                mac: mac.parse().ok()?,
+            }),
+            ["fdb", dev, mac, dst] => Some(Object::Fdb {
+                dev: dev.to_string(),
+                mac: mac.parse().ok()?,
+                dst: dst.parse().ok()?,
+            }),
+            ["vxlan", name, vni, port, local, mac, mtu] => Some(Object::Vxlan(VxlanDevice {
+                name: name.to_string(),
+                vni: vni.parse().ok()?,
+                port: port.parse().ok()?,
+                local: opt(local)?,
+                mac: opt(mac)?,
+                mtu: opt(mtu)?,
+            })),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Route(r) => {
+                write!(f, "route {}", r.dst)?;
+                if let Some(g) = r.gateway {
+                    write!(f, " via {g}")?;
+                }
+                Ok(())
+            }
+            Object::Neighbour { dev, ip, mac } => {
+                write!(f, "neighbour {ip} lladdr {mac} dev {dev}")
+            }
+            Object::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dst {dst} dev {dev}"),
+            Object::Vxlan(d) => write!(f, "vxlan device {} (vni {})", d.name, d.vni),
+        }
+    }
+}
+
+/// Identifies objects for comparison: [`Object::key`] (the kernel's key) and
+/// [`Object::claim`] (what a network claims: for routes the destination at any metric, 0).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    /// Destination and metric.
+    Route(IpNetwork, u32),
+    /// Device and address.
+    Neighbour(String, IpAddr),
+    /// Device, MAC and remote.
+    Fdb(String, MacAddr, IpAddr),
+    /// Device name.
+    Device(String),
+}
+
+/// An object found in the kernel, and whether twill may own it (routes: protocol 116).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The object.
+    pub object: Object,
+    /// Marked as twill's (another owner's object on a wanted key is a conflict, left alone).
+    pub ours: bool,
+}
+
+/// What [`reconcile`] needs from the node's kernel. [`Netlink`] implements it; tests fake it.
+pub trait NodeKernel {
+    /// Every address on the node, with its prefix (self-detection, on-link checks).
+    fn local_addrs(&mut self) -> Result<Vec<IpNetwork>>;
+    /// Every object of `kind` that could sit on a key twill wants (routes: the main table's
+    /// unicast routes of any protocol).
+    fn list(&mut self, kind: Kind) -> Result<Vec<Found>>;
+    /// Only the objects of `kind` marked as twill's, as cheaply as the kernel allows (routes:
+    /// one dump the kernel filters by table and protocol when it can).
+    fn list_owned(&mut self, kind: Kind) -> Result<Vec<Object>> {
+        Ok(self
+            .list(kind)?
+            .into_iter()
+            .filter(|f| f.ours)
+            .map(|f| f.object)
+            .collect())
+    }
+    /// Creates or replaces `o` (never fails because it exists).
+    fn apply(&mut self, o: &Object) -> Result<()>;
+    /// Removes `o`, only if it is twill's; already gone is `Ok`.
+    fn remove(&mut self, o: &Object) -> Result<()>;
+}
+
+/// A data plane: what it makes of the cluster view on this node.
+pub trait DataPlane {
+    /// A stable text naming the plane and its parameters (hashed into the fingerprint).
+    fn key(&self) -> String;
+    /// The kinds of object it owns (listed and compared by [`reconcile`]).
+    fn owns(&self) -> &'static [Kind];
+    /// Why this plane cannot serve `peer` from a node with addresses `local`; `None` if it can.
+    fn reject(&self, peer: &Peer, local: &[IpNetwork]) -> Option<Reject>;
+    /// The objects wanted for the accepted remote peers.
+    fn desired(&self, peers: &[&Peer]) -> Vec<Object>;
+}
+
+/// Why a plane cannot serve a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// For a person: what is wrong and what to do.
+    pub reason: String,
+    /// The verdict depends on the node's current state (its addresses), not only on the
+    /// entry: while such a rejection stands, every reconcile looks again (no fast path).
+    pub depends_on_node: bool,
+}
+
+/// The inputs of a reconcile of one network.
+pub struct Inputs<'a> {
+    /// Where the view comes from.
+    pub source: &'a ViewSource,
+    /// The network's own pod ranges (configured ranges and the current pod's subnets).
+    pub own_ranges: &'a [IpNetwork],
+    /// The data plane.
+    pub plane: &'a dyn DataPlane,
+}
+
+/// The difference between wanted and kernel state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Missing or different: to be written (create or replace).
+    pub apply: Vec<Object>,
+    /// twill's objects of this network that are no longer wanted.
+    pub remove: Vec<Object>,
+    /// Other owners' objects on a wanted key (left alone).
+    pub conflicts: Vec<Object>,
+}
+
+impl Plan {
+    /// True when the kernel already matches (nothing to write, no conflict).
+    pub fn is_empty(&self) -> bool {
+        self.apply.is_empty() && self.remove.is_empty() && self.conflicts.is_empty()
+    }
+}
+
+/// What a reconcile did and what it could not do; nothing here fails a pod's ADD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The changes attempted and the conflicts left alone.
+    pub plan: Plan,
+    /// View entries not used, with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Changes the kernel refused (retried by the next reconcile).
+    pub failures: Vec<String>,
+    /// Why the view could not be read, when it could not (the last applied state was kept).
+    pub unreadable: Option<String>,
+}
+
+impl Report {
+    /// One line per thing a person should know (for stderr); empty when all went well.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(u) = &self.unreadable {
+            out.push(format!("{u}; keeping the node state last applied"));
+        }
+        out.extend(
+            self.skipped
+                .iter()
+                .map(|s| format!("skipped view entry {s}")),
+        );
+        out.extend(
+            self.plan
+                .conflicts
+                .iter()
+                .map(|c| format!("left alone: another owner's {c} sits where twill wants one")),
+        );
+        out.extend(self.failures.iter().cloned());
+        out
+    }
+}
+
+/// What [`reconcile`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Fingerprint unchanged and every installed object still in the kernel: nothing done.
+    Unchanged,
+    /// The kernel was compared and the difference applied (see the report).
+    Applied(Report),
+}
+
+/// The fingerprint of a reconcile's inputs: the view's bytes, the own ranges, the plane.
+pub fn fingerprint(view_bytes: &[u8], own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
+    let mut own: Vec<IpNetwork> = own_ranges
+        .iter()
+        .map(|s| crate::flannel::subnet_file::network_of(*s))
+        .collect();
+    own.sort();
+    own.dedup();
+    let mut h = Fnv1a64::default();
+    h.write(b"twill-node 2\0");
+    h.write(&[TWILL_PROTO]);
+    h.write(plane.key().as_bytes());
+    h.write(&[0]);
+    h.write(&(own.len() as u64).to_le_bytes());
+    for s in &own {
+        h.write_net(s);
+    }
+    h.write(view_bytes);
+    h.finish()
+}
+
+/// Makes the node hold exactly what `inputs.plane` wants for the view, for one network.
+///
+/// Fast path, no lock: the view's bytes hash to the recorded fingerprint and the kernel holds
+/// every installed object → [`Reconciled::Unchanged`]. Slow path, under the namespace lock:
+/// read the view again, select the remote peers (this node's entries and unusable ones
+/// skipped), diff with the kernel, record the union of old and new objects as pending, apply,
+/// remove (never what another network claims), record the result, prune the state of dead
+/// namespaces. An unreadable view keeps (and repairs) what was installed last. Only state-file
+/// and kernel-listing failures are errors; refused changes are in the report and retried.
+pub fn reconcile(
+    k: &mut dyn NodeKernel,
+    state: &StateFile,
+    inputs: &Inputs<'_>,
+) -> Result<Reconciled> {
+    if let Ok(bytes) = inputs.source.bytes() {
+        let fp = fingerprint(&bytes, inputs.own_ranges, inputs.plane);
+        let prev = state.read();
+        if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
+            return Ok(Reconciled::Unchanged);
+        }
+    }
+    let _lock = state.lock()?;
+    let mut prev = state.read();
+    // Upgrade from the previous state format: its destinations are this network's claims.
+    let legacy = if prev == NodeState::default() {
+        state.legacy_destinations()
+    } else {
+        None
+    };
+    if let Some(dsts) = &legacy {
+        prev.installed = k
+            .list_owned(Kind::Route)?
+            .into_iter()
+            .filter(|o| matches!(o, Object::Route(r) if dsts.contains(&r.dst)))
+            .collect();
+    }
+    let mut report = Report::default();
+    // Some plane rejections depend on the node (its addresses), not only on the inputs: while
+    // there are any, the fingerprint is not recorded, so every call looks again.
+    let mut node_dependent = false;
+    let (desired, fp) = match inputs.source.bytes().and_then(|b| {
+        let view = ClusterView::parse(&b, inputs.source)?;
+        Ok((view, fingerprint(&b, inputs.own_ranges, inputs.plane)))
+    }) {
+        Ok((view, fp)) => {
+            if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
+                return Ok(Reconciled::Unchanged); // applied by another call meanwhile
+            }
+            let local = k.local_addrs()?;
+            let (desired, skipped, rejected) = wanted(&view, inputs, &local);
+            report.skipped = skipped;
+            node_dependent = rejected;
+            (desired, Some(fp))
+        }
+        Err(e) => {
+            report.unreadable = Some(e.msg);
+            (prev.installed.clone(), None)
+        }
+    };
+    let mut kinds: BTreeSet<Kind> = inputs.plane.owns().iter().copied().collect();
+    kinds.extend(prev.installed.iter().map(Object::kind));
+    let mut found = Vec::new();
+    for kind in kinds {
+        found.extend(k.list(kind)?);
+    }
+    let mine: BTreeSet<Key> = prev.installed.iter().map(Object::claim).collect();
+    let plan = plan(&desired, &found, &mine, &state.other_claims());
+    if !plan.apply.is_empty() || !plan.remove.is_empty() {
+        let mut pending: Vec<Object> = prev.installed.clone();
+        pending.extend(desired.iter().cloned());
+        pending.sort();
+        pending.dedup();
+        state.write(&NodeState {
+            fingerprint: None,
+            installed: pending,
+        })?;
+    }
+    for o in &plan.apply {
+        if let Err(e) = k.apply(o) {
+            report.failures.push(format!("could not install {o}: {e}"));
+        }
+    }
+    let mut installed = desired;
+    for o in &plan.remove {
+        if let Err(e) = k.remove(o) {
+            report.failures.push(format!("could not remove {o}: {e}"));
+            installed.push(o.clone()); // still claimed, so the next call removes it
+        }
+    }
+    let complete = plan.conflicts.is_empty() && report.failures.is_empty() && !node_dependent;
+    state.write(&NodeState {
+        fingerprint: fp.filter(|_| complete),
+        installed,
+    })?;
+    if legacy.is_some() {
+        state.remove_legacy();
+    }
+    state.prune_dead();
+    report.plan = plan;
+    Ok(Reconciled::Applied(report))
+}
+
+/// CHECK and STATUS: the difference between the kernel and the view, changing nothing. The
+/// report's plan is empty when the node is as [`reconcile`] would leave it.
+pub fn verify(k: &mut dyn NodeKernel, state: &StateFile, inputs: &Inputs<'_>) -> Result<Report> {
+    let prev = state.read();
+    let mut report = Report::default();
+    let desired = match inputs.source.read() {
+        Ok(view) => {
+            let local = k.local_addrs()?;
+            let (desired, skipped, _) = wanted(&view, inputs, &local);
+            report.skipped = skipped;
+            desired
+        }
+        Err(e) => {
+            report.unreadable = Some(e.msg);
+            prev.installed.clone()
+        }
+    };
+    let mut found = Vec::new();
+    for kind in inputs.plane.owns() {
+        found.extend(k.list(*kind)?);
+    }
+    let mine: BTreeSet<Key> = prev.installed.iter().map(Object::claim).collect();
+    report.plan = plan(&desired, &found, &mine, &state.other_claims());
+    Ok(report)
+}
+
+/// The objects the plane wants for `view` on a node with addresses `local`, every entry
+/// skipped on the way (by the view, by the selection, by the plane), and whether a plane
+/// rejection depends on the node (a verdict that may change with its addresses).
+fn wanted(
+    view: &ClusterView,
+    inputs: &Inputs<'_>,
+    local: &[IpNetwork],
+) -> (Vec<Object>, Vec<Skipped>, bool) {
+    let sel = view.select(inputs.own_ranges, local);
+    let mut skipped = sel.skipped;
+    let mut node_dependent = false;
+    let mut remote = Vec::with_capacity(sel.remote.len());
+    for p in sel.remote {
+        match inputs.plane.reject(p, local) {
+            None => remote.push(p),
+            Some(r) => {
+                node_dependent |= r.depends_on_node;
+                skipped.push(Skipped {
+                    entry: p.to_json().to_string(),
+                    reason: r.reason,
+                });
+            }
+        }
+    }
+    skipped.sort();
+    (inputs.plane.desired(&remote), skipped, node_dependent)
+}
+
+/// True when the kernel holds every object of `installed` (one owned-listing per kind).
+fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
+    let kinds: BTreeSet<Kind> = installed.iter().map(Object::kind).collect();
+    for kind in kinds {
+        let owned = k.list_owned(kind)?;
+        let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
+        for o in &owned {
+            by_key.entry(o.key()).or_default().push(o);
+        }
+        let all_there = installed.iter().filter(|o| o.kind() == kind).all(|w| {
+            by_key
+                .get(&w.key())
+                .is_some_and(|fs| fs.iter().any(|f| w.satisfied_by(f)))
+        });
+        if !all_there {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Pure diff. `mine` are the claims this network installed before; `others` the claims of
+/// other networks in the namespace. A twill object not wanted is removed only when it is mine
+/// and not claimed by another network; one on a wanted claim but another key (a route at a
+/// stray metric) is removed unless another network claims it.
+pub fn plan(
+    desired: &[Object],
+    found: &[Found],
+    mine: &BTreeSet<Key>,
+    others: &BTreeSet<Key>,
+) -> Plan {
+    let mut by_key: BTreeMap<Key, Vec<&Found>> = BTreeMap::new();
+    for f in found {
+        by_key.entry(f.object.key()).or_default().push(f);
+    }
+    let wanted_keys: BTreeSet<Key> = desired.iter().map(Object::key).collect();
+    let wanted_claims: BTreeSet<Key> = desired.iter().map(Object::claim).collect();
+    let mut plan = Plan::default();
+    for want in desired {
+        let here = by_key
+            .get(&want.key())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if here.iter().any(|f| f.ours && want.satisfied_by(&f.object)) {
+            continue;
+        }
+        // Routes and devices of other owners are theirs; neighbour and FDB entries live on
+        // twill's own devices, where a learned entry is overwritten by the permanent one.
+        let foreign: Vec<&&Found> = here
+            .iter()
+            .filter(|f| !f.ours && matches!(want.kind(), Kind::Route | Kind::Device))
+            .collect();
+        if foreign.is_empty() {
+            plan.apply.push(want.clone());
+        } else {
+            plan.conflicts
+                .extend(foreign.into_iter().map(|f| f.object.clone()));
+        }
+    }
+    for f in found.iter().filter(|f| f.ours) {
+        let key = f.object.key();
+        let claim = f.object.claim();
+        let remove = if wanted_keys.contains(&key) {
+            false
+        } else if wanted_claims.contains(&claim) {
+            !others.contains(&claim)
+        } else {
+            mine.contains(&claim) && !others.contains(&claim)
+        };
+        if remove {
+            plan.remove.push(f.object.clone());
+        }
+    }
+    plan
+}
+
+fn effective_metric(dst: &IpNetwork, priority: u32) -> u32 {
+    if dst.is_ipv6() && priority == 0 {
+        IPV6_DEFAULT_METRIC
+    } else {
+        priority
+    }
+}
+
+/// The node's kernel over twill's rtnetlink client (the socket's namespace).
+impl NodeKernel for Netlink {
+    fn local_addrs(&mut self) -> Result<Vec<IpNetwork>> {
+        Ok(self
+            .addresses(None, None)?
+            .into_iter()
+            .filter_map(|a| IpNetwork::new(a.addr, a.prefix_len).ok())
+            .collect())
+    }
+
+    fn list(&mut self, kind: Kind) -> Result<Vec<Found>> {
+        match kind {
+            Kind::Route => {
+                let filter = RouteFilter {
+                    table: Some(rt_table::MAIN),
+                    ..RouteFilter::default()
+                };
+                Ok(self
+                    .routes(&filter)?
+                    .into_iter()
+                    .filter(|r| r.kind == RTN_UNICAST)
+                    .map(|r| Found {
+                        ours: r.protocol == TWILL_PROTO,
+                        object: Object::Route(PeerRoute {
+                            metric: effective_metric(&r.dst, r.metric.unwrap_or(0)),
+                            dst: r.dst,
+                            gateway: r.gateway,
+                            oif: r.oif,
+                            onlink: r.onlink,
+                        }),
+                    })
+                    .collect())
+            }
+            Kind::Neighbour => {
+                let names = self.link_names()?;
+                Ok(self
+                    .neighbours(None, None, false)?
+                    .into_iter()
+                    .filter_map(|n| {
+                        Some(Found {
+                            ours: n.state & nud::PERMANENT != 0,
+                            object: Object::Neighbour {
+                                dev: names.get(&n.index)?.clone(),
+                                ip: n.ip?,
+                                mac: n.mac?,
+                            },
+                        })
+                    })
+                    .collect())
+            }
+            Kind::Fdb => {
+                let names = self.link_names()?;
+                Ok(self
+                    .fdb_entries(None)?
+                    .into_iter()
+                    .filter_map(|e| {
+                        Some(Found {
+                            ours: e.is_self(),
+                            object: Object::Fdb {
+                                dev: names.get(&e.index)?.clone(),
+                                mac: e.mac,
+                                dst: e.dst?,
+                            },
+                        })
+                    })
+                    .collect())
+            }
+            Kind::Device => Ok(self
+                .links()?
+                .into_iter()
+                .filter_map(|l| {
+                    let v = l.vxlan?;
+                    Some(Found {
+                        ours: true,
+                        object: Object::Vxlan(VxlanDevice {
+                            name: l.name,
+                            vni: v.vni,
+                            port: v.port,
+                            local: v.local,
+                            mac: l.mac,
+                            mtu: Some(l.mtu),
+                        }),
+                    })
+                })
+                .collect()),
+        }
+    }
+
+    fn list_owned(&mut self, kind: Kind) -> Result<Vec<Object>> {
+        if kind != Kind::Route {
+            return Ok(self
+                .list(kind)?
+                .into_iter()
+                .filter(|f| f.ours)
+                .map(|f| f.object)
+                .collect());
+        }
+        // With NETLINK_GET_STRICT_CHK the kernel sends only twill's main-table routes; without
+        // it (before 4.20) it sends every route and `routes` filters here: same answer.
+        let filter = RouteFilter {
+            table: Some(rt_table::MAIN),
+            protocol: Some(TWILL_PROTO),
+            ..RouteFilter::default()
+        };
+        Ok(self
+            .routes(&filter)?
+            .into_iter()
+            .filter(|r| r.kind == RTN_UNICAST)
+            .map(|r| {
+                Object::Route(PeerRoute {
+                    metric: effective_metric(&r.dst, r.metric.unwrap_or(0)),
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    oif: r.oif,
+                    onlink: r.onlink,
+                })
+            })
+            .collect())
+    }
+
+    fn apply(&mut self, o: &Object) -> Result<()> {
+        match o {
+            Object::Route(r) => {
+                let spec = RouteSpec {
+                    gateway: r.gateway,
+                    oif: r.oif,
+                    onlink: r.onlink,
+                    metric: (r.metric != effective_metric(&r.dst, 0)).then_some(r.metric),
+                    ..RouteSpec::new(r.dst)
+                };
+                Ok(self.replace_route(&spec)?)
+            }
+            Object::Neighbour { dev, ip, mac } => {
+                let index = self.index_of(dev)?;
+                Ok(self.replace_neighbour(&NeighbourSpec::permanent(index, *ip, *mac))?)
+            }
+            Object::Fdb { dev, mac, dst } => {
+                let index = self.index_of(dev)?;
+                Ok(self.fdb_replace(&FdbEntry::vxlan(index, *mac, *dst))?)
+            }
+            Object::Vxlan(d) => {
+                if self.link_by_name(&d.name)?.is_some() {
+                    self.delete_link_by_name(&d.name)?;
+                }
+                Ok(self.create_vxlan(&VxlanSpec {
+                    name: &d.name,
+                    vni: d.vni,
+                    local: d.local,
+                    port: d.port,
+                    underlay: None,
+                    learning: false,
+                    mtu: d.mtu,
+                    mac: d.mac,
+                    up: true,
+                })?)
+            }
+        }
+    }
+
+    fn remove(&mut self, o: &Object) -> Result<()> {
+        let res = match o {
+            Object::Route(r) => self.delete_route(&RouteSpec {
+                gateway: r.gateway,
+                metric: Some(r.metric),
+                protocol: TWILL_PROTO,
+                ..RouteSpec::new(r.dst)
+            }),
+            Object::Neighbour { dev, ip, mac } => match self.link_by_name(dev)? {
+                None => return Ok(()),
+                Some(l) => self.delete_neighbour(&NeighbourSpec::permanent(l.index, *ip, *mac)),
+            },
+            Object::Fdb { dev, mac, dst } => match self.link_by_name(dev)? {
+                None => return Ok(()),
+                Some(l) => self.fdb_delete(&FdbEntry::vxlan(l.index, *mac, *dst)),
+            },
+            Object::Vxlan(d) => self.delete_link_if_exists(&d.name).map(drop),
+        };
+        match res {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => Ok(r?),
+        }
+    }
+}
+
+impl Netlink {
+    fn link_names(&mut self) -> Result<BTreeMap<u32, String>> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect())
+    }
+
+    fn index_of(&mut self, dev: &str) -> Result<u32> {
+        self.link_by_name(dev)?.map(|l| l.index).ok_or_else(|| {
+            Error::new(
+                code::NETLINK,
+                format!("device {dev} does not exist on the node"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+    fn route(dst: &str, gw: &str) -> Object {
+        Object::Route(PeerRoute::via(net(dst), gw.parse().unwrap()))
+    }
+    fn found(dst: &str, gw: &str, ours: bool) -> Found {
+        let Object::Route(mut r) = route(dst, gw) else {
+            unreachable!()
+        };
+        r.oif = Some(2);
+        Found {
+            object: Object::Route(r),
+            ours,
+        }
+    }
+    fn claims(c: &[&str]) -> BTreeSet<Key> {
+        c.iter().map(|d| Key::Route(net(d), 0)).collect()
+    }
+
+    #[test]
+    fn lines_round_trip_for_every_kind() {
+        let mac: MacAddr = "02:00:00:00:00:02".parse().unwrap();
+        for o in [
+            route("10.244.2.0/24", "10.0.0.2"),
+            route("fd10:2::/64", "fd00::2"),
+            Object::Route(PeerRoute {
+                dst: net("10.9.0.0/16"),
+                gateway: None,
+                oif: Some(3),
+                onlink: true,
+                metric: 50,
+            }),
+            Object::Neighbour {
+                dev: "twvx".into(),
+                ip: "10.244.2.0".parse().unwrap(),
+                mac,
+            },
+            Object::Fdb {
+                dev: "twvx".into(),
+                mac,
+                dst: "10.0.0.2".parse().unwrap(),
+            },
+            Object::Vxlan(VxlanDevice {
+                name: "twvx".into(),
+                vni: 1,
+                port: 8472,
+                local: Some("10.0.0.1".parse().unwrap()),
+                mac: Some(mac),
+                mtu: None,
+            }),
+        ] {
+            assert_eq!(
+                Object::from_line(&o.to_line()),
+                Some(o.clone()),
+                "{}",
+                o.to_line()
+            );
+        }
+        assert_eq!(Object::from_line("route x"), None);
+    }
+
+    #[test]
+    fn plan_adds_missing_changes_different_deletes_only_own_unclaimed() {
+        let desired = [
+            route("10.244.2.0/24", "10.0.0.2"),
+            route("10.244.3.0/24", "10.0.0.3"),
+            route("fd10:2::/64", "fd00::2"),
+        ];
+        let found = [
+            found("10.244.2.0/24", "10.0.0.2", true),  // same: keep
+            found("10.244.3.0/24", "10.0.0.99", true), // changed gateway
+            found("10.244.4.0/24", "10.0.0.4", true),  // mine, no longer wanted
+            found("10.244.5.0/24", "10.0.0.5", true),  // another network's
+            found("10.244.6.0/24", "10.0.0.6", true),  // mine, but also claimed by another
+            found("10.1.0.0/16", "10.0.0.254", false), // foreign, unrelated
+        ];
+        let mine = claims(&[
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "10.244.4.0/24",
+            "10.244.6.0/24",
+        ]);
+        let others = claims(&["10.244.5.0/24", "10.244.6.0/24"]);
+        let p = plan(&desired, &found, &mine, &others);
+        assert_eq!(p.apply, vec![desired[1].clone(), desired[2].clone()]);
+        assert_eq!(p.remove, vec![found[2].object.clone()]);
+        assert!(p.conflicts.is_empty());
+    }
+
+    /// Routes only, in memory, with the kernel's replace semantics; removal can be refused.
+    #[derive(Default)]
+    struct FakeKernel {
+        routes: Vec<Found>,
+        refuse_remove: bool,
+    }
+
+    impl NodeKernel for FakeKernel {
+        fn local_addrs(&mut self) -> Result<Vec<IpNetwork>> {
+            Ok(vec![net("10.0.0.1/24")])
+        }
+        fn list(&mut self, _: Kind) -> Result<Vec<Found>> {
+            Ok(self.routes.clone())
+        }
+        fn apply(&mut self, o: &Object) -> Result<()> {
+            self.routes.retain(|f| f.object.key() != o.key());
+            self.routes.push(Found {
+                object: o.clone(),
+                ours: true,
+            });
+            Ok(())
+        }
+        fn remove(&mut self, o: &Object) -> Result<()> {
+            if self.refuse_remove {
+                return Err(Error::new(code::NETLINK, "Operation not permitted"));
+            }
+            self.routes.retain(|f| f.object != *o);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_removal_the_kernel_refused_stays_claimed_and_is_retried() {
+        let dir = std::env::temp_dir().join(format!("twill-reconcile-{}", std::process::id()));
+        let st =
+            StateFile::new(&dir, "n", crate::kernel::netns::NetnsKey::Cookie(1), (0, 0)).unwrap();
+        let mut k = FakeKernel::default();
+        let v1 = ViewSource::Inline(serde_json::json!([
+            {"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+            {"nodeIP": "10.0.0.3", "podCIDR": "10.244.3.0/24"},
+        ]));
+        let v2 = ViewSource::Inline(serde_json::json!([
+            {"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+        ]));
+        let run = |k: &mut FakeKernel, v: &ViewSource| {
+            let inputs = Inputs {
+                source: v,
+                own_ranges: &[],
+                plane: &crate::node::host_gw::HostGw,
+            };
+            reconcile(k, &st, &inputs).unwrap()
+        };
+        run(&mut k, &v1);
+        assert_eq!(k.routes.len(), 2);
+        k.refuse_remove = true;
+        let Reconciled::Applied(r) = run(&mut k, &v2) else {
+            panic!("expected an apply")
+        };
+        assert_eq!(r.failures.len(), 1, "{r:?}");
+        assert!(
+            st.read()
+                .installed
+                .contains(&route("10.244.3.0/24", "10.0.0.3"))
+        );
+        assert_eq!(st.read().fingerprint, None);
+        k.refuse_remove = false;
+        let Reconciled::Applied(r) = run(&mut k, &v2) else {
+            panic!("expected an apply")
+        };
+        assert_eq!(r.plan.remove, vec![route("10.244.3.0/24", "10.0.0.3")]);
+        assert_eq!(k.routes.len(), 1);
+        assert_eq!(run(&mut k, &v2), Reconciled::Unchanged);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn plan_overwrites_a_learned_neighbour_on_a_twill_device() {
+        let mac: MacAddr = "02:00:00:00:00:02".parse().unwrap();
+        let want = Object::Neighbour {
+            dev: "twvx0".into(),
+            ip: "10.244.2.0".parse().unwrap(),
+            mac,
+        };
+        let learned = Found {
+            object: Object::Neighbour {
+                dev: "twvx0".into(),
+                ip: "10.244.2.0".parse().unwrap(),
+                mac: "02:00:00:00:00:99".parse().unwrap(),
+            },
+            ours: false,
+        };
+        let p = plan(
+            std::slice::from_ref(&want),
+            &[learned],
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.apply, vec![want]);
+        assert!(p.conflicts.is_empty() && p.remove.is_empty());
+    }
+
+    #[test]
+    fn plan_leaves_foreign_route_on_same_key_and_removes_own_stray_metric() {
+        let desired = [
+            route("10.244.2.0/24", "10.0.0.2"),
+            route("fd10:2::/64", "fd00::2"),
+        ];
+        let foreign_v6 = found("fd10:2::/64", "fd00::9", false);
+        let mut stray = found("10.244.2.0/24", "10.0.0.2", true);
+        if let Object::Route(r) = &mut stray.object {
+            r.metric = 50;
+        }
+        let p = plan(
+            &desired,
+            &[foreign_v6.clone(), stray.clone()],
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(p.apply, vec![desired[0].clone()]);
+        assert_eq!(p.conflicts, vec![foreign_v6.object]);
+        assert_eq!(p.remove, vec![stray.object]);
+    }
+}

@@ -1,0 +1,465 @@
+//! Run-state files of the node reconcile: per network and node namespace, what was last applied
+//! (the fingerprint of its inputs and every object installed), a lock per node namespace, the
+//! claims other networks hold there, and the pruning of files whose namespace is gone.
+//!
+//! Layout under `runDir`: `<network>.peers.<netns key>` (one per network and namespace) and
+//! `.lock.<netns key>` (one per namespace, taken by every network's reconcile there, so a
+//! network never deletes what another is about to claim). The netns key is the namespace's
+//! cookie or, on kernels without one, its nsfs identity ([`NetnsKey`]).
+//!
+//! Format (text, written as temp file + rename): a version line, `fingerprint <hex>` or
+//! `fingerprint pending`, `netns <dev> <ino>`, then one installed object per line
+//! ([`Object::to_line`]).
+
+use crate::error::{Error, Result};
+use crate::kernel::netns::NetnsKey;
+use crate::node::reconcile::{Key, Object};
+use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const HEADER: &str = "twill-node-state 1";
+const STATE_INFIX: &str = ".peers.";
+
+/// What a state file records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeState {
+    /// Fingerprint of the inputs of the last complete apply (`None`: none yet, an apply in
+    /// progress, or one that left conflicts or failures behind).
+    pub fingerprint: Option<u64>,
+    /// The objects this network installed (its claims; deletion candidates when unwanted).
+    pub installed: Vec<Object>,
+}
+
+/// The state file of one network in one node namespace.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    dir: PathBuf,
+    key: NetnsKey,
+    inode: (u64, u64),
+    path: PathBuf,
+    legacy: Option<PathBuf>,
+}
+
+/// The namespace-wide reconcile lock; released on drop.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+impl StateFile {
+    /// The state of `network` in the namespace named by `key` whose nsfs identity is `inode`
+    /// (recorded for pruning). The network name becomes part of a file name: letters, digits,
+    /// `_`, `.`, `-`, not starting with `.` (code 7 otherwise).
+    pub fn new(run_dir: &Path, network: &str, key: NetnsKey, inode: (u64, u64)) -> Result<Self> {
+        check_network_name(network)?;
+        Ok(StateFile {
+            dir: run_dir.to_path_buf(),
+            key,
+            inode,
+            path: run_dir.join(format!("{network}{STATE_INFIX}{key}")),
+            legacy: match key {
+                NetnsKey::Cookie(c) => {
+                    Some(run_dir.join(format!("{network}{STATE_INFIX}{c:016x}")))
+                }
+                NetnsKey::Inode { .. } => None,
+            },
+        })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state; missing, unreadable or of another format is the empty state (worst
+    /// case: one reconcile that was not needed), and a line that does not parse is skipped.
+    pub fn read(&self) -> NodeState {
+        read_state(&self.path).map(|(s, _)| s).unwrap_or_default()
+    }
+
+    /// Atomically replaces the state (temp file in the same directory + rename), creating
+    /// the run directory when needed.
+    pub fn write(&self, state: &NodeState) -> Result<()> {
+        let mut text = format!("{HEADER}\n");
+        match state.fingerprint {
+            Some(fp) => text.push_str(&format!("fingerprint {fp:016x}\n")),
+            None => text.push_str("fingerprint pending\n"),
+        }
+        text.push_str(&format!("netns {} {}\n", self.inode.0, self.inode.1));
+        for o in &state.installed {
+            text.push_str(&o.to_line());
+            text.push('\n');
+        }
+        self.make_dir()?;
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".tmp{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let res = File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        res.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("write twill state file {}", self.path.display()), e)
+        })
+    }
+
+    /// Removes the state file (the next reconcile then compares with the kernel). Absent is Ok.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", self.path.display()), e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The destinations recorded by the previous state format (`<network>.peers.<cookie as 16
+    /// hex digits>`: a fingerprint line, then one destination per line), when this network
+    /// has such a file in this namespace: its claims, to be taken over on upgrade.
+    pub fn legacy_destinations(&self) -> Option<BTreeSet<IpNetwork>> {
+        let text = std::fs::read_to_string(self.legacy.as_ref()?).ok()?;
+        Some(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// Removes the previous format's state file and its per-network lock (claims taken over).
+    pub fn remove_legacy(&self) {
+        if let Some(l) = &self.legacy {
+            let _ = std::fs::remove_file(l);
+            if let Some(name) = l.file_name().and_then(|n| n.to_str())
+                && let Some((network, _)) = name.rsplit_once(STATE_INFIX)
+            {
+                let _ = std::fs::remove_file(self.dir.join(format!("{network}.peers.lock")));
+            }
+        }
+    }
+
+    /// Takes the exclusive reconcile lock of this namespace (all networks sharing the run dir),
+    /// creating the run dir; blocks while another reconcile holds it.
+    pub fn lock(&self) -> Result<StateLock> {
+        self.make_dir()?;
+        let path = self.dir.join(format!(".lock.{}", self.key));
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        f.lock()
+            .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
+        Ok(StateLock { _file: f })
+    }
+
+    /// The claim keys ([`Object::claim`]) of every other network's state in this namespace and
+    /// run dir: what this network must not delete even when it no longer wants it.
+    pub fn other_claims(&self) -> BTreeSet<Key> {
+        let mut out = BTreeSet::new();
+        for (path, key) in state_files(&self.dir) {
+            if key == self.key
+                && path != self.path
+                && let Some((s, _)) = read_state(&path)
+            {
+                out.extend(s.installed.iter().map(Object::claim));
+            }
+        }
+        out
+    }
+
+    /// Removes the state files (and locks) of namespaces other than this one that no longer
+    /// exist: no process is in them and no nsfs mount holds them. Costs one directory read when
+    /// only this namespace has files; the /proc scan runs only when others are present.
+    /// Returns the files removed.
+    pub fn prune_dead(&self) -> Vec<PathBuf> {
+        let others: Vec<(PathBuf, NetnsKey)> = state_files(&self.dir)
+            .into_iter()
+            .filter(|(_, k)| *k != self.key)
+            .collect();
+        if others.is_empty() {
+            return Vec::new();
+        }
+        let live = live_netns_inodes();
+        let mut removed = Vec::new();
+        let mut dead_keys = BTreeSet::new();
+        for (path, key) in others {
+            let ino = match key {
+                NetnsKey::Inode { ino, .. } => Some(ino),
+                NetnsKey::Cookie(_) => read_state(&path).and_then(|(_, i)| i).map(|i| i.1),
+            };
+            // A file that does not say its namespace is left alone.
+            let Some(ino) = ino else { continue };
+            let dead = match (live.get(&ino), key) {
+                (None, _) => true,
+                // The inode was reused by a younger namespace: cookies are never reused.
+                (Some(p), NetnsKey::Cookie(c)) => cookie_at(p).is_some_and(|now| now != c),
+                (Some(_), NetnsKey::Inode { .. }) => false,
+            };
+            if dead && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+                dead_keys.insert(key);
+            }
+        }
+        for key in dead_keys {
+            if state_files(&self.dir).iter().all(|(_, k)| *k != key) {
+                let _ = std::fs::remove_file(self.dir.join(format!(".lock.{key}")));
+            }
+        }
+        removed
+    }
+
+    fn make_dir(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("create run dir {}", self.dir.display()), e))
+    }
+}
+
+/// Every state file in `dir` with the namespace key of its name.
+fn state_files(dir: &Path) -> Vec<(PathBuf, NetnsKey)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| {
+        let e = e.ok()?;
+        let name = e.file_name().into_string().ok()?;
+        let (_, key) = name.rsplit_once(STATE_INFIX)?;
+        let key: NetnsKey = key.parse().ok()?;
+        Some((e.path(), key))
+    })
+    .collect()
+}
+
+/// Parses a state file: the state and the namespace identity it records.
+fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != HEADER {
+        return None;
+    }
+    let mut state = NodeState::default();
+    let mut inode = None;
+    for line in lines {
+        if let Some(fp) = line.strip_prefix("fingerprint ") {
+            state.fingerprint = u64::from_str_radix(fp, 16).ok();
+        } else if let Some(ns) = line.strip_prefix("netns ") {
+            let mut it = ns.split(' ').map(str::parse::<u64>);
+            if let (Some(Ok(d)), Some(Ok(i))) = (it.next(), it.next()) {
+                inode = Some((d, i));
+            }
+        } else if let Some(o) = Object::from_line(line) {
+            state.installed.push(o);
+        }
+    }
+    Some((state, inode))
+}
+
+/// The cookie of the namespace at `path` (None when it cannot be told: then it counts as live).
+fn cookie_at(path: &Path) -> Option<u64> {
+    crate::kernel::netns::Netns::open(path).ok()?.cookie().ok()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mount_path(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// Every network namespace that exists for this mount namespace's view, by inode, with a
+/// path that opens it: those of processes (`/proc/<pid>/ns/net`) and those held by nsfs
+/// mounts (`ip netns add`, runtimes' pinned namespaces).
+fn live_netns_inodes() -> BTreeMap<u64, PathBuf> {
+    let inode_of = |s: &str| {
+        s.strip_prefix("net:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let mut live = BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+                continue;
+            }
+            let path = e.path().join("ns/net");
+            if let Ok(link) = std::fs::read_link(&path)
+                && let Some(i) = link.to_str().and_then(inode_of)
+            {
+                live.entry(i).or_insert(path);
+            }
+        }
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mounts.lines() {
+            // "id parent maj:min root mountpoint opts [optional...] - fstype source super"
+            let mut f = line.split(' ');
+            let root = f.nth(3);
+            let point = f.next();
+            if line.contains(" - nsfs ")
+                && let (Some(i), Some(p)) = (root.and_then(inode_of), point)
+            {
+                live.insert(i, unescape_mount_path(p));
+            }
+        }
+    }
+    live
+}
+
+/// Network names become file names: letters, digits, `_`, `.`, `-`, not starting with `.`.
+fn check_network_name(network: &str) -> Result<()> {
+    let ok = !network.is_empty()
+        && network.len() <= 200
+        && !network.starts_with('.')
+        && network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(format!(
+            "invalid network name {network:?}: use letters, digits, '_', '.', '-'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::reconcile::PeerRoute;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("twill-state-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn route(dst: &str, gw: &str) -> Object {
+        Object::Route(PeerRoute::via(dst.parse().unwrap(), gw.parse().unwrap()))
+    }
+
+    #[test]
+    fn round_trip_claims_and_name_validation() {
+        let dir = TempDir::new("rt");
+        let own_ns = crate::kernel::netns::Netns::current().unwrap().id();
+        let st = StateFile::new(&dir.0, "net1", NetnsKey::Cookie(0xabc), own_ns).unwrap();
+        assert!(st.path().ends_with("net1.peers.c0000000000000abc"));
+        assert_eq!(st.read(), NodeState::default());
+        let s = NodeState {
+            fingerprint: Some(7),
+            installed: vec![
+                route("10.244.2.0/24", "10.0.0.2"),
+                route("fd10:2::/64", "fd00::2"),
+            ],
+        };
+        st.write(&s).unwrap();
+        assert_eq!(st.read(), s);
+        st.write(&NodeState::default()).unwrap();
+        assert_eq!(st.read().fingerprint, None);
+
+        // Another network in the same namespace claims its routes; another namespace does not.
+        let b = StateFile::new(&dir.0, "net2", NetnsKey::Cookie(0xabc), own_ns).unwrap();
+        b.write(&s).unwrap();
+        let other_ns = StateFile::new(&dir.0, "net3", NetnsKey::Cookie(0xdef), own_ns).unwrap();
+        other_ns
+            .write(&NodeState {
+                fingerprint: None,
+                installed: vec![route("10.244.9.0/24", "10.0.0.9")],
+            })
+            .unwrap();
+        let claims = st.other_claims();
+        assert_eq!(claims.len(), 2, "{claims:?}");
+        assert!(
+            !claims.contains(&Key::Route("10.244.9.0/24".parse().unwrap(), 0)),
+            "{claims:?}"
+        );
+        let _l = st.lock().unwrap();
+
+        st.remove().unwrap();
+        st.remove().unwrap();
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a\0b"] {
+            assert_eq!(
+                StateFile::new(&dir.0, bad, NetnsKey::Cookie(1), own_ns)
+                    .unwrap_err()
+                    .code,
+                7,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn prune_removes_only_files_of_namespaces_that_are_gone() {
+        let dir = TempDir::new("prune");
+        let own_ns = crate::kernel::netns::Netns::current().unwrap().id();
+        let me = StateFile::new(&dir.0, "n", NetnsKey::Cookie(u64::MAX), own_ns).unwrap();
+        me.write(&NodeState::default()).unwrap();
+        assert!(me.prune_dead().is_empty());
+        // This process's namespace lives, under either key kind; inode 1 is no namespace; a
+        // cookie that is not the one of the namespace now at the recorded inode is gone too.
+        let cookie = crate::kernel::netns::Netns::current()
+            .unwrap()
+            .cookie()
+            .unwrap();
+        let alive = StateFile::new(&dir.0, "n", NetnsKey::Cookie(cookie), own_ns).unwrap();
+        alive.write(&NodeState::default()).unwrap();
+        let reused = StateFile::new(&dir.0, "r", NetnsKey::Cookie(cookie + 1), own_ns).unwrap();
+        reused.write(&NodeState::default()).unwrap();
+        let by_inode = NetnsKey::Inode {
+            dev: own_ns.0,
+            ino: own_ns.1,
+        };
+        let alive2 = StateFile::new(&dir.0, "m", by_inode, own_ns).unwrap();
+        alive2.write(&NodeState::default()).unwrap();
+        let dead_key = NetnsKey::Cookie(cookie + 7);
+        let dead = StateFile::new(&dir.0, "d", dead_key, (own_ns.0, 1)).unwrap();
+        dead.write(&NodeState::default()).unwrap();
+        let _l = dead.lock().unwrap();
+        let dead2 =
+            StateFile::new(&dir.0, "m", NetnsKey::Inode { dev: 9, ino: 1 }, (9, 1)).unwrap();
+        dead2.write(&NodeState::default()).unwrap();
+        let mut removed = me.prune_dead();
+        removed.sort();
+        let mut want = vec![
+            dead.path().to_path_buf(),
+            dead2.path().to_path_buf(),
+            reused.path().to_path_buf(),
+        ];
+        want.sort();
+        assert_eq!(removed, want);
+        for kept in [&me, &alive, &alive2] {
+            assert!(kept.path().exists(), "{}", kept.path().display());
+        }
+        assert!(!dir.0.join(format!(".lock.{dead_key}")).exists());
+    }
+}
