@@ -4,9 +4,11 @@
 //! - [`cni`]: the protocol (skeleton, types, versions, args, errors);
 //! - [`kernel`]: netlink, network namespaces, sysctls;
 //! - [`pod`]: wiring one pod (veth, bridge);
-//! - [`node`]: the node's shared state (cluster view, reconcile, masquerade);
+//! - [`node`]: the node's shared state (cluster view, reconcile, masquerade, forward rules);
 //! - [`flannel`]: flannel's subnet file;
 //! - [`ipam`]: host-local in-process, any other IPAM exec'd;
+//! - [`network`]: a network as every data-plane plugin loads it (shared keys, IPAM, MTU, the
+//!   node state it owns) and the undo log of an ADD;
 //! - [`hash`]: the one stable hash behind every derived name and fingerprint.
 
 pub mod cni;
@@ -14,6 +16,7 @@ pub mod flannel;
 pub mod hash;
 pub mod ipam;
 pub mod kernel;
+pub mod network;
 pub mod node;
 pub mod pod;
 

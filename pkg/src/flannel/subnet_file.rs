@@ -71,6 +71,19 @@ impl SubnetFile {
         }
     }
 
+    /// The subnet file at `path`, or None when it does not exist (code 7 when malformed, 5
+    /// when unreadable).
+    pub fn read_if_present(path: &Path) -> Result<Option<SubnetFile>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("read flannel subnet file {}", path.display()),
+                e,
+            )),
+        }
+    }
+
     /// Parses the text of a subnet file; `path` only names it in messages.
     pub fn parse(text: &str, path: &Path) -> Result<SubnetFile> {
         let bad = |key: &str, value: &str, why: &str| {

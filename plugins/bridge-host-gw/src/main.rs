@@ -10,13 +10,14 @@
 #![cfg_attr(not(test), no_main)]
 
 mod config;
-mod rollback;
 
-use config::{Need, Network, subnets_of};
+use config::Network;
 use ipnetwork::IpNetwork;
-use rollback::Undo;
 use twill::kernel::netlink::Netlink;
 use twill::kernel::netns::Netns;
+use twill::network::undo::Undo;
+use twill::network::{Need, subnets_of};
+use twill::node::host_gw::HostGw;
 use twill::pod::bridge;
 use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
@@ -29,10 +30,10 @@ impl Plugin for BridgeHostGw {
         net.preflight_node_rules()?;
         let pod_ns = open_netns(args)?;
         let mut node = Netlink::new()?;
-        let mut undo = Undo::default();
+        let mut undo = Undo::new("bridge-host-gw");
 
         let br = bridge::ensure_with(&mut node, &net.bridge, &net.bridge_options(), |nl| {
-            net.default_mtu(nl)
+            net.bridge_mtu(nl)
         })?;
         let pair = PairSpec {
             owner: owner(&net, args),
@@ -76,7 +77,7 @@ impl Plugin for BridgeHostGw {
         bridge::settle_carrier(&mut node, &br)?;
 
         let subnets = subnets_of(&addrs);
-        net.reconcile_peers(&mut node, &subnets)?;
+        net.reconcile_peers(&mut node, &subnets, &HostGw)?;
         net.ensure_node_rules(&subnets)?;
         undo.commit();
 
@@ -141,7 +142,7 @@ impl Plugin for BridgeHostGw {
         }
         net.ipam_check(args)?;
         let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
-        net.check_peers(&mut node, &subnets)?;
+        net.check_peers(&mut node, &subnets, &HostGw)?;
         net.check_node_rules(&subnets);
         Ok(())
     }
@@ -166,10 +167,10 @@ impl Plugin for BridgeHostGw {
         let mut node = Netlink::new().map_err(|e| unavailable(e.into()))?;
         // The bridge exists as a bridge, or its name is free for ADD to take.
         bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
-        net.default_mtu(&mut node).map_err(unavailable)?;
+        net.bridge_mtu(&mut node).map_err(unavailable)?;
         net.netfilter_status().map_err(unavailable)?;
         net.ipam_status(args).map_err(unavailable)?;
-        net.view_status(&mut node).map_err(unavailable)
+        net.view_status(&mut node, &HostGw).map_err(unavailable)
     }
 }
 
