@@ -288,10 +288,10 @@ pub fn exec_in(netns: &Path, cmd: &[&str]) -> std::process::Output {
     )
 }
 
-/// Connects from the namespace at `from` to `ip:port` and returns what the server sent first
-/// (bash's `/dev/tcp`, each attempt bounded to 3 s; up to 3 attempts); `None` when no attempt
-/// got an answer.
-pub fn tcp_greeting(from: &Path, ip: IpAddr, port: u16) -> Option<String> {
+/// Connects from the namespace at `from` to `ip:port`, sends `request` and returns the first
+/// bytes the server answers (bash's `/dev/tcp`, each attempt bounded to 3 s; up to 3 attempts);
+/// `None` when no attempt got an answer.
+pub fn tcp_exchange(from: &Path, ip: IpAddr, port: u16, request: &str) -> Option<String> {
     let (ip, port) = (ip.to_string(), port.to_string());
     (0..3).find_map(|_| {
         let out = exec_in(
@@ -301,10 +301,11 @@ pub fn tcp_greeting(from: &Path, ip: IpAddr, port: u16) -> Option<String> {
                 "3",
                 "bash",
                 "-c",
-                "exec 3<>\"/dev/tcp/$1/$2\" && head -c 200 <&3",
+                "exec 3<>\"/dev/tcp/$1/$2\" && printf '%s' \"$3\" >&3 && head -c 200 <&3",
                 "probe",
                 &ip,
                 &port,
+                request,
             ],
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -12,7 +12,7 @@ use conformance::Fabric;
 use conformance::hostgw::{reservations, tw_links};
 use conformance::runtimes::{
     Listener, NetSpec, PLUGINS, PluginUnderTest, bin_dir, iptables_rules, libcni_driver,
-    portmap_chains, report, tcp_greeting,
+    portmap_chains, report, tcp_exchange,
 };
 use conformance::{Netns, TempDir, result_ips, unique_name};
 use serde_json::{Value, json};
@@ -202,7 +202,7 @@ fn chain_with_meta_plugins(plugin: &PluginUnderTest, version: &str) {
     );
     let greeting = format!("pod {id}");
     let listener = Listener::start(pod.path(), POD_PORT, &greeting);
-    let got = tcp_greeting(outside.path(), node.ip.into(), HOST_PORT);
+    let got = tcp_exchange(outside.path(), node.ip.into(), HOST_PORT, "");
     assert_eq!(
         got.as_deref(),
         Some(greeting.as_str()),
