@@ -268,3 +268,123 @@ fn every_plugin_chains_with_tuning_portmap_bandwidth_firewall_at_1_0_0() {
         chain_with_meta_plugins(plugin, "1.0.0");
     }
 }
+
+/// The shipped sample conflists (`examples/*.conflist`), with their file paths pointed into the
+/// test's directories, pass ADD, CHECK and DEL through libcni and leave nothing behind.
+#[test]
+fn shipped_example_conflists_pass_add_check_del_through_libcni() {
+    let examples = conformance::bins::workspace_dir().join("examples");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap_or_else(|e| panic!("read {}: {e}", examples.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no sample conflists in {}",
+        examples.display()
+    );
+    for file in files {
+        run_example(&file);
+    }
+}
+
+fn run_example(file: &Path) {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut conflist: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let ctx = format!("libcni + {}", file.display());
+    let fab = Fabric::single_l2(1);
+    let node = fab.node(0);
+    let net = NetSpec::new(node, "ex");
+    let dir = TempDir::new("example");
+    let (conf_dir, cache) = (dir.join("net.d"), dir.join("cache"));
+    std::fs::create_dir_all(&conf_dir).unwrap_or_else(|e| panic!("create conf dir: {e}"));
+    let peers = dir.join("peers.json");
+    std::fs::write(&peers, "[]").unwrap_or_else(|e| panic!("write peers: {e}"));
+    let log = dir.join("twill.log");
+    // Every path the sample names goes into the test's directories; nothing else changes.
+    let first = &mut conflist["plugins"][0];
+    let redirect: [(&str, Value); 5] = [
+        ("subnetFile", json!(net.subnet_file)),
+        ("peersFile", json!(peers)),
+        ("dataDir", json!(node.data_dir)),
+        ("runDir", json!(node.run_dir)),
+        ("logFile", json!(log)),
+    ];
+    for (key, value) in &redirect {
+        if first.get(key).is_some() {
+            first[*key] = value.clone();
+        }
+    }
+    if first.pointer("/ipam/dataDir").is_some() {
+        first["ipam"]["dataDir"] = json!(node.data_dir);
+    }
+    let bridge = first["bridge"].as_str().unwrap_or("cni0").to_string();
+    let name = conflist["name"].as_str().unwrap_or_default().to_string();
+    std::fs::write(conf_dir.join("net.conflist"), conflist.to_string())
+        .unwrap_or_else(|e| panic!("write conflist: {e}"));
+    // twill's binaries first, so `host-local` is twill's; then the reference plugins.
+    let path = format!(
+        "{}:{}",
+        conformance::bins::twill_bin("host-local")
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        conformance::bins::ref_dir().display()
+    );
+    let pod = Netns::with_tag("pod");
+    let id = unique_name("ex");
+    let named = NetSpec {
+        name: name.clone(),
+        ..net.clone()
+    };
+    let attachment = Attachment {
+        node: &node.ns,
+        conf_dir: &conf_dir,
+        net: &named,
+        pod: &pod,
+        id: &id,
+        cache: &cache,
+        path: &path,
+    };
+    let text = assert_ok(&attachment.run("add"), "ADD");
+    let result: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{ctx}: ADD result {e}: {text}"));
+    let ips = result_ips(&result);
+    assert_eq!(ips.len(), 1, "{ctx}: {result}");
+    assert_eq!(
+        pod.global_cidrs("eth0").len(),
+        1,
+        "{ctx}: the pod's eth0 holds the address"
+    );
+    assert_ok(&attachment.run("check"), "CHECK");
+    assert_ok(&attachment.run("del"), "DEL");
+    let on_bridge: Vec<String> = node
+        .ns
+        .links()
+        .into_iter()
+        .filter(|l| l.master.as_deref() == Some(bridge.as_str()))
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(on_bridge, Vec::<String>::new(), "{ctx}: host veth left");
+    assert_eq!(
+        reservations(node, &name).len(),
+        0,
+        "{ctx}: reservation left"
+    );
+    if redirect.iter().any(|(k, _)| *k == "logFile") && log.exists() {
+        report(&format!(
+            "{ctx}: log lines written: {}",
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        ));
+    }
+    report(&format!(
+        "{ctx}: ADD gave {ips:?}; CHECK and DEL passed; nothing left"
+    ));
+}
