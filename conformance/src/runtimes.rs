@@ -16,7 +16,7 @@ use crate::process::{DEFAULT_TIMEOUT, run_bounded};
 use crate::{bins, unique_name};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -138,11 +138,6 @@ impl NetSpec {
                     && v6 != self.gateway6()
             }
         }
-    }
-
-    /// The gateway address on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 250, self.k, 1)
     }
 
     /// The IPv6 gateway address on the bridge (dual-stack only).
@@ -272,7 +267,8 @@ pub fn build_image(args: &[&str]) {
     );
 }
 
-/// The path of a namespace's net file for `nsenter --net=`: a [`Netns`] or `/proc/PID/ns/net`.
+/// `/proc/PID/ns/net`: the network namespace of process `pid` (e.g. a pod sandbox's first
+/// process), for [`exec_in`], [`Listener::start`] and the like.
 pub fn pid_netns(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/ns/net"))
 }

@@ -29,7 +29,7 @@ const SOMAXCONN: &str = "321";
 struct Attachment<'a> {
     node: &'a Netns,
     conf_dir: &'a Path,
-    net: &'a NetSpec,
+    net: &'a str,
     pod: &'a Netns,
     id: &'a str,
     cache: &'a Path,
@@ -48,7 +48,7 @@ impl Attachment<'_> {
             .arg(op)
             .arg("-confdir")
             .arg(self.conf_dir)
-            .args(["-net", &self.net.name, "-netns", &self.pod.path_str()])
+            .args(["-net", self.net, "-netns", &self.pod.path_str()])
             .args([
                 "-id",
                 self.id,
@@ -134,7 +134,7 @@ fn chain_with_meta_plugins(plugin: &PluginUnderTest, version: &str) {
     let attachment = Attachment {
         node: &node.ns,
         conf_dir: &conf_dir,
-        net: &net,
+        net: &net.name,
         pod: &pod,
         id: &id,
         cache: &cache,
@@ -337,14 +337,10 @@ fn run_example(file: &Path) {
     );
     let pod = Netns::with_tag("pod");
     let id = unique_name("ex");
-    let named = NetSpec {
-        name: name.clone(),
-        ..net.clone()
-    };
     let attachment = Attachment {
         node: &node.ns,
         conf_dir: &conf_dir,
-        net: &named,
+        net: &name,
         pod: &pod,
         id: &id,
         cache: &cache,
