@@ -151,6 +151,17 @@ fn chain_with_meta_plugins(plugin: &PluginUnderTest, version: &str) {
     let result: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{ctx}: ADD result {e}: {text}"));
     assert_eq!(result["cniVersion"], version, "{ctx}: {result}");
+    // twill's interfaces came through every meta plugin: the pod's eth0 in its sandbox.
+    let sandboxed: Vec<&Value> = result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["sandbox"] == pod.path_str().as_str())
+        .collect();
+    assert!(
+        sandboxed.len() == 1 && sandboxed[0]["name"] == "eth0",
+        "{ctx}: the pod's eth0 must be in the chain's result: {result}"
+    );
     let ips = result_ips(&result);
     assert_eq!(
         ips.len(),
