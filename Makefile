@@ -13,8 +13,19 @@ TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
 APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps
+# The real clients of the runtime suites (conformance/tests/{libcni,podman,containerd}.rs): Go and
+# Debian's libcni source for the libcni driver, podman with runc, containerd, busybox-static for
+# the local images, Debian's Python gRPC for the CRI client, iptables for portmap and firewall.
+APT_PKGS += golang-go golang-github-appc-cni-dev podman runc containerd busybox-static \
+  python3-grpcio iptables
+# Build tree of the clients (never the source tree); the suites use it (TWILL_CLIENTS_DIR).
+CLIENTS := $(CURDIR)/target/clients
+export TWILL_CLIENTS_DIR ?= $(CLIENTS)
+# `make install CONFLISTS=1` (or `make install-conflists`) also installs the sample conflists.
+CONFDIR ?= /etc/cni/net.d
+CONFLISTS ?=
 
-.PHONY: all deps build test unit conformance lint bench install demo clean
+.PHONY: all deps build clients test unit conformance lint bench install install-conflists demo clean
 
 all: build
 
@@ -33,13 +44,20 @@ build:
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
 	  $(CARGO) build --release --target $(TRIPLE) --workspace --bins
 
-## test: lint, unit tests, kernel integration tests and the black-box conformance suite (root).
+## clients: the libcni driver (Go, Debian's libcni, offline GOPATH build) into $(CLIENTS).
+clients:
+	@mkdir -p $(CLIENTS)
+	cd conformance/clients/libcni && GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off \
+	  GOFLAGS= GOCACHE=$(CLIENTS)/go-cache go build -o $(CLIENTS)/twill-libcni .
+
+## test: lint, unit tests, kernel integration tests and the black-box conformance suite, which
+## includes the real-client suites (libcni, podman, containerd CRI) (root).
 test: deps lint build unit conformance
 
 unit:
 	$(CARGO) test --workspace --exclude conformance
 
-conformance: build
+conformance: build clients
 	$(CARGO) test -p conformance
 
 lint:
@@ -50,10 +68,20 @@ lint:
 bench: deps build
 	$(RELEASE)/twill-bench all
 
-## install: plugin binaries into $(DESTDIR)$(PREFIX).
+## install: plugin binaries into $(DESTDIR)$(PREFIX); with CONFLISTS=1 also the sample conflists.
 install: build
 	install -d $(DESTDIR)$(PREFIX)
 	for b in $(BINS); do [ -x $(RELEASE)/$$b ] && install -m 0755 $(RELEASE)/$$b $(DESTDIR)$(PREFIX)/$$b; done; true
+	@if [ -n "$(CONFLISTS)" ]; then $(MAKE) --no-print-directory install-conflists; fi
+
+## install-conflists: one sample conflist per plugin (examples/) into $(DESTDIR)$(CONFDIR); an
+## existing file of the same name is kept, never overwritten.
+install-conflists:
+	install -d $(DESTDIR)$(CONFDIR)
+	@for f in examples/*.conflist; do \
+	  t=$(DESTDIR)$(CONFDIR)/$$(basename $$f); \
+	  if [ -e $$t ]; then echo "keeping existing $$t"; else install -m 0644 $$f $$t && echo "installed $$t"; fi; \
+	done
 
 ## demo: a 3-node bridge-host-gw cluster in network namespaces on this machine, then cleaned up.
 demo: deps build

@@ -23,12 +23,15 @@
 #![deny(missing_docs)]
 
 pub mod bins;
+pub mod containerd;
 pub mod fabric;
 pub mod hostgw;
 pub mod kernel;
 pub mod netns;
 pub mod plugin;
+pub mod podman;
 pub mod process;
+pub mod runtimes;
 pub mod snapshot;
 
 pub use bins::{ref_bin, twill_bin};

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod error;
+pub mod log;
 pub mod skeleton;
 pub mod types;
 pub mod version;

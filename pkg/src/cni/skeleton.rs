@@ -354,7 +354,15 @@ pub fn run_with(
         .as_ref()
         .map_or(LATEST, |i| i.reply_version())
         .to_owned();
-    let outcome = prepare(command, &env, input).and_then(|args| dispatch(plugin, &args));
+    let config = input.as_ref().ok().and_then(|i| i.json.as_ref().ok());
+    let (log_settings, log) = crate::cni::log::begin(&env, config, command.as_str());
+    let outcome = prepare(command, &env, input).and_then(|args| {
+        log_settings?;
+        dispatch(plugin, &args)
+    });
+    if let Some(log) = log {
+        log.finish(outcome.as_ref().map(Option::as_ref));
+    }
     match outcome {
         Ok(None) => 0,
         Ok(Some(json)) => match write_json(stdout, &json) {
