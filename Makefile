@@ -13,8 +13,12 @@ TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
 APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps
+# The VM test (conformance/tests/vm.rs): qemu boots Debian's cloud kernel (fetched into target/vm
+# with apt-get download, never installed) with an initramfs of busybox, iproute2 and depmod'ed
+# modules. Installed without recommends (qemu would pull a desktop stack).
+VM_PKGS := qemu-system-x86 busybox-static cpio kmod
 
-.PHONY: all deps build test unit conformance lint bench install demo clean
+.PHONY: all deps build test unit conformance vm lint bench install demo clean
 
 all: build
 
@@ -26,6 +30,12 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root to install:$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@missing=""; for p in $(VM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
 ## build: release binaries of every plugin and the bench harness.
@@ -33,7 +43,8 @@ build:
 	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
 	  $(CARGO) build --release --target $(TRIPLE) --workspace --bins
 
-## test: lint, unit tests, kernel integration tests and the black-box conformance suite (root).
+## test: lint, unit tests, kernel integration tests and the black-box conformance suite (root),
+## the VM test included.
 test: deps lint build unit conformance
 
 unit:
@@ -41,6 +52,10 @@ unit:
 
 conformance: build
 	$(CARGO) test -p conformance
+
+## vm: only the VM test (every data plane on Debian's stock cloud kernel, under qemu TCG).
+vm: deps build
+	$(CARGO) test -p conformance --test vm
 
 lint:
 	$(CARGO) fmt --all -- --check

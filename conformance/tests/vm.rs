@@ -185,6 +185,10 @@ fn every_data_plane_entry_passes_in_a_vm_running_debians_cloud_kernel() {
         .collect();
     let verdict = format!("TWILL-VM-VERDICT pass={} fail=0", want.len());
     assert!(
+        !console.contains("TWILL-VM-MODULE-FAILED"),
+        "every module of conformance/vm/modules.list loads:\n{console}"
+    );
+    assert!(
         finished && failed.is_empty() && console.contains(&verdict),
         "VM {}; entries not passed: {failed:?}\n--- serial console ({}) ---\n{console}",
         if finished {
