@@ -339,3 +339,20 @@ fn vm_named_tunnels_carry_packets_between_two_nodes_up_to_the_tunnel_mtu() {
         "the packets left through the tunnel device: {stats}"
     );
 }
+
+#[test]
+fn a_link_of_another_kind_with_the_tunnels_name_is_a_conflict_left_alone() {
+    let ns = TestNs::new();
+    ns.ip(&[
+        "link", "add", "twip0", "type", "veth", "peer", "name", "twip1",
+    ]);
+    let mut nl = ns.netlink();
+    let before = links_and_addrs(&mut nl);
+    let e = Ipip::ensure(&mut nl, &conf("twip0", "10.244.1.0/24", false), 1500).unwrap_err();
+    assert_eq!(e.code, code::CONFLICT, "{e}");
+    assert!(
+        e.msg.contains("twip0") && e.msg.contains("a veth device") && e.msg.contains("`device`"),
+        "{e}"
+    );
+    assert_eq!(links_and_addrs(&mut nl), before, "the veth is untouched");
+}

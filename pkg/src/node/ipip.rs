@@ -17,7 +17,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipSpec, Netlink, is_missing_kind,
+    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipLink, IpipSpec, Netlink, is_missing_kind,
 };
 use crate::node::peers::Peer;
 use crate::node::reconcile::{DataPlane, Found, Kind, Object, PeerRoute, Reject};
@@ -173,22 +173,6 @@ impl Ipip {
         underlay_mtu: u32,
     ) -> Result<(Ipip, bool)> {
         let address = tunnel_address(conf.block)?;
-        if let Some(l) = node.link_by_name(&conf.device)?
-            && l.kind.as_deref() != Some("ipip")
-        {
-            return Err(Error::new(
-                code::CONFLICT,
-                format!(
-                    "device {} exists and is {}, not an ipip tunnel: remove it or set `device` \
-                     to another name",
-                    conf.device,
-                    l.kind
-                        .map_or("a physical or loopback device".into(), |k| format!(
-                            "a {k} device"
-                        ))
-                ),
-            ));
-        }
         let device = IpipDevice {
             name: conf.device.clone(),
             local: conf.local.filter(|_| conf.device != IPIP_FALLBACK),
@@ -196,19 +180,7 @@ impl Ipip {
             up: true,
             addresses: vec![address],
         };
-        let created = apply(node, &device)?;
-        let ifindex = node
-            .link_by_name(&device.name)?
-            .map(|l| l.index)
-            .ok_or_else(|| {
-                Error::new(
-                    code::NETLINK,
-                    format!(
-                        "ipip device {} vanished right after it was set up",
-                        device.name
-                    ),
-                )
-            })?;
+        let (created, ifindex) = apply(node, &device)?;
         let mut local_subnets = Vec::new();
         if conf.cross_subnet {
             for a in node.addresses(None, Some(Family::V4))? {
@@ -300,10 +272,27 @@ impl DataPlane for Ipip {
     }
 }
 
-/// Makes the kernel hold `d` (creating a missing named device); true when it was created.
-pub(crate) fn apply(node: &mut Netlink, d: &IpipDevice) -> Result<bool> {
+/// Makes the kernel hold `d` (creating a missing named device): whether it was created, and
+/// its index. A link of that name that is not an ipip device is a conflict (code 104), left
+/// alone. Writes only what differs.
+pub(crate) fn apply(node: &mut Netlink, d: &IpipDevice) -> Result<(bool, u32)> {
     let mut created = false;
     let mut found = node.ipip_link(&d.name)?;
+    if found.is_none()
+        && let Some(l) = node.link_by_name(&d.name)?
+    {
+        let what = l.kind.map_or("a physical or loopback device".into(), |k| {
+            format!("a {k} device")
+        });
+        return Err(Error::new(
+            code::CONFLICT,
+            format!(
+                "device {} exists and is {what}, not an ipip tunnel: remove it or set `device` \
+                 to another name",
+                d.name
+            ),
+        ));
+    }
     if let Some(f) = &found
         && f.local != d.local
         && d.name != IPIP_FALLBACK
@@ -357,11 +346,21 @@ pub(crate) fn apply(node: &mut Netlink, d: &IpipDevice) -> Result<bool> {
         broadcast: Broadcast::None,
         ..AddrOptions::default()
     };
-    for a in &d.addresses {
+    let held: Vec<IpAddr> = node
+        .addresses(Some(index), Some(Family::V4))?
+        .into_iter()
+        .filter(|a| a.index == index && a.prefix_len == 32)
+        .map(|a| a.addr)
+        .collect();
+    for a in d
+        .addresses
+        .iter()
+        .filter(|a| !held.contains(&IpAddr::V4(**a)))
+    {
         let net = IpNetwork::V4(Ipv4Network::from(*a));
         node.replace_address(index, net, &opts)?;
     }
-    Ok(created)
+    Ok((created, index))
 }
 
 /// Undoes `d`: a named device is deleted; the kernel's `tunl0` cannot be, so it loses the
@@ -385,10 +384,10 @@ pub(crate) fn remove(node: &mut Netlink, d: &IpipDevice) -> Result<()> {
     Ok(())
 }
 
-/// Every ipip device of the node as reconcile objects (one link dump, one IPv4 address
-/// dump); every one counts as twill's to configure (routes stay owned by protocol).
-pub(crate) fn found_devices(node: &mut Netlink) -> Result<Vec<Found>> {
-    let links = node.ipip_links()?;
+/// The ipip devices `links` of the node as reconcile objects, with their /32 addresses (one
+/// IPv4 address dump when there are any); every one counts as twill's to configure (routes
+/// stay owned by protocol).
+pub(crate) fn found_devices(node: &mut Netlink, links: Vec<IpipLink>) -> Result<Vec<Found>> {
     if links.is_empty() {
         return Ok(Vec::new());
     }

@@ -735,8 +735,7 @@ impl NodeKernel for Netlink {
                     .collect())
             }
             Kind::Device => {
-                let links = self.links()?;
-                let any_ipip = links.iter().any(|l| l.kind.as_deref() == Some("ipip"));
+                let (links, ipips) = self.links_and_ipip()?;
                 let mut found: Vec<Found> = links
                     .into_iter()
                     .filter_map(|l| {
@@ -754,9 +753,7 @@ impl NodeKernel for Netlink {
                         })
                     })
                     .collect();
-                if any_ipip {
-                    found.extend(ipip::found_devices(self)?);
-                }
+                found.extend(ipip::found_devices(self, ipips)?);
                 Ok(found)
             }
         }
