@@ -47,7 +47,8 @@ done
 # copy_with_libs FILE DEST: the file and the shared libraries ldd lists for it.
 copy_with_libs() {
   install -D -m 0755 "$1" "$stage$2"
-  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+  # A static binary has no libraries: ldd and grep fail, which is fine.
+  { ldd "$1" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
     [ -e "$stage$lib" ] || install -D -m 0755 "$lib" "$stage$lib"
   done
 }

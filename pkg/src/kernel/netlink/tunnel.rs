@@ -195,7 +195,8 @@ impl Netlink {
     /// NLM_F_CREATE whose ipip data carries a tunnel protocol no driver accepts. A kernel with
     /// ipip (built in, loaded, or loaded on demand by this very request) refuses it in the
     /// driver's validation (EINVAL) before looking the name up; one without answers
-    /// EOPNOTSUPP or ENODEV (no such device, and creating was not asked for).
+    /// EOPNOTSUPP or ENODEV (no such device, and creating was not asked for). The driver
+    /// validates the protocol since Linux 4.7; older kernels would answer ENODEV (false).
     pub fn ipip_available(&mut self) -> NlResult<bool> {
         let mut m = named(PROBE_NAME);
         m.attributes.push(LinkAttribute::LinkInfo(vec![
