@@ -17,7 +17,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipLink, IpipSpec, Netlink, is_missing_kind,
+    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipSpec, Netlink, is_missing_kind,
 };
 use crate::node::peers::Peer;
 use crate::node::reconcile::{DataPlane, Found, Kind, Object, PeerRoute, Reject};
@@ -384,10 +384,11 @@ pub(crate) fn remove(node: &mut Netlink, d: &IpipDevice) -> Result<()> {
     Ok(())
 }
 
-/// The ipip devices `links` of the node as reconcile objects, with their /32 addresses (one
-/// IPv4 address dump when there are any); every one counts as twill's to configure (routes
-/// stay owned by protocol).
-pub(crate) fn found_devices(node: &mut Netlink, links: Vec<IpipLink>) -> Result<Vec<Found>> {
+/// Every ipip device of the node as reconcile objects, with their /32 addresses (one link
+/// dump, and one IPv4 address dump when there are any); every one counts as twill's to
+/// configure (routes stay owned by protocol).
+pub(crate) fn found_devices(node: &mut Netlink) -> Result<Vec<Found>> {
+    let links = node.ipip_links()?;
     if links.is_empty() {
         return Ok(Vec::new());
     }

@@ -734,28 +734,25 @@ impl NodeKernel for Netlink {
                     })
                     .collect())
             }
-            Kind::Device => {
-                let (links, ipips) = self.links_and_ipip()?;
-                let mut found: Vec<Found> = links
-                    .into_iter()
-                    .filter_map(|l| {
-                        let v = l.vxlan?;
-                        Some(Found {
-                            ours: true,
-                            object: Object::Vxlan(VxlanDevice {
-                                name: l.name,
-                                vni: v.vni,
-                                port: v.port,
-                                local: v.local,
-                                mac: l.mac,
-                                mtu: Some(l.mtu),
-                            }),
-                        })
+            Kind::Device => Ok(self
+                .links()?
+                .into_iter()
+                .filter_map(|l| {
+                    let v = l.vxlan?;
+                    Some(Found {
+                        ours: true,
+                        object: Object::Vxlan(VxlanDevice {
+                            name: l.name,
+                            vni: v.vni,
+                            port: v.port,
+                            local: v.local,
+                            mac: l.mac,
+                            mtu: Some(l.mtu),
+                        }),
                     })
-                    .collect();
-                found.extend(ipip::found_devices(self, ipips)?);
-                Ok(found)
-            }
+                })
+                .chain(ipip::found_devices(self)?)
+                .collect()),
         }
     }
 

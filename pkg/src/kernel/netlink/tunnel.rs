@@ -168,29 +168,6 @@ impl Netlink {
             .map_err(|e| e.with_op(|| "list ipip devices".into()))
     }
 
-    /// Every link of the namespace, and the ipip ones again with their tunnel parameters
-    /// (one link dump).
-    pub fn links_and_ipip(&mut self) -> NlResult<(Vec<Link>, Vec<IpipLink>)> {
-        let msg = RouteNetlinkMessage::GetLink(LinkMessage::default());
-        let both = self
-            .sock
-            .dump(msg, &mut |ty, p| {
-                if ty == RTM_NEWLINK {
-                    Some((parse_link(p)?, parse_ipip(p)))
-                } else {
-                    None
-                }
-            })
-            .map_err(|e| e.with_op(|| "list links".into()))?;
-        let mut links = Vec::with_capacity(both.len());
-        let mut ipips = Vec::new();
-        for (l, t) in both {
-            links.push(l);
-            ipips.extend(t);
-        }
-        Ok((links, ipips))
-    }
-
     /// Whether the kernel can make ipip devices, creating nothing: one RTM_NEWLINK without
     /// NLM_F_CREATE whose ipip data carries a tunnel protocol no driver accepts. A kernel with
     /// ipip (built in, loaded, or loaded on demand by this very request) refuses it in the
