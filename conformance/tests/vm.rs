@@ -64,12 +64,12 @@ fn build_test_binary(package: &str, target: &str, must_hold: &str) -> PathBuf {
         .current_dir(workspace_dir())
         .args(["test", "--no-run", "--message-format=json", "-p", package])
         .args(["--test", target])
-        .stderr(Stdio::inherit())
         .output()
         .expect("run cargo");
     assert!(
         out.status.success(),
-        "cargo test --no-run -p {package} --test {target} failed"
+        "cargo test --no-run -p {package} --test {target} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let exe = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -157,10 +157,13 @@ fn every_data_plane_entry_passes_in_a_vm_running_debians_cloud_kernel() {
         .arg(&out_dir)
         .arg(plugins.join(" "))
         .args(&tests)
-        .stderr(Stdio::inherit())
         .output()
         .expect("run build-initramfs.sh");
-    assert!(built.status.success(), "build-initramfs.sh failed");
+    assert!(
+        built.status.success(),
+        "build-initramfs.sh failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let paths: Vec<PathBuf> = String::from_utf8_lossy(&built.stdout)
         .lines()
         .map(PathBuf::from)
