@@ -24,8 +24,12 @@ export TWILL_CLIENTS_DIR ?= $(CLIENTS)
 # `make install CONFLISTS=1` (or `make install-conflists`) also installs the sample conflists.
 CONFDIR ?= /etc/cni/net.d
 CONFLISTS ?=
+# The VM test (conformance/tests/vm.rs): qemu boots Debian's cloud kernel (fetched into target/vm
+# with apt-get download, never installed) with an initramfs of busybox, iproute2 and depmod'ed
+# modules. Installed without recommends (qemu would pull a desktop stack).
+VM_PKGS := qemu-system-x86 busybox-static cpio kmod
 
-.PHONY: all deps build clients test unit conformance lint bench install install-conflists demo clean
+.PHONY: all deps build clients test unit conformance vm lint bench install install-conflists demo clean
 
 all: build
 
@@ -36,6 +40,12 @@ deps:
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root to install:$$missing" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=""; for p in $(VM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root to install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
@@ -51,7 +61,7 @@ clients:
 	  GOFLAGS= GOCACHE=$(CLIENTS)/go-cache go build -o $(CLIENTS)/twill-libcni .
 
 ## test: lint, unit tests, kernel integration tests and the black-box conformance suite, which
-## includes the real-client suites (libcni, podman, containerd CRI) (root).
+## includes the real-client suites (libcni, podman, containerd CRI) and the VM test (root).
 test: deps lint build unit conformance
 
 unit:
@@ -59,6 +69,10 @@ unit:
 
 conformance: build clients
 	$(CARGO) test -p conformance
+
+## vm: only the VM test (every data plane on Debian's stock cloud kernel, under qemu TCG).
+vm: deps build
+	$(CARGO) test -p conformance --test vm
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,10 +1,11 @@
 //! Node state, shared by every pod of a network: the cluster view (`peers`), the data planes
-//! that turn it into node objects (`host_gw`), the one reconcile that applies any plane's
+//! that turn it into node objects (`host_gw`, `ipip`), the one reconcile that applies any plane's
 //! objects (`reconcile`) with its run-state files (`state`), and the masquerade. Plugins and
 //! twilld run the same code.
 
 pub mod forward;
 pub mod host_gw;
+pub mod ipip;
 pub mod masq;
 pub mod peers;
 pub mod reconcile;

@@ -19,6 +19,7 @@ use crate::hash::Fnv1a64;
 use crate::kernel::netlink::{
     FdbEntry, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec, VxlanSpec, nud, rt_table,
 };
+use crate::node::ipip::{self, IpipDevice};
 use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource};
 use crate::node::state::{NodeState, StateFile};
 use ipnetwork::IpNetwork;
@@ -116,6 +117,8 @@ pub enum Object {
     },
     /// A vxlan device.
     Vxlan(VxlanDevice),
+    /// An ipip tunnel device with its /32 address.
+    Ipip(IpipDevice),
 }
 
 impl Object {
@@ -125,7 +128,7 @@ impl Object {
             Object::Route(_) => Kind::Route,
             Object::Neighbour { .. } => Kind::Neighbour,
             Object::Fdb { .. } => Kind::Fdb,
-            Object::Vxlan(_) => Kind::Device,
+            Object::Vxlan(_) | Object::Ipip(_) => Kind::Device,
         }
     }
 
@@ -136,6 +139,7 @@ impl Object {
             Object::Neighbour { dev, ip, .. } => Key::Neighbour(dev.clone(), *ip),
             Object::Fdb { dev, mac, dst } => Key::Fdb(dev.clone(), *mac, *dst),
             Object::Vxlan(d) => Key::Device(d.name.clone()),
+            Object::Ipip(d) => Key::Device(d.name.clone()),
         }
     }
 
@@ -165,6 +169,7 @@ impl Object {
                     && w.local == f.local
                     && w.mac.is_none_or(|m| f.mac == Some(m))
             }
+            (Object::Ipip(w), Object::Ipip(f)) => w.satisfied_by(f),
             (w, f) => w == f,
         }
     }
@@ -194,6 +199,7 @@ impl Object {
                 opt(&d.mac),
                 opt(&d.mtu)
             ),
+            Object::Ipip(d) => format!("ipip {}", d.to_fields()),
         }
     }
 
@@ -233,6 +239,7 @@ impl Object {
                 mac: opt(mac)?,
                 mtu: opt(mtu)?,
             })),
+            ["ipip", rest @ ..] => IpipDevice::from_fields(rest).map(Object::Ipip),
             _ => None,
         }
     }
@@ -253,6 +260,7 @@ impl fmt::Display for Object {
             }
             Object::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dst {dst} dev {dev}"),
             Object::Vxlan(d) => write!(f, "vxlan device {} (vni {})", d.name, d.vni),
+            Object::Ipip(d) => write!(f, "ipip device {}", d.name),
         }
     }
 }
@@ -743,6 +751,7 @@ impl NodeKernel for Netlink {
                         }),
                     })
                 })
+                .chain(ipip::found_devices(self)?)
                 .collect()),
         }
     }
@@ -815,6 +824,7 @@ impl NodeKernel for Netlink {
                     up: true,
                 })?)
             }
+            Object::Ipip(d) => ipip::apply(self, d).map(drop),
         }
     }
 
@@ -835,6 +845,7 @@ impl NodeKernel for Netlink {
                 Some(l) => self.fdb_delete(&FdbEntry::vxlan(l.index, *mac, *dst)),
             },
             Object::Vxlan(d) => self.delete_link_if_exists(&d.name).map(drop),
+            Object::Ipip(d) => return ipip::remove(self, d),
         };
         match res {
             Err(e) if e.is_not_found() => Ok(()),

@@ -19,6 +19,7 @@ mod neigh;
 pub mod netfilter;
 mod route;
 mod socket;
+mod tunnel;
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname
 pub use neigh::{FdbEntry, Neighbour, NeighbourSpec, nud};
 pub use route::{Route, RouteFilter, RouteSpec, TWILL_PROTO, rt_scope, rt_table};
 pub use socket::DUMP_RETRIES;
+pub use tunnel::{IPIP_FALLBACK, IpipLink, IpipSpec, is_missing_kind};
 
 use crate::kernel::netns::Netns;
 use socket::NlSocket;
