@@ -799,6 +799,196 @@ fn status_available_missing_subnet_file_and_degraded_peers() {
     off_link["peers"] = json!([{"nodeIP": "10.77.0.9", "podCIDR": "10.244.9.0/24"}]);
     let err = plain(node, "STATUS", &off_link).assert_error(51);
     assert!(error_text(&err).contains("10.77.0.9"), "{err}");
+
+    // A /30 block: one address besides the gateway; once taken, STATUS says 50 and ADD 101,
+    // leaving nothing.
+    hostgw::write(
+        &node.subnet_file,
+        &format!(
+            "FLANNEL_NETWORK={CLUSTER4}\nFLANNEL_SUBNET=10.244.1.1/30\nFLANNEL_MTU=1500\n\
+             FLANNEL_IPMASQ=true\n"
+        ),
+    );
+    plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
+    let only = c.add_pod(0);
+    plain(node, "STATUS", &c.conf(0)).assert_error(code::NOT_AVAILABLE);
+    let links = host_veths(&node.ns);
+    let routes = host_routes(&node.ns);
+    let (_p, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+    out.assert_error(code::IPAM_EXHAUSTED);
+    assert_eq!(host_veths(&node.ns), links, "exhausted ADD left a veth");
+    assert_eq!(host_routes(&node.ns), routes, "exhausted ADD left a route");
+    only.run("DEL").assert_ok_empty();
+    plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
+}
+
+/// A second ADD of a live attachment fails (or answers the same) without touching it: the
+/// pod keeps its address, host route and reservation, and stays reachable.
+#[test]
+fn repeated_add_never_breaks_the_existing_attachment() {
+    let c = RoutedCluster::new(Fabric::single_l2(1));
+    let node = c.node(0);
+    let p = c.add_pod(0);
+    let other = c.add_pod(0);
+    let res_before = c.reservations(0);
+    let routes_before = host_routes(&node.ns);
+    let out = node
+        .invoke(
+            &plugin(),
+            "ADD",
+            &c.conf(0),
+            &p.container_id,
+            p.ns.path(),
+            "eth0",
+        )
+        .run();
+    if !out.success() {
+        let err = out
+            .check_error_shape()
+            .unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(err["code"], code::CONFLICT, "{out}");
+    }
+    assert_eq!(
+        c.reservations(0),
+        res_before,
+        "second ADD changed reservations\n{out}"
+    );
+    assert_eq!(
+        host_routes(&node.ns),
+        routes_before,
+        "second ADD changed host routes"
+    );
+    p.run("CHECK").assert_ok_empty();
+    assert!(ping(&other.ns, result_ips(&p.result)[0]), "\n{out}");
+    p.run("DEL").assert_ok_empty();
+    other.run("DEL").assert_ok_empty();
+}
+
+/// Eight ADDs at once on a fresh node: eight pods, one blackhole per block, reachable; eight
+/// DELs at once leave the node clean.
+#[test]
+fn parallel_adds_on_a_fresh_node() {
+    let c = RoutedCluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let conf = c.conf(0);
+    let pods: Vec<Pod> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| node.add_pod(&plugin(), &conf, &unique_name("c"))))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("ADD thread"))
+            .collect()
+    });
+    let ips: BTreeSet<IpAddr> = pods.iter().flat_map(|p| result_ips(&p.result)).collect();
+    assert_eq!(ips.len(), 8);
+    assert_eq!(host_routes(&node.ns).len(), 8);
+    assert_eq!(blackholes(&node.ns), c.own_blocks(0));
+    assert_eq!(peer_routes(&node.ns), c.c.expected_peer_routes(0));
+    assert!(ping(&pods[0].ns, result_ips(&pods[7].result)[0]));
+    std::thread::scope(|s| {
+        for p in &pods {
+            s.spawn(|| p.run("DEL").assert_ok_empty());
+        }
+    });
+    let all: Vec<IpAddr> = ips.into_iter().collect();
+    c.assert_clean_after_dels(0, &all);
+}
+
+/// The peer routes follow the cluster view from one ADD to the next, the own block stays
+/// blackholed, and DEL removes neither.
+#[test]
+fn peer_routes_follow_the_view_and_the_blackhole_stays() {
+    let c = RoutedCluster::new(Fabric::single_l2(3));
+    let node = c.node(0);
+    let p1 = c.add_pod(0);
+    assert_eq!(peer_routes(&node.ns), c.c.expected_peer_routes(0));
+    let view = json!([
+        {"nodeIP": "10.99.0.1", "podCIDR": pod_cidr4(0)},
+        {"nodeIP": "10.99.0.51", "podCIDR": pod_cidr4(1)},
+    ]);
+    hostgw::write(&node.peers_file, &view.to_string());
+    let p2 = c.add_pod(0);
+    let want = BTreeSet::from([(pod_cidr4(1), "10.99.0.51".to_string())]);
+    assert_eq!(peer_routes(&node.ns), want, "routes follow the new view");
+    assert_eq!(blackholes(&node.ns), c.own_blocks(0));
+    p2.run("CHECK").assert_ok_empty();
+    p1.run("DEL").assert_ok_empty();
+    p2.run("DEL").assert_ok_empty();
+    assert_eq!(peer_routes(&node.ns), want, "DEL removed peer routes");
+    assert_eq!(
+        blackholes(&node.ns),
+        c.own_blocks(0),
+        "DEL removed the blackhole"
+    );
+}
+
+/// With `ipMasq`, traffic from a pod to a host outside the cluster carries the node's address;
+/// traffic to a pod on another node, and to `clusterNetworks`, keeps the pod's (an outside host
+/// and the other pod count echo requests by source).
+#[test]
+fn ip_masq_uses_the_node_address_only_outside_the_cluster() {
+    let c = RoutedCluster::new(Fabric::single_l2(2));
+    let outside =
+        c.c.fab
+            .attach_host("out", &["10.99.0.250/24", "10.96.0.10/24"]);
+    outside.nft_load(&format!(
+        "table inet obs {{
+            counter node0 {{ }}
+            counter pods {{ }}
+            chain pre {{
+                type filter hook prerouting priority -300; policy accept;
+                ip saddr 10.99.0.1 icmp type echo-request counter name \"node0\"
+                ip saddr {CLUSTER4} icmp type echo-request counter name \"pods\"
+            }}
+        }}"
+    ));
+    // The "service" address 10.96.0.10 sits on the outside host, which routes node 0's block
+    // back (an unmasqueraded pod source must be answerable).
+    outside.ip(&["route", "add", &pod_cidr4(0), "via", "10.99.0.1"]);
+    c.node(0)
+        .ns
+        .ip(&["route", "add", "10.96.0.0/24", "via", "10.99.0.250"]);
+    let mut conf = c.conf(0);
+    conf["ipMasq"] = json!(true);
+    conf["clusterNetworks"] = json!(["10.96.0.0/24"]);
+    let p = c.add_pod_with(0, &conf);
+    let q = c.add_pod(1);
+    assert!(
+        ping(&p.ns, "10.99.0.250".parse().expect("ip")),
+        "pod -> outside"
+    );
+    assert!(
+        wait_counter(&outside, "obs", "node0", 1) >= 1,
+        "masqueraded to the node"
+    );
+    let pods_before = outside.nft_counter("inet", "obs", "pods");
+    assert_eq!(pods_before, 0, "a pod source leaked outside the cluster");
+    assert!(
+        ping(&p.ns, "10.96.0.10".parse().expect("ip")),
+        "pod -> cluster network"
+    );
+    assert!(
+        wait_counter(&outside, "obs", "pods", 1) >= 1,
+        "clusterNetworks kept the pod source"
+    );
+    let q_ip = result_ips(&q.result)[0];
+    q.ns.nft_load(&format!(
+        "table inet obs {{
+            counter from_p {{ }}
+            chain pre {{
+                type filter hook prerouting priority -300; policy accept;
+                ip saddr {} icmp type echo-request counter name \"from_p\"
+            }}
+        }}",
+        result_ips(&p.result)[0]
+    ));
+    assert!(ping(&p.ns, q_ip), "pod -> pod on node 1");
+    assert!(
+        wait_counter(&q.ns, "obs", "from_p", 1) >= 1,
+        "pod to pod is not masqueraded"
+    );
+    p.run("DEL").assert_ok_empty();
+    q.run("DEL").assert_ok_empty();
 }
 
 // ---------------------------------------------------------------------------------------------
