@@ -38,7 +38,7 @@ impl Plugin for RoutedVeth {
             owner: owner(&net, args),
             pod_ns: &pod_ns,
             mtu: net.default_mtu(&mut node)?,
-            bridge: 0,
+            bridge: 0, // no bridge: `host_spec` makes the host end, without a master
             pod_mac: net.pod_mac,
         };
         let host = veth::create_with(&mut node, &pair, &host_spec(&net))?;
