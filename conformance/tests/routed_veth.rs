@@ -690,13 +690,13 @@ fn refused_configs_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 
 /// CHECK passes on a fresh pod and names what was broken: the pod address, the host route,
-/// the gateway's neighbour entry, the host veth's MAC, the host veth itself.
+/// the gateway's neighbour entry, proxy ARP, the host veth's MAC, the host veth itself.
 #[test]
 fn check_detects_each_broken_part() {
     let c = RoutedCluster::new(Fabric::single_l2(1));
     let node = c.node(0);
     type Break = fn(&Pod, &conformance::Node, &str, &str) -> String;
-    let breaks: [(&str, Break); 5] = [
+    let breaks: [(&str, Break); 6] = [
         ("pod address removed", |p, _, _, ip| {
             p.ns.ip(&["addr", "del", &format!("{ip}/32"), "dev", "eth0"]);
             ip.to_string()
@@ -708,6 +708,10 @@ fn check_detects_each_broken_part() {
         ("gateway neighbour removed", |p, _, _, _| {
             p.ns.ip(&["neigh", "del", GW4, "dev", "eth0"]);
             GW4.to_string()
+        }),
+        ("proxy ARP turned off", |_, n, hv, _| {
+            n.ns.set_sysctl(&format!("net/ipv4/conf/{hv}/proxy_arp"), "0");
+            "proxy_arp".to_string()
         }),
         ("host veth MAC changed", |_, n, hv, _| {
             n.ns.ip(&["link", "set", hv, "address", "02:00:00:00:00:09"]);

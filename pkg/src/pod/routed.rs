@@ -113,18 +113,26 @@ pub fn pod_routes(ips: &[IpConfig], ipam_routes: &[Route]) -> (Vec<RouteSpec>, V
 /// `forwarding=1` for IPv6 (`v6`); and the node's forwarding for those families. Done before
 /// the pod end comes up, so the host end's link-local address is born usable.
 pub fn setup_host(host: &HostEnd, v4: bool, v6: bool) -> Result<()> {
-    let name = &host.name;
-    if v4 {
-        sysctl::set(&format!("net/ipv4/conf/{name}/forwarding"), "1")?;
-        sysctl::set(&format!("net/ipv4/conf/{name}/proxy_arp"), "1")?;
-        sysctl::set(&format!("net/ipv4/neigh/{name}/proxy_delay"), "0")?;
-    }
-    if v6 {
-        sysctl::set(&format!("net/ipv6/conf/{name}/accept_dad"), "0")?;
-        sysctl::set(&format!("net/ipv6/conf/{name}/proxy_ndp"), "1")?;
-        sysctl::set(&format!("net/ipv6/conf/{name}/forwarding"), "1")?;
+    for (key, value) in host_sysctls(&host.name, v4, v6) {
+        sysctl::set(&key, value)?;
     }
     crate::pod::bridge::enable_forwarding(v4, v6)
+}
+
+/// The sysctls of routed host end `name` for the families a pod has, with their values.
+fn host_sysctls(name: &str, v4: bool, v6: bool) -> Vec<(String, &'static str)> {
+    let mut out = Vec::with_capacity(6);
+    if v4 {
+        out.push((format!("net/ipv4/conf/{name}/forwarding"), "1"));
+        out.push((format!("net/ipv4/conf/{name}/proxy_arp"), "1"));
+        out.push((format!("net/ipv4/neigh/{name}/proxy_delay"), "0"));
+    }
+    if v6 {
+        out.push((format!("net/ipv6/conf/{name}/accept_dad"), "0"));
+        out.push((format!("net/ipv6/conf/{name}/proxy_ndp"), "1"));
+        out.push((format!("net/ipv6/conf/{name}/forwarding"), "1"));
+    }
+    out
 }
 
 /// How [`configure_pod`] leaves the pod.
@@ -276,8 +284,8 @@ pub fn route_to_pod(
 
 /// CHECK of one routed attachment against its `prev` result; code 105 naming the first
 /// difference. On the node: the host end carrying `owner`'s mark (among the names with
-/// `prefix`) is a veth without a master, with MAC [`HOST_MAC`], no global address, proxy ARP
-/// on (IPv4), and each of `prev`'s addresses is routed to it by twill. In the pod: the peer
+/// `prefix`) is a veth without a master, with MAC [`HOST_MAC`], no global address, the
+/// sysctls [`setup_host`] sets, and each of `prev`'s addresses is routed to it by twill. In the pod: the peer
 /// end is up with every address of `prev` as a host address, every route of `prev`, and the
 /// permanent neighbour entry of each family's gateway.
 pub fn check(
@@ -299,12 +307,15 @@ pub fn check(
     })?;
     check_host(node, &host)?;
     let addrs: Vec<IpNetwork> = prev.ips.iter().map(|c| c.address).collect();
-    let v4 = addrs.iter().any(IpNetwork::is_ipv4);
-    if v4 && sysctl::get(&format!("net/ipv4/conf/{}/proxy_arp", host.name))? != "1" {
-        return Err(failed(format!(
-            "proxy_arp is off on host veth {}",
-            host.name
-        )));
+    let (v4, v6) = (
+        addrs.iter().any(IpNetwork::is_ipv4),
+        addrs.iter().any(IpNetwork::is_ipv6),
+    );
+    for (key, want) in host_sysctls(&host.name, v4, v6) {
+        let have = sysctl::get(&key)?;
+        if have != want {
+            return Err(failed(format!("{key} is {have} on the node, not {want}")));
+        }
     }
     let routes = node.routes(&RouteFilter {
         table: Some(rt_table::MAIN),
