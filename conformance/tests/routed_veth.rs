@@ -574,6 +574,32 @@ fn del_is_idempotent_without_netns_or_prev_result() {
     assert_eq!(host_routes(&node.ns), BTreeMap::new());
 }
 
+/// DEL finds the pod's host veth by its owner mark even when `hostVethPrefix` changed since
+/// ADD (or is no longer valid), so a config change never leaks veths and host routes.
+#[test]
+fn del_finds_the_host_veth_after_host_veth_prefix_changed() {
+    let c = RoutedCluster::new(Fabric::single_l2(1));
+    let node = c.node(0);
+    for new_prefix in ["other", "no/longer/valid"] {
+        let p = c.add_pod(0);
+        let hv = host_veth(&p.result);
+        let mut changed = c.conf(0);
+        changed["hostVethPrefix"] = json!(new_prefix);
+        p.call("DEL", &changed).assert_ok_empty();
+        assert!(
+            node.ns.link(&hv).is_none(),
+            "{new_prefix}: {hv} left behind"
+        );
+        assert_eq!(
+            host_routes(&node.ns),
+            BTreeMap::new(),
+            "{new_prefix}: host route left"
+        );
+        assert_eq!(c.reservations(0), BTreeMap::new(), "{new_prefix}");
+        p.call("DEL", &changed).assert_ok_empty();
+    }
+}
+
 /// CNI_IFNAME taken in the pod: an error naming it; no host veth, host route or reservation.
 #[test]
 fn add_failure_ifname_taken_leaves_nothing() {

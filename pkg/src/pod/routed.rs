@@ -282,6 +282,29 @@ pub fn route_to_pod(
     Ok(replaced)
 }
 
+/// DEL's part on the node: deletes the host end `owner` owns (its pod end and host routes go
+/// with it). It is looked up among the names with `prefix` ([`veth::find_with`]); when none
+/// carries the mark there (`hostVethPrefix` changed since ADD, or it is not a valid prefix), a
+/// link dump finds any link carrying it. Ok(false) when there is none.
+pub fn delete_host(node: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<bool> {
+    if veth::validate_prefix(prefix).is_ok() && veth::delete_with(node, owner, prefix)? {
+        return Ok(true);
+    }
+    let mark = owner.mark();
+    let found = node
+        .links()?
+        .into_iter()
+        .find(|l| l.alias.as_deref() == Some(mark.as_str()));
+    let Some(link) = found else {
+        return Ok(false);
+    };
+    match node.delete_link(link.index) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// CHECK of one routed attachment against its `prev` result; code 105 naming the first
 /// difference. On the node: the host end carrying `owner`'s mark (among the names with
 /// `prefix`) is a veth without a master, with MAC [`HOST_MAC`], no global address, the

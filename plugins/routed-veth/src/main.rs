@@ -85,14 +85,11 @@ impl Plugin for RoutedVeth {
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
         let mut failures = Vec::new();
-        // A prefix no ADD could have used names no host veth of ours.
-        if veth::validate_prefix(&net.host_veth_prefix).is_ok() {
-            let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-                veth::delete_with(&mut node, &owner(&net, args), &net.host_veth_prefix)
-            });
-            if let Err(e) = removed {
-                failures.push(("remove the host veth".to_string(), e));
-            }
+        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
+            routed::delete_host(&mut node, &owner(&net, args), &net.host_veth_prefix)
+        });
+        if let Err(e) = removed {
+            failures.push(("remove the host veth".to_string(), e));
         }
         if let Err(e) = net.release(args) {
             failures.push(("release the addresses".to_string(), e));
