@@ -4,6 +4,7 @@
 //! Usage:
 //!   twill-bench host-local [--n 200] [--warmup 5]
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
+//!   twill-bench routed [--pods 100] [--concurrency 1,8]
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -16,6 +17,7 @@ mod cleanup;
 mod host_local;
 mod invoke;
 mod report;
+mod routed;
 mod runner;
 mod stats;
 
@@ -24,7 +26,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
-       twill-bench all [options of both]";
+       twill-bench routed [--pods N] [--concurrency 1,8]
+       twill-bench all [options of all]";
 
 /// Parsed command line.
 struct Args {
@@ -48,7 +51,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "routed", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -128,6 +131,13 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
     if args.what == "bridge" || args.what == "all" {
         let v = bridge::run(&args.bridge)?;
         doc.insert("bridge".into(), v);
+    }
+    if args.what == "routed" || args.what == "all" {
+        let opts = routed::RoutedOpts {
+            pods: args.bridge.pods,
+            concurrency: args.bridge.concurrency.clone(),
+        };
+        doc.insert("routed".into(), routed::run(&opts)?);
     }
     Ok(())
 }

@@ -19,6 +19,7 @@
 //! - [`fabric`]: multi-node test fabrics (one L2 segment, IPv4 or dual-stack, with optional
 //!   extra hosts on it; or two segments joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
+//! - [`routed`]: the routed-veth test cluster and readers of its node state.
 
 #![deny(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod netns;
 pub mod plugin;
 pub mod podman;
 pub mod process;
+pub mod routed;
 pub mod runtimes;
 pub mod snapshot;
 

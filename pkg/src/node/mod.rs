@@ -1,7 +1,7 @@
 //! Node state, shared by every pod of a network: the cluster view (`peers`), the data planes
-//! that turn it into node objects (`host_gw`, `ipip`), the one reconcile that applies any plane's
-//! objects (`reconcile`) with its run-state files (`state`), and the masquerade. Plugins and
-//! twilld run the same code.
+//! that turn it into node objects (`host_gw`, `routed`, `ipip`), the one reconcile that applies
+//! any plane's objects (`reconcile`) with its run-state files (`state`), the masquerade and the
+//! forward rules. Plugins and twilld run the same code.
 
 pub mod forward;
 pub mod host_gw;
@@ -9,4 +9,5 @@ pub mod ipip;
 pub mod masq;
 pub mod peers;
 pub mod reconcile;
+pub mod routed;
 pub mod state;

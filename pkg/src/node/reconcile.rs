@@ -33,6 +33,8 @@ pub use crate::kernel::netlink::TWILL_PROTO;
 const IPV6_DEFAULT_METRIC: u32 = 1024;
 /// `rtm_type` of a plain unicast route.
 const RTN_UNICAST: u8 = 1;
+/// `rtm_type` of a blackhole route.
+const RTN_BLACKHOLE: u8 = 6;
 
 /// The kinds of node state a data plane can own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +47,8 @@ pub enum Kind {
     Fdb,
     /// Devices (vxlan, later ipip tunnels).
     Device,
+    /// Blackhole routes in the main table (routed planes: the node's own pod block).
+    Blackhole,
 }
 
 /// A route twill wants (or found) in the main table.
@@ -119,6 +123,24 @@ pub enum Object {
     Vxlan(VxlanDevice),
     /// An ipip tunnel device with its /32 address.
     Ipip(IpipDevice),
+    /// A main-table blackhole route with protocol [`TWILL_PROTO`]: what reaches `dst` and
+    /// no longer route is dropped. It shares the kernel key of a route to `dst`.
+    Blackhole {
+        /// Destination (the node's own pod block).
+        dst: IpNetwork,
+        /// The metric the kernel files it under (IPv6 metric 0 is 1024).
+        metric: u32,
+    },
+}
+
+impl Object {
+    /// A blackhole route to `dst` at the kernel's default metric.
+    pub fn blackhole(dst: IpNetwork) -> Object {
+        Object::Blackhole {
+            dst,
+            metric: effective_metric(&dst, 0),
+        }
+    }
 }
 
 impl Object {
@@ -129,6 +151,7 @@ impl Object {
             Object::Neighbour { .. } => Kind::Neighbour,
             Object::Fdb { .. } => Kind::Fdb,
             Object::Vxlan(_) | Object::Ipip(_) => Kind::Device,
+            Object::Blackhole { .. } => Kind::Blackhole,
         }
     }
 
@@ -140,6 +163,7 @@ impl Object {
             Object::Fdb { dev, mac, dst } => Key::Fdb(dev.clone(), *mac, *dst),
             Object::Vxlan(d) => Key::Device(d.name.clone()),
             Object::Ipip(d) => Key::Device(d.name.clone()),
+            Object::Blackhole { dst, metric } => Key::Route(*dst, *metric),
         }
     }
 
@@ -148,6 +172,7 @@ impl Object {
     pub fn claim(&self) -> Key {
         match self {
             Object::Route(r) => Key::Route(r.dst, 0),
+            Object::Blackhole { dst, .. } => Key::Route(*dst, 0),
             _ => self.key(),
         }
     }
@@ -200,6 +225,7 @@ impl Object {
                 opt(&d.mtu)
             ),
             Object::Ipip(d) => format!("ipip {}", d.to_fields()),
+            Object::Blackhole { dst, metric } => format!("blackhole {dst} {metric}"),
         }
     }
 
@@ -231,6 +257,10 @@ impl Object {
                 mac: mac.parse().ok()?,
                 dst: dst.parse().ok()?,
             }),
+            ["blackhole", dst, metric] => Some(Object::Blackhole {
+                dst: dst.parse().ok()?,
+                metric: metric.parse().ok()?,
+            }),
             ["vxlan", name, vni, port, local, mac, mtu] => Some(Object::Vxlan(VxlanDevice {
                 name: name.to_string(),
                 vni: vni.parse().ok()?,
@@ -261,6 +291,7 @@ impl fmt::Display for Object {
             Object::Fdb { dev, mac, dst } => write!(f, "fdb {mac} dst {dst} dev {dev}"),
             Object::Vxlan(d) => write!(f, "vxlan device {} (vni {})", d.name, d.vni),
             Object::Ipip(d) => write!(f, "ipip device {}", d.name),
+            Object::Blackhole { dst, .. } => write!(f, "blackhole route {dst}"),
         }
     }
 }
@@ -633,7 +664,9 @@ pub fn plan(
         // twill's own devices, where a learned entry is overwritten by the permanent one.
         let foreign: Vec<&&Found> = here
             .iter()
-            .filter(|f| !f.ours && matches!(want.kind(), Kind::Route | Kind::Device))
+            .filter(|f| {
+                !f.ours && matches!(want.kind(), Kind::Route | Kind::Device | Kind::Blackhole)
+            })
             .collect();
         if foreign.is_empty() {
             plan.apply.push(want.clone());
@@ -700,6 +733,21 @@ impl NodeKernel for Netlink {
                     })
                     .collect())
             }
+            Kind::Blackhole => {
+                let filter = RouteFilter {
+                    table: Some(rt_table::MAIN),
+                    ..RouteFilter::default()
+                };
+                Ok(self
+                    .routes(&filter)?
+                    .into_iter()
+                    .filter(|r| r.kind == RTN_BLACKHOLE)
+                    .map(|r| Found {
+                        ours: r.protocol == TWILL_PROTO,
+                        object: blackhole_of(&r),
+                    })
+                    .collect())
+            }
             Kind::Neighbour => {
                 let names = self.link_names()?;
                 Ok(self
@@ -757,7 +805,7 @@ impl NodeKernel for Netlink {
     }
 
     fn list_owned(&mut self, kind: Kind) -> Result<Vec<Object>> {
-        if kind != Kind::Route {
+        if !matches!(kind, Kind::Route | Kind::Blackhole) {
             return Ok(self
                 .list(kind)?
                 .into_iter()
@@ -772,9 +820,14 @@ impl NodeKernel for Netlink {
             protocol: Some(TWILL_PROTO),
             ..RouteFilter::default()
         };
-        Ok(self
-            .routes(&filter)?
-            .into_iter()
+        let routes = self.routes(&filter)?.into_iter();
+        if kind == Kind::Blackhole {
+            return Ok(routes
+                .filter(|r| r.kind == RTN_BLACKHOLE)
+                .map(|r| blackhole_of(&r))
+                .collect());
+        }
+        Ok(routes
             .filter(|r| r.kind == RTN_UNICAST)
             .map(|r| {
                 Object::Route(PeerRoute {
@@ -799,6 +852,10 @@ impl NodeKernel for Netlink {
                     ..RouteSpec::new(r.dst)
                 };
                 Ok(self.replace_route(&spec)?)
+            }
+            Object::Blackhole { dst, metric } => {
+                let metric = (*metric != effective_metric(dst, 0)).then_some(*metric);
+                Ok(self.replace_blackhole_route(*dst, metric)?)
             }
             Object::Neighbour { dev, ip, mac } => {
                 let index = self.index_of(dev)?;
@@ -846,11 +903,20 @@ impl NodeKernel for Netlink {
             },
             Object::Vxlan(d) => self.delete_link_if_exists(&d.name).map(drop),
             Object::Ipip(d) => return ipip::remove(self, d),
+            Object::Blackhole { dst, metric } => self.delete_blackhole_route(*dst, Some(*metric)),
         };
         match res {
             Err(e) if e.is_not_found() => Ok(()),
             r => Ok(r?),
         }
+    }
+}
+
+/// A kernel blackhole route as an [`Object::Blackhole`].
+fn blackhole_of(r: &crate::kernel::netlink::Route) -> Object {
+    Object::Blackhole {
+        dst: r.dst,
+        metric: effective_metric(&r.dst, r.metric.unwrap_or(0)),
     }
 }
 
@@ -928,6 +994,8 @@ mod tests {
                 mac: Some(mac),
                 mtu: None,
             }),
+            Object::blackhole(net("10.244.1.0/24")),
+            Object::blackhole(net("fd10:1::/64")),
         ] {
             assert_eq!(
                 Object::from_line(&o.to_line()),
@@ -937,6 +1005,31 @@ mod tests {
             );
         }
         assert_eq!(Object::from_line("route x"), None);
+    }
+
+    #[test]
+    fn a_wanted_blackhole_replaces_own_route_on_its_key_and_yields_to_a_foreign_one() {
+        let bh = Object::blackhole(net("10.244.1.0/24"));
+        assert_eq!(bh.key(), route("10.244.1.0/24", "10.0.0.9").key());
+        // Our old peer route on the block's key: overwritten in place, not removed after.
+        let own = found("10.244.1.0/24", "10.0.0.9", true);
+        let p = plan(
+            std::slice::from_ref(&bh),
+            &[own],
+            &claims(&["10.244.1.0/24"]),
+            &claims(&[]),
+        );
+        assert_eq!((p.apply, p.remove), (vec![bh.clone()], vec![]));
+        // Another owner's route there: left alone, reported.
+        let foreign = found("10.244.1.0/24", "10.0.0.9", false);
+        let p = plan(
+            std::slice::from_ref(&bh),
+            std::slice::from_ref(&foreign),
+            &claims(&[]),
+            &claims(&[]),
+        );
+        assert!(p.apply.is_empty());
+        assert_eq!(p.conflicts, vec![foreign.object]);
     }
 
     #[test]

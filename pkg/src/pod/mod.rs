@@ -1,4 +1,6 @@
-//! Pod wiring: the veth pair (with or without a master), the bridge it hangs on, the pod side.
+//! Pod wiring: the veth pair (with or without a master), the bridge it hangs on, and the
+//! routed pod side (no bridge: host addresses behind a fixed gateway).
 
 pub mod bridge;
+pub mod routed;
 pub mod veth;

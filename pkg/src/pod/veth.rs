@@ -23,13 +23,18 @@ use crate::kernel::netlink::{
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
 
-/// Prefix of every host-side veth name twill makes; the rest is [`HASH_HEX_DIGITS`] hex digits.
+/// Prefix of the host-side veth names of bridged pairs ([`create`]); the rest is
+/// [`HASH_HEX_DIGITS`] hex digits.
 pub const HOST_PREFIX: &str = "tw";
 /// Number of lowercase hex digits after [`HOST_PREFIX`] (2 + 13 = 15 = IFNAMSIZ - 1).
 pub const HASH_HEX_DIGITS: usize = 13;
 /// How many host names an attachment may take, in order, when foreign links hold the earlier
 /// ones (each one a 52-bit hash: only a deliberate squatter makes a second one necessary).
 pub const NAME_ATTEMPTS: u8 = 8;
+/// Longest interface name the kernel takes (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+/// Longest host-side name prefix: at least 8 hex digits (32 bits of hash) must follow it.
+pub const PREFIX_MAX: usize = 7;
 /// First word of every owner mark (the alias of a host end twill made).
 pub const MARK_PREFIX: &str = "twill";
 /// `rtm_protocol` of the routes made in the pod (RTPROT_BOOT, what `ip route add` uses).
@@ -66,6 +71,12 @@ impl Owner<'_> {
     /// Candidate host-side name number `attempt` (0 first): `tw` + 13 hex digits of a hash of
     /// (network, container ID, ifname, attempt). Stable across versions and builds.
     pub fn host_name(&self, attempt: u8) -> String {
+        self.host_name_with(HOST_PREFIX, attempt)
+    }
+
+    /// [`Owner::host_name`] with another prefix (a valid one, see [`validate_prefix`]): the
+    /// same hash, as many hex digits as fit in 15 bytes after `prefix`.
+    pub fn host_name_with(&self, prefix: &str, attempt: u8) -> String {
         let mut h = Fnv1a64::default();
         h.write_field(b"twill-veth 2");
         h.write_field(self.network.as_bytes());
@@ -74,8 +85,9 @@ impl Owner<'_> {
         if attempt > 0 {
             h.write(&[attempt]);
         }
-        let bits = h.finish_mixed() >> (64 - 4 * HASH_HEX_DIGITS);
-        format!("{HOST_PREFIX}{bits:013x}")
+        let digits = IFNAME_MAX.saturating_sub(prefix.len()).clamp(1, 16);
+        let bits = h.finish_mixed() >> (64 - 4 * digits);
+        format!("{prefix}{bits:0digits$x}")
     }
 
     /// Whether `link` carries this owner's mark.
@@ -95,6 +107,22 @@ impl Owner<'_> {
 /// separator that follows it.
 fn network_mark(network: &str) -> String {
     format!("{MARK_PREFIX} {}", mark_part(network))
+}
+
+/// Code 7 unless `prefix` can start host-side names: 1 to [`PREFIX_MAX`] ASCII letters,
+/// digits, `-` or `_`.
+pub fn validate_prefix(prefix: &str) -> Result<()> {
+    let ok = (1..=PREFIX_MAX).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        return Ok(());
+    }
+    Err(Error::invalid_config(format!(
+        "host veth name prefix \"{prefix}\" must be 1 to {PREFIX_MAX} letters, digits, '-' or \
+         '_' (a hash of the attachment fills the rest of the 15-byte name)"
+    )))
 }
 
 fn mark_part(text: &str) -> String {
@@ -228,17 +256,44 @@ impl From<CreateError> for Error {
 /// name is tried. A link carrying the mark: [`CreateError::AttachmentExists`]. Nothing is left
 /// behind on failure. A name clash says which name (lookups on the error path only).
 pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateError> {
+    let host = HostSpec {
+        prefix: HOST_PREFIX,
+        master: Some(spec.bridge),
+        mac: None,
+    };
+    create_with(nl, spec, &host)
+}
+
+/// How the host end of a pair is made, where [`PairSpec`]'s bridge does not apply: its name
+/// prefix, its master and its MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSpec<'a> {
+    /// Name prefix of the host end (valid per [`validate_prefix`]).
+    pub prefix: &'a str,
+    /// Master ifindex (a bridge), or None for a host end on its own (routed planes).
+    pub master: Option<u32>,
+    /// The host end's MAC; random when None.
+    pub mac: Option<MacAddr>,
+}
+
+/// [`create`] with the host end made as `host` says (`spec.bridge` is not used): the same
+/// single request, marks, name candidates and failure handling.
+pub fn create_with(
+    nl: &mut Netlink,
+    spec: &PairSpec<'_>,
+    host: &HostSpec<'_>,
+) -> Result<HostEnd, CreateError> {
     let owner = &spec.owner;
-    let mac = random_mac();
+    let mac = host.mac.unwrap_or_else(random_mac);
     let pod_mac = spec.pod_mac.unwrap_or_else(random_mac);
     let mut taken = Vec::new();
     for attempt in 0..NAME_ATTEMPTS {
-        let name = owner.host_name(attempt);
+        let name = owner.host_name_with(host.prefix, attempt);
         let veth = VethSpec {
             name: &name,
             mtu: Some(spec.mtu),
             mac: Some(mac),
-            master: Some(spec.bridge),
+            master: host.master,
             up: true,
             peer_name: owner.ifname,
             peer_netns: Some(spec.pod_ns.as_fd()),
@@ -296,9 +351,14 @@ pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateEr
 /// The host end `owner` owns (carrying its mark), looked up among the candidate names in
 /// order: one RTM_GETLINK when it holds the first name, [`NAME_ATTEMPTS`] when there is none.
 pub fn find(nl: &mut Netlink, owner: &Owner<'_>) -> Result<Option<Link>> {
+    find_with(nl, owner, HOST_PREFIX)
+}
+
+/// [`find`] among the candidate names with `prefix` ([`Owner::host_name_with`]).
+pub fn find_with(nl: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<Option<Link>> {
     let mark = owner.mark();
     for attempt in 0..NAME_ATTEMPTS {
-        if let Some(l) = nl.link_by_name(&owner.host_name(attempt))?
+        if let Some(l) = nl.link_by_name(&owner.host_name_with(prefix, attempt))?
             && l.alias.as_deref() == Some(mark.as_str())
         {
             return Ok(Some(l));
@@ -311,7 +371,12 @@ pub fn find(nl: &mut Netlink, owner: &Owner<'_>) -> Result<Option<Link>> {
 /// RTM_DELLINK. Links without the owner's mark are never touched. Ok(false) when there was
 /// none (or it vanished meanwhile).
 pub fn delete(nl: &mut Netlink, owner: &Owner<'_>) -> Result<bool> {
-    let Some(link) = find(nl, owner)? else {
+    delete_with(nl, owner, HOST_PREFIX)
+}
+
+/// [`delete`] of a host end named with `prefix` ([`find_with`]).
+pub fn delete_with(nl: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<bool> {
+    let Some(link) = find_with(nl, owner, prefix)? else {
         return Ok(false);
     };
     match nl.delete_link(link.index) {
@@ -830,6 +895,29 @@ mod tests {
             .map(|i| owner("pods", &format!("container-{i}"), "eth0").host_name(0))
             .collect();
         assert_eq!(names.len(), 2000);
+    }
+
+    #[test]
+    fn prefixed_names_fill_15_bytes_with_the_same_hash() {
+        let a = owner("pods", "c1", "eth0");
+        assert_eq!(a.host_name_with(HOST_PREFIX, 0), a.host_name(0));
+        let cali = a.host_name_with("cali", 0);
+        assert_eq!(cali.len(), IFNAME_MAX, "{cali}");
+        assert!(cali.starts_with("cali"), "{cali}");
+        assert_eq!(
+            &cali[4..],
+            &a.host_name(0)[2..13],
+            "the hash's leading digits"
+        );
+        assert_eq!(a.host_name_with("r", 3).len(), IFNAME_MAX);
+        assert_eq!(a.host_name_with("routed7", 0).len(), IFNAME_MAX);
+        for ok in ["cali", "r", "tw-r_1", "routed7"] {
+            assert!(validate_prefix(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "toolong8", "ca/li", "ca li", "é"] {
+            let e = validate_prefix(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+        }
     }
 
     #[test]

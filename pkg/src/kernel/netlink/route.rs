@@ -347,6 +347,40 @@ impl Netlink {
         self.new_route(spec, NLM_F_CREATE | NLM_F_REPLACE, "replace")
     }
 
+    /// Adds or replaces the blackhole route to `dst` (main table, [`TWILL_PROTO`], `metric`;
+    /// None: the kernel's default): packets to `dst` not matched by a longer route are
+    /// dropped on the node instead of following its default route.
+    pub fn replace_blackhole_route(&mut self, dst: IpNetwork, metric: Option<u32>) -> NlResult<()> {
+        let spec = RouteSpec {
+            metric,
+            ..RouteSpec::new(dst)
+        };
+        let op = || format!("replace blackhole route {dst}");
+        let mut m = route_msg(&spec, false);
+        m.header.kind = RouteType::BlackHole;
+        self.sock
+            .ack(
+                RouteNetlinkMessage::NewRoute(m),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .map_err(|e| e.with_op(op))
+    }
+
+    /// Deletes twill's blackhole route to `dst` at `metric` in the main table; `is_not_found`
+    /// when there is none (a route of another type or owner is never matched).
+    pub fn delete_blackhole_route(&mut self, dst: IpNetwork, metric: Option<u32>) -> NlResult<()> {
+        let spec = RouteSpec {
+            metric,
+            ..RouteSpec::new(dst)
+        };
+        let op = || format!("delete blackhole route {dst}");
+        let mut m = route_msg(&spec, true);
+        m.header.kind = RouteType::BlackHole;
+        self.sock
+            .ack(RouteNetlinkMessage::DelRoute(m), 0)
+            .map_err(|e| e.with_op(op))
+    }
+
     /// Deletes the route matching `spec` (destination, table; plus gateway, oif, metric and
     /// protocol when set; see [`RouteSpec::protocol`]). `is_not_found` (ESRCH) when none.
     pub fn delete_route(&mut self, spec: &RouteSpec) -> NlResult<()> {

@@ -1,0 +1,268 @@
+//! `twill-bench routed`: twill `routed-veth` vs reference `ptp` + `host-local` (its closest Go
+//! analogue: a veth per pod, no bridge, a host route per pod), each run in its own "node" netns,
+//! pods in pre-created netns; sequential and concurrent; plus the bare veth delete baseline.
+
+use crate::bare::BareVeths;
+use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
+use crate::host_local::ratio;
+use crate::invoke::{find_bin, ref_bin_dir, twill_bin_dir};
+use crate::report::{self, Target};
+use crate::runner::{Job, Op, Results, Side, alternate, run_phase};
+use crate::stats::Summary;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// Network name of the routed configs.
+const NETWORK: &str = "twbench-routed";
+/// Pod block (host-local range), a /16.
+const SUBNET: &str = "10.89.0.0/16";
+/// Warm-up pods per side (untimed ADD+DEL; also makes the node state: blackhole, rules).
+const WARMUP: usize = 3;
+/// ADD median twill/ref target.
+const ADD_RATIO_TARGET: f64 = 0.20;
+/// DEL median / bare veth delete target.
+const DEL_BARE_TARGET: f64 = 1.2;
+
+/// Options of the routed benchmark.
+pub struct RoutedOpts {
+    /// Timed pods per side and concurrency.
+    pub pods: usize,
+    /// Concurrency levels.
+    pub concurrency: Vec<usize>,
+}
+
+/// The reference config (`ptp` + `host-local`).
+fn ref_config(data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "type": "ptp",
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": SUBNET }]],
+            "routes": [{ "dst": "0.0.0.0/0" }],
+            "dataDir": data_dir,
+        }
+    })
+}
+
+/// twill's config: the same IPAM, type `routed-veth`, an empty cluster view and a `runDir`
+/// inside the bench's state dir (so its state goes away with it).
+fn twill_config(data_dir: &Path) -> Value {
+    let mut c = ref_config(data_dir);
+    c["type"] = json!("routed-veth");
+    c["peers"] = json!([]);
+    c["runDir"] = json!(data_dir.join("run"));
+    c
+}
+
+/// Runs the benchmark; returns its JSON.
+pub fn run(opts: &RoutedOpts) -> Result<Value, String> {
+    let td = twill_bin_dir();
+    let rd = ref_bin_dir();
+    let reference = find_bin(&rd, "ptp")
+        .filter(|_| find_bin(&rd, "host-local").is_some())
+        .ok_or_else(|| {
+            format!(
+                "reference ptp/host-local not found in {} (install containernetworking-plugins \
+                 or set REF_CNI_DIR)",
+                rd.display()
+            )
+        })?;
+    let twill = find_bin(&td, "routed-veth").ok_or_else(|| {
+        format!(
+            "routed-veth not found in {} (build it or set TWILL_BIN_DIR)",
+            td.display()
+        )
+    })?;
+    println!(
+        "== routed: pods={} concurrency={:?} warm-up={WARMUP}, {SUBNET}",
+        opts.pods, opts.concurrency
+    );
+    println!("   twill: {}", twill.display());
+    println!("   ref:   {} + host-local", reference.display());
+
+    let p = prefix();
+    let total = WARMUP + opts.pods;
+    let tw_pods: Vec<String> = (0..total).map(|i| format!("{p}-rtp{i}")).collect();
+    let ref_pods: Vec<String> = (0..total).map(|i| format!("{p}-rrp{i}")).collect();
+    let bare_pods: Vec<String> = (0..opts.pods).map(|i| format!("{p}-rbp{i}")).collect();
+    let bare_node = format!("{p}-rbnode");
+    let mut names: Vec<String> = tw_pods.iter().chain(&ref_pods).cloned().collect();
+    let bare_needed = opts.concurrency.contains(&1);
+    if bare_needed {
+        names.extend(bare_pods.iter().cloned());
+        names.push(bare_node.clone());
+    }
+    let pool = NetnsSet::create(names)?;
+
+    let mut configs = Vec::new();
+    for &conc in &opts.concurrency {
+        check_interrupted()?;
+        let bins = ((twill.clone(), td.clone()), (reference.clone(), rd.clone()));
+        let bare = bare_needed.then_some((&bare_node, &bare_pods[..]));
+        configs.push(run_config(
+            &bins, conc, opts.pods, &tw_pods, &ref_pods, bare,
+        )?);
+    }
+    drop(pool);
+    Ok(json!({
+        "pods": opts.pods,
+        "warmup": WARMUP,
+        "configs": configs,
+    }))
+}
+
+type Bin = (PathBuf, PathBuf);
+
+/// One concurrency level on fresh node netns and dataDirs.
+fn run_config(
+    bins: &(Bin, Bin),
+    conc: usize,
+    pods: usize,
+    tw_pods: &[String],
+    ref_pods: &[String],
+    bare: Option<(&String, &[String])>,
+) -> Result<Value, String> {
+    let tag = format!("c{conc}");
+    println!("-- concurrency {conc}");
+    let p = prefix();
+    let tw_node = format!("{p}-rtnode-{tag}");
+    let ref_node = format!("{p}-rrnode-{tag}");
+    let nodes = NetnsSet::create(vec![tw_node.clone(), ref_node.clone()])?;
+    let ref_data = TempDir::create(&format!("rt-ref-{tag}"))?;
+    let tw_data = TempDir::create(&format!("rt-twill-{tag}"))?;
+    let total = WARMUP + pods;
+    let ids = |label: &str| -> Vec<String> {
+        (0..total)
+            .map(|i| format!("{p}-{label}-{tag}-{i}"))
+            .collect()
+    };
+    let paths =
+        |names: &[String]| -> Vec<PathBuf> { names.iter().map(|n| netns_path(n)).collect() };
+    let ((tw_bin, tw_dir), (ref_bin, ref_dir)) = bins;
+    let refp = Side::new(
+        "ref",
+        ref_bin.clone(),
+        ref_dir.clone(),
+        Some(netns_path(&ref_node)),
+        paths(ref_pods),
+        ids("ref"),
+        ref_config(ref_data.path()),
+    );
+    let twill = Side::new(
+        "twill",
+        tw_bin.clone(),
+        tw_dir.clone(),
+        Some(netns_path(&tw_node)),
+        paths(tw_pods),
+        ids("twill"),
+        twill_config(tw_data.path()),
+    );
+    let sides = [&twill, &refp];
+    let warm: Vec<usize> = (0..WARMUP).collect();
+    for side in &sides {
+        for op in [Op::Add, Op::Del] {
+            run_phase(Job::Plugin(side, op), &warm, 1)?;
+        }
+    }
+    let bare_veths = match bare {
+        Some((node, pods)) if conc == 1 => Some(BareVeths::create(node, pods)?),
+        _ => None,
+    };
+
+    let timed: Vec<usize> = (WARMUP..total).collect();
+    let chunk = 2 * conc;
+    let mut results = Results::new();
+    let add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
+    let mut del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
+    match &bare_veths {
+        Some(b) => {
+            // Plugin DELs and bare deletes interleave chunk by chunk; bare uses indices 0..pods.
+            del_jobs.push(Job::BareDel(b));
+            let bare_idx: Vec<usize> = (0..pods).collect();
+            for (k, part) in timed.chunks(chunk).enumerate() {
+                let bpart = &bare_idx[k * chunk..(k * chunk + part.len()).min(pods)];
+                for j in 0..del_jobs.len() {
+                    let job = del_jobs[(j + k) % del_jobs.len()];
+                    let idx = if matches!(job, Job::BareDel(_)) {
+                        bpart
+                    } else {
+                        part
+                    };
+                    let s = run_phase(job, idx, conc)?;
+                    let e = results.entry((job.label(), job.op())).or_default();
+                    e.lat.extend(s.lat);
+                    e.wall += s.wall;
+                }
+            }
+        }
+        None => alternate(&del_jobs, &timed, chunk, conc, &mut results)?,
+    }
+    drop(nodes);
+
+    let thru = conc > 1;
+    report::header(if thru { "   pods/s" } else { "" });
+    let mut res_json = serde_json::Map::new();
+    let order = ["twill", "ref", "bare"]
+        .into_iter()
+        .flat_map(|l| [(l, Op::Add), (l, Op::Del)]);
+    for (label, op) in order {
+        let Some((s, sum)) = results
+            .get(&(label, op))
+            .and_then(|s| Some((s, Summary::of(&s.lat)?)))
+        else {
+            continue;
+        };
+        let rate = s.lat.len() as f64 / s.wall.as_secs_f64().max(1e-9);
+        let extra = if thru {
+            format!(" {rate:>8.1}")
+        } else {
+            String::new()
+        };
+        report::row(label, op.name(), &sum, &extra);
+        let mut j = sum.to_json();
+        j["per_second"] = json!(crate::stats::round3(rate));
+        res_json
+            .entry(label.to_string())
+            .or_insert_with(|| json!({}))[op.name()] = j;
+    }
+    let mut figures = Vec::new();
+    if let Some(r) = ratio(&results, Op::Add) {
+        figures.push(report::figure(
+            "routed ADD median ratio twill/ref",
+            r,
+            "",
+            Target::AtMost(ADD_RATIO_TARGET),
+        ));
+    }
+    if let Some(r) = ratio(&results, Op::Del) {
+        figures.push(report::figure(
+            "routed DEL median ratio twill/ref",
+            r,
+            "",
+            Target::Info,
+        ));
+    }
+    let median = |label: &str| {
+        results
+            .get(&(label, Op::Del))
+            .and_then(|s| Summary::of(&s.lat))
+            .map(|s| s.median_ms)
+    };
+    if let (Some(del), Some(bare)) = (median("twill"), median("bare")) {
+        figures.push(report::figure(
+            "routed DEL median vs bare veth delete",
+            del / bare,
+            "",
+            Target::AtMost(DEL_BARE_TARGET),
+        ));
+    }
+    Ok(json!({
+        "concurrency": conc,
+        "results": res_json,
+        "figures": figures,
+    }))
+}

@@ -1,0 +1,529 @@
+//! The routed pod side (Calico's data plane without a bridge): the pod holds its addresses as
+//! `/32` (`/128`) and reaches everything through one fixed, on-link gateway; the host end of
+//! its veth has no address, answers for that gateway with its MAC, and the node routes the pod's
+//! addresses to it with one host route each.
+//!
+//! - Pod: the addresses with DAD off; `169.254.1.1 dev <ifname> scope link` and the default
+//!   route via 169.254.1.1; for IPv6 the default route via the host end's link-local address
+//!   [`GATEWAY6`]; a permanent neighbour entry for each gateway → [`HOST_MAC`], so the pod
+//!   reaches its gateway at once, without ARP/NDP, proxy ARP's delay, or any route on the node.
+//! - Host end: MAC [`HOST_MAC`], no address, `proxy_arp=1`, `proxy_delay=0`, `forwarding=1`;
+//!   for IPv6 `proxy_ndp=1`, `forwarding=1` and DAD off (its link-local gateway is usable at
+//!   once).
+//! - Node: `<pod IP>/32 dev <host end> scope link proto 116`. A route for that IP on another
+//!   interface (a stale pod's) is replaced, and said so. DEL needs nothing here: the kernel
+//!   drops the route with the host end.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+
+use crate::cni::types::{CniResult, IpConfig, Route};
+use crate::error::{Error, Result, code};
+use crate::kernel::netlink::{
+    AddrOptions, Family, Link, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec,
+    TWILL_PROTO, nud, rt_scope, rt_table,
+};
+use crate::kernel::netns::Netns;
+use crate::kernel::sysctl;
+use crate::pod::veth::{self, HostEnd, Owner, POD_ROUTE_PROTO, PodEnd};
+
+/// MAC of every routed host end (Calico's): the pods' gateways resolve to it.
+pub const HOST_MAC: MacAddr = MacAddr([0xee; 6]);
+/// The pods' IPv4 gateway: link-local, never on any network, answered by the host end.
+pub const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The pods' IPv6 gateway: the link-local address the kernel derives from [`HOST_MAC`]
+/// (EUI-64) on the host end.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// The gateway of `ip`'s family.
+pub fn gateway_of(ip: &IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY4),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY6),
+    }
+}
+
+/// IPAM's addresses as the routed pod holds them: each a host address (`/32`, `/128`), with
+/// its family's gateway, on interface 1 of the result (the pod's; 0 is the host veth).
+pub fn pod_ips(ipam: &[IpConfig]) -> Vec<IpConfig> {
+    ipam.iter()
+        .map(|c| IpConfig {
+            address: host_net(c.address.ip()),
+            gateway: Some(gateway_of(&c.address.ip())),
+            interface: Some(1),
+        })
+        .collect()
+}
+
+/// `ip` as a host network (`/32` or `/128`).
+pub fn host_net(ip: IpAddr) -> IpNetwork {
+    let prefix = if ip.is_ipv4() { 32 } else { 128 };
+    // A full-length prefix is always valid.
+    IpNetwork::new(ip, prefix).unwrap_or_else(|_| IpNetwork::from(ip))
+}
+
+/// The pod's routes for its families (`ips`): the on-link route to [`GATEWAY4`] (IPv4), the
+/// default route via the family's gateway unless `ipam_routes` has one, then every IPAM
+/// route via its own `gw` or the family's gateway. Returns the kernel requests (their `oif` is
+/// set by [`configure_pod`]) and the result's routes (the gateway's on-link route is not one).
+pub fn pod_routes(ips: &[IpConfig], ipam_routes: &[Route]) -> (Vec<RouteSpec>, Vec<Route>) {
+    let mut specs = Vec::new();
+    let mut result = Vec::new();
+    for v4 in [true, false] {
+        let Some(ip) = ips.iter().find(|c| c.address.is_ipv4() == v4) else {
+            continue;
+        };
+        let gw = gateway_of(&ip.address.ip());
+        if v4 {
+            specs.push(RouteSpec {
+                protocol: POD_ROUTE_PROTO,
+                scope: Some(rt_scope::LINK),
+                ..RouteSpec::new(host_net(gw))
+            });
+        }
+        let has_default = ipam_routes
+            .iter()
+            .any(|r| r.dst.is_ipv4() == v4 && r.dst.prefix() == 0);
+        if !has_default {
+            specs.push(RouteSpec {
+                protocol: POD_ROUTE_PROTO,
+                ..RouteSpec::default_via(gw)
+            });
+            result.push(Route::new(specs[specs.len() - 1].dst, Some(gw)));
+        }
+        for r in ipam_routes.iter().filter(|r| r.dst.is_ipv4() == v4) {
+            let dst = IpNetwork::new(r.dst.network(), r.dst.prefix()).unwrap_or(r.dst);
+            specs.push(RouteSpec {
+                gateway: Some(r.gw.unwrap_or(gw)),
+                protocol: POD_ROUTE_PROTO,
+                metric: r.priority,
+                mtu: r.mtu,
+                table: r.table.unwrap_or(rt_table::MAIN),
+                ..RouteSpec::new(dst)
+            });
+            result.push(r.clone());
+        }
+    }
+    (specs, result)
+}
+
+/// Sets up the host end `host` in the node netns (the calling thread's): `proxy_arp=1`,
+/// `proxy_delay=0` and `forwarding=1` for IPv4 (`v4`); DAD off, `proxy_ndp=1` and
+/// `forwarding=1` for IPv6 (`v6`); and the node's forwarding for those families. Done before
+/// the pod end comes up, so the host end's link-local address is born usable.
+pub fn setup_host(host: &HostEnd, v4: bool, v6: bool) -> Result<()> {
+    for (key, value) in host_sysctls(&host.name, v4, v6) {
+        sysctl::set(&key, value)?;
+    }
+    crate::pod::bridge::enable_forwarding(v4, v6)
+}
+
+/// The sysctls of routed host end `name` for the families a pod has, with their values.
+fn host_sysctls(name: &str, v4: bool, v6: bool) -> Vec<(String, &'static str)> {
+    let mut out = Vec::with_capacity(6);
+    if v4 {
+        out.push((format!("net/ipv4/conf/{name}/forwarding"), "1"));
+        out.push((format!("net/ipv4/conf/{name}/proxy_arp"), "1"));
+        out.push((format!("net/ipv4/neigh/{name}/proxy_delay"), "0"));
+    }
+    if v6 {
+        out.push((format!("net/ipv6/conf/{name}/accept_dad"), "0"));
+        out.push((format!("net/ipv6/conf/{name}/proxy_ndp"), "1"));
+        out.push((format!("net/ipv6/conf/{name}/forwarding"), "1"));
+    }
+    out
+}
+
+/// How [`configure_pod`] leaves the pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodSettings {
+    /// `containerSettings.allowIpForwarding`: the pod may forward (its netns's
+    /// `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` set to 1).
+    pub allow_ip_forwarding: bool,
+}
+
+/// Configures the pod end of `host` inside `pod_ns`, in one setns bracket over one socket made
+/// there: DAD off, the host addresses `addrs` (`/32`, `/128`), up, `routes` (see
+/// [`pod_routes`]), a permanent neighbour entry for each family's gateway → [`HOST_MAC`], and
+/// forwarding when `settings` allow it.
+pub fn configure_pod(
+    pod_ns: &Netns,
+    ifname: &str,
+    host: &HostEnd,
+    addrs: &[IpNetwork],
+    routes: &[RouteSpec],
+    settings: PodSettings,
+) -> Result<PodEnd> {
+    pod_ns.run(|| -> Result<PodEnd> {
+        let mut nl = Netlink::new()?;
+        let index = match host.pod_index {
+            Some(i) => i,
+            None => {
+                nl.link_by_name(ifname)?
+                    .ok_or_else(|| {
+                        Error::new(
+                            code::NETLINK,
+                            format!(
+                                "interface {ifname} vanished from netns {} right after it was \
+                                 created",
+                                pod_ns.path().display()
+                            ),
+                        )
+                    })?
+                    .index
+            }
+        };
+        let v4 = addrs.iter().any(IpNetwork::is_ipv4);
+        let v6 = addrs.iter().any(IpNetwork::is_ipv6);
+        if v6 {
+            // Harmless when already 0; missing only without IPv6, and then the address fails.
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "0");
+            sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0")?;
+        }
+        let opts = AddrOptions {
+            nodad: true,
+            ..Default::default()
+        };
+        for a in addrs {
+            nl.add_address(index, *a, &opts)?;
+        }
+        nl.set_link_up(index, true)?;
+        for (on, gw) in [(v4, IpAddr::V4(GATEWAY4)), (v6, IpAddr::V6(GATEWAY6))] {
+            if on {
+                nl.replace_neighbour(&NeighbourSpec::permanent(index, gw, HOST_MAC))?;
+            }
+        }
+        for r in routes {
+            let mut r = r.clone();
+            r.oif = Some(index);
+            nl.append_route(&r)?;
+        }
+        if settings.allow_ip_forwarding {
+            if v4 {
+                sysctl::set("net.ipv4.ip_forward", "1")?;
+            }
+            if v6 {
+                sysctl::set("net.ipv6.conf.all.forwarding", "1")?;
+            }
+        }
+        Ok(PodEnd {
+            index,
+            mac: Some(host.pod_mac),
+            peer_index: host.index,
+        })
+    })?
+}
+
+/// Routes each of `addrs` (host addresses) to the host end `host` in the node netns:
+/// `<ip>/32 dev <host end> scope link proto 116`, one request each. A route for that address
+/// already there (a stale pod's, on another interface) is replaced; returns one line per
+/// replaced route, for stderr.
+pub fn route_to_pod(
+    node: &mut Netlink,
+    host: &HostEnd,
+    addrs: &[IpNetwork],
+) -> Result<Vec<String>> {
+    let host_index = match host.index {
+        Some(i) => i,
+        None => node
+            .link_by_name(&host.name)?
+            .map(|l| l.index)
+            .ok_or_else(|| {
+                Error::new(
+                    code::NETLINK,
+                    format!(
+                        "host veth {} vanished right after it was created",
+                        host.name
+                    ),
+                )
+            })?,
+    };
+    let mut replaced = Vec::new();
+    for a in addrs {
+        let spec = RouteSpec {
+            oif: Some(host_index),
+            scope: Some(rt_scope::LINK),
+            ..RouteSpec::new(*a)
+        };
+        match node.add_route(&spec) {
+            Ok(()) => continue,
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let filter = RouteFilter {
+            family: Some(Family::of(&a.ip())),
+            table: Some(rt_table::MAIN),
+            ..Default::default()
+        };
+        let names = |nl: &mut Netlink, oif: Option<u32>| -> Result<String> {
+            Ok(match oif {
+                Some(i) => nl
+                    .link_by_index(i)?
+                    .map_or_else(|| format!("ifindex {i}"), |l| l.name),
+                None => "no interface".into(),
+            })
+        };
+        let old: Vec<_> = node
+            .routes(&filter)?
+            .into_iter()
+            .filter(|r| r.dst == *a)
+            .collect();
+        node.replace_route(&spec)?;
+        for r in old.iter().filter(|r| r.oif != Some(host_index)) {
+            let dev = names(node, r.oif)?;
+            replaced.push(format!(
+                "replaced the route {} dev {dev} (proto {}) with one to this pod's host veth: \
+                 a stale pod held its address",
+                r.dst, r.protocol
+            ));
+        }
+    }
+    Ok(replaced)
+}
+
+/// DEL's part on the node: deletes the host end `owner` owns (its pod end and host routes go
+/// with it). It is looked up among the names with `prefix` ([`veth::find_with`]); when none
+/// carries the mark there (`hostVethPrefix` changed since ADD, or it is not a valid prefix), a
+/// link dump finds any link carrying it. Ok(false) when there is none.
+pub fn delete_host(node: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<bool> {
+    if veth::validate_prefix(prefix).is_ok() && veth::delete_with(node, owner, prefix)? {
+        return Ok(true);
+    }
+    let mark = owner.mark();
+    let found = node
+        .links()?
+        .into_iter()
+        .find(|l| l.alias.as_deref() == Some(mark.as_str()));
+    let Some(link) = found else {
+        return Ok(false);
+    };
+    match node.delete_link(link.index) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// CHECK of one routed attachment against its `prev` result; code 105 naming the first
+/// difference. On the node: the host end carrying `owner`'s mark (among the names with
+/// `prefix`) is a veth without a master, with MAC [`HOST_MAC`], no global address, the
+/// sysctls [`setup_host`] sets, and each of `prev`'s addresses is routed to it by twill. In the pod: the peer
+/// end is up with every address of `prev` as a host address, every route of `prev`, and the
+/// permanent neighbour entry of each family's gateway.
+pub fn check(
+    node: &mut Netlink,
+    pod_ns: &Netns,
+    owner: &Owner<'_>,
+    prefix: &str,
+    prev: &CniResult,
+) -> Result<()> {
+    let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
+    let ifname = owner.ifname;
+    let host = veth::find_with(node, owner, prefix)?.ok_or_else(|| {
+        failed(format!(
+            "the host veth of container {} ifname {ifname} does not exist (no link carries its \
+             mark \"{}\")",
+            owner.container_id,
+            owner.mark()
+        ))
+    })?;
+    check_host(node, &host)?;
+    let addrs: Vec<IpNetwork> = prev.ips.iter().map(|c| c.address).collect();
+    let (v4, v6) = (
+        addrs.iter().any(IpNetwork::is_ipv4),
+        addrs.iter().any(IpNetwork::is_ipv6),
+    );
+    for (key, want) in host_sysctls(&host.name, v4, v6) {
+        let have = sysctl::get(&key)?;
+        if have != want {
+            return Err(failed(format!("{key} is {have} on the node, not {want}")));
+        }
+    }
+    let routes = node.routes(&RouteFilter {
+        table: Some(rt_table::MAIN),
+        oif: Some(host.index),
+        ..Default::default()
+    })?;
+    for a in &addrs {
+        let want = host_net(a.ip());
+        if !routes
+            .iter()
+            .any(|r| r.dst == want && r.protocol == TWILL_PROTO && r.kind == 1)
+        {
+            return Err(failed(format!(
+                "the node has no route {want} dev {} proto {TWILL_PROTO}",
+                host.name
+            )));
+        }
+    }
+
+    let (pod, pod_addrs, pod_routes, neighbours) = pod_ns.run(|| -> Result<_> {
+        let mut pnl = Netlink::new()?;
+        let Some(pod) = pnl.link_by_name(ifname)? else {
+            return Ok((None, vec![], vec![], vec![]));
+        };
+        let a = pnl.addresses(Some(pod.index), None)?;
+        let r = pnl.routes(&RouteFilter::default())?;
+        let n = pnl.neighbours(Some(pod.index), None, false)?;
+        Ok((Some(pod), a, r, n))
+    })??;
+    let pod = pod.ok_or_else(|| {
+        failed(format!(
+            "interface {ifname} does not exist in netns {}",
+            pod_ns.path().display()
+        ))
+    })?;
+    if pod.link != Some(host.index) {
+        return Err(failed(format!(
+            "interface {ifname} in the pod is not the peer of host veth {}",
+            host.name
+        )));
+    }
+    if !pod.admin_up {
+        return Err(failed(format!("interface {ifname} in the pod is down")));
+    }
+    for a in &addrs {
+        let want = host_net(a.ip());
+        if !pod_addrs
+            .iter()
+            .any(|x| x.addr == want.ip() && x.prefix_len == want.prefix())
+        {
+            return Err(failed(format!(
+                "interface {ifname} does not have address {want}"
+            )));
+        }
+        let gw = gateway_of(&a.ip());
+        let resolved = neighbours
+            .iter()
+            .any(|n| n.ip == Some(gw) && n.mac == Some(HOST_MAC) && n.state & nud::PERMANENT != 0);
+        if !resolved {
+            return Err(failed(format!(
+                "the pod has no permanent neighbour entry {gw} lladdr {HOST_MAC} on {ifname}"
+            )));
+        }
+    }
+    for r in &prev.routes {
+        let dst = IpNetwork::new(r.dst.network(), r.dst.prefix()).unwrap_or(r.dst);
+        let there = pod_routes.iter().any(|k| {
+            k.dst == dst
+                && k.oif == Some(pod.index)
+                && r.gw.is_none_or(|gw| k.gateway == Some(gw))
+                && r.table.is_none_or(|t| k.table == t)
+        });
+        if !there {
+            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            return Err(failed(format!(
+                "route {}{via} is missing in netns {}",
+                r.dst,
+                pod_ns.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The host end as a routed one must be: a veth, no master, MAC [`HOST_MAC`].
+fn check_host(node: &mut Netlink, host: &Link) -> Result<()> {
+    let failed = |msg: String| Error::new(code::CHECK_FAILED, msg);
+    let name = &host.name;
+    if host.kind.as_deref() != Some("veth") {
+        return Err(failed(format!(
+            "host interface {name} is a {}, not a veth",
+            host.kind.as_deref().unwrap_or("device of no kind")
+        )));
+    }
+    if let Some(m) = host.master {
+        return Err(failed(format!(
+            "host veth {name} is enslaved to ifindex {m}: a routed veth has no master"
+        )));
+    }
+    if host.mac != Some(HOST_MAC) {
+        let have = host.mac.map_or_else(|| "none".into(), |m| m.to_string());
+        return Err(failed(format!(
+            "host veth {name} has MAC {have}, not {HOST_MAC}"
+        )));
+    }
+    let global: Vec<String> = node
+        .addresses(Some(host.index), None)?
+        .iter()
+        .filter(|a| a.scope == rt_scope::UNIVERSE)
+        .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+        .collect();
+    if !global.is_empty() {
+        return Err(failed(format!(
+            "host veth {name} holds address(es) {}: a routed host veth has none",
+            global.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipc(addr: &str) -> IpConfig {
+        IpConfig {
+            address: addr.parse().unwrap(),
+            gateway: None,
+            interface: None,
+        }
+    }
+
+    #[test]
+    fn gateway6_is_the_eui64_link_local_of_the_host_mac() {
+        let m = HOST_MAC.0;
+        let eui = [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+        let mut o = [0u8; 16];
+        o[0] = 0xfe;
+        o[1] = 0x80;
+        o[8..].copy_from_slice(&eui);
+        assert_eq!(GATEWAY6, Ipv6Addr::from(o));
+        assert_eq!(GATEWAY6.to_string(), "fe80::ecee:eeff:feee:eeee");
+    }
+
+    #[test]
+    fn pod_ips_are_host_addresses_via_the_fixed_gateways() {
+        let ips = pod_ips(&[ipc("10.244.1.5/24"), ipc("fd00:1::5/64")]);
+        let got: Vec<(String, String)> = ips
+            .iter()
+            .map(|c| (c.address.to_string(), c.gateway.unwrap().to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.244.1.5/32".into(), "169.254.1.1".into()),
+                ("fd00:1::5/128".into(), "fe80::ecee:eeff:feee:eeee".into())
+            ]
+        );
+        assert!(ips.iter().all(|c| c.interface == Some(1)));
+    }
+
+    #[test]
+    fn pod_routes_link_route_first_then_defaults_and_ipam_routes_via_the_gateway() {
+        let ips = pod_ips(&[ipc("10.244.1.5/24"), ipc("fd00:1::5/64")]);
+        let ipam = [Route::new("10.244.0.0/16".parse().unwrap(), None)];
+        let (specs, result) = pod_routes(&ips, &ipam);
+        let got: Vec<(String, Option<String>, Option<u8>)> = specs
+            .iter()
+            .map(|s| (s.dst.to_string(), s.gateway.map(|g| g.to_string()), s.scope))
+            .collect();
+        let gw4 = Some("169.254.1.1".to_string());
+        assert_eq!(
+            got,
+            vec![
+                ("169.254.1.1/32".into(), None, Some(rt_scope::LINK)),
+                ("0.0.0.0/0".into(), gw4.clone(), None),
+                ("10.244.0.0/16".into(), gw4, None),
+                ("::/0".into(), Some(GATEWAY6.to_string()), None),
+            ]
+        );
+        assert_eq!(result.len(), 3, "{result:?}");
+        // An IPAM default route is not doubled; an IPv4-only pod gets no IPv6 routes.
+        let ipam = [Route::new("0.0.0.0/0".parse().unwrap(), None)];
+        let (specs, result) = pod_routes(&ips[..1], &ipam);
+        assert_eq!(specs.len(), 2);
+        assert_eq!(result, ipam.to_vec());
+    }
+}
