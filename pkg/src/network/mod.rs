@@ -191,6 +191,23 @@ impl<K: PluginKeys> Network<K> {
         })
     }
 
+    /// [`Network::load`] for a config given as bytes (a conf-dir file, or a conflist's plugin
+    /// entry with the list's `name` and `cniVersion`), with no CNI_ARGS: how a node daemon
+    /// loads the networks whose node state it keeps.
+    pub fn from_bytes(config: &[u8], need: Need) -> Result<Network<K>> {
+        let args = CmdArgs {
+            command: crate::Command::Add,
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            args: String::new(),
+            path: Vec::new(),
+            stdin: config.to_vec(),
+            cni_version: String::new(),
+        };
+        Network::load(&args, need)
+    }
+
     /// The plugin's keys.
     pub fn keys(&self) -> &K {
         &self.conf.plugin

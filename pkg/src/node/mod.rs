@@ -7,5 +7,6 @@ pub mod forward;
 pub mod host_gw;
 pub mod masq;
 pub mod peers;
+pub mod planes;
 pub mod reconcile;
 pub mod state;

@@ -1,0 +1,41 @@
+//! The data planes by plugin `type`: how a node daemon (twilld) knows what a network's
+//! cross-node state is without running its plugin. Each plugin with a cluster view has one
+//! match arm here building its [`DataPlane`] from its config.
+
+use serde_json::Value;
+
+use crate::Result;
+use crate::kernel::netlink::Netlink;
+use crate::node::host_gw::HostGw;
+use crate::node::reconcile::DataPlane;
+
+/// The data plane of a network whose plugin is `plugin_type`, built from its config (the
+/// plugin's entry, as JSON) on the node `node`; `None` for a type that has no node state
+/// twill knows of. A config the plane cannot use is an error saying why.
+pub fn plane_for(
+    plugin_type: &str,
+    config: &Value,
+    node: &mut Netlink,
+) -> Result<Option<Box<dyn DataPlane>>> {
+    let _ = (config, node);
+    Ok(match plugin_type {
+        "bridge-host-gw" => Some(Box::new(HostGw)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_host_gw_is_host_gw_and_an_unknown_type_has_no_plane() {
+        let mut nl = Netlink::new().unwrap();
+        let conf = serde_json::json!({"type": "bridge-host-gw"});
+        let plane = plane_for("bridge-host-gw", &conf, &mut nl)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plane.key(), HostGw.key());
+        assert!(plane_for("portmap", &conf, &mut nl).unwrap().is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! The kernel telling twilld that state it owns may have changed: rtnetlink notifications
+//! (twill's routes deleted, links going down or up, addresses changed) and nf_tables
+//! notifications (rule sets changed, e.g. a masquerade table deleted by hand). Nothing is
+//! polled: the daemon sleeps in poll(2) on these sockets.
+
+use netlink_sys::Socket;
+use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
+use nix::libc;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use twill::kernel::netlink::TWILL_PROTO;
+
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const NFNLGRP_NFTABLES: u32 = 7;
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_OVERRUN: u16 = 4;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_DELROUTE: u16 = 25;
+/// Offset of `rtm_protocol` in `struct rtmsg`.
+const RTM_PROTOCOL_OFFSET: usize = 5;
+
+/// Subscriptions to the kernel's notifications in the daemon's network namespace.
+pub struct KernelEvents {
+    route: Socket,
+    nft: Option<Socket>,
+    buf: Vec<u8>,
+}
+
+impl KernelEvents {
+    /// Subscribes to link, address and route notifications, and to nf_tables ones when the
+    /// kernel has nf_tables (the second is `None` otherwise).
+    pub fn open() -> std::io::Result<KernelEvents> {
+        let mut route = Socket::new(NETLINK_ROUTE)?;
+        route.bind_auto()?;
+        for g in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
+            route.add_membership(g)?;
+        }
+        route.set_non_blocking(true)?;
+        let nft = Socket::new(NETLINK_NETFILTER).and_then(|mut s| {
+            s.bind_auto()?;
+            s.add_membership(NFNLGRP_NFTABLES)?;
+            s.set_non_blocking(true)?;
+            Ok(s)
+        });
+        Ok(KernelEvents {
+            route,
+            nft: nft.ok(),
+            buf: vec![0; 256 * 1024],
+        })
+    }
+
+    /// The rtnetlink socket, for poll.
+    pub fn route_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the socket lives as long as self, which the borrow is tied to.
+        unsafe { BorrowedFd::borrow_raw(self.route.as_raw_fd()) }
+    }
+
+    /// The nf_tables socket, for poll.
+    pub fn nft_fd(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: as for route_fd.
+        self.nft
+            .as_ref()
+            .map(|s| unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) })
+    }
+
+    /// Reads every queued rtnetlink notification; true when one may concern twill's state:
+    /// a twill route deleted, a link or address added, changed or removed, or notifications
+    /// lost (the socket overran).
+    pub fn drain_route(&mut self) -> bool {
+        let fd = self.route.as_raw_fd();
+        let mut relevant = false;
+        loop {
+            match recv(fd, &mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => relevant |= route_relevant(&self.buf[..n]),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => relevant = true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        relevant
+    }
+
+    /// Reads every queued nf_tables notification; true when there was any.
+    pub fn drain_nft(&mut self) -> bool {
+        let Some(fd) = self.nft.as_ref().map(AsRawFd::as_raw_fd) else {
+            return false;
+        };
+        let mut any = false;
+        loop {
+            match recv(fd, &mut self.buf) {
+                Ok(0) => break,
+                Ok(_) => any = true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        any
+    }
+}
+
+/// One datagram from a non-blocking socket (`WouldBlock` ends a drain as an error).
+fn recv(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// True when a datagram of rtnetlink notifications holds one that may concern twill's state.
+/// New routes are not (twill's own writes make them); deleted twill routes are.
+fn route_relevant(mut msgs: &[u8]) -> bool {
+    let mut relevant = false;
+    while msgs.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > msgs.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([msgs[4], msgs[5]]);
+        let body = &msgs[NLMSG_HDRLEN..len];
+        relevant |= match ty {
+            NLMSG_OVERRUN | RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR => true,
+            RTM_DELROUTE => body.get(RTM_PROTOCOL_OFFSET) == Some(&TWILL_PROTO),
+            _ => false,
+        };
+        msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
+    }
+    relevant
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: u16, body: &[u8]) -> Vec<u8> {
+        let len = (NLMSG_HDRLEN + body.len()) as u32;
+        let mut m = len.to_ne_bytes().to_vec();
+        m.extend(ty.to_ne_bytes());
+        m.extend([0u8; 10]);
+        m.extend(body);
+        while !m.len().is_multiple_of(4) {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn only_deleted_twill_routes_and_link_or_address_changes_matter() {
+        let rtmsg = |proto: u8| [2, 24, 0, 0, 254, proto, 0, 1];
+        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(TWILL_PROTO))));
+        assert!(!route_relevant(&msg(RTM_DELROUTE, &rtmsg(4))));
+        assert!(!route_relevant(&msg(24, &rtmsg(TWILL_PROTO)))); // RTM_NEWROUTE
+        assert!(route_relevant(&msg(RTM_NEWLINK, &[0; 16])));
+        let mut two = msg(24, &rtmsg(TWILL_PROTO));
+        two.extend(msg(RTM_DELADDR, &[0; 8]));
+        assert!(route_relevant(&two));
+    }
+}

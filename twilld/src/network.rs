@@ -1,0 +1,286 @@
+//! One twill network as twilld keeps it: loaded with the plugins' own library code
+//! (`twill::network::Network`), its data plane from the registry (`twill::node::planes`), and
+//! the three things done to it: sync (reconcile peers, ensure masquerade and forward rules),
+//! check (the drift, changing nothing) and forget (a network gone from the conf dir).
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+use twill::kernel::netlink::Netlink;
+use twill::kernel::netlink::netfilter::Netfilter;
+use twill::network::{CommonKeys, Need, Network, PluginKeys};
+use twill::node::peers::PeersConf;
+use twill::node::reconcile::{self, DataPlane, Inputs, Reconciled, Report};
+use twill::node::state::StateFile;
+use twill::node::{forward, masq, planes};
+use twill::{Result, code};
+
+use crate::confdir::{NetworkFile, plugin_type};
+
+/// The keys twilld reads of any plugin: the shared ones; the plugin's own stay in `rest`
+/// (its data plane reads what it needs from the raw entry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Keys {
+    /// The keys every twill plugin shares.
+    #[serde(flatten)]
+    pub common: CommonKeys,
+    /// The cluster view and the run dir.
+    #[serde(flatten)]
+    pub peers: PeersConf,
+    /// The plugin's own keys and any other.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl PluginKeys for Keys {
+    fn common(&self) -> &CommonKeys {
+        &self.common
+    }
+    fn peers(&self) -> &PeersConf {
+        &self.peers
+    }
+    fn rest(&self) -> &Map<String, Value> {
+        &self.rest
+    }
+    fn own_key_names() -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// A network twilld keeps.
+pub struct Managed {
+    /// The network, loaded as its plugin's ADD loads it.
+    pub net: Network<Keys>,
+    /// Its data plane.
+    pub plane: Box<dyn DataPlane>,
+}
+
+/// What loading a conf-dir network gave.
+pub enum Loaded {
+    /// A network twilld keeps.
+    Managed(Box<Managed>),
+    /// No plugin entry of a type with node state twilld knows (the types, in order).
+    Unknown(Vec<String>),
+    /// A twill network whose config cannot be used now (e.g. its subnet file is missing).
+    Failed(String),
+}
+
+/// Loads `nf`: its first plugin entry whose type has a data plane.
+pub fn load(nf: &NetworkFile, node: &mut Netlink) -> Loaded {
+    for p in &nf.plugins {
+        let ty = plugin_type(p);
+        let plane = match planes::plane_for(ty, p, node) {
+            Ok(Some(plane)) => plane,
+            Ok(None) => continue,
+            Err(e) => return Loaded::Failed(e.to_string()),
+        };
+        let bytes = match serde_json::to_vec(p) {
+            Ok(b) => b,
+            Err(e) => return Loaded::Failed(format!("cannot serialize the {ty} entry: {e}")),
+        };
+        return match Network::from_bytes(&bytes, Need::Required) {
+            Ok(net) => Loaded::Managed(Box::new(Managed { net, plane })),
+            Err(e) => Loaded::Failed(e.to_string()),
+        };
+    }
+    Loaded::Unknown(
+        nf.plugins
+            .iter()
+            .map(|p| plugin_type(p).to_string())
+            .collect(),
+    )
+}
+
+/// The twill plugin entry of `nf` (the first whose type has a data plane), as given.
+pub fn twill_entry<'a>(nf: &'a NetworkFile, node: &mut Netlink) -> Option<&'a Value> {
+    nf.plugins.iter().find(|p| {
+        matches!(
+            planes::plane_for(plugin_type(p), p, node),
+            Ok(Some(_)) | Err(_)
+        )
+    })
+}
+
+/// What one operation on a network did and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Changes applied to the node, one line each.
+    pub changes: Vec<String>,
+    /// Things a person should know that did not fail (skipped view entries, conflicts).
+    pub warnings: Vec<String>,
+    /// What failed (retried by the next round).
+    pub errors: Vec<String>,
+}
+
+impl Managed {
+    /// The network name.
+    pub fn name(&self) -> &str {
+        self.net.name()
+    }
+
+    /// Where this network's run state lives.
+    pub fn run_dir(&self) -> &Path {
+        self.net.keys().peers.run_dir()
+    }
+
+    /// Makes the node hold what the network wants: the data plane's objects for the cluster
+    /// view (the same reconcile and lock as the plugin's ADD), then the masquerade and forward
+    /// rules (written only when they drift).
+    pub fn sync(&self, node: &mut Netlink, nf: &mut Netfilter) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if let Some(source) = &self.net.view {
+            let state = state_file(node, self.run_dir(), self.name())?;
+            let own = self.net.own_ranges_with(&[]);
+            let inputs = Inputs {
+                source,
+                own_ranges: &own,
+                plane: self.plane.as_ref(),
+            };
+            if let Reconciled::Applied(r) = reconcile::reconcile(node, &state, &inputs)? {
+                report_into(&r, &mut out);
+            }
+        }
+        let drift = self.node_rules_drift(nf)?;
+        if !drift.is_empty() {
+            self.net.ensure_node_rules(&[])?;
+            out.changes
+                .extend(drift.into_iter().map(|d| format!("repaired: {d}")));
+        }
+        Ok(out)
+    }
+
+    /// The drift between the network's config and the node, changing nothing: missing, stale
+    /// and foreign peer objects, an unreadable view, masquerade and forward rules that differ.
+    /// Skipped view entries are warnings.
+    pub fn check(&self, node: &mut Netlink, nf: &mut Netfilter) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if let Some(source) = &self.net.view {
+            let state = state_file(node, self.run_dir(), self.name())?;
+            let own = self.net.own_ranges_with(&[]);
+            let inputs = Inputs {
+                source,
+                own_ranges: &own,
+                plane: self.plane.as_ref(),
+            };
+            let r = reconcile::verify(node, &state, &inputs)?;
+            let p = &r.plan;
+            out.changes
+                .extend(p.apply.iter().map(|o| format!("missing {o}")));
+            out.changes
+                .extend(p.remove.iter().map(|o| format!("stale {o}")));
+            out.changes.extend(
+                p.conflicts
+                    .iter()
+                    .map(|o| format!("another owner's {o} where twill wants one")),
+            );
+            if let Some(u) = &r.unreadable {
+                out.changes.push(format!("cannot compare: {u}"));
+            }
+            out.warnings
+                .extend(r.skipped.iter().map(|s| format!("skipped view entry {s}")));
+        }
+        out.changes.extend(self.node_rules_drift(nf)?);
+        Ok(out)
+    }
+
+    /// How the masquerade table and the forward rules differ from what the network wants
+    /// (nothing when they match). ipMasq or `forwardRules` off: any such rule left is drift.
+    fn node_rules_drift(&self, nf: &mut Netfilter) -> Result<Vec<String>> {
+        let net = &self.net;
+        let name = net.name();
+        let mut drift = Vec::new();
+        let ranges = net.pod_ranges()?;
+        if net.ip_masq && !net.l2_only {
+            let cluster = net.cluster_networks()?;
+            let sources = match &ranges {
+                Some(r) => r.clone(),
+                None => masq::sources(nf, name)?,
+            };
+            if !sources.is_empty() {
+                drift.extend(as_drift(masq::check(nf, name, &sources, &cluster))?);
+            }
+        } else if !net.ip_masq && masq::exists(nf, name)? {
+            drift.push(format!(
+                "masquerade table of network {name} present while ipMasq is off"
+            ));
+        }
+        let (space, grow): (Vec<IpNetwork>, bool) = if net.forward_rules() && !net.l2_only {
+            let mut space = net.cluster_networks()?;
+            let grow = ranges.is_none();
+            space.extend(ranges.unwrap_or_default());
+            (space, grow)
+        } else {
+            (Vec::new(), false)
+        };
+        drift.extend(as_drift(forward::check(nf, name, &space, grow))?);
+        Ok(drift)
+    }
+}
+
+/// A CHECK answer as drift: code 105 is drift (its message), another error is a failure.
+fn as_drift(r: Result<()>) -> Result<Option<String>> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e) if e.code == code::CHECK_FAILED => Ok(Some(e.msg)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes what network `name` (run state under `run_dir`) installed on the node: its peer
+/// objects (never those another network claims), its masquerade table, its forward rules.
+pub fn forget(
+    name: &str,
+    run_dir: &Path,
+    node: &mut Netlink,
+    nf: &mut Netfilter,
+) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let state = state_file(node, run_dir, name)?;
+    report_into(&reconcile::forget(node, &state)?, &mut out);
+    if masq::remove(nf, name)? {
+        out.changes.push("removed its masquerade table".into());
+    }
+    let n = forward::remove(nf, name)?;
+    if n > 0 {
+        out.changes.push(format!("removed its {n} forward rules"));
+    }
+    Ok(out)
+}
+
+/// The state file of `network` in the namespace of `node` (the one the plugins use).
+pub fn state_file(node: &mut Netlink, run_dir: &Path, network: &str) -> Result<StateFile> {
+    StateFile::new(run_dir, network, node.netns_key()?, node.netns_inode()?)
+}
+
+fn report_into(r: &Report, out: &mut Outcome) {
+    let failed = |verb: &str, o: &String| {
+        r.failures
+            .iter()
+            .any(|f| f.starts_with(&format!("could not {verb} {o}:")))
+    };
+    for o in r.plan.apply.iter().map(ToString::to_string) {
+        if !failed("install", &o) {
+            out.changes.push(format!("installed {o}"));
+        }
+    }
+    for o in r.plan.remove.iter().map(ToString::to_string) {
+        if !failed("remove", &o) {
+            out.changes.push(format!("removed {o}"));
+        }
+    }
+    if let Some(u) = &r.unreadable {
+        out.errors
+            .push(format!("{u}; keeping the node state last applied"));
+    }
+    out.warnings
+        .extend(r.skipped.iter().map(|s| format!("skipped view entry {s}")));
+    out.warnings.extend(
+        r.plan
+            .conflicts
+            .iter()
+            .map(|c| format!("left alone: another owner's {c} sits where twill wants one")),
+    );
+    out.errors.extend(r.failures.iter().cloned());
+}
