@@ -80,8 +80,8 @@ impl Daemon {
     /// Starts `twilld run` on `node` without waiting for anything.
     pub fn spawn(node: &Node) -> Daemon {
         let log = node_dir(node).join(format!("{}.log", crate::unique_name("twilld")));
-        let err = std::fs::File::create(&log)
-            .unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let child = Command::new("nsenter")
             .arg(format!("--net={}", node.ns.path().display()))
             .arg(bin())
@@ -112,7 +112,11 @@ impl Daemon {
     /// Waits up to `limit` for a log line containing `text`; panics with the log otherwise.
     pub fn wait_log(&self, text: &str, limit: Duration) {
         let ok = wait_until(limit, || self.log().contains(text));
-        assert!(ok, "twilld did not log {text:?} within {limit:?}; log:\n{}", self.log());
+        assert!(
+            ok,
+            "twilld did not log {text:?} within {limit:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// Sends `sig` to the daemon.

@@ -91,7 +91,12 @@ fn a_node_joining_the_view_is_routed_within_a_second_and_pods_on_both_nodes_reac
     let p0 = c.add_pod(0);
     let p2 = c.add_pod(2);
     let daemons: Vec<Daemon> = (0..c.len()).map(|i| Daemon::start(c.node(i))).collect();
-    wait_routes(&c, 0, &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]), WITHIN);
+    wait_routes(
+        &c,
+        0,
+        &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]),
+        WITHIN,
+    );
 
     set_view(&c, &c.peers(|_| true));
     for i in [0, 2] {
@@ -99,8 +104,14 @@ fn a_node_joining_the_view_is_routed_within_a_second_and_pods_on_both_nodes_reac
         assert!(took <= WITHIN, "node {i} took {took:?}");
     }
     let (ip0, ip2) = (p0.ip().expect("pod 0 ip"), p2.ip().expect("pod 2 ip"));
-    assert!(ping(&p0.ns, ip2), "pod on node 0 cannot reach the pod on node 2");
-    assert!(ping(&p2.ns, ip0), "pod on node 2 cannot reach the pod on node 0");
+    assert!(
+        ping(&p0.ns, ip2),
+        "pod on node 0 cannot reach the pod on node 2"
+    );
+    assert!(
+        ping(&p2.ns, ip0),
+        "pod on node 2 cannot reach the pod on node 0"
+    );
     let log = daemons[0].log();
     assert!(
         log.contains(&format!("installed route {} via 10.99.0.3", pod_cidr4(2))),
@@ -114,8 +125,16 @@ fn a_node_leaving_the_view_has_its_route_removed() {
     let d = Daemon::start(c.node(0));
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
     set_view(&c, &c.peers(|i| i != 2));
-    wait_routes(&c, 0, &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]), WITHIN);
-    d.wait_log(&format!("removed route {} via 10.99.0.3", pod_cidr4(2)), WITHIN);
+    wait_routes(
+        &c,
+        0,
+        &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]),
+        WITHIN,
+    );
+    d.wait_log(
+        &format!("removed route {} via 10.99.0.3", pod_cidr4(2)),
+        WITHIN,
+    );
 }
 
 #[test]
@@ -158,9 +177,18 @@ fn a_broken_view_file_is_survived_then_recovered_from() {
     replace_file(&c.node(0).peers_file, "[{\"nodeIP\": ");
     d.wait_log("keeping the node state last applied", WITHIN);
     assert_eq!(peer_routes(&c.node(0).ns), want, "last good state kept");
-    assert!(d.wait_exit(Duration::ZERO).is_none(), "twilld died:\n{}", d.log());
+    assert!(
+        d.wait_exit(Duration::ZERO).is_none(),
+        "twilld died:\n{}",
+        d.log()
+    );
     replace_file(&c.node(0).peers_file, &c.peers(|i| i != 1).to_string());
-    wait_routes(&c, 0, &BTreeSet::from([route(&pod_cidr4(2), "10.99.0.3")]), WITHIN);
+    wait_routes(
+        &c,
+        0,
+        &BTreeSet::from([route(&pod_cidr4(2), "10.99.0.3")]),
+        WITHIN,
+    );
 }
 
 #[test]
@@ -173,11 +201,16 @@ fn a_second_instance_in_the_same_namespace_is_refused() {
         .expect("the second twilld must exit");
     assert!(!status.success(), "second instance exited 0");
     assert!(
-        second.log().contains("already running in this network namespace"),
+        second
+            .log()
+            .contains("already running in this network namespace"),
         "{}",
         second.log()
     );
-    assert!(first.wait_exit(Duration::ZERO).is_none(), "the first one must keep running");
+    assert!(
+        first.wait_exit(Duration::ZERO).is_none(),
+        "the first one must keep running"
+    );
     // Another namespace is another instance.
     let _other = Daemon::start(c.node(1));
 }
@@ -189,12 +222,16 @@ fn sigterm_exits_zero_at_once_and_leaves_the_routes() {
     let want = c.expected_peer_routes(0);
     wait_routes(&c, 0, &want, WITHIN);
     d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(WITHIN).expect("twilld exits within a second of SIGTERM");
+    let status = d
+        .wait_exit(WITHIN)
+        .expect("twilld exits within a second of SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert_eq!(peer_routes(&c.node(0).ns), want, "routes left in place");
     let mut d = Daemon::start(c.node(0));
     d.signal(Signal::SIGINT);
-    let status = d.wait_exit(WITHIN).expect("twilld exits within a second of SIGINT");
+    let status = d
+        .wait_exit(WITHIN)
+        .expect("twilld exits within a second of SIGINT");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -231,9 +268,15 @@ fn check_reports_drift_made_by_hand_and_changes_nothing() {
         text.contains(&format!("missing route {} via 10.99.0.3", pod_cidr4(2))),
         "{text}"
     );
-    assert!(text.contains(&table), "the missing masquerade table is named: {text}");
+    assert!(
+        text.contains(&table),
+        "the missing masquerade table is named: {text}"
+    );
     assert_eq!(peer_routes(&node.ns), before, "check changed the routes");
-    assert!(!node.ns.nft_ruleset().contains(&table), "check made the table");
+    assert!(
+        !node.ns.nft_ruleset().contains(&table),
+        "check made the table"
+    );
     sync_ok(node);
     assert_eq!(twilld::once(node, "check").status.code(), Some(0));
 }
@@ -275,10 +318,18 @@ fn a_network_removed_from_the_conf_dir_loses_its_routes_and_masquerade_but_other
     let d = Daemon::start(node);
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
     let table = format!("twill-masq-{}", c.net);
-    assert!(wait_until(WITHIN, || node.ns.nft_ruleset().contains(&table)));
+    assert!(wait_until(WITHIN, || node
+        .ns
+        .nft_ruleset()
+        .contains(&table)));
 
     std::fs::remove_file(&gone_file).expect("remove the conf file");
-    wait_routes(&c, 0, &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]), WITHIN);
+    wait_routes(
+        &c,
+        0,
+        &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]),
+        WITHIN,
+    );
     assert!(
         wait_until(WITHIN, || !node.ns.nft_ruleset().contains(&table)),
         "masquerade table of the removed network left:\n{}",

@@ -146,7 +146,7 @@ impl Managed {
         if !drift.is_empty() {
             self.net.ensure_node_rules(&[])?;
             out.changes
-                .extend(drift.into_iter().map(|d| format!("repaired: {d}")));
+                .extend(drift.into_iter().map(|d| format!("{d}: rewritten")));
         }
         Ok(out)
     }
