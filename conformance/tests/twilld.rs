@@ -339,16 +339,55 @@ fn a_network_removed_from_the_conf_dir_loses_its_routes_and_masquerade_but_other
 }
 
 #[test]
-fn sighup_rereads_and_a_network_added_to_the_conf_dir_is_picked_up() {
+fn a_network_added_to_the_conf_dir_is_picked_up() {
     let c = cluster();
     let node = c.node(0);
     std::fs::remove_file(twilld::conf_dir(node).join("10-pods.conf")).expect("rm conf");
-    let d = Daemon::start(node);
+    let _d = Daemon::start(node);
     assert!(peer_routes(&node.ns).is_empty());
     write_conf(node, "10-pods.conf", &c.conf(0));
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
+}
+
+#[test]
+fn a_standing_problem_is_logged_once_and_again_after_sighup() {
+    let c = cluster();
+    let node = c.node(0);
+    let d = Daemon::start(node);
+    wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
+    replace_file(&node.peers_file, "not json");
+    let line = "keeping the node state last applied";
+    d.wait_log(line, WITHIN);
+    // More passes (a link event each) do not repeat it.
+    for _ in 0..3 {
+        node.ns.ip(&["link", "set", "lo", "mtu", "65000"]);
+        node.ns.ip(&["link", "set", "lo", "mtu", "65536"]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.log().matches(line).count(), 1, "{}", d.log());
     d.signal(Signal::SIGHUP);
     d.wait_log("SIGHUP: re-reading", WITHIN);
+    assert!(
+        wait_until(WITHIN, || d.log().matches(line).count() == 2),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn sync_with_a_broken_view_exits_non_zero_naming_the_file_and_keeps_the_routes() {
+    let c = cluster();
+    let node = c.node(0);
+    sync_ok(node);
+    replace_file(&node.peers_file, "[{\"nodeIP\": 1}");
+    let out = twilld::once(node, "sync");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&node.peers_file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
 }
 
 #[test]

@@ -56,19 +56,19 @@ impl Round {
         let mut managed = Vec::new();
         let mut entries = Vec::new();
         let mut failed = BTreeSet::new();
-        for nf_ in &conf.networks {
-            if let Some(e) = network::twill_entry(nf_, &mut node) {
+        for file in &conf.networks {
+            if let Some(e) = network::twill_entry(file, &mut node) {
                 entries.push(e.clone());
             }
-            let at = format!("network \"{}\" ({})", nf_.name, nf_.file.display());
-            match network::load(nf_, &mut node) {
+            let at = format!("network \"{}\" ({})", file.name, file.file.display());
+            match network::load(file, &mut node) {
                 Loaded::Managed(m) => managed.push(*m),
                 Loaded::Unknown(types) => log.warn(&format!(
                     "{at}: skipped: no node state twilld keeps for plugin type(s) {}",
                     types.join(", ")
                 )),
                 Loaded::Failed(e) => {
-                    failed.insert(nf_.name.clone());
+                    failed.insert(file.name.clone());
                     log.error(&format!("{at}: {e}"));
                 }
             }

@@ -17,6 +17,7 @@ pub fn plane_for(
     config: &Value,
     node: &mut Netlink,
 ) -> Result<Option<Box<dyn DataPlane>>> {
+    // host-gw needs neither; tunnel planes read their keys and the node's uplink.
     let _ = (config, node);
     Ok(match plugin_type {
         "bridge-host-gw" => Some(Box::new(HostGw)),
