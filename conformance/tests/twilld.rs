@@ -335,7 +335,7 @@ fn a_network_removed_from_the_conf_dir_loses_its_routes_and_masquerade_but_other
         "masquerade table of the removed network left:\n{}",
         node.ns.nft_ruleset()
     );
-    d.wait_log("left the conf dir", WITHIN);
+    d.wait_log("no longer a twill network of the conf dir", WITHIN);
 }
 
 #[test]
@@ -402,4 +402,27 @@ fn a_network_of_a_type_twilld_does_not_know_is_skipped_with_a_log_line() {
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
     d.wait_log("network \"foreign\"", WITHIN);
     assert!(d.log().contains("skipped"), "{}", d.log());
+}
+
+#[test]
+fn a_network_whose_type_changes_away_from_twill_is_reported_by_check_and_cleaned_by_sync() {
+    let c = cluster();
+    let node = c.node(0);
+    sync_ok(node);
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
+    let mut conf = c.conf(0);
+    conf["type"] = Value::String("bridge".into());
+    write_conf(node, "10-pods.conf", &conf);
+    let out = twilld::once(node, "check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no longer a twill network"), "{text}");
+    assert_eq!(
+        peer_routes(&node.ns),
+        c.expected_peer_routes(0),
+        "check changed nothing"
+    );
+    sync_ok(node);
+    assert_eq!(peer_routes(&node.ns), BTreeSet::new());
+    assert_eq!(twilld::once(node, "check").status.code(), Some(0));
 }

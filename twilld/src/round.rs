@@ -1,7 +1,8 @@
 //! One pass over the node: read the conf dir, load every twill network, then either make the
 //! node match (sync) or say how it differs (check). A network that left the conf dir since a
 //! previous pass (twilld's record of the networks it keeps, per namespace) has its node state
-//! removed, but only when every file of the conf dir could be read.
+//! removed (also one whose plugin type changed to one twilld does not keep), but only when every
+//! file of the conf dir could be read.
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -97,7 +98,6 @@ impl Round {
             let res = m.sync(&mut self.node, &mut self.nf);
             say(log, m.name(), res);
         }
-        let present: BTreeSet<&str> = self.conf.networks.iter().map(|n| n.name.as_str()).collect();
         let mut keep: BTreeMap<String, PathBuf> = self
             .managed
             .iter()
@@ -111,15 +111,13 @@ impl Round {
                 keep.insert(name, run_dir);
                 continue;
             }
-            if present.contains(name.as_str()) {
-                // Now of a type twilld does not keep: its state is the plugin's business.
-                continue;
-            }
             let res = network::forget(&name, &run_dir, &mut self.node, &mut self.nf);
             let ok = matches!(&res, Ok(o) if o.errors.is_empty());
             let res = res.map(|mut o| {
-                o.changes
-                    .insert(0, "left the conf dir: removing its node state".into());
+                o.changes.insert(
+                    0,
+                    "no longer a twill network of the conf dir: removing its node state".into(),
+                );
                 o
             });
             say(log, &name, res);
@@ -153,16 +151,16 @@ impl Round {
                 Err(e) => log.error(&format!("network \"{}\": {e}", m.name())),
             }
         }
-        let present: BTreeSet<&str> = self.conf.networks.iter().map(|n| n.name.as_str()).collect();
+        let managed: BTreeSet<&str> = self.managed.iter().map(Managed::name).collect();
         for name in self.record.networks.keys() {
-            if present.contains(name.as_str()) {
+            if managed.contains(name.as_str()) || self.failed.contains(name) {
                 continue;
             }
             let table = masq::exists(&mut self.nf, name).unwrap_or(false);
             differ += 1;
             println!(
-                "network \"{name}\": drift: left the conf dir, its node state is still installed{} \
-                 (sync removes it)",
+                "network \"{name}\": drift: no longer a twill network of the conf dir, its node \
+                 state is still installed{} (sync removes it)",
                 if table {
                     ", with its masquerade table"
                 } else {
