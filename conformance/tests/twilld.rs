@@ -426,3 +426,22 @@ fn a_network_whose_type_changes_away_from_twill_is_reported_by_check_and_cleaned
     assert_eq!(peer_routes(&node.ns), BTreeSet::new());
     assert_eq!(twilld::once(node, "check").status.code(), Some(0));
 }
+
+#[test]
+fn a_foreign_route_on_a_peer_subnet_is_left_alone_and_replaced_once_its_owner_removes_it() {
+    let c = cluster();
+    let node = c.node(0);
+    let dst = pod_cidr4(2);
+    node.ns
+        .ip(&["route", "add", &dst, "via", "10.99.0.2", "proto", "static"]);
+    let d = Daemon::start(node);
+    wait_routes(
+        &c,
+        0,
+        &BTreeSet::from([route(&pod_cidr4(1), "10.99.0.2")]),
+        WITHIN,
+    );
+    d.wait_log("left alone", WITHIN);
+    node.ns.ip(&["route", "del", &dst, "proto", "static"]);
+    wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
+}

@@ -1,5 +1,5 @@
 //! The kernel telling twilld that state it owns may have changed: rtnetlink notifications
-//! (twill's routes deleted, links going down or up, addresses changed) and nf_tables
+//! (routes deleted, links going down or up, addresses changed) and nf_tables
 //! notifications (rule sets changed, e.g. a masquerade table deleted by hand). Nothing is
 //! polled: the daemon sleeps in poll(2) on these sockets.
 
@@ -24,8 +24,12 @@ const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_DELROUTE: u16 = 25;
+/// Offset of `rtm_table` in `struct rtmsg`.
+const RTM_TABLE_OFFSET: usize = 4;
 /// Offset of `rtm_protocol` in `struct rtmsg`.
 const RTM_PROTOCOL_OFFSET: usize = 5;
+/// The main routing table.
+const RT_TABLE_MAIN: u8 = 254;
 
 /// Subscriptions to the kernel's notifications in the daemon's network namespace.
 pub struct KernelEvents {
@@ -125,7 +129,8 @@ fn recv(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// True when a datagram of rtnetlink notifications holds one that may concern twill's state.
-/// New routes are not (twill's own writes make them); deleted twill routes are.
+/// New routes are not (twill's own writes make them); deleted twill routes are, and deleted
+/// main-table routes of other owners (one may have blocked a route twill wants).
 fn route_relevant(mut msgs: &[u8]) -> bool {
     let mut relevant = false;
     while msgs.len() >= NLMSG_HDRLEN {
@@ -137,7 +142,11 @@ fn route_relevant(mut msgs: &[u8]) -> bool {
         let body = &msgs[NLMSG_HDRLEN..len];
         relevant |= match ty {
             NLMSG_OVERRUN | RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR => true,
-            RTM_DELROUTE => body.get(RTM_PROTOCOL_OFFSET) == Some(&TWILL_PROTO),
+            // Twill's own, or another owner's that may have stood where twill wants one.
+            RTM_DELROUTE => {
+                body.get(RTM_PROTOCOL_OFFSET) == Some(&TWILL_PROTO)
+                    || body.get(RTM_TABLE_OFFSET) == Some(&RT_TABLE_MAIN)
+            }
             _ => false,
         };
         msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
@@ -162,13 +171,14 @@ mod tests {
     }
 
     #[test]
-    fn only_deleted_twill_routes_and_link_or_address_changes_matter() {
-        let rtmsg = |proto: u8| [2, 24, 0, 0, 254, proto, 0, 1];
-        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(TWILL_PROTO))));
-        assert!(!route_relevant(&msg(RTM_DELROUTE, &rtmsg(4))));
-        assert!(!route_relevant(&msg(24, &rtmsg(TWILL_PROTO)))); // RTM_NEWROUTE
+    fn deleted_main_or_twill_routes_and_link_or_address_changes_matter() {
+        let rtmsg = |table: u8, proto: u8| [2, 24, 0, 0, table, proto, 0, 1];
+        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(254, TWILL_PROTO))));
+        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(254, 4))));
+        assert!(!route_relevant(&msg(RTM_DELROUTE, &rtmsg(255, 2)))); // local table
+        assert!(!route_relevant(&msg(24, &rtmsg(254, TWILL_PROTO)))); // RTM_NEWROUTE
         assert!(route_relevant(&msg(RTM_NEWLINK, &[0; 16])));
-        let mut two = msg(24, &rtmsg(TWILL_PROTO));
+        let mut two = msg(24, &rtmsg(254, TWILL_PROTO));
         two.extend(msg(RTM_DELADDR, &[0; 8]));
         assert!(route_relevant(&two));
     }
