@@ -445,3 +445,22 @@ fn a_foreign_route_on_a_peer_subnet_is_left_alone_and_replaced_once_its_owner_re
     node.ns.ip(&["route", "del", &dst, "proto", "static"]);
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
 }
+
+#[test]
+fn the_twill_entry_of_a_conflist_is_kept() {
+    let c = cluster();
+    let node = c.node(0);
+    std::fs::remove_file(twilld::conf_dir(node).join("10-pods.conf")).expect("rm conf");
+    let mut entry = c.conf(0);
+    let obj = entry.as_object_mut().expect("object");
+    obj.remove("name");
+    obj.remove("cniVersion");
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": c.net,
+        "plugins": [entry, {"type": "portmap", "capabilities": {"portMappings": true}}],
+    });
+    write_conf(node, "10-pods.conflist", &list);
+    sync_ok(node);
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
+}

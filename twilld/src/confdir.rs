@@ -140,4 +140,17 @@ mod tests {
         assert!(e.contains("\"name\""), "{e}");
         assert!(parse(b"{").unwrap_err().contains("JSON"));
     }
+
+    #[test]
+    fn the_shipped_example_config_is_a_bridge_host_gw_conflist() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../dist/10-pods.conflist.example"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let (name, plugins) = parse(&bytes).unwrap().unwrap();
+        assert_eq!(name, "pods");
+        assert_eq!(plugin_type(&plugins[0]), "bridge-host-gw");
+        assert_eq!(plugins[0]["peersFile"], "/run/twill/peers.json");
+    }
 }
