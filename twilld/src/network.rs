@@ -282,5 +282,78 @@ fn report_into(r: &Report, out: &mut Outcome) {
             .iter()
             .map(|c| format!("left alone: another owner's {c} sits where twill wants one")),
     );
-    out.errors.extend(r.failures.iter().cloned());
+    out.errors.extend(compact(&r.failures));
+}
+
+/// Failures of one verb with one cause, more than [`SPELLED_OUT`] of them, become one line
+/// (an uplink down fails every route alike); others stay as they are, in order.
+fn compact(failures: &[String]) -> Vec<String> {
+    let mut groups: Vec<((&str, &str), Vec<&str>)> = Vec::new();
+    let mut out = Vec::new();
+    for f in failures {
+        let parsed = ["install", "remove"].iter().find_map(|verb| {
+            let rest = f
+                .strip_prefix("could not ")?
+                .strip_prefix(verb)?
+                .strip_prefix(' ')?;
+            let (object, cause) = rest.split_once(": ")?;
+            Some(((*verb, cause), object))
+        });
+        match parsed {
+            Some((key, object)) => match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, objects)) => objects.push(object),
+                None => groups.push((key, vec![object])),
+            },
+            None => out.push(f.clone()),
+        }
+    }
+    for ((verb, cause), objects) in groups {
+        if objects.len() <= SPELLED_OUT {
+            out.extend(
+                objects
+                    .iter()
+                    .map(|o| format!("could not {verb} {o}: {cause}")),
+            );
+        } else {
+            out.push(format!(
+                "could not {verb} {} objects ({}, and {} more): {cause}",
+                objects.len(),
+                objects[..SPELLED_OUT].join(", "),
+                objects.len() - SPELLED_OUT
+            ));
+        }
+    }
+    out
+}
+
+/// How many objects of one kind of failure are named before they are counted.
+const SPELLED_OUT: usize = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_failures_with_one_cause_become_one_line_and_few_stay_as_they_are() {
+        let mut f: Vec<String> = (0..5)
+            .map(|i| {
+                format!(
+                    "could not install route 10.0.{i}.0/24 via 10.9.0.{i}: Network is unreachable"
+                )
+            })
+            .collect();
+        f.push("could not remove route fd00::/64 via fd99::2: Operation not permitted".into());
+        f.push("something else".into());
+        let got = compact(&f);
+        assert_eq!(
+            got,
+            vec![
+                "something else".to_string(),
+                "could not install 5 objects (route 10.0.0.0/24 via 10.9.0.0, route 10.0.1.0/24 \
+                 via 10.9.0.1, route 10.0.2.0/24 via 10.9.0.2, and 2 more): Network is unreachable"
+                    .to_string(),
+                "could not remove route fd00::/64 via fd99::2: Operation not permitted".to_string(),
+            ]
+        );
+    }
 }
