@@ -464,3 +464,38 @@ fn the_twill_entry_of_a_conflist_is_kept() {
     sync_ok(node);
     assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
 }
+
+/// The twill forward rules in the `inet filter forward` chain of `node`.
+fn forward_rule_count(node: &Node) -> usize {
+    node.ns
+        .exec_ok(&["nft", "list", "chain", "inet", "filter", "forward"])
+        .matches("twill forward ")
+        .count()
+}
+
+#[test]
+fn forward_rules_deleted_by_hand_on_a_policy_drop_node_are_restored_by_the_daemon() {
+    let c = cluster();
+    let node = c.node(0);
+    node.ns.nft_load(
+        "table inet filter {\n chain forward {\n  type filter hook forward priority 0; \
+         policy drop;\n }\n}",
+    );
+    let d = Daemon::start(node);
+    assert!(wait_until(WITHIN, || forward_rule_count(node) > 0));
+    let n = forward_rule_count(node);
+    node.ns
+        .exec_ok(&["nft", "flush", "chain", "inet", "filter", "forward"]);
+    assert!(
+        wait_until(WITHIN, || forward_rule_count(node) == n),
+        "forward rules not restored; log:\n{}",
+        d.log()
+    );
+    let out = twilld::once(node, "check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
