@@ -59,7 +59,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             let mut fds = vec![
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
                 PollFd::new(watches.fd(), PollFlags::POLLIN),
-                PollFd::new(events.route_fd(), PollFlags::POLLIN),
+                PollFd::new(events.rtnl_fd(), PollFlags::POLLIN),
             ];
             let nft_at = events.nft_fd().map(|fd| {
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -104,7 +104,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
             }
         }
         let mut changed = ino && watches.drain();
-        changed |= route && events.drain_route();
+        changed |= route && events.drain_rtnl();
         changed |= nft && events.drain_nft();
         changed |= fed && feed.drain();
         if changed && due.is_none() {

@@ -1,5 +1,6 @@
 //! The kernel telling twilld that state it owns may have changed: rtnetlink notifications
-//! (routes deleted, links going down or up, addresses changed) and nf_tables
+//! (routes and permanent neighbour or FDB entries deleted, links going down or up, addresses
+//! changed) and nf_tables
 //! notifications (rule sets changed, e.g. a masquerade table deleted by hand). Nothing is
 //! polled: the daemon sleeps in poll(2) on these sockets.
 
@@ -11,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use twill::kernel::netlink::TWILL_PROTO;
 
 const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
@@ -24,6 +26,10 @@ const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_DELROUTE: u16 = 25;
+const RTM_DELNEIGH: u16 = 29;
+/// Offset of `ndm_state` in `struct ndmsg`.
+const NDM_STATE_OFFSET: usize = 8;
+const NUD_PERMANENT: u16 = 0x80;
 /// Offset of `rtm_table` in `struct rtmsg`.
 const RTM_TABLE_OFFSET: usize = 4;
 /// Offset of `rtm_protocol` in `struct rtmsg`.
@@ -46,6 +52,7 @@ impl KernelEvents {
         route.bind_auto()?;
         for g in [
             RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
             RTNLGRP_IPV4_IFADDR,
             RTNLGRP_IPV4_ROUTE,
             RTNLGRP_IPV6_IFADDR,
@@ -68,29 +75,28 @@ impl KernelEvents {
     }
 
     /// The rtnetlink socket, for poll.
-    pub fn route_fd(&self) -> BorrowedFd<'_> {
+    pub fn rtnl_fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the socket lives as long as self, which the borrow is tied to.
         unsafe { BorrowedFd::borrow_raw(self.route.as_raw_fd()) }
     }
 
     /// The nf_tables socket, for poll.
     pub fn nft_fd(&self) -> Option<BorrowedFd<'_>> {
-        // SAFETY: as for route_fd.
+        // SAFETY: as for rtnl_fd.
         self.nft
             .as_ref()
             .map(|s| unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) })
     }
 
-    /// Reads every queued rtnetlink notification; true when one may concern twill's state:
-    /// a twill route deleted, a link or address added, changed or removed, or notifications
-    /// lost (the socket overran).
-    pub fn drain_route(&mut self) -> bool {
+    /// Reads every queued rtnetlink notification; true when one may concern twill's state
+    /// (see [`rtnl_relevant`]) or notifications were lost (the socket overran).
+    pub fn drain_rtnl(&mut self) -> bool {
         let fd = self.route.as_raw_fd();
         let mut relevant = false;
         loop {
             match recv(fd, &mut self.buf) {
                 Ok(0) => break,
-                Ok(n) => relevant |= route_relevant(&self.buf[..n]),
+                Ok(n) => relevant |= rtnl_relevant(&self.buf[..n]),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => relevant = true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,
@@ -130,8 +136,9 @@ fn recv(fd: i32, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// True when a datagram of rtnetlink notifications holds one that may concern twill's state.
 /// New routes are not (twill's own writes make them); deleted twill routes are, and deleted
-/// main-table routes of other owners (one may have blocked a route twill wants).
-fn route_relevant(mut msgs: &[u8]) -> bool {
+/// main-table routes of other owners (one may have blocked a route twill wants), and deleted
+/// permanent neighbour or FDB entries.
+fn rtnl_relevant(mut msgs: &[u8]) -> bool {
     let mut relevant = false;
     while msgs.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([msgs[0], msgs[1], msgs[2], msgs[3]]) as usize;
@@ -147,6 +154,11 @@ fn route_relevant(mut msgs: &[u8]) -> bool {
                 body.get(RTM_PROTOCOL_OFFSET) == Some(&TWILL_PROTO)
                     || body.get(RTM_TABLE_OFFSET) == Some(&RT_TABLE_MAIN)
             }
+            // Permanent neighbour and FDB entries are what tunnel planes install; the
+            // kernel's own reachability churn (learned entries) is not.
+            RTM_DELNEIGH => body
+                .get(NDM_STATE_OFFSET..NDM_STATE_OFFSET + 2)
+                .is_some_and(|b| u16::from_ne_bytes([b[0], b[1]]) & NUD_PERMANENT != 0),
             _ => false,
         };
         msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
@@ -171,15 +183,24 @@ mod tests {
     }
 
     #[test]
-    fn deleted_main_or_twill_routes_and_link_or_address_changes_matter() {
+    fn deleted_routes_permanent_neighbours_and_link_or_address_changes_matter() {
         let rtmsg = |table: u8, proto: u8| [2, 24, 0, 0, table, proto, 0, 1];
-        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(254, TWILL_PROTO))));
-        assert!(route_relevant(&msg(RTM_DELROUTE, &rtmsg(254, 4))));
-        assert!(!route_relevant(&msg(RTM_DELROUTE, &rtmsg(255, 2)))); // local table
-        assert!(!route_relevant(&msg(24, &rtmsg(254, TWILL_PROTO)))); // RTM_NEWROUTE
-        assert!(route_relevant(&msg(RTM_NEWLINK, &[0; 16])));
+        assert!(rtnl_relevant(&msg(RTM_DELROUTE, &rtmsg(254, TWILL_PROTO))));
+        assert!(rtnl_relevant(&msg(RTM_DELROUTE, &rtmsg(254, 4))));
+        assert!(!rtnl_relevant(&msg(RTM_DELROUTE, &rtmsg(255, 2)))); // local table
+        assert!(!rtnl_relevant(&msg(24, &rtmsg(254, TWILL_PROTO)))); // RTM_NEWROUTE
+        assert!(rtnl_relevant(&msg(RTM_NEWLINK, &[0; 16])));
+        let ndmsg = |state: u16| {
+            let mut b = vec![2u8, 0, 0, 0, 3, 0, 0, 0];
+            b.extend(state.to_ne_bytes());
+            b.extend([0u8, 1]);
+            b
+        };
+        assert!(rtnl_relevant(&msg(RTM_DELNEIGH, &ndmsg(NUD_PERMANENT))));
+        assert!(!rtnl_relevant(&msg(RTM_DELNEIGH, &ndmsg(0x04)))); // a stale learned entry
+        assert!(!rtnl_relevant(&msg(28, &ndmsg(NUD_PERMANENT)))); // RTM_NEWNEIGH
         let mut two = msg(24, &rtmsg(254, TWILL_PROTO));
         two.extend(msg(RTM_DELADDR, &[0; 8]));
-        assert!(route_relevant(&two));
+        assert!(rtnl_relevant(&two));
     }
 }
