@@ -17,9 +17,14 @@ pub fn bin() -> PathBuf {
 
 /// The conf dir of `node` (created): `<node dir>/net.d`.
 pub fn conf_dir(node: &Node) -> PathBuf {
-    let dir = node_dir(node).join("net.d");
+    let dir = conf_dir_path(node);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
+}
+
+/// The path of the conf dir of `node`, whether it exists or not.
+pub fn conf_dir_path(node: &Node) -> PathBuf {
+    node_dir(node).join("net.d")
 }
 
 fn node_dir(node: &Node) -> &Path {
@@ -45,7 +50,7 @@ pub fn write_conf(node: &Node, file: &str, conf: &Value) -> PathBuf {
 fn node_args(node: &Node) -> Vec<String> {
     vec![
         "--cni-conf-dir".into(),
-        conf_dir(node).display().to_string(),
+        conf_dir_path(node).display().to_string(),
         "--run-dir".into(),
         node.run_dir.display().to_string(),
     ]

@@ -499,3 +499,15 @@ fn forward_rules_deleted_by_hand_on_a_policy_drop_node_are_restored_by_the_daemo
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn a_conf_dir_created_after_the_start_is_watched_and_its_network_kept() {
+    let c = cluster();
+    let node = c.node(0);
+    let dir = twilld::conf_dir(node);
+    std::fs::remove_dir_all(&dir).expect("rm conf dir");
+    let d = Daemon::start(node);
+    d.wait_log("cannot read the conf dir", WITHIN);
+    write_conf(node, "10-pods.conf", &c.conf(0));
+    wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
+}

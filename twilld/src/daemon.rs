@@ -37,7 +37,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let mut watches = Watches::new().map_err(|e| format!("cannot create inotify: {e}"))?;
     let mut feed: Box<dyn ViewFeed> = Box::new(FileFeed);
     let mut log = Log::once();
-    for p in watches.set(&opts.conf_dir, &[]) {
+    for p in watches.set(&opts.conf_dir, &[]).1 {
         log.error(&p);
     }
     log.change(&format!(
@@ -45,8 +45,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         std::process::id(),
         opts.conf_dir.display()
     ));
-    pass(opts, feed.as_ref(), &mut watches, &mut log);
-    let mut due: Option<Instant> = None;
+    let mut due = pass(opts, feed.as_ref(), &mut watches, &mut log);
     loop {
         let timeout = match due {
             None => PollTimeout::NONE,
@@ -111,17 +110,26 @@ pub fn run(opts: &Options) -> Result<(), String> {
             due = Some(Instant::now() + opts.debounce);
         }
         if due.is_some_and(|t| Instant::now() >= t) {
-            due = None;
-            pass(opts, feed.as_ref(), &mut watches, &mut log);
+            due = pass(opts, feed.as_ref(), &mut watches, &mut log);
         }
     }
 }
 
-/// One pass: load, watch what it reads, sync.
-fn pass(opts: &Options, feed: &dyn ViewFeed, watches: &mut Watches, log: &mut Log) {
+/// One pass: load, watch what it reads, sync. Returns when the next pass is due: after the
+/// debounce when the watches changed (a file written between this pass's read and its new
+/// watch would be missed otherwise), else none.
+fn pass(
+    opts: &Options,
+    feed: &dyn ViewFeed,
+    watches: &mut Watches,
+    log: &mut Log,
+) -> Option<Instant> {
+    let mut rewatched = false;
     match Round::load(opts, log) {
         Ok(round) => {
-            for p in watches.set(&opts.conf_dir, &round.watched_files(feed)) {
+            let (changed, problems) = watches.set(&opts.conf_dir, &round.watched_files(feed));
+            rewatched = changed;
+            for p in problems {
                 log.error(&p);
             }
             round.sync(log);
@@ -129,6 +137,7 @@ fn pass(opts: &Options, feed: &dyn ViewFeed, watches: &mut Watches, log: &mut Lo
         Err(e) => log.error(&format!("cannot reconcile: {e}")),
     }
     log.end_pass();
+    rewatched.then(|| Instant::now() + opts.debounce)
 }
 
 /// Binds the namespace's twilld name; a second daemon in the same namespace is refused.

@@ -45,9 +45,10 @@ impl Watches {
     }
 
     /// Watches `conf_dir` and the directories of `files`, replacing the previous set when it
-    /// differs (a fresh inotify instance, so no stale watch lingers). Returns the directories
-    /// that could not be watched, with why.
-    pub fn set(&mut self, conf_dir: &Path, files: &[PathBuf]) -> Vec<String> {
+    /// differs (a fresh inotify instance, so no stale watch lingers). Returns whether the set
+    /// changed (a file written before its directory was watched may have been missed) and the
+    /// directories that could not be watched, with why.
+    pub fn set(&mut self, conf_dir: &Path, files: &[PathBuf]) -> (bool, Vec<String>) {
         let mut wanted: BTreeMap<PathBuf, Names> = BTreeMap::new();
         let mut add = |dir: PathBuf, name: Option<OsString>| match name {
             None => {
@@ -71,11 +72,16 @@ impl Watches {
             add(d, n);
         }
         if wanted == self.wanted {
-            return Vec::new();
+            return (false, Vec::new());
         }
         let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
             Ok(i) => i,
-            Err(e) => return vec![format!("cannot create an inotify instance: {e}")],
+            Err(e) => {
+                return (
+                    false,
+                    vec![format!("cannot create an inotify instance: {e}")],
+                );
+            }
         };
         let mut problems = Vec::new();
         let mut by_wd = BTreeMap::new();
@@ -90,7 +96,7 @@ impl Watches {
         self.ino = ino;
         self.by_wd = by_wd;
         self.wanted = wanted;
-        problems
+        (true, problems)
     }
 
     /// The inotify descriptor, for poll.
