@@ -511,3 +511,28 @@ fn a_conf_dir_created_after_the_start_is_watched_and_its_network_kept() {
     write_conf(node, "10-pods.conf", &c.conf(0));
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
 }
+
+#[test]
+fn pod_adds_racing_the_daemon_over_changing_views_leave_the_newest_view_routed() {
+    let c = cluster();
+    let _d = Daemon::start(c.node(0));
+    let views = [c.peers(|i| i != 2), c.peers(|i| i != 1), c.peers(|_| true)];
+    let pods = std::thread::scope(|s| {
+        let adder = s.spawn(|| (0..6).map(|_| c.add_pod(0)).collect::<Vec<_>>());
+        for round in 0..9 {
+            replace_file(&c.node(0).peers_file, &views[round % 3].to_string());
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        adder.join().expect("the ADD thread")
+    });
+    assert_eq!(pods.len(), 6);
+    // The last view written lists every node.
+    wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);
+    let out = twilld::once(c.node(0), "check");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
