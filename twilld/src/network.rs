@@ -186,35 +186,32 @@ impl Managed {
     }
 
     /// How the masquerade table and the forward rules differ from what the network wants
-    /// (nothing when they match). ipMasq or `forwardRules` off: any such rule left is drift.
+    /// (nothing when they match), judged exactly as `Network::ensure_node_rules` acts with no
+    /// pod at hand: ipMasq or `forwardRules` off, any such rule left is drift; an IPAM that
+    /// does not declare its ranges leaves the masquerade to the pods' ADDs.
     fn node_rules_drift(&self, nf: &mut Netfilter) -> Result<Vec<String>> {
         let net = &self.net;
         let name = net.name();
         let mut drift = Vec::new();
         let ranges = net.pod_ranges()?;
-        if net.ip_masq && !net.l2_only {
-            let cluster = net.cluster_networks()?;
-            let sources = match &ranges {
-                Some(r) => r.clone(),
-                None => masq::sources(nf, name)?,
-            };
-            if !sources.is_empty() {
-                drift.extend(as_drift(masq::check(nf, name, &sources, &cluster))?);
+        if !net.ip_masq {
+            if masq::exists(nf, name)? {
+                drift.push(format!(
+                    "masquerade table of network {name} present while ipMasq is off"
+                ));
             }
-        } else if !net.ip_masq && masq::exists(nf, name)? {
-            drift.push(format!(
-                "masquerade table of network {name} present while ipMasq is off"
-            ));
+        } else if let (false, Some(r)) = (net.l2_only, &ranges) {
+            let cluster = net.cluster_networks()?;
+            drift.extend(as_drift(masq::check(nf, name, r, &cluster))?);
         }
-        let (space, grow): (Vec<IpNetwork>, bool) = if net.forward_rules() && !net.l2_only {
-            let mut space = net.cluster_networks()?;
+        if !net.forward_rules() {
+            drift.extend(as_drift(forward::check(nf, name, &[], false))?);
+        } else if !net.l2_only {
+            let mut space: Vec<IpNetwork> = net.cluster_networks()?;
             let grow = ranges.is_none();
             space.extend(ranges.unwrap_or_default());
-            (space, grow)
-        } else {
-            (Vec::new(), false)
-        };
-        drift.extend(as_drift(forward::check(nf, name, &space, grow))?);
+            drift.extend(as_drift(forward::check(nf, name, &space, grow))?);
+        }
         Ok(drift)
     }
 }
