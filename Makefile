@@ -5,6 +5,12 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
 BINS := host-local bridge-host-gw routed-veth
+# The node daemon is not a CNI plugin: it goes to SBINDIR with its systemd unit, its defaults
+# file (kept when present) and an example network config (never into the conf dir itself).
+DAEMONS := twilld
+SBINDIR ?= /usr/local/sbin
+UNITDIR ?= /etc/systemd/system
+DOCDIR ?= /usr/local/share/doc/twill
 # Plugins are static binaries for the musl target when rustup can provide it (fastest start-up,
 # see scripts/release-target.sh), else for the host's glibc target with crt-static. Only target
 # artifacts get the flag (proc-macros stay dynamic), hence the explicit --target.
@@ -82,10 +88,18 @@ lint:
 bench: deps build
 	$(RELEASE)/twill-bench all
 
-## install: plugin binaries into $(DESTDIR)$(PREFIX); with CONFLISTS=1 also the sample conflists.
+## install: plugin binaries into $(DESTDIR)$(PREFIX); twilld into $(DESTDIR)$(SBINDIR) with
+## twilld.service, /etc/default/twilld and an example config under $(DOCDIR); with CONFLISTS=1
+## also the sample conflists.
 install: build
 	install -d $(DESTDIR)$(PREFIX)
 	for b in $(BINS); do [ -x $(RELEASE)/$$b ] && install -m 0755 $(RELEASE)/$$b $(DESTDIR)$(PREFIX)/$$b; done; true
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/default $(DESTDIR)$(DOCDIR)
+	for b in $(DAEMONS); do install -m 0755 $(RELEASE)/$$b $(DESTDIR)$(SBINDIR)/$$b; done
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' dist/twilld.service > $(DESTDIR)$(UNITDIR)/twilld.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/twilld.service
+	[ -e $(DESTDIR)/etc/default/twilld ] || install -m 0644 dist/twilld.default $(DESTDIR)/etc/default/twilld
+	install -m 0644 dist/10-pods.conflist.example docs/twilld.md $(DESTDIR)$(DOCDIR)/
 	@if [ -n "$(CONFLISTS)" ]; then $(MAKE) --no-print-directory install-conflists; fi
 
 ## install-conflists: one sample conflist per plugin (examples/) into $(DESTDIR)$(CONFDIR); an

@@ -5,6 +5,7 @@
 //!   twill-bench host-local [--n 200] [--warmup 5]
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
 //!   twill-bench routed [--pods 100] [--concurrency 1,8]
+//!   twill-bench twilld
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -20,6 +21,7 @@ mod report;
 mod routed;
 mod runner;
 mod stats;
+mod twilld;
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
        twill-bench routed [--pods N] [--concurrency 1,8]
+       twill-bench twilld
        twill-bench all [options of all]";
 
 /// Parsed command line.
@@ -51,7 +54,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "routed", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "routed", "twilld", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -138,6 +141,10 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
             concurrency: args.bridge.concurrency.clone(),
         };
         doc.insert("routed".into(), routed::run(&opts)?);
+    }
+    if args.what == "twilld" || args.what == "all" {
+        let v = twilld::run()?;
+        doc.insert("twilld".into(), v);
     }
     Ok(())
 }

@@ -20,6 +20,7 @@
 //!   extra hosts on it; or two segments joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
 //! - [`routed`]: the routed-veth test cluster and readers of its node state.
+//! - [`twilld`]: the node daemon under test (conf dirs, a daemon guard, bounded waits).
 
 #![deny(missing_docs)]
 
@@ -35,6 +36,7 @@ pub mod process;
 pub mod routed;
 pub mod runtimes;
 pub mod snapshot;
+pub mod twilld;
 
 pub use bins::{ref_bin, twill_bin};
 pub use fabric::{Fabric, Node, Pod, no_reply, ping, result_ips};

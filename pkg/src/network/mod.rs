@@ -87,6 +87,36 @@ pub trait PluginKeys: DeserializeOwned + Serialize {
     fn own_key_names() -> &'static [&'static str];
 }
 
+/// The keys of any twill plugin as a reader that is not the plugin sees them (a node daemon, a
+/// data plane's registry): the shared ones; the plugin's own stay in `rest`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SharedKeys {
+    /// The keys every twill plugin shares.
+    #[serde(flatten)]
+    pub common: CommonKeys,
+    /// The cluster view and the run dir.
+    #[serde(flatten)]
+    pub peers: PeersConf,
+    /// The plugin's own keys and any other.
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
+}
+
+impl PluginKeys for SharedKeys {
+    fn common(&self) -> &CommonKeys {
+        &self.common
+    }
+    fn peers(&self) -> &PeersConf {
+        &self.peers
+    }
+    fn rest(&self) -> &Map<String, Value> {
+        &self.rest
+    }
+    fn own_key_names() -> &'static [&'static str] {
+        &[]
+    }
+}
+
 /// How much a command needs the subnet file when the config has no `ipam`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -189,6 +219,23 @@ impl<K: PluginKeys> Network<K> {
             pod_mac,
             conf,
         })
+    }
+
+    /// [`Network::load`] for a config given as bytes (a conf-dir file, or a conflist's plugin
+    /// entry with the list's `name` and `cniVersion`), with no CNI_ARGS: how a node daemon
+    /// loads the networks whose node state it keeps.
+    pub fn from_bytes(config: &[u8], need: Need) -> Result<Network<K>> {
+        let args = CmdArgs {
+            command: crate::Command::Add,
+            container_id: String::new(),
+            netns: None,
+            ifname: String::new(),
+            args: String::new(),
+            path: Vec::new(),
+            stdin: config.to_vec(),
+            cni_version: String::new(),
+        };
+        Network::load(&args, need)
     }
 
     /// The plugin's keys.

@@ -8,6 +8,7 @@ pub mod host_gw;
 pub mod ipip;
 pub mod masq;
 pub mod peers;
+pub mod planes;
 pub mod reconcile;
 pub mod routed;
 pub mod state;

@@ -560,6 +560,41 @@ pub fn reconcile(
     Ok(Reconciled::Applied(report))
 }
 
+/// Removes a network's node objects, for a network that is gone: under the namespace lock,
+/// every object its state file records as installed is removed (only twill's, see
+/// [`NodeKernel::remove`]), except where another network of the namespace claims the same
+/// object; then the state file goes. Objects the kernel refused to remove stay recorded (the
+/// next call retries them) and are in the report's failures; the report's `plan.remove` lists
+/// what was asked to go.
+pub fn forget(k: &mut dyn NodeKernel, state: &StateFile) -> Result<Report> {
+    let _lock = state.lock()?;
+    let prev = state.read();
+    let others = state.other_claims();
+    let mut report = Report::default();
+    let mut kept = Vec::new();
+    for o in &prev.installed {
+        if others.contains(&o.claim()) {
+            continue;
+        }
+        match k.remove(o) {
+            Ok(()) => report.plan.remove.push(o.clone()),
+            Err(e) => {
+                report.failures.push(format!("could not remove {o}: {e}"));
+                kept.push(o.clone());
+            }
+        }
+    }
+    if kept.is_empty() {
+        state.remove()?;
+    } else {
+        state.write(&NodeState {
+            fingerprint: None,
+            installed: kept,
+        })?;
+    }
+    Ok(report)
+}
+
 /// CHECK and STATUS: the difference between the kernel and the view, changing nothing. The
 /// report's plan is empty when the node is as [`reconcile`] would leave it.
 pub fn verify(k: &mut dyn NodeKernel, state: &StateFile, inputs: &Inputs<'_>) -> Result<Report> {
@@ -1132,6 +1167,44 @@ mod tests {
         assert_eq!(r.plan.remove, vec![route("10.244.3.0/24", "10.0.0.3")]);
         assert_eq!(k.routes.len(), 1);
         assert_eq!(run(&mut k, &v2), Reconciled::Unchanged);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn forget_removes_only_what_the_network_installed_and_nobody_else_claims() {
+        let dir = std::env::temp_dir().join(format!("twill-forget-{}", std::process::id()));
+        let key = crate::kernel::netns::NetnsKey::Cookie(1);
+        let mine = StateFile::new(&dir, "gone", key, (0, 0)).unwrap();
+        let other = StateFile::new(&dir, "stays", key, (0, 0)).unwrap();
+        let shared = route("10.244.2.0/24", "10.0.0.2");
+        let only_mine = route("10.244.3.0/24", "10.0.0.3");
+        let theirs = route("10.244.4.0/24", "10.0.0.4");
+        mine.write(&NodeState {
+            fingerprint: Some(1),
+            installed: vec![shared.clone(), only_mine.clone()],
+        })
+        .unwrap();
+        other
+            .write(&NodeState {
+                fingerprint: Some(2),
+                installed: vec![shared.clone(), theirs.clone()],
+            })
+            .unwrap();
+        let mut k = FakeKernel::default();
+        for o in [&shared, &only_mine, &theirs] {
+            k.apply(o).unwrap();
+        }
+        k.refuse_remove = true;
+        let r = forget(&mut k, &mine).unwrap();
+        assert_eq!(r.failures.len(), 1, "{r:?}");
+        assert_eq!(mine.read().installed, vec![only_mine.clone()]);
+        k.refuse_remove = false;
+        let r = forget(&mut k, &mine).unwrap();
+        assert_eq!(r.plan.remove, vec![only_mine]);
+        let left: Vec<Object> = k.routes.iter().map(|f| f.object.clone()).collect();
+        assert_eq!(left, vec![shared, theirs]);
+        assert!(!mine.path().exists());
+        assert!(other.path().exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
