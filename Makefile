@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
-BINS := host-local bridge-host-gw
+BINS := host-local bridge-host-gw vxlan
 # Plugins are static binaries for the musl target when rustup can provide it (fastest start-up,
 # see scripts/release-target.sh), else for the host's glibc target with crt-static. Only target
 # artifacts get the flag (proc-macros stay dynamic), hence the explicit --target.
@@ -12,7 +12,7 @@ TRIPLE := $(shell PATH="$(PATH)" sh scripts/release-target.sh)
 TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
-APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps
+APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps iperf3
 
 .PHONY: all deps build test unit conformance lint bench install demo clean
 

@@ -19,6 +19,7 @@
 //! - [`fabric`]: multi-node test fabrics (one L2 segment, IPv4 or dual-stack, with optional
 //!   extra hosts on it; or two segments joined by a router).
 //! - [`process`]: running helper commands with a bounded wall time.
+//! - [`vxlan`]: the vxlan plugin's cluster, a dual-stack routed fabric, overlay readers.
 
 #![deny(missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod netns;
 pub mod plugin;
 pub mod process;
 pub mod snapshot;
+pub mod vxlan;
 
 pub use bins::{ref_bin, twill_bin};
 pub use fabric::{Fabric, Node, Pod, no_reply, ping, result_ips};
