@@ -4,6 +4,7 @@
 //! Usage:
 //!   twill-bench host-local [--n 200] [--warmup 5]
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
+//!   twill-bench vxlan [--pods 100]
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -18,12 +19,14 @@ mod invoke;
 mod report;
 mod runner;
 mod stats;
+mod vxlan;
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
+       twill-bench vxlan [--pods N]
        twill-bench all [options of both]";
 
 /// Parsed command line.
@@ -48,7 +51,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "vxlan", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -128,6 +131,12 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
     if args.what == "bridge" || args.what == "all" {
         let v = bridge::run(&args.bridge)?;
         doc.insert("bridge".into(), v);
+    }
+    if args.what == "vxlan" || args.what == "all" {
+        let v = vxlan::run(&vxlan::VxlanOpts {
+            pods: args.bridge.pods,
+        })?;
+        doc.insert("vxlan".into(), v);
     }
     Ok(())
 }
