@@ -569,3 +569,53 @@ fn a_foreign_device_with_the_device_name_is_refused_and_left_alone() {
     assert!(c.reservations(0).is_empty());
     assert_eq!(pod.ns.link_names(), vec!["lo".to_string()]);
 }
+
+/// flannel's FLANNEL_MTU below the underlay's caps the device MTU (and the pods'); a
+/// configured `mtu` is imposed on the device as given.
+#[test]
+fn subnet_file_mtu_caps_the_device_and_a_configured_mtu_is_imposed() {
+    let c = Cluster::new(Fabric::routed(2));
+    let node = c.node(0);
+    conformance::hostgw::write(
+        &node.subnet_file,
+        &conformance::hostgw::subnet_env(0, false, 1400),
+    );
+    let a = add(&c, 0, &conf(&c, 0, json!({})));
+    assert_eq!(device(&node.ns, DEV4).unwrap().0.mtu, 1400);
+    assert_eq!(a.ns.link("eth0").unwrap().mtu, 1400);
+    let b = add(&c, 0, &conf(&c, 0, json!({"mtu": 1300})));
+    assert_eq!(device(&node.ns, DEV4).unwrap().0.mtu, 1300);
+    assert_eq!(b.ns.link("eth0").unwrap().mtu, 1300);
+    for p in [a, b] {
+        p.run("DEL").assert_ok_empty();
+    }
+}
+
+/// A node whose underlay address cannot be found (no default route, not in the view) still
+/// wires pods (no device: the peers are skipped and reported), STATUS answers 51 saying to
+/// set `nodeIP`; with `nodeIP` set, the device is made on that address.
+#[test]
+fn without_an_underlay_address_pods_are_wired_and_status_says_to_set_node_ip() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    conformance::hostgw::write(&node.peers_file, &c.peers(|j| j != 0).to_string());
+    let cf = conf(&c, 0, json!({}));
+    let (a, out) = node.try_add_pod(&plugin(), &cf, &unique_name("c"));
+    assert!(out.success(), "{out}");
+    assert!(out.stderr.contains("nodeIP"), "the skip is reported: {out}");
+    assert!(device(&node.ns, DEV4).is_none());
+    let status = Invocation::new(plugin())
+        .command("STATUS")
+        .stdin_json(&cf)
+        .on(node.ns.path())
+        .run();
+    let err = status.assert_error(51);
+    assert!(error_text(&err).contains("\"nodeIP\""), "{status}");
+    let with_ip = conf(&c, 0, json!({"nodeIP": node.ip.to_string()}));
+    let b = add(&c, 0, &with_ip);
+    let (_, data) = device(&node.ns, DEV4).expect("device on the given address");
+    assert_eq!(data["local"], json!(node.ip.to_string()));
+    assert_eq!(vx_routes(&c, 0).len(), 1);
+    a.run("DEL").assert_ok_empty();
+    b.run("DEL").assert_ok_empty();
+}

@@ -185,8 +185,8 @@ pub struct Vxlan {
 
 impl Vxlan {
     /// The plane for this node: for each family in `families` (IPv4, IPv6) whose pods the
-    /// network has, the underlay address (the config's, else the address of the link of that
-    /// family's default route, else a `nodeIP` of `view` that is local), the device MTU and
+    /// network has, the underlay address (the config's, else a `nodeIP` of `view` that is
+    /// local, else the address of the link of that family's default route), the device MTU and
     /// the VTEP MAC (`view`'s `vtepMAC` for this node, else [`vtep_mac`]). Asks the kernel only
     /// (addresses, routes, links); changes nothing. An explicit node IP that is not on the node
     /// is code 7; a family without an underlay address has no device (its peers are skipped
@@ -240,8 +240,8 @@ impl Vxlan {
             };
             let Some((local, link_index)) = found else {
                 plane.missing[slot] = Some(format!(
-                    "this node has no IPv{} underlay address for the vxlan device (no default \
-                     route of that family, and no local nodeIP in the cluster view): set \"{key}\"",
+                    "this node has no IPv{} underlay address for the vxlan device (no local nodeIP \
+                     in the cluster view, no default route of that family): set \"{key}\"",
                     if family == Family::V4 { 4 } else { 6 }
                 ));
                 continue;
@@ -378,9 +378,9 @@ fn on_link(connected: &[IpNetwork], ip: IpAddr) -> bool {
     connected.iter().any(|n| n.contains(ip))
 }
 
-/// This node's underlay address of `family` and the ifindex holding it: the link of the
-/// family's default route (its preferred source, else its first global address), else a
-/// `nodeIP` of the view that is an address of this node.
+/// This node's underlay address of `family` and the ifindex holding it: a `nodeIP` of `view`
+/// that is an address of this node (what the peers send to), else the address of the link of
+/// the family's default route (its preferred source, else its first global address).
 fn underlay_of(
     nl: &mut Netlink,
     family: Family,
@@ -388,31 +388,6 @@ fn underlay_of(
     view: Option<&ClusterView>,
 ) -> Result<Option<(IpAddr, u32)>> {
     const RT_SCOPE_UNIVERSE: u8 = 0;
-    let filter = RouteFilter {
-        family: Some(family),
-        table: Some(rt_table::MAIN),
-        ..RouteFilter::default()
-    };
-    let default = nl
-        .routes(&filter)?
-        .into_iter()
-        .find(|r| r.dst.prefix() == 0 && r.kind == 1 && r.oif.is_some());
-    if let Some(r) = default {
-        if let Some(src) = r.src
-            && let Some(a) = addrs.iter().find(|a| a.addr == src)
-        {
-            return Ok(Some((src, a.index)));
-        }
-        let on_uplink = addrs.iter().find(|a| {
-            Some(a.index) == r.oif
-                && a.family() == family
-                && a.scope == RT_SCOPE_UNIVERSE
-                && !a.is_dad_failed()
-        });
-        if let Some(a) = on_uplink {
-            return Ok(Some((a.addr, a.index)));
-        }
-    }
     if let Some(v) = view {
         for p in v.peers() {
             if Family::of(&p.node_ip) != family {
@@ -423,7 +398,32 @@ fn underlay_of(
             }
         }
     }
-    Ok(None)
+    let filter = RouteFilter {
+        family: Some(family),
+        table: Some(rt_table::MAIN),
+        ..RouteFilter::default()
+    };
+    let default = nl
+        .routes(&filter)?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0 && r.kind == 1 && r.oif.is_some());
+    let Some(r) = default else {
+        return Ok(None);
+    };
+    if let Some(src) = r.src
+        && let Some(a) = addrs.iter().find(|a| a.addr == src)
+    {
+        return Ok(Some((src, a.index)));
+    }
+    Ok(addrs
+        .iter()
+        .find(|a| {
+            Some(a.index) == r.oif
+                && a.family() == family
+                && a.scope == RT_SCOPE_UNIVERSE
+                && !a.is_dad_failed()
+        })
+        .map(|a| (a.addr, a.index)))
 }
 
 /// Why link `l` cannot serve as device `want` (another kind, VNI, port or local address);
