@@ -31,6 +31,7 @@ use crate::kernel::netlink::{
 use crate::node::peers::{ClusterView, Peer};
 use crate::node::reconcile::{DataPlane, Kind, Object, PeerRoute, Reject, VxlanDevice};
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 /// VNI of flannel's vxlan backend (bridge pod mode).
@@ -68,6 +69,98 @@ pub fn vtep_mac(vni: u32, node_ip: IpAddr) -> MacAddr {
     h.write_ip(&node_ip);
     let b = h.finish_mixed().to_be_bytes();
     MacAddr([(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// How a vxlan network wires its pods (`pods`); it also picks the overlay's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodMode {
+    /// On a bridge holding the subnet gateway (flannel's vxlan backend): VNI 1, port 8472.
+    Bridge,
+    /// Routed veths, /32 pods (Calico's VXLAN mode): VNI 4096, port 4789.
+    Routed,
+}
+
+/// The vxlan keys of a network config, as the plugin and twilld read them (flatten it into a
+/// plugin's keys, side by side with the shared ones).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VxlanKeys {
+    /// `pods`: `"bridge"` (default) or `"routed"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<String>,
+    /// `vni` (default by pod mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// `port`: the UDP port (default by pod mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `device`: the device over the IPv4 underlay (default [`default_device_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// `deviceV6`: the device over the IPv6 underlay (default [`default_device_name`]).
+    #[serde(default, rename = "deviceV6", skip_serializing_if = "Option::is_none")]
+    pub device_v6: Option<String>,
+    /// `nodeIP`: this node's IPv4 underlay address (default: found, see [`Vxlan::plan`]).
+    #[serde(default, rename = "nodeIP", skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<IpAddr>,
+    /// `nodeIPv6`: this node's IPv6 underlay address (default: found).
+    #[serde(default, rename = "nodeIPv6", skip_serializing_if = "Option::is_none")]
+    pub node_ip_v6: Option<IpAddr>,
+    /// `directRouting` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_routing: Option<bool>,
+    /// `txChecksumOffload` on the device (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_checksum_offload: Option<bool>,
+}
+
+/// [`VxlanKeys`]' names as spelled in a config.
+pub const KEY_NAMES: &[&str] = &[
+    "pods",
+    "vni",
+    "port",
+    "device",
+    "deviceV6",
+    "nodeIP",
+    "nodeIPv6",
+    "directRouting",
+    "txChecksumOffload",
+];
+
+impl VxlanKeys {
+    /// The pod mode; code 7 naming the value for anything but `bridge` and `routed`.
+    pub fn pod_mode(&self) -> Result<PodMode> {
+        match self.pods.as_deref() {
+            None | Some("bridge") => Ok(PodMode::Bridge),
+            Some("routed") => Ok(PodMode::Routed),
+            Some(other) => Err(Error::invalid_config(format!(
+                "\"pods\": {other:?} is not a pod mode: use \"bridge\" (flannel's vxlan, the \
+                 default) or \"routed\" (Calico's VXLAN mode)"
+            ))),
+        }
+    }
+
+    /// The overlay these keys describe for pod mode `mode`, with the network's configured
+    /// `mtu` (imposed) and its subnet file's FLANNEL_MTU (a cap); not validated (see
+    /// [`VxlanConf::validate`]).
+    pub fn conf(&self, mode: PodMode, mtu: Option<u32>, max_mtu: Option<u32>) -> VxlanConf {
+        let (vni, port) = match mode {
+            PodMode::Bridge => (BRIDGE_MODE_VNI, BRIDGE_MODE_PORT),
+            PodMode::Routed => (ROUTED_MODE_VNI, ROUTED_MODE_PORT),
+        };
+        VxlanConf {
+            vni: self.vni.unwrap_or(vni),
+            port: self.port.unwrap_or(port),
+            device: self.device.clone(),
+            device6: self.device_v6.clone(),
+            node_ip: self.node_ip,
+            node_ip6: self.node_ip_v6,
+            mtu,
+            max_mtu,
+            direct_routing: self.direct_routing.unwrap_or(false),
+            tx_checksum_offload: self.tx_checksum_offload.unwrap_or(false),
+        }
+    }
 }
 
 /// What a vxlan overlay is made of, as a network config gives it (the plugin's keys; twilld

@@ -2,7 +2,6 @@
 //! plane shares (IPAM, the subnet file, MTU, the cluster view, masquerade and forward rules)
 //! is `twill::network`; this plugin's [`Network`] derefs to it.
 
-use std::net::IpAddr;
 use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +9,7 @@ use serde_json::{Map, Value};
 use twill::kernel::netlink::{Netlink, PortFlags};
 use twill::network::{self, CommonKeys, Need, PluginKeys};
 use twill::node::peers::PeersConf;
-use twill::node::vxlan::{self, Vxlan, VxlanConf};
+use twill::node::vxlan::{PodMode, Vxlan, VxlanConf, VxlanKeys};
 use twill::pod::bridge::{self, BridgeOptions};
 use twill::pod::veth::PodOptions;
 use twill::{CmdArgs, Error, Result};
@@ -23,41 +22,16 @@ pub const DEFAULT_BRIDGE: &str = "cni0";
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Keys {
-    /// `pods`: how pods are wired, `"bridge"` (default, flannel's vxlan) or `"routed"`
-    /// (Calico's VXLAN mode; not yet available).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pods: Option<String>,
     /// `bridge`: the bridge the pods hang on (default [`DEFAULT_BRIDGE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
     /// `hairpinMode` on the host veth port (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hairpin_mode: Option<bool>,
-    /// `vni` (default 1 in bridge mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vni: Option<u32>,
-    /// `port`: the UDP port (default 8472 in bridge mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// `device`: the device over the IPv4 underlay (default `twill.<VNI>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// `deviceV6`: the device over the IPv6 underlay (default `twill6.<VNI>`).
-    #[serde(default, rename = "deviceV6", skip_serializing_if = "Option::is_none")]
-    pub device_v6: Option<String>,
-    /// `nodeIP`: this node's IPv4 underlay address (default: found, see
-    /// [`Vxlan::plan`]).
-    #[serde(default, rename = "nodeIP", skip_serializing_if = "Option::is_none")]
-    pub node_ip: Option<IpAddr>,
-    /// `nodeIPv6`: this node's IPv6 underlay address (default: found).
-    #[serde(default, rename = "nodeIPv6", skip_serializing_if = "Option::is_none")]
-    pub node_ip_v6: Option<IpAddr>,
-    /// `directRouting`: peers on a subnet of this node are routed directly (default false).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_routing: Option<bool>,
-    /// `txChecksumOffload` on the vxlan device (default false).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_checksum_offload: Option<bool>,
+    /// The overlay's keys (`pods`, `vni`, `port`, `device`, `deviceV6`, `nodeIP`,
+    /// `nodeIPv6`, `directRouting`, `txChecksumOffload`), shared with twilld.
+    #[serde(flatten)]
+    pub vxlan: VxlanKeys,
     /// The keys every twill plugin shares (`mtu`, `subnetFile`, `dataDir`, `clusterNetworks`,
     /// `forwardRules`).
     #[serde(flatten)]
@@ -88,11 +62,12 @@ impl PluginKeys for Keys {
     }
 }
 
-/// The keys this plugin reads besides the shared ones, as spelled in a config.
+/// The keys this plugin reads besides the shared ones, as spelled in a config (the overlay's
+/// are [`twill::node::vxlan::KEY_NAMES`]).
 pub const OWN_KEYS: &[&str] = &[
-    "pods",
     "bridge",
     "hairpinMode",
+    "pods",
     "vni",
     "port",
     "device",
@@ -102,15 +77,6 @@ pub const OWN_KEYS: &[&str] = &[
     "directRouting",
     "txChecksumOffload",
 ];
-
-/// How pods are wired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodMode {
-    /// On a bridge holding the subnet gateway (flannel's vxlan backend).
-    Bridge,
-    /// Routed veths, /32 pods (Calico's VXLAN mode).
-    Routed,
-}
 
 /// The network config with every default applied: the shared part (deref) and vxlan's.
 #[derive(Debug, Clone)]
@@ -137,38 +103,19 @@ impl Deref for Network {
 
 impl Network {
     /// Parses the config ([`network::Network::load`]) and applies this plugin's defaults
-    /// (bridge mode: VNI 1, port 8472; routed mode: VNI 4096, port 4789). For
+    /// (bridge mode: VNI 1, port 8472; routed mode: VNI 4096, port 4789; see
+    /// [`VxlanKeys::conf`]). For
     /// [`Need::Required`] the keys are checked before anything on the node changes: `pods`,
     /// the bridge name and the overlay ([`VxlanConf::validate`]).
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let shared = network::Network::<Keys>::load(args, need)?;
         let k = shared.keys();
-        let pods = match k.pods.as_deref() {
-            None | Some("bridge") => PodMode::Bridge,
-            Some("routed") => PodMode::Routed,
-            Some(other) => {
-                return Err(Error::invalid_config(format!(
-                    "\"pods\": {other:?} is not a pod mode: use \"bridge\" (flannel's vxlan, \
-                     the default) or \"routed\" (Calico's VXLAN mode)"
-                )));
-            }
-        };
-        let (vni, port) = match pods {
-            PodMode::Bridge => (vxlan::BRIDGE_MODE_VNI, vxlan::BRIDGE_MODE_PORT),
-            PodMode::Routed => (vxlan::ROUTED_MODE_VNI, vxlan::ROUTED_MODE_PORT),
-        };
-        let conf = VxlanConf {
-            vni: k.vni.unwrap_or(vni),
-            port: k.port.unwrap_or(port),
-            device: k.device.clone(),
-            device6: k.device_v6.clone(),
-            node_ip: k.node_ip,
-            node_ip6: k.node_ip_v6,
-            mtu: shared.configured_mtu(),
-            max_mtu: shared.subnet.as_ref().map(|s| s.mtu),
-            direct_routing: k.direct_routing.unwrap_or(false),
-            tx_checksum_offload: k.tx_checksum_offload.unwrap_or(false),
-        };
+        let pods = k.vxlan.pod_mode()?;
+        let conf = k.vxlan.conf(
+            pods,
+            shared.configured_mtu(),
+            shared.subnet.as_ref().map(|s| s.mtu),
+        );
         let bridge = k.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
         if need == Need::Required {
             bridge::validate_name(&bridge)?;
@@ -274,6 +221,11 @@ mod tests {
         let n = Network::load(&args(&base(json!({}))), Need::Required).unwrap();
         assert_eq!(n.pods, PodMode::Bridge);
         assert_eq!((n.vxlan.vni, n.vxlan.port), (1, 8472));
+        assert!(
+            twill::node::vxlan::KEY_NAMES
+                .iter()
+                .all(|k| OWN_KEYS.contains(k))
+        );
         assert_eq!(n.bridge, "cni0");
         assert!(!n.vxlan.direct_routing && !n.vxlan.tx_checksum_offload && n.hairpin);
     }
