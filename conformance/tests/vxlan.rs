@@ -619,3 +619,59 @@ fn without_an_underlay_address_pods_are_wired_and_status_says_to_set_node_ip() {
     a.run("DEL").assert_ok_empty();
     b.run("DEL").assert_ok_empty();
 }
+
+/// The state files in a node's runDir with their modification times.
+fn run_state(c: &Cluster, i: usize) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(&c.node(i).run_dir)
+        .expect("runDir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.path(), e.metadata().ok()?.modified().ok()?))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A view entry of a family the network has no pods of is skipped once, and the unchanged
+/// view is not applied again by the next ADD (its state is not rewritten): the skip depends
+/// on the config, not on the node. (It used to count as node-dependent, so every ADD took
+/// the slow path under the lock and warned again.)
+#[test]
+fn an_unchanged_view_is_not_applied_again_despite_an_entry_of_a_family_the_network_lacks() {
+    let c = Cluster::new(Fabric::routed(2));
+    let mut view = c.peers(|_| true);
+    if let Some(list) = view.as_array_mut() {
+        list.push(json!({"nodeIP": "fd99:2::1", "podCIDR": pod_cidr6(1)}));
+    }
+    conformance::hostgw::write(&c.node(0).peers_file, &view.to_string());
+    let cf = conf(&c, 0, json!({}));
+    let (a, first) = c.node(0).try_add_pod(&plugin(), &cf, &unique_name("c"));
+    assert!(first.success(), "{first}");
+    assert!(first.stderr.contains("no IPv6 pods"), "{first}");
+    let before = run_state(&c, 0);
+    let texts: Vec<String> = before
+        .iter()
+        .filter_map(|(p, _)| std::fs::read_to_string(p).ok())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("twill-node-state")),
+        "{texts:?}"
+    );
+    assert!(
+        !texts.iter().any(|t| t.contains("fingerprint pending")),
+        "fingerprint recorded: {texts:?}"
+    );
+    let (b, second) = c.node(0).try_add_pod(&plugin(), &cf, &unique_name("c"));
+    assert!(second.success(), "{second}");
+    assert!(
+        !second.stderr.contains("skipped"),
+        "not warned again: {second}"
+    );
+    assert_eq!(run_state(&c, 0), before, "state not rewritten");
+    assert_eq!(fdb_of(&c.node(0).ns, DEV4).len(), 1);
+    assert_eq!(vx_routes(&c, 0).len(), 1);
+    for p in [a, b] {
+        p.run("DEL").assert_ok_empty();
+    }
+}

@@ -743,7 +743,10 @@ impl DataPlane for Vxlan {
         match self.overlay_for(&p.pod_cidr) {
             Some(_) => None,
             None => {
+                // No underlay address: the node may get one. No pods of that family: the
+                // network's config says so, which the fingerprint covers.
                 let slot = usize::from(p.pod_cidr.is_ipv6());
+                let depends_on_node = self.missing[slot].is_some();
                 let reason = self.missing[slot].clone().unwrap_or_else(|| {
                     format!(
                         "this network has no IPv{} pods on this node",
@@ -752,7 +755,7 @@ impl DataPlane for Vxlan {
                 });
                 Some(Reject {
                     reason,
-                    depends_on_node: true,
+                    depends_on_node,
                 })
             }
         }
