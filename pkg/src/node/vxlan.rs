@@ -384,6 +384,18 @@ impl Vxlan {
         Ok(plane)
     }
 
+    /// The families (IPv4, IPv6) a network with pod ranges `own_ranges` has pods of: those of
+    /// its ranges, both when it declares none (an exec'd IPAM).
+    pub fn families(own_ranges: &[IpNetwork]) -> [bool; 2] {
+        if own_ranges.is_empty() {
+            return [true, true];
+        }
+        [
+            own_ranges.iter().any(IpNetwork::is_ipv4),
+            own_ranges.iter().any(IpNetwork::is_ipv6),
+        ]
+    }
+
     /// The pod MTU: the smallest device MTU (a pod's packets may take either device); None
     /// without a device.
     pub fn mtu(&self) -> Option<u32> {
@@ -831,6 +843,18 @@ mod tests {
             connected: vec!["10.99.1.0/24".parse().unwrap()],
             missing: [None, Some("no IPv6 underlay: set \"nodeIPv6\"".into())],
         }
+    }
+
+    #[test]
+    fn families_follow_the_ranges_and_are_both_without_ranges() {
+        let r = |s: &str| -> IpNetwork { s.parse().unwrap() };
+        assert_eq!(Vxlan::families(&[]), [true, true]);
+        assert_eq!(Vxlan::families(&[r("10.1.0.0/24")]), [true, false]);
+        assert_eq!(Vxlan::families(&[r("fd00::/64")]), [false, true]);
+        assert_eq!(
+            Vxlan::families(&[r("10.1.0.0/24"), r("fd00::/64")]),
+            [true, true]
+        );
     }
 
     #[test]

@@ -146,15 +146,7 @@ impl Network {
     /// pods of (both when its IPAM does not say), with the cluster view read for this node's
     /// address and VTEP MAC when it can be (an unreadable view is reported by the reconcile).
     pub fn overlay(&self, node: &mut Netlink) -> Result<Vxlan> {
-        let ranges = &self.own_ranges;
-        let families = if ranges.is_empty() {
-            [true, true]
-        } else {
-            [
-                ranges.iter().any(|r| r.is_ipv4()),
-                ranges.iter().any(|r| r.is_ipv6()),
-            ]
-        };
+        let families = Vxlan::families(&self.own_ranges);
         let view = self.view.as_ref().and_then(|v| v.read().ok());
         Vxlan::plan(node, &self.vxlan, families, view.as_ref())
     }
