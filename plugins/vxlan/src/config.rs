@@ -10,7 +10,7 @@ use twill::kernel::netlink::{Netlink, PortFlags};
 use twill::network::{self, CommonKeys, Need, PluginKeys};
 use twill::node::peers::PeersConf;
 use twill::node::vxlan::{PodMode, Vxlan, VxlanConf, VxlanKeys};
-use twill::pod::bridge::{self, BridgeOptions};
+use twill::pod::bridge;
 use twill::pod::veth::PodOptions;
 use twill::{CmdArgs, Error, Result};
 
@@ -151,11 +151,12 @@ impl Network {
         Vxlan::plan(node, &self.vxlan, families, view.as_ref())
     }
 
-    /// The bridge as the overlay wants it: pod MTU = device MTU, imposed.
-    pub fn bridge_options(&self, mtu: u32) -> BridgeOptions {
-        BridgeOptions {
-            mtu: Some(mtu),
-            promisc: false,
+    /// The pods' MTU (imposed on the bridge): the overlay's device MTU; without a device (no
+    /// underlay address), the shared default ([`network::Network::default_mtu`]).
+    pub fn pod_mtu(&self, overlay: &Vxlan, node: &mut Netlink) -> Result<u32> {
+        match overlay.mtu() {
+            Some(m) => Ok(m),
+            None => self.shared.default_mtu(node),
         }
     }
 

@@ -38,13 +38,8 @@ impl Plugin for VxlanPlugin {
         let mut undo = Undo::new("vxlan");
 
         let mut overlay = net.overlay(&mut node)?;
-        let mtu = match overlay.mtu() {
-            Some(m) => m,
-            None => net.default_mtu(&mut node)?,
-        };
-        let br = bridge::ensure_with(&mut node, &net.bridge, &net.bridge_options(mtu), |_| {
-            Ok(mtu)
-        })?;
+        let mtu = net.pod_mtu(&overlay, &mut node)?;
+        let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
         let pair = PairSpec {
             owner: owner(&net, args),
             pod_ns: &pod_ns,
