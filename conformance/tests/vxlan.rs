@@ -675,3 +675,42 @@ fn an_unchanged_view_is_not_applied_again_despite_an_entry_of_a_family_the_netwo
         p.run("DEL").assert_ok_empty();
     }
 }
+
+/// Turning `directRouting` on for a network whose same-segment peer went through the tunnel:
+/// the next ADD removes that peer's neighbour and FDB entry and routes it via its node IP;
+/// turning it off again restores the tunnel entries. Traffic flows in both states.
+#[test]
+fn toggling_direct_routing_swaps_a_same_segment_peer_between_tunnel_and_direct_route() {
+    let c = Cluster::new(Fabric::routed(3));
+    let b = add(&c, 1, &conf(&c, 1, json!({})));
+    let f = add(&c, 2, &conf(&c, 2, json!({})));
+    let a = add(&c, 0, &conf(&c, 0, json!({})));
+    assert_overlay_entries(&c, 0, &[1, 2]);
+    let d = add(&c, 0, &conf(&c, 0, json!({"directRouting": true})));
+    let routes = vx_routes(&c, 0);
+    assert!(
+        routes.contains(&(pod_cidr4(1), c.node(1).ip.to_string(), "eth0".into(), false)),
+        "{routes:?}"
+    );
+    let fdb = fdb_of(&c.node(0).ns, DEV4);
+    assert!(
+        fdb.iter().all(|e| e.1 != IpAddr::V4(c.node(1).ip)),
+        "tunnel FDB entry of the direct peer removed: {fdb:?}"
+    );
+    let neigh: Vec<IpAddr> = c
+        .node(0)
+        .ns
+        .neighbours()
+        .into_iter()
+        .filter(|n| n.dev == DEV4)
+        .map(|n| n.dst)
+        .collect();
+    assert!(!neigh.contains(&"10.244.2.0".parse().unwrap()), "{neigh:?}");
+    assert!(ping(&a.ns, first_ip(&b, true)), "direct");
+    let e = add(&c, 0, &conf(&c, 0, json!({})));
+    assert_overlay_entries(&c, 0, &[1, 2]);
+    assert!(ping(&a.ns, first_ip(&b, true)), "through the tunnel again");
+    for p in [a, b, d, e, f] {
+        p.run("DEL").assert_ok_empty();
+    }
+}

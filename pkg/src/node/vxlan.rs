@@ -51,12 +51,15 @@ pub const OVERHEAD_V6: u32 = 70;
 /// The largest VNI (24 bits).
 pub const MAX_VNI: u32 = 0x00ff_ffff;
 
-/// The default device name for `vni` over an underlay of `family`: `twill.<VNI>` (IPv4) and
-/// `twill6.<VNI>` (IPv6), at most 15 characters for any VNI.
-pub fn default_device_name(vni: u32, family: Family) -> String {
-    match family {
-        Family::V4 => format!("twill.{vni}"),
-        Family::V6 => format!("twill6.{vni}"),
+/// The default device name over an underlay of `family`: bridge mode `twill.<VNI>` /
+/// `twill6.<VNI>` (flannel's `flannel.<VNI>` style, at most 15 characters for any VNI), routed
+/// mode `vxlan.twill` / `vxlan6.twill` (Calico's `vxlan.calico` style).
+pub fn default_device_name(mode: PodMode, vni: u32, family: Family) -> String {
+    match (mode, family) {
+        (PodMode::Bridge, Family::V4) => format!("twill.{vni}"),
+        (PodMode::Bridge, Family::V6) => format!("twill6.{vni}"),
+        (PodMode::Routed, Family::V4) => "vxlan.twill".into(),
+        (PodMode::Routed, Family::V6) => "vxlan6.twill".into(),
     }
 }
 
@@ -148,11 +151,19 @@ impl VxlanKeys {
             PodMode::Bridge => (BRIDGE_MODE_VNI, BRIDGE_MODE_PORT),
             PodMode::Routed => (ROUTED_MODE_VNI, ROUTED_MODE_PORT),
         };
+        let vni = self.vni.unwrap_or(vni);
+        let name = |given: &Option<String>, family| {
+            Some(
+                given
+                    .clone()
+                    .unwrap_or_else(|| default_device_name(mode, vni, family)),
+            )
+        };
         VxlanConf {
-            vni: self.vni.unwrap_or(vni),
+            vni,
             port: self.port.unwrap_or(port),
-            device: self.device.clone(),
-            device6: self.device_v6.clone(),
+            device: name(&self.device, Family::V4),
+            device6: name(&self.device_v6, Family::V6),
             node_ip: self.node_ip,
             node_ip6: self.node_ip_v6,
             mtu,
@@ -171,9 +182,11 @@ pub struct VxlanConf {
     pub vni: u32,
     /// UDP destination port.
     pub port: u16,
-    /// Name of the device over the IPv4 underlay (default [`default_device_name`]).
+    /// Name of the device over the IPv4 underlay (default: bridge mode's
+    /// [`default_device_name`]).
     pub device: Option<String>,
-    /// Name of the device over the IPv6 underlay (default [`default_device_name`]).
+    /// Name of the device over the IPv6 underlay (default: bridge mode's
+    /// [`default_device_name`]).
     pub device6: Option<String>,
     /// This node's IPv4 underlay address, when not found on its own.
     pub node_ip: Option<IpAddr>,
@@ -239,7 +252,7 @@ impl VxlanConf {
         };
         given
             .clone()
-            .unwrap_or_else(|| default_device_name(self.vni, family))
+            .unwrap_or_else(|| default_device_name(PodMode::Bridge, self.vni, family))
     }
 }
 
@@ -989,6 +1002,18 @@ mod tests {
             },
             "\"nodeIP\"",
         );
-        assert_eq!(default_device_name(MAX_VNI, Family::V6).len(), 15);
+        assert_eq!(
+            default_device_name(PodMode::Bridge, MAX_VNI, Family::V6).len(),
+            15
+        );
+        let routed = VxlanKeys::default().conf(PodMode::Routed, None, None);
+        assert_eq!((routed.vni, routed.port), (4096, 4789));
+        assert_eq!(routed.device_name(Family::V4), "vxlan.twill");
+        let bridge = VxlanKeys {
+            vni: Some(7),
+            ..VxlanKeys::default()
+        }
+        .conf(PodMode::Bridge, None, None);
+        assert_eq!(bridge.device_name(Family::V6), "twill6.7");
     }
 }
