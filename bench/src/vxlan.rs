@@ -251,19 +251,42 @@ fn throughput(
     // host-local's first address of node 2's range.
     let server_ip = "10.78.2.2";
     let net = |pod: &str| format!("--net={}", netns_path(pod).display());
+    let log_path = data.path().join("iperf3-server.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("dup {}: {e}", log_path.display()))?;
     let mut server = Command::new("nsenter")
-        .args([&net(&pods[1]), "iperf3", "-s", "-B", server_ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .args([
+            &net(&pods[1]),
+            "iperf3",
+            "-s",
+            "-B",
+            server_ip,
+            "--forceflush",
+        ])
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
         .spawn()
         .map_err(|e| format!("spawn iperf3 server (install iperf3): {e}"))?;
+    // Start the client only once the server listens (bounded: a loaded machine is slow).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listening = || {
+        Command::new("nsenter")
+            .args([&net(&pods[1]), "ss", "-Hltn", "sport = :5201"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    };
+    while !listening() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let secs = IPERF_SECONDS.to_string();
-    let timeout = (IPERF_SECONDS + 5).to_string();
-    // The server may take a while to listen on a loaded machine; bounded all the same.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut first_failure = None;
-    let out = loop {
-        let out = Command::new("timeout")
+    let timeout = (IPERF_SECONDS + 10).to_string();
+    let mut failures = Vec::new();
+    let mut out = None;
+    for _ in 0..3 {
+        let o = Command::new("timeout")
             .args([
                 &timeout,
                 "nsenter",
@@ -273,32 +296,40 @@ fn throughput(
                 server_ip,
                 "-t",
                 &secs,
+                "--connect-timeout",
+                "3000",
                 "-J",
             ])
             .output()
             .map_err(|e| format!("run iperf3 client: {e}"))?;
-        if out.status.success() || Instant::now() > deadline {
-            break out;
+        if o.status.success() {
+            out = Some(o);
+            break;
         }
-        first_failure.get_or_insert_with(|| String::from_utf8_lossy(&out.stdout).into_owned());
-        std::thread::sleep(Duration::from_millis(50)); // the server is not listening yet
-    };
+        failures.push(format!(
+            "exit {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
     let _ = server.kill();
     let _ = server.wait();
     for s in &sides {
         run_phase(Job::Plugin(s, Op::Del), &[0], 1)?;
     }
+    let out = out.ok_or_else(|| {
+        format!(
+            "{label}: iperf3 failed 3 times ({}); server: {}",
+            failures.join(" | "),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    })?;
     let v: Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{label}: iperf3 output is not JSON ({e})"))?;
     let bps = v
         .pointer("/end/sum_received/bits_per_second")
         .and_then(Value::as_f64)
-        .ok_or_else(|| {
-            format!(
-                "{label}: iperf3 failed: {} (first attempt: {})",
-                v["error"],
-                first_failure.unwrap_or_default()
-            )
-        })?;
+        .ok_or_else(|| format!("{label}: iperf3 gave no receiver rate: {v}"))?;
     Ok(bps / 1e9)
 }
