@@ -571,7 +571,7 @@ fn a_foreign_device_with_the_device_name_is_refused_and_left_alone() {
 }
 
 /// flannel's FLANNEL_MTU below the underlay's caps the device MTU (and the pods'); a
-/// configured `mtu` is imposed on the device as given.
+/// configured `mtu` is imposed on the device as given, in place.
 #[test]
 fn subnet_file_mtu_caps_the_device_and_a_configured_mtu_is_imposed() {
     let c = Cluster::new(Fabric::routed(2));
@@ -581,10 +581,13 @@ fn subnet_file_mtu_caps_the_device_and_a_configured_mtu_is_imposed() {
         &conformance::hostgw::subnet_env(0, false, 1400),
     );
     let a = add(&c, 0, &conf(&c, 0, json!({})));
-    assert_eq!(device(&node.ns, DEV4).unwrap().0.mtu, 1400);
+    let (before, _) = device(&node.ns, DEV4).unwrap();
+    assert_eq!(before.mtu, 1400);
     assert_eq!(a.ns.link("eth0").unwrap().mtu, 1400);
     let b = add(&c, 0, &conf(&c, 0, json!({"mtu": 1300})));
-    assert_eq!(device(&node.ns, DEV4).unwrap().0.mtu, 1300);
+    let (after, _) = device(&node.ns, DEV4).unwrap();
+    assert_eq!(after.mtu, 1300);
+    assert_eq!(after.ifindex, before.ifindex, "MTU corrected in place");
     assert_eq!(b.ns.link("eth0").unwrap().mtu, 1300);
     for p in [a, b] {
         p.run("DEL").assert_ok_empty();
