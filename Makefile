@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
-BINS := host-local bridge-host-gw routed-veth
+BINS := host-local bridge-host-gw routed-veth vxlan
 # The node daemon is not a CNI plugin: it goes to SBINDIR with its systemd unit, its defaults
 # file (kept when present) and an example network config (never into the conf dir itself).
 DAEMONS := twilld
@@ -18,7 +18,7 @@ TRIPLE := $(shell PATH="$(PATH)" sh scripts/release-target.sh)
 TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
-APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps
+APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps iperf3
 # The real clients of the runtime suites (conformance/tests/{libcni,podman,containerd}.rs): Go and
 # Debian's libcni source for the libcni driver, podman with runc, containerd, busybox-static for
 # the local images, Debian's Python gRPC for the CRI client, iptables for portmap and firewall.

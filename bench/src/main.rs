@@ -6,6 +6,7 @@
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
 //!   twill-bench routed [--pods 100] [--concurrency 1,8]
 //!   twill-bench twilld
+//!   twill-bench vxlan [--pods 100]
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -22,6 +23,7 @@ mod routed;
 mod runner;
 mod stats;
 mod twilld;
+mod vxlan;
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
        twill-bench routed [--pods N] [--concurrency 1,8]
        twill-bench twilld
+       twill-bench vxlan [--pods N]
        twill-bench all [options of all]";
 
 /// Parsed command line.
@@ -54,7 +57,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "routed", "twilld", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "routed", "twilld", "vxlan", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -145,6 +148,12 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
     if args.what == "twilld" || args.what == "all" {
         let v = twilld::run()?;
         doc.insert("twilld".into(), v);
+    }
+    if args.what == "vxlan" || args.what == "all" {
+        let v = vxlan::run(&vxlan::VxlanOpts {
+            pods: args.bridge.pods,
+        })?;
+        doc.insert("vxlan".into(), v);
     }
     Ok(())
 }

@@ -21,6 +21,7 @@
 //! - [`process`]: running helper commands with a bounded wall time.
 //! - [`routed`]: the routed-veth test cluster and readers of its node state.
 //! - [`twilld`]: the node daemon under test (conf dirs, a daemon guard, bounded waits).
+//! - [`vxlan`]: the vxlan plugin's cluster, a dual-stack routed fabric, overlay readers.
 
 #![deny(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod routed;
 pub mod runtimes;
 pub mod snapshot;
 pub mod twilld;
+pub mod vxlan;
 
 pub use bins::{ref_bin, twill_bin};
 pub use fabric::{Fabric, Node, Pod, no_reply, ping, result_ips};

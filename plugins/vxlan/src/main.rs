@@ -1,0 +1,323 @@
+//! twill vxlan: flannel's VXLAN overlay. Pods hang on a Linux bridge holding the gateway of the
+//! node's pod subnet (as in bridge-host-gw); every other node's pod subnet is reached through a
+//! VXLAN device, so the nodes need only IP reachability between them.
+//!
+//! ADD, start to end: parse the config, plan the overlay (underlay address, device MTU), ensure
+//! the bridge at the device's MTU, make the pair, allocate, put the gateways on the bridge, set
+//! up the pod side, ensure the vxlan device(s) with this node's address, reconcile the peers'
+//! neighbour, FDB and route entries and the masquerade, print the result. Any failure undoes
+//! what this ADD made for the pod (the bridge and the device are node state and stay).
+//! The mechanisms live in `twill::{pod, node::vxlan, network}`.
+//!
+//! Pod modes: `"pods": "bridge"` (the default) is the story below; `"pods": "routed"` (Calico's
+//! VXLAN mode) is parsed and refused with code 7 (`Network::bridge_pods`) until routed pod
+//! wiring is in the library; it will then be the other arm of the pod steps of ADD and CHECK.
+#![cfg_attr(not(test), no_main)]
+
+mod config;
+
+use config::Network;
+use ipnetwork::IpNetwork;
+use twill::kernel::netlink::Netlink;
+use twill::kernel::netns::Netns;
+use twill::network::undo::Undo;
+use twill::network::{Need, subnets_of};
+use twill::pod::bridge;
+use twill::pod::veth::{self, PairSpec};
+use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
+
+struct VxlanPlugin;
+
+impl Plugin for VxlanPlugin {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult> {
+        let net = Network::load(args, Need::Required)?;
+        net.bridge_pods()?;
+        net.preflight_node_rules()?;
+        let pod_ns = open_netns(args)?;
+        let mut node = Netlink::new()?;
+        let mut undo = Undo::new("vxlan");
+
+        let mut overlay = net.overlay(&mut node)?;
+        let mtu = net.pod_mtu(&overlay, &mut node)?;
+        let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
+        let pair = PairSpec {
+            owner: owner(&net, args),
+            pod_ns: &pod_ns,
+            mtu: br.mtu,
+            bridge: br.index,
+            pod_mac: net.pod_mac,
+        };
+        let host = veth::create(&mut node, &pair)?;
+        let made = host.clone();
+        undo.push("delete the veth pair", move || {
+            veth::delete_created(&mut Netlink::new()?, &made).map(drop)
+        });
+        bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
+
+        let ipam = net.allocate(args)?;
+        undo.push("release the IP addresses", || net.release(args));
+        let ips = with_gateways(ipam.ips);
+        let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
+
+        bridge::enable_forwarding(
+            addrs.iter().any(IpNetwork::is_ipv4),
+            addrs.iter().any(IpNetwork::is_ipv6),
+        )?;
+        for gw in ips.iter().filter_map(bridge::gateway_address) {
+            bridge::ensure_gateway(&mut node, &br, gw, false)?;
+        }
+
+        let (routes, result_routes) = veth::pod_routes(&ips, &ipam.routes, true);
+        let pod = veth::configure_created_pod(
+            &mut node,
+            &pod_ns,
+            &args.ifname,
+            &host,
+            &addrs,
+            &routes,
+            net.pod_options(),
+        )?;
+        bridge::settle_carrier(&mut node, &br)?;
+
+        let subnets = subnets_of(&addrs);
+        overlay.ensure(&mut node, &subnets)?;
+        net.reconcile_peers(&mut node, &subnets, &overlay)?;
+        net.ensure_node_rules(&subnets)?;
+        undo.commit();
+
+        let sandbox = pod_ns.path().to_string_lossy().into_owned();
+        Ok(CniResult {
+            interfaces: vec![
+                iface(&br.name, br.mac.map(|m| m.to_string()), None),
+                iface(&host.name, Some(host.mac.to_string()), None),
+                iface(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+            ],
+            ips,
+            routes: result_routes,
+            dns: merge_dns(net.conf.dns.clone(), ipam.dns),
+        })
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<()> {
+        let net = Network::load(args, Need::Release)?;
+        let mut failures = Failures::default();
+        let removed = Netlink::new()
+            .map_err(Error::from)
+            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+        if let Err(e) = removed {
+            failures.push("remove the host veth".into(), e);
+        }
+        if let Err(e) = net.release(args) {
+            failures.push("release the addresses".into(), e);
+        }
+        failures.into_result("DEL")
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<()> {
+        let net = Network::load(args, Need::Required)?;
+        net.bridge_pods()?;
+        let prev = net
+            .conf
+            .prev_result()?
+            .ok_or_else(|| Error::invalid_config("CHECK needs the ADD result as \"prevResult\""))?;
+        let pod_ns = open_netns(args)?;
+        let mut node = Netlink::new()?;
+        let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
+            Error::new(
+                code::CHECK_FAILED,
+                format!("bridge {} does not exist", net.bridge),
+            )
+        })?;
+        veth::check(
+            &mut node,
+            &pod_ns,
+            br.index,
+            &owner(&net, args),
+            &prev,
+            net.pod_options(),
+        )?;
+        let gws: Vec<IpNetwork> = prev
+            .ips
+            .iter()
+            .filter_map(bridge::gateway_address)
+            .collect();
+        bridge::check_gateways(&mut node, br.index, &net.bridge, &gws)?;
+        net.ipam_check(args)?;
+        let subnets = subnets_of(prev.ips.iter().map(|c| &c.address));
+        let mut overlay = net.overlay(&mut node)?;
+        let problems = overlay.attach(&mut node, &subnets)?;
+        if !problems.is_empty() {
+            return Err(Error::new(
+                code::CHECK_FAILED,
+                format!("the overlay is broken: {}", problems.join("; ")),
+            ));
+        }
+        if let Some(mtu) = overlay.mtu().filter(|m| *m != br.mtu) {
+            return Err(Error::new(
+                code::CHECK_FAILED,
+                format!(
+                    "bridge {} has MTU {} but the overlay's is {mtu}: full-size pod packets \
+                     would not cross the tunnel",
+                    net.bridge, br.mtu
+                ),
+            ));
+        }
+        net.check_peers(&mut node, &subnets, &overlay)?;
+        net.check_node_rules(&subnets);
+        Ok(())
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<()> {
+        let valid = twill::cni::types::valid_attachments(&args.stdin)?;
+        let net = Network::load(args, Need::Release)?;
+        let mut failures = Failures::default();
+        match Netlink::new() {
+            Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
+            Err(e) => failures.push("open a netlink socket".into(), e.into()),
+        }
+        if let Err(e) = net.ipam_gc(args) {
+            failures.push("IPAM GC".into(), e);
+        }
+        failures.into_result("GC")
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<()> {
+        twill::cni::types::parse_netconf::<config::Keys>(&args.stdin)?;
+        let net = Network::load(args, Need::Required).map_err(unavailable)?;
+        net.bridge_pods().map_err(unavailable)?;
+        let mut node = Netlink::new().map_err(|e| unavailable(e.into()))?;
+        // The bridge exists as a bridge, or its name is free for ADD to take.
+        bridge::find(&mut node, &net.bridge).map_err(unavailable)?;
+        let mut overlay = net.overlay(&mut node).map_err(unavailable)?;
+        // A missing device is made by the next ADD; only the view's verdict matters here.
+        overlay.attach(&mut node, &[]).map_err(unavailable)?;
+        net.netfilter_status().map_err(unavailable)?;
+        net.ipam_status(args).map_err(unavailable)?;
+        net.view_status(&mut node, &overlay).map_err(unavailable)
+    }
+}
+
+/// The owner of the attachment `args` names, in network `net`.
+fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
+    veth::Owner {
+        network: &net.conf.name,
+        container_id: &args.container_id,
+        ifname: &args.ifname,
+    }
+}
+
+/// Failures of the items of a command that goes on past them (DEL, GC), reported together.
+#[derive(Default)]
+struct Failures {
+    items: Vec<(String, Error)>,
+}
+
+impl Failures {
+    fn push(&mut self, what: String, e: Error) {
+        self.items.push((what, e));
+    }
+
+    fn extend(&mut self, items: Vec<(String, Error)>) {
+        self.items.extend(items);
+    }
+
+    /// Ok when nothing failed; one failure as it is, named; else one error listing every
+    /// failure, with the first one's code.
+    fn into_result(mut self, command: &str) -> Result<()> {
+        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
+            return Ok(());
+        };
+        if self.items.len() == 1
+            && let Some((what, e)) = self.items.pop()
+        {
+            return Err(e.context(format!("{command}: {what}")));
+        }
+        let list: Vec<String> = self
+            .items
+            .iter()
+            .map(|(what, e)| format!("{what}: {}", e.msg))
+            .collect();
+        Err(Error::new(
+            code,
+            format!(
+                "{command}: {} items failed (everything else was done): {}",
+                list.len(),
+                list.join("; ")
+            ),
+        ))
+    }
+}
+
+/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
+/// network namespace, 5 when it cannot be opened.
+fn open_netns(args: &CmdArgs) -> Result<Netns> {
+    let path = args
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
+    if !path.exists() {
+        return Err(Error::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} does not exist", path.display()),
+        ));
+    }
+    Netns::open(path)
+}
+
+/// IPAM's addresses on interface 2 (the pod's), each with a gateway (IPAM's, else the
+/// subnet's first address, which the bridge holds).
+fn with_gateways(mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
+    for ip in &mut ips {
+        ip.interface = Some(2);
+        if ip.gateway.is_none() {
+            ip.gateway = Some(bridge::default_gateway(&ip.address));
+        }
+    }
+    ips
+}
+
+fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
+    Interface {
+        name: name.to_string(),
+        mac,
+        sandbox,
+        ..Default::default()
+    }
+}
+
+/// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
+fn merge_dns(conf: Option<Dns>, ipam: Dns) -> Dns {
+    let Some(c) = conf else { return ipam };
+    Dns {
+        nameservers: if c.nameservers.is_empty() {
+            ipam.nameservers
+        } else {
+            c.nameservers
+        },
+        domain: c.domain.or(ipam.domain),
+        search: if c.search.is_empty() {
+            ipam.search
+        } else {
+            c.search
+        },
+        options: if c.options.is_empty() {
+            ipam.options
+        } else {
+            c.options
+        },
+    }
+}
+
+/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
+/// already says 50 or 51.
+fn unavailable(e: Error) -> Error {
+    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
+        return e;
+    }
+    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
+}
+
+twill::plugin_main!(
+    VxlanPlugin,
+    "twill vxlan: pods on a bridge, other nodes' pods through a VXLAN overlay"
+);
