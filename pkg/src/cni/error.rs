@@ -121,3 +121,94 @@ impl<T> ResultExt<T> for Result<T> {
         self.map_err(|e| e.context(ctx))
     }
 }
+
+/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
+/// already says 50 or 51 (limited connectivity).
+pub fn unavailable(e: Error) -> Error {
+    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
+        return e;
+    }
+    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
+}
+
+/// The failures of a command that goes on past them (DEL, GC), reported together at its end.
+#[derive(Debug, Default)]
+pub struct Failures {
+    items: Vec<(String, Error)>,
+}
+
+impl Failures {
+    /// Records that `what` failed with `e`.
+    pub fn push(&mut self, what: impl Into<String>, e: Error) {
+        self.items.push((what.into(), e));
+    }
+
+    /// Records several failures, each as (what, why).
+    pub fn extend(&mut self, items: impl IntoIterator<Item = (String, Error)>) {
+        self.items.extend(items);
+    }
+
+    /// Runs `step`, recording its failure as `what`; the command goes on either way.
+    pub fn attempt(&mut self, what: &str, step: impl FnOnce() -> Result<()>) {
+        if let Err(e) = step() {
+            self.push(what, e);
+        }
+    }
+
+    /// Ok when nothing failed; one failure as it is, named; else one error listing every
+    /// failure, with the first one's code.
+    pub fn into_result(mut self, command: &str) -> Result<()> {
+        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
+            return Ok(());
+        };
+        if self.items.len() == 1
+            && let Some((what, e)) = self.items.pop()
+        {
+            return Err(e.context(format!("{command}: {what}")));
+        }
+        let list: Vec<String> = self
+            .items
+            .iter()
+            .map(|(what, e)| format!("{what}: {}", e.msg))
+            .collect();
+        Err(Error::new(
+            code,
+            format!(
+                "{command}: {} items failed (everything else was done): {}",
+                list.len(),
+                list.join("; ")
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_report_one_as_is_and_many_as_a_list_with_the_first_code() {
+        assert!(Failures::default().into_result("GC").is_ok());
+        let mut f = Failures::default();
+        f.push("delete veth tw1", Error::new(code::NETLINK, "busy"));
+        let e = f.into_result("GC").unwrap_err();
+        assert_eq!(e.code, code::NETLINK);
+        assert!(e.msg.contains("GC: delete veth tw1"), "{e}");
+        let mut f = Failures::default();
+        f.attempt("a", || Err(Error::invalid_config("x")));
+        f.attempt("b", || Ok(()));
+        f.push("c", Error::new(code::NETLINK, "y"));
+        let e = f.into_result("DEL").unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("2 items failed"), "{e}");
+        assert!(e.msg.contains("a: x") && e.msg.contains("c: y"), "{e}");
+    }
+
+    #[test]
+    fn unavailable_keeps_50_and_51_and_turns_the_rest_into_50() {
+        let e = unavailable(Error::invalid_config("x").with_details("d"));
+        assert_eq!((e.code, e.details.as_str()), (code::NOT_AVAILABLE, "d"));
+        let e = unavailable(Error::new(code::LIMITED_CONNECTIVITY, "y"));
+        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
+    }
+}

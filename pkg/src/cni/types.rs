@@ -313,6 +313,33 @@ pub fn is_cni_identifier(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+impl Interface {
+    /// An interface of a result: its name, MAC and sandbox (the pod's netns path; None for a
+    /// host interface).
+    pub fn named(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
+        Interface {
+            name: name.to_string(),
+            mac,
+            sandbox,
+            ..Default::default()
+        }
+    }
+}
+
+impl Dns {
+    /// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
+    pub fn merged(conf: Option<Dns>, ipam: Dns) -> Dns {
+        let Some(c) = conf else { return ipam };
+        let pick = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
+        Dns {
+            nameservers: pick(c.nameservers, ipam.nameservers),
+            domain: c.domain.or(ipam.domain),
+            search: pick(c.search, ipam.search),
+            options: pick(c.options, ipam.options),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

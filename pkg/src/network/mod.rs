@@ -18,6 +18,7 @@ use crate::flannel::subnet_file::{self, SubnetFile};
 use crate::ipam::host_local::{self, HostLocal};
 use crate::kernel::netlink::netfilter::{self, Netfilter};
 use crate::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
+use crate::kernel::netns::Netns;
 use crate::node::peers::{PeersConf, ViewSource};
 use crate::node::reconcile::{self, DataPlane, Inputs, Reconciled, Report};
 use crate::node::state::StateFile;
@@ -644,6 +645,22 @@ impl<K: PluginKeys> Network<K> {
         }
         Ok(())
     }
+}
+
+/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
+/// network namespace, 5 when it cannot be opened; code 4 without `CNI_NETNS`.
+pub fn pod_netns(args: &CmdArgs) -> Result<Netns> {
+    let path = args
+        .netns
+        .as_deref()
+        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
+    if !path.exists() {
+        return Err(Error::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} does not exist", path.display()),
+        ));
+    }
+    Netns::open(path)
 }
 
 /// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: a

@@ -56,6 +56,17 @@ pub struct Owner<'a> {
     pub ifname: &'a str,
 }
 
+impl<'a> Owner<'a> {
+    /// The owner of the attachment `args` names, in network `network`.
+    pub fn of(network: &'a str, args: &'a crate::CmdArgs) -> Owner<'a> {
+        Owner {
+            network,
+            container_id: &args.container_id,
+            ifname: &args.ifname,
+        }
+    }
+}
+
 impl Owner<'_> {
     /// The alias a host end of this owner carries: `twill <network> <container ID> <ifname>`
     /// (space-separated: none of the three can hold a space); a part longer than 120 bytes is

@@ -13,12 +13,14 @@ mod config;
 
 use config::Network;
 use ipnetwork::IpNetwork;
+use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
-use twill::kernel::netns::Netns;
+use twill::network::pod_netns;
 use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
 use twill::node::host_gw::HostGw;
 use twill::pod::bridge;
+use twill::pod::veth::Owner;
 use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
@@ -28,7 +30,7 @@ impl Plugin for BridgeHostGw {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
         net.preflight_node_rules()?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("bridge-host-gw");
 
@@ -36,7 +38,7 @@ impl Plugin for BridgeHostGw {
             net.bridge_mtu(nl)
         })?;
         let pair = PairSpec {
-            owner: owner(&net, args),
+            owner: Owner::of(net.name(), args),
             pod_ns: &pod_ns,
             mtu: br.mtu,
             bridge: br.index,
@@ -84,13 +86,13 @@ impl Plugin for BridgeHostGw {
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
         Ok(CniResult {
             interfaces: vec![
-                iface(&br.name, br.mac.map(|m| m.to_string()), None),
-                iface(&host.name, Some(host.mac.to_string()), None),
-                iface(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+                Interface::named(&br.name, br.mac.map(|m| m.to_string()), None),
+                Interface::named(&host.name, Some(host.mac.to_string()), None),
+                Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
             ],
             ips,
             routes: result_routes,
-            dns: merge_dns(net.conf.dns.clone(), ipam.dns),
+            dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
         })
     }
 
@@ -99,12 +101,12 @@ impl Plugin for BridgeHostGw {
         let mut failures = Failures::default();
         let removed = Netlink::new()
             .map_err(Error::from)
-            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+            .and_then(|mut node| veth::delete(&mut node, &Owner::of(net.name(), args)));
         if let Err(e) = removed {
-            failures.push("remove the host veth".into(), e);
+            failures.push("remove the host veth", e);
         }
         if let Err(e) = net.release(args) {
-            failures.push("release the addresses".into(), e);
+            failures.push("release the addresses", e);
         }
         failures.into_result("DEL")
     }
@@ -115,7 +117,7 @@ impl Plugin for BridgeHostGw {
             .conf
             .prev_result()?
             .ok_or_else(|| Error::invalid_config("CHECK needs the ADD result as \"prevResult\""))?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
             Error::new(
@@ -128,7 +130,7 @@ impl Plugin for BridgeHostGw {
             &mut node,
             &pod_ns,
             br.index,
-            &owner(&net, args),
+            &Owner::of(net.name(), args),
             &prev,
             opts,
         )?;
@@ -153,10 +155,10 @@ impl Plugin for BridgeHostGw {
         let mut failures = Failures::default();
         match Netlink::new() {
             Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
-            Err(e) => failures.push("open a netlink socket".into(), e.into()),
+            Err(e) => failures.push("open a netlink socket", e.into()),
         }
         if let Err(e) = net.ipam_gc(args) {
-            failures.push("IPAM GC".into(), e);
+            failures.push("IPAM GC", e);
         }
         failures.into_result("GC")
     }
@@ -174,73 +176,6 @@ impl Plugin for BridgeHostGw {
     }
 }
 
-/// The owner of the attachment `args` names, in network `net`.
-fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
-    veth::Owner {
-        network: &net.conf.name,
-        container_id: &args.container_id,
-        ifname: &args.ifname,
-    }
-}
-
-/// Failures of the items of a command that goes on past them (DEL, GC), reported together.
-#[derive(Default)]
-struct Failures {
-    items: Vec<(String, Error)>,
-}
-
-impl Failures {
-    fn push(&mut self, what: String, e: Error) {
-        self.items.push((what, e));
-    }
-
-    fn extend(&mut self, items: Vec<(String, Error)>) {
-        self.items.extend(items);
-    }
-
-    /// Ok when nothing failed; one failure as it is, named; else one error listing every
-    /// failure, with the first one's code.
-    fn into_result(mut self, command: &str) -> Result<()> {
-        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
-            return Ok(());
-        };
-        if self.items.len() == 1
-            && let Some((what, e)) = self.items.pop()
-        {
-            return Err(e.context(format!("{command}: {what}")));
-        }
-        let list: Vec<String> = self
-            .items
-            .iter()
-            .map(|(what, e)| format!("{what}: {}", e.msg))
-            .collect();
-        Err(Error::new(
-            code,
-            format!(
-                "{command}: {} items failed (everything else was done): {}",
-                list.len(),
-                list.join("; ")
-            ),
-        ))
-    }
-}
-
-/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
-/// network namespace, 5 when it cannot be opened.
-fn open_netns(args: &CmdArgs) -> Result<Netns> {
-    let path = args
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    if !path.exists() {
-        return Err(Error::new(
-            code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", path.display()),
-        ));
-    }
-    Netns::open(path)
-}
-
 /// IPAM's addresses on interface 2 (the pod's), each with a gateway when the bridge is one
 /// (IPAM's, else the subnet's first address).
 fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
@@ -253,105 +188,7 @@ fn with_gateways(net: &Network, mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
     ips
 }
 
-fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
-    Interface {
-        name: name.to_string(),
-        mac,
-        sandbox,
-        ..Default::default()
-    }
-}
-
-/// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
-fn merge_dns(conf: Option<Dns>, ipam: Dns) -> Dns {
-    let Some(c) = conf else { return ipam };
-    Dns {
-        nameservers: if c.nameservers.is_empty() {
-            ipam.nameservers
-        } else {
-            c.nameservers
-        },
-        domain: c.domain.or(ipam.domain),
-        search: if c.search.is_empty() {
-            ipam.search
-        } else {
-            c.search
-        },
-        options: if c.options.is_empty() {
-            ipam.options
-        } else {
-            c.options
-        },
-    }
-}
-
-/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
-/// already says 50 or 51.
-fn unavailable(e: Error) -> Error {
-    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
-        return e;
-    }
-    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
-}
-
 twill::plugin_main!(
     BridgeHostGw,
     "twill bridge-host-gw: pods on a bridge, host-gw routes to the other nodes' pods"
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_fields_fall_back_to_ipam() {
-        let ipam = Dns {
-            nameservers: vec!["10.0.0.53".into()],
-            domain: Some("ipam.local".into()),
-            search: vec!["ipam.local".into()],
-            options: vec!["ndots:2".into()],
-        };
-        assert_eq!(merge_dns(None, ipam.clone()), ipam);
-        let conf = Dns {
-            nameservers: vec!["10.96.0.10".into()],
-            ..Default::default()
-        };
-        let got = merge_dns(Some(conf), ipam);
-        assert_eq!(got.nameservers, vec!["10.96.0.10".to_string()]);
-        assert_eq!(got.domain.as_deref(), Some("ipam.local"));
-        assert_eq!(got.options, vec!["ndots:2".to_string()]);
-    }
-
-    #[test]
-    fn failures_are_reported_together() {
-        assert!(Failures::default().into_result("GC").is_ok());
-        let mut one = Failures::default();
-        one.push(
-            "IPAM GC".into(),
-            Error::new(code::IO, "disk").with_details("d"),
-        );
-        let e = one.into_result("GC").unwrap_err();
-        assert_eq!((e.code, e.msg.as_str()), (code::IO, "GC: IPAM GC: disk"));
-        assert_eq!(e.details, "d");
-        let mut two = Failures::default();
-        two.push(
-            "remove host veth a".into(),
-            Error::new(code::NETLINK, "busy"),
-        );
-        two.push("IPAM GC".into(), Error::new(code::IO, "disk"));
-        let e = two.into_result("GC").unwrap_err();
-        assert_eq!(e.code, code::NETLINK);
-        assert!(
-            e.msg.contains("remove host veth a: busy") && e.msg.contains("IPAM GC: disk"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn unavailable_keeps_50_and_51() {
-        let e = unavailable(Error::invalid_config("x").with_details("d"));
-        assert_eq!((e.code, e.details.as_str()), (code::NOT_AVAILABLE, "d"));
-        let e = unavailable(Error::new(code::LIMITED_CONNECTIVITY, "y"));
-        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
-    }
-}

@@ -16,13 +16,15 @@ mod config;
 
 use config::Network;
 use ipnetwork::IpNetwork;
+use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
-use twill::kernel::netns::Netns;
+use twill::network::pod_netns;
 use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
 use twill::pod::routed::{self, HOST_MAC};
+use twill::pod::veth::Owner;
 use twill::pod::veth::{self, HostSpec, PairSpec};
-use twill::{CmdArgs, CniResult, Dns, Error, Interface, Plugin, Result, code};
+use twill::{CmdArgs, CniResult, Dns, Error, Interface, Plugin, Result};
 
 struct RoutedVeth;
 
@@ -30,12 +32,12 @@ impl Plugin for RoutedVeth {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
         net.preflight_node_rules()?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("routed-veth");
 
         let pair = PairSpec {
-            owner: owner(&net, args),
+            owner: Owner::of(net.name(), args),
             pod_ns: &pod_ns,
             mtu: net.default_mtu(&mut node)?,
             bridge: 0, // no bridge: `host_spec` makes the host end, without a master
@@ -73,28 +75,32 @@ impl Plugin for RoutedVeth {
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
         Ok(CniResult {
             interfaces: vec![
-                iface(&host.name, Some(HOST_MAC.to_string()), None),
-                iface(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+                Interface::named(&host.name, Some(HOST_MAC.to_string()), None),
+                Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
             ],
             ips,
             routes: result_routes,
-            dns: merge_dns(net.conf.dns.clone(), ipam.dns),
+            dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
         })
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            routed::delete_host(&mut node, &owner(&net, args), &net.host_veth_prefix)
+            routed::delete_host(
+                &mut node,
+                &Owner::of(net.name(), args),
+                &net.host_veth_prefix,
+            )
         });
         if let Err(e) = removed {
-            failures.push(("remove the host veth".to_string(), e));
+            failures.push("remove the host veth", e);
         }
         if let Err(e) = net.release(args) {
-            failures.push(("release the addresses".to_string(), e));
+            failures.push("release the addresses", e);
         }
-        reported("DEL", failures)
+        failures.into_result("DEL")
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
@@ -103,9 +109,9 @@ impl Plugin for RoutedVeth {
             .conf
             .prev_result()?
             .ok_or_else(|| Error::invalid_config("CHECK needs the ADD result as \"prevResult\""))?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
-        let owner = owner(&net, args);
+        let owner = Owner::of(net.name(), args);
         routed::check(&mut node, &pod_ns, &owner, &net.host_veth_prefix, &prev)?;
         net.ipam_check(args)?;
         let subnets = net.own_ranges_with(&[]);
@@ -117,16 +123,16 @@ impl Plugin for RoutedVeth {
     fn gc(&self, args: &CmdArgs) -> Result<()> {
         let valid = twill::cni::types::valid_attachments(&args.stdin)?;
         let net = Network::load(args, Need::Release)?;
-        let mut failures = Vec::new();
+        let mut failures = Failures::default();
         // A host veth takes its host routes with it.
         match Netlink::new() {
             Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
-            Err(e) => failures.push(("open a netlink socket".into(), e.into())),
+            Err(e) => failures.push("open a netlink socket", e.into()),
         }
         if let Err(e) = net.ipam_gc(args) {
-            failures.push(("IPAM GC".into(), e));
+            failures.push("IPAM GC", e);
         }
-        reported("GC", failures)
+        failures.into_result("GC")
     }
 
     fn status(&self, args: &CmdArgs) -> Result<()> {
@@ -138,15 +144,6 @@ impl Plugin for RoutedVeth {
         net.ipam_status(args).map_err(unavailable)?;
         net.view_status(&mut node, &net.plane(&[]))
             .map_err(unavailable)
-    }
-}
-
-/// The owner of the attachment `args` names, in network `net`.
-fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
-    veth::Owner {
-        network: &net.conf.name,
-        container_id: &args.container_id,
-        ifname: &args.ifname,
     }
 }
 
@@ -167,118 +164,7 @@ fn families(addrs: &[IpNetwork]) -> (bool, bool) {
     )
 }
 
-/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
-/// network namespace, 5 when it cannot be opened.
-fn open_netns(args: &CmdArgs) -> Result<Netns> {
-    let path = args
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    if !path.exists() {
-        return Err(Error::new(
-            code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", path.display()),
-        ));
-    }
-    Netns::open(path)
-}
-
-/// The items of a command that went on past failures (DEL, GC): Ok when none failed; one
-/// failure as it is, named; else one error listing them all, with the first one's code.
-fn reported(command: &str, mut items: Vec<(String, Error)>) -> Result<()> {
-    let Some(code) = items.first().map(|(_, e)| e.code) else {
-        return Ok(());
-    };
-    if items.len() == 1
-        && let Some((what, e)) = items.pop()
-    {
-        return Err(e.context(format!("{command}: {what}")));
-    }
-    let list: Vec<String> = items
-        .iter()
-        .map(|(what, e)| format!("{what}: {}", e.msg))
-        .collect();
-    Err(Error::new(
-        code,
-        format!(
-            "{command}: {} items failed (everything else was done): {}",
-            list.len(),
-            list.join("; ")
-        ),
-    ))
-}
-
-fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
-    Interface {
-        name: name.to_string(),
-        mac,
-        sandbox,
-        ..Default::default()
-    }
-}
-
-/// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
-fn merge_dns(conf: Option<Dns>, ipam: Dns) -> Dns {
-    let Some(c) = conf else { return ipam };
-    let pick = |a: Vec<String>, b: Vec<String>| if a.is_empty() { b } else { a };
-    Dns {
-        nameservers: pick(c.nameservers, ipam.nameservers),
-        domain: c.domain.or(ipam.domain),
-        search: pick(c.search, ipam.search),
-        options: pick(c.options, ipam.options),
-    }
-}
-
-/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
-/// already says 50 or 51.
-fn unavailable(e: Error) -> Error {
-    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
-        return e;
-    }
-    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
-}
-
 twill::plugin_main!(
     RoutedVeth,
     "twill routed-veth: /32 pods behind a proxy-ARP host veth, routed (Calico's data plane)"
 );
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_are_reported_together_with_the_first_code() {
-        assert!(reported("GC", vec![]).is_ok());
-        let e = reported(
-            "GC",
-            vec![(
-                "IPAM GC".into(),
-                Error::new(code::IO, "disk").with_details("d"),
-            )],
-        )
-        .unwrap_err();
-        assert_eq!((e.code, e.msg.as_str()), (code::IO, "GC: IPAM GC: disk"));
-        let e = reported(
-            "DEL",
-            vec![
-                (
-                    "remove the host veth".into(),
-                    Error::new(code::NETLINK, "busy"),
-                ),
-                ("release the addresses".into(), Error::new(code::IO, "disk")),
-            ],
-        )
-        .unwrap_err();
-        assert_eq!(e.code, code::NETLINK);
-        assert!(e.msg.contains("busy") && e.msg.contains("disk"), "{e}");
-    }
-
-    #[test]
-    fn status_keeps_50_and_51_and_maps_the_rest_to_50() {
-        let e = unavailable(Error::invalid_config("x").with_details("d"));
-        assert_eq!((e.code, e.details.as_str()), (code::NOT_AVAILABLE, "d"));
-        let e = unavailable(Error::new(code::LIMITED_CONNECTIVITY, "y"));
-        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
-    }
-}

@@ -18,11 +18,13 @@ mod config;
 
 use config::Network;
 use ipnetwork::IpNetwork;
+use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
-use twill::kernel::netns::Netns;
+use twill::network::pod_netns;
 use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
 use twill::pod::bridge;
+use twill::pod::veth::Owner;
 use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
 
@@ -33,7 +35,7 @@ impl Plugin for VxlanPlugin {
         let net = Network::load(args, Need::Required)?;
         net.bridge_pods()?;
         net.preflight_node_rules()?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("vxlan");
 
@@ -41,7 +43,7 @@ impl Plugin for VxlanPlugin {
         let mtu = net.pod_mtu(&overlay, &mut node)?;
         let br = bridge::ensure(&mut node, &net.bridge, mtu)?;
         let pair = PairSpec {
-            owner: owner(&net, args),
+            owner: Owner::of(net.name(), args),
             pod_ns: &pod_ns,
             mtu: br.mtu,
             bridge: br.index,
@@ -88,13 +90,13 @@ impl Plugin for VxlanPlugin {
         let sandbox = pod_ns.path().to_string_lossy().into_owned();
         Ok(CniResult {
             interfaces: vec![
-                iface(&br.name, br.mac.map(|m| m.to_string()), None),
-                iface(&host.name, Some(host.mac.to_string()), None),
-                iface(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+                Interface::named(&br.name, br.mac.map(|m| m.to_string()), None),
+                Interface::named(&host.name, Some(host.mac.to_string()), None),
+                Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
             ],
             ips,
             routes: result_routes,
-            dns: merge_dns(net.conf.dns.clone(), ipam.dns),
+            dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
         })
     }
 
@@ -103,12 +105,12 @@ impl Plugin for VxlanPlugin {
         let mut failures = Failures::default();
         let removed = Netlink::new()
             .map_err(Error::from)
-            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+            .and_then(|mut node| veth::delete(&mut node, &Owner::of(net.name(), args)));
         if let Err(e) = removed {
-            failures.push("remove the host veth".into(), e);
+            failures.push("remove the host veth", e);
         }
         if let Err(e) = net.release(args) {
-            failures.push("release the addresses".into(), e);
+            failures.push("release the addresses", e);
         }
         failures.into_result("DEL")
     }
@@ -120,7 +122,7 @@ impl Plugin for VxlanPlugin {
             .conf
             .prev_result()?
             .ok_or_else(|| Error::invalid_config("CHECK needs the ADD result as \"prevResult\""))?;
-        let pod_ns = open_netns(args)?;
+        let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let br = bridge::find(&mut node, &net.bridge)?.ok_or_else(|| {
             Error::new(
@@ -132,7 +134,7 @@ impl Plugin for VxlanPlugin {
             &mut node,
             &pod_ns,
             br.index,
-            &owner(&net, args),
+            &Owner::of(net.name(), args),
             &prev,
             net.pod_options(),
         )?;
@@ -173,10 +175,10 @@ impl Plugin for VxlanPlugin {
         let mut failures = Failures::default();
         match Netlink::new() {
             Ok(mut node) => failures.extend(veth::remove_stale(&mut node, &net.conf.name, &valid)),
-            Err(e) => failures.push("open a netlink socket".into(), e.into()),
+            Err(e) => failures.push("open a netlink socket", e.into()),
         }
         if let Err(e) = net.ipam_gc(args) {
-            failures.push("IPAM GC".into(), e);
+            failures.push("IPAM GC", e);
         }
         failures.into_result("GC")
     }
@@ -197,73 +199,6 @@ impl Plugin for VxlanPlugin {
     }
 }
 
-/// The owner of the attachment `args` names, in network `net`.
-fn owner<'a>(net: &'a Network, args: &'a CmdArgs) -> veth::Owner<'a> {
-    veth::Owner {
-        network: &net.conf.name,
-        container_id: &args.container_id,
-        ifname: &args.ifname,
-    }
-}
-
-/// Failures of the items of a command that goes on past them (DEL, GC), reported together.
-#[derive(Default)]
-struct Failures {
-    items: Vec<(String, Error)>,
-}
-
-impl Failures {
-    fn push(&mut self, what: String, e: Error) {
-        self.items.push((what, e));
-    }
-
-    fn extend(&mut self, items: Vec<(String, Error)>) {
-        self.items.extend(items);
-    }
-
-    /// Ok when nothing failed; one failure as it is, named; else one error listing every
-    /// failure, with the first one's code.
-    fn into_result(mut self, command: &str) -> Result<()> {
-        let Some(code) = self.items.first().map(|(_, e)| e.code) else {
-            return Ok(());
-        };
-        if self.items.len() == 1
-            && let Some((what, e)) = self.items.pop()
-        {
-            return Err(e.context(format!("{command}: {what}")));
-        }
-        let list: Vec<String> = self
-            .items
-            .iter()
-            .map(|(what, e)| format!("{what}: {}", e.msg))
-            .collect();
-        Err(Error::new(
-            code,
-            format!(
-                "{command}: {} items failed (everything else was done): {}",
-                list.len(),
-                list.join("; ")
-            ),
-        ))
-    }
-}
-
-/// The pod's netns (ADD, CHECK): code 3 when the path does not exist, 7 when it is not a
-/// network namespace, 5 when it cannot be opened.
-fn open_netns(args: &CmdArgs) -> Result<Netns> {
-    let path = args
-        .netns
-        .as_deref()
-        .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    if !path.exists() {
-        return Err(Error::new(
-            code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", path.display()),
-        ));
-    }
-    Netns::open(path)
-}
-
 /// IPAM's addresses on interface 2 (the pod's), each with a gateway (IPAM's, else the
 /// subnet's first address, which the bridge holds).
 fn with_gateways(mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
@@ -274,47 +209,6 @@ fn with_gateways(mut ips: Vec<IpConfig>) -> Vec<IpConfig> {
         }
     }
     ips
-}
-
-fn iface(name: &str, mac: Option<String>, sandbox: Option<String>) -> Interface {
-    Interface {
-        name: name.to_string(),
-        mac,
-        sandbox,
-        ..Default::default()
-    }
-}
-
-/// The result's DNS: the config's `dns` fields, each falling back to IPAM's.
-fn merge_dns(conf: Option<Dns>, ipam: Dns) -> Dns {
-    let Some(c) = conf else { return ipam };
-    Dns {
-        nameservers: if c.nameservers.is_empty() {
-            ipam.nameservers
-        } else {
-            c.nameservers
-        },
-        domain: c.domain.or(ipam.domain),
-        search: if c.search.is_empty() {
-            ipam.search
-        } else {
-            c.search
-        },
-        options: if c.options.is_empty() {
-            ipam.options
-        } else {
-            c.options
-        },
-    }
-}
-
-/// STATUS: anything that keeps ADD from working is "not available" (50), unless the error
-/// already says 50 or 51.
-fn unavailable(e: Error) -> Error {
-    if e.code == code::NOT_AVAILABLE || e.code == code::LIMITED_CONNECTIVITY {
-        return e;
-    }
-    Error::new(code::NOT_AVAILABLE, format!("not available: {}", e.msg)).with_details(e.details)
 }
 
 twill::plugin_main!(
