@@ -84,6 +84,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -458,6 +459,24 @@ impl Index {
         match &self.known {
             Known::Indexed(r) => Some(r.matching(keys)),
             _ => None,
+        }
+    }
+
+    /// Every reservation the index lists (as addresses), when it is known to list them all:
+    /// valid, or rebuilt by a scan in this operation, and not contradicted. `None`: unknown.
+    pub fn reserved_addresses(&self) -> Option<Vec<IpAddr>> {
+        if self.broken {
+            return None;
+        }
+        match &self.known {
+            Known::Indexed(r) | Known::Scanned(r) => Some(
+                r.iter()
+                    .filter_map(|rec| std::str::from_utf8(Records::name(rec)).ok())
+                    .filter_map(|name| name.parse::<IpAddr>().ok())
+                    .map(|ip| ip.to_canonical())
+                    .collect(),
+            ),
+            Known::Nothing => None,
         }
     }
 
