@@ -433,7 +433,11 @@ impl Index {
         };
         let path = index_dir.join(format!("{}-{}", state.dev, state.ino));
         index.dir_state = Some(state);
-        if let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path)
+        if let Ok(mut file) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
@@ -612,6 +616,7 @@ impl Index {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(path)
         };
         let file = match create() {
