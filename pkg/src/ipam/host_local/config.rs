@@ -677,4 +677,27 @@ mod tests {
         assert!(!r6.is_excluded(ip("fd00::3")));
         assert_eq!(r6.capacity(), 3);
     }
+
+    #[test]
+    fn policy_keys_default_parse_and_refuse_bad_values() {
+        let p = Policy::parse(&json!({"subnet": "10.0.0.0/24"})).unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.lock_timeout, Duration::from_secs(5));
+        assert!(p.release_on_reboot);
+        let p = Policy::parse(&json!({"lockTimeout": 0.25, "releaseOnReboot": false})).unwrap();
+        assert_eq!(p.lock_timeout, Duration::from_millis(250));
+        assert!(!p.release_on_reboot);
+        for bad in [
+            json!({"lockTimeout": 0}),
+            json!({"lockTimeout": -3}),
+            json!({"lockTimeout": 3601}),
+            json!({"lockTimeout": "5"}),
+            json!({"releaseOnReboot": "false"}),
+            json!({"releaseOnReboot": 1}),
+        ] {
+            let e = Policy::parse(&bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert!(!e.msg.contains("Some("), "{}", e.msg);
+        }
+    }
 }

@@ -154,10 +154,12 @@ impl Drop for Alarm {
 }
 
 fn timespec(d: Duration) -> libc::timespec {
-    libc::timespec {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_nsec: d.subsec_nanos() as libc::c_long,
-    }
+    // SAFETY: timespec is plain data; all-zero is a valid value (the fields' types differ
+    // between C libraries, hence the inferred casts below).
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    ts.tv_sec = d.as_secs() as _;
+    ts.tv_nsec = d.subsec_nanos() as _;
+    ts
 }
 
 /// The processes holding a lock on `file`, from `/proc/locks`: "pid 123 (comm: cmdline)", or

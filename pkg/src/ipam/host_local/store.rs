@@ -500,11 +500,13 @@ impl Store {
         if read_small(&path).is_some_and(|b| b == contents.as_bytes()) {
             return Ok(0);
         }
+        // without the boot time nothing is known to be older: the boot is still recorded
+        let began = boot.began().unwrap_or(std::time::UNIX_EPOCH);
         let listing = self.list(false)?;
         let older = |name: &str| {
             fs::symlink_metadata(self.dir.join(name))
                 .and_then(|m| m.modified())
-                .is_ok_and(|t| t < boot.began)
+                .is_ok_and(|t| t < began)
         };
         let mut released = 0;
         for r in listing.reservations.values() {
