@@ -3,9 +3,13 @@
 //! The lock is `flock(LOCK_EX)` on `<network dir>/lock`, as the reference plugin takes it, so
 //! both binaries exclude each other. The uncontended case is one `flock(LOCK_EX | LOCK_NB)`.
 //! When the lock is held, the wait is a blocking `flock` interrupted by a one-shot POSIX timer
-//! aimed at this thread (`SIGEV_THREAD_ID`, `SIGALRM` with a no-op handler installed without
-//! `SA_RESTART` for the duration of the wait): the kernel wakes the waiter the moment the holder
-//! releases the lock, and the timer ends the wait at the bound. This beats a bounded retry with
+//! aimed at this thread (`SIGEV_THREAD_ID`, `SIGALRM`): the kernel wakes the waiter the moment
+//! the holder releases the lock, and the timer ends the wait at the bound. For the timer to
+//! interrupt `flock`, `SIGALRM` needs a handler installed without `SA_RESTART`: the first
+//! contended wait of the process installs a no-op one when `SIGALRM` has none (default or
+//! ignored) and leaves it for the life of the process, so threads waiting at once never undo
+//! each other's handler (a program with its own `SIGALRM` handler keeps it; it must not use
+//! `SA_RESTART`). This beats a bounded retry with
 //! backoff, which either polls (burning CPU among parallel plugins) or sleeps past the release
 //! (each sleep adds up to its length to every contended ADD). After its first expiry the timer
 //! repeats every few milliseconds, so a signal that lands just before `flock` went to sleep
@@ -82,30 +86,50 @@ fn flock(fd: i32, op: i32) -> std::io::Result<()> {
     }
 }
 
-/// A thread-directed `SIGALRM` timer with a no-op handler, undone on drop (timer deleted,
-/// previous handler and signal mask restored).
+/// A thread-directed `SIGALRM` timer, undone on drop (timer deleted, the thread's signal
+/// mask restored).
 struct Alarm {
     timer: libc::timer_t,
-    old_action: libc::sigaction,
     old_mask: libc::sigset_t,
 }
 
 extern "C" fn wake(_: libc::c_int) {}
 
-impl Alarm {
-    fn arm(first: Duration) -> std::io::Result<Alarm> {
-        let last = std::io::Error::last_os_error;
-        // SAFETY: plain libc calls on zero-initialised C structs owned by this frame; every
-        // change made is recorded in the returned Alarm and undone by its Drop.
+/// Installs the no-op `SIGALRM` handler (no `SA_RESTART`) unless the process has its own;
+/// once per process.
+fn ensure_handler() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<std::result::Result<(), i32>> =
+        std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        // SAFETY: sigaction with zero-initialised C structs owned by this frame.
         unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGALRM, std::ptr::null(), &mut current) != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+            }
+            if current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN {
+                return Ok(());
+            }
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = wake as extern "C" fn(libc::c_int) as usize;
             action.sa_flags = 0; // no SA_RESTART: the blocked flock returns EINTR
             libc::sigemptyset(&mut action.sa_mask);
-            let mut old_action: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGALRM, &action, &mut old_action) != 0 {
-                return Err(last());
+            if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
             }
+            Ok(())
+        }
+    });
+    installed.map_err(std::io::Error::from_raw_os_error)
+}
+
+impl Alarm {
+    fn arm(first: Duration) -> std::io::Result<Alarm> {
+        let last = std::io::Error::last_os_error;
+        ensure_handler()?;
+        // SAFETY: plain libc calls on zero-initialised C structs owned by this frame; every
+        // change made is recorded in the returned Alarm and undone by its Drop.
+        unsafe {
             let mut unblock: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut unblock);
             libc::sigaddset(&mut unblock, libc::SIGALRM);
@@ -120,14 +144,9 @@ impl Alarm {
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
                 let e = last();
                 libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
-                libc::sigaction(libc::SIGALRM, &old_action, std::ptr::null_mut());
                 return Err(e);
             }
-            let alarm = Alarm {
-                timer,
-                old_action,
-                old_mask,
-            };
+            let alarm = Alarm { timer, old_mask };
             let spec = libc::itimerspec {
                 it_interval: timespec(REPEAT),
                 it_value: timespec(first.max(Duration::from_nanos(1))),
@@ -143,12 +162,10 @@ impl Alarm {
 impl Drop for Alarm {
     fn drop(&mut self) {
         // SAFETY: undoes Alarm::arm in reverse; a signal the timer generated before deletion
-        // is delivered (to the no-op handler) on return from timer_delete, before the old
-        // handler is back.
+        // is delivered (to the handler) on return from timer_delete, before the mask is back.
         unsafe {
             libc::timer_delete(self.timer);
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
-            libc::sigaction(libc::SIGALRM, &self.old_action, std::ptr::null_mut());
         }
     }
 }
