@@ -152,7 +152,9 @@ fn reservations_in(dir: &Path) -> BTreeMap<String, String> {
                 Some((name, String::from_utf8_lossy(&b).into_owned()))
             } else {
                 assert!(
-                    name == "lock" || name.starts_with("last_reserved_ip."),
+                    name == "lock"
+                        || name.starts_with("last_reserved_ip.")
+                        || name == ".twill-boot-id",
                     "unexpected file {name} in {}",
                     dir.display()
                 );
@@ -1037,6 +1039,12 @@ fn interchange_on_disk_state_is_byte_identical() {
             "ours vs reference diverge\nours: {ours_trace:#?}\nref: {ref_trace:#?}"
         );
     }
+    // twill's one extra file, the boot it last released earlier boots' reservations in, is a
+    // name the reference never takes for a reservation; the rest must be identical
+    let boot_file = ours_env.net_dir().join(".twill-boot-id");
+    let boot = std::fs::read_to_string(&boot_file).expect("ours records the boot ID");
+    assert!(boot.starts_with("boot_id "), "boot file holds {boot:?}");
+    std::fs::remove_file(&boot_file).expect("remove the boot file");
     let a = DirSnapshot::take(ours_env.data_dir());
     let b = DirSnapshot::take(ref_env.data_dir());
     let d = b.diff(&a);
@@ -1725,4 +1733,366 @@ fn missing_command_prints_about_and_changes_nothing() {
         "banner names the supported versions\n{out}"
     );
     snap.assert_same(&env.snapshot(), "no CNI_COMMAND");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reboot leaks: reservations of earlier boots are released by the first ADD of a boot
+// ---------------------------------------------------------------------------------------------
+
+/// The environment variable faking the boot ID (tests only).
+const BOOT_ID_ENV: &str = "TWILL_HOST_LOCAL_BOOT_ID";
+
+/// twill's boot file in the network directory.
+const BOOT_FILE: &str = ".twill-boot-id";
+
+/// A time long before this machine booted: what a reservation file made before the last
+/// reboot shows as its modification time.
+fn before_boot() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000)
+}
+
+impl Env {
+    /// ADD with ours in boot `boot` (the boot ID faked).
+    fn add_in_boot(&self, boot: &str, id: &str, conf: &Value) -> conformance::Outcome {
+        self.call(&ours(), "ADD", id, conf)
+            .env(BOOT_ID_ENV, boot)
+            .run()
+    }
+
+    /// Sets the modification time of reservation `ip` to before this machine's boot.
+    fn age(&self, ip: &IpAddr) {
+        std::fs::File::options()
+            .write(true)
+            .open(self.net_dir().join(ip.to_string()))
+            .and_then(|f| f.set_modified(before_boot()))
+            .expect("age a reservation file");
+    }
+
+    /// The owners (container IDs) holding reservations.
+    fn holders(&self) -> BTreeSet<String> {
+        self.reservations()
+            .into_values()
+            .map(|o| o.split("\r\n").next().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// Fills a /29 (five addresses) with ADDs of `ids[0..5]` in boot `boot`; returns them in order.
+fn fill_slash29(env: &Env, boot: &str, conf: &Value, ids: &[String]) -> Vec<IpAddr> {
+    ids[..5]
+        .iter()
+        .map(|id| {
+            let res = env.add_in_boot(boot, id, conf).assert_ok();
+            result_ips(&res)[0]
+        })
+        .collect()
+}
+
+#[test]
+fn first_add_after_a_reboot_releases_only_the_reservations_older_than_the_boot() {
+    let env = Env::new();
+    let conf = env.conf4("10.71.0.0/29");
+    let ids: Vec<String> = (0..8).map(|i| unique_name(&format!("boot{i}"))).collect();
+    let ips = fill_slash29(&env, "boot-a", &conf, &ids);
+    // ids 0..3 were made before the reboot; 3 and 4 after it (say, by the reference plugin)
+    for ip in &ips[..3] {
+        env.age(ip);
+    }
+    // same boot: nothing is released, however old the files look
+    env.add_in_boot("boot-a", &ids[5], &conf)
+        .assert_error(code::IPAM_EXHAUSTED);
+    let after_reboot = env.add_in_boot("boot-b", &ids[5], &conf).assert_ok();
+    let got = result_ips(&after_reboot)[0];
+    assert!(ips[..3].contains(&got), "{got} is not a released address");
+    let holders = env.holders();
+    let want: BTreeSet<String> = [&ids[3], &ids[4], &ids[5]].into_iter().cloned().collect();
+    assert_eq!(holders, want, "only pre-boot reservations are released");
+    let boot = std::fs::read_to_string(env.net_dir().join(BOOT_FILE)).expect("boot file");
+    assert_eq!(boot, "boot_id boot-b\n");
+    // once per boot: a reservation that looks old later in the same boot stays
+    env.age(&ips[3]);
+    env.add_in_boot("boot-b", &ids[6], &conf).assert_ok();
+    env.add_in_boot("boot-b", &ids[7], &conf).assert_ok();
+    assert!(
+        env.holders().contains(&ids[3]),
+        "released twice in one boot"
+    );
+}
+
+#[test]
+fn release_on_reboot_false_keeps_earlier_boots_reservations() {
+    let env = Env::new();
+    let mut conf = env.conf4("10.71.1.0/29");
+    conf["ipam"]["releaseOnReboot"] = json!(false);
+    let ids: Vec<String> = (0..6).map(|i| unique_name(&format!("keep{i}"))).collect();
+    let ips = fill_slash29(&env, "boot-a", &conf, &ids);
+    for ip in &ips {
+        env.age(ip);
+    }
+    let before = env.reservations();
+    env.add_in_boot("boot-b", &ids[5], &conf)
+        .assert_error(code::IPAM_EXHAUSTED);
+    assert_eq!(env.reservations(), before);
+    assert!(!env.net_dir().join(BOOT_FILE).exists());
+}
+
+#[test]
+fn release_on_reboot_of_the_wrong_type_is_refused_with_code_7() {
+    let env = Env::new();
+    let mut conf = env.conf4("10.71.2.0/29");
+    conf["ipam"]["releaseOnReboot"] = json!("yes");
+    let err = env
+        .call(&ours(), "ADD", "c1", &conf)
+        .run()
+        .assert_error(code::INVALID_CONFIG);
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("releaseOnReboot"), "{err}");
+    assert!(!env.data_dir().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock hygiene: a held lock is waited for, within a bound
+// ---------------------------------------------------------------------------------------------
+
+/// A process holding the network directory's lock (`flock(1)` running `sh`), killed on drop.
+struct LockHolder {
+    child: std::process::Child,
+}
+
+impl LockHolder {
+    /// Takes the lock of `net_dir` in a child process; returns once it is held (the child
+    /// prints a line after locking). The child releases it when its stdin is closed.
+    fn take(net_dir: &Path) -> LockHolder {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        std::fs::create_dir_all(net_dir).expect("create the network directory");
+        let mut child = Command::new("flock")
+            .arg("--exclusive")
+            .arg(net_dir.join("lock"))
+            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn flock");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read from flock");
+        assert_eq!(line, "locked\n");
+        LockHolder { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the holder exit, releasing the lock.
+    fn release(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_lock_held_past_lock_timeout_fails_with_code_11_naming_the_holder() {
+    let env = Env::new();
+    let mut conf = env.conf4("10.72.0.0/29");
+    conf["ipam"]["lockTimeout"] = json!(0.3);
+    let mut holder = LockHolder::take(&env.net_dir());
+    let before = env.snapshot();
+    for cmd in ["ADD", "DEL", "CHECK"] {
+        let out = env
+            .call(&ours(), cmd, "c1", &conf)
+            .timeout(std::time::Duration::from_secs(10))
+            .run();
+        let err = out.assert_error(11);
+        let msg = err["msg"].as_str().unwrap_or_default().to_string();
+        assert!(
+            msg.contains(&format!("pid {}", holder.pid())) && msg.contains("cat"),
+            "{cmd}: the message does not name the holder: {msg}"
+        );
+        assert!(msg.contains("try again later"), "{cmd}: {msg}");
+    }
+    before.assert_same(&env.snapshot(), "calls that timed out on the lock");
+    holder.release();
+    env.add("c1", &conf);
+    assert_eq!(env.holders(), BTreeSet::from(["c1".to_string()]));
+}
+
+#[test]
+fn a_lock_released_within_lock_timeout_lets_the_waiting_add_through() {
+    let env = Env::new();
+    let mut conf = env.conf4("10.72.1.0/29");
+    conf["ipam"]["lockTimeout"] = json!(15);
+    let mut holder = LockHolder::take(&env.net_dir());
+    let res = std::thread::scope(|s| {
+        let waiting = s.spawn(|| env.call(&ours(), "ADD", "c1", &conf).run());
+        // the holder lets go only once the ADD waits on the lock (a "->" line of /proc/locks
+        // on the lock file's inode); bounded in time, each look a read of /proc/locks
+        let waiter_seen = wait_for_lock_waiter(&env.net_dir().join("lock"));
+        holder.release();
+        (waiter_seen, waiting.join().expect("ADD thread"))
+    });
+    let (waiter_seen, out) = res;
+    assert!(waiter_seen, "the ADD never waited on the lock");
+    out.assert_ok();
+    assert_eq!(env.holders(), BTreeSet::from(["c1".to_string()]));
+}
+
+/// True once a process waits for a lock on `lock` (within 10 s).
+fn wait_for_lock_waiter(lock: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(lock).expect("lock file").ino();
+    let suffix = format!(":{ino}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        let waiting = locks.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->") && f.get(6).is_some_and(|id| id.ends_with(&suffix))
+        });
+        if waiting {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
+#[test]
+fn lock_timeout_out_of_range_is_refused_with_code_7() {
+    let env = Env::new();
+    for bad in [json!(0), json!(-1), json!("5s"), json!(100000)] {
+        let mut conf = env.conf4("10.72.2.0/29");
+        conf["ipam"]["lockTimeout"] = bad.clone();
+        let err = env
+            .call(&ours(), "ADD", "c1", &conf)
+            .run()
+            .assert_error(code::INVALID_CONFIG);
+        let msg = err["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains("lockTimeout"), "{bad}: {err}");
+    }
+    assert!(!env.data_dir().exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile data directories: symlinks are never followed, state is private
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_symlinked_reservation_is_never_followed() {
+    let env = Env::new();
+    let conf = env.conf4("10.73.0.0/29");
+    let outside = env.tmp.join("outside-owner");
+    std::fs::write(&outside, owner("c1", "eth0")).expect("write outside file");
+    std::fs::create_dir_all(env.net_dir()).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, env.net_dir().join("10.73.0.2")).expect("symlink");
+    // the symlink's target names c1, but it is not c1's reservation: c1 gets a file of its own
+    let got = env.add("c1", &conf);
+    assert_eq!(got.to_string(), "10.73.0.3");
+    env.call(&ours(), "DEL", "c1", &conf)
+        .run()
+        .assert_ok_empty();
+    let link = std::fs::symlink_metadata(env.net_dir().join("10.73.0.2")).expect("symlink kept");
+    assert!(link.file_type().is_symlink());
+    assert!(!env.net_dir().join("10.73.0.3").exists());
+    assert_eq!(
+        std::fs::read_to_string(&outside).expect("outside file"),
+        owner("c1", "eth0")
+    );
+}
+
+#[test]
+fn a_symlinked_cursor_is_replaced_not_written_through() {
+    let env = Env::new();
+    let conf = env.conf4("10.73.1.0/29");
+    let outside = env.tmp.join("precious");
+    std::fs::write(&outside, "precious\n").expect("write outside file");
+    std::fs::create_dir_all(env.net_dir()).expect("mkdir");
+    let cursor = env.net_dir().join("last_reserved_ip.0");
+    std::os::unix::fs::symlink(&outside, &cursor).expect("symlink");
+    let got = env.add("c1", &conf);
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+    let meta = std::fs::symlink_metadata(&cursor).expect("cursor");
+    assert!(meta.file_type().is_file(), "the cursor is still a symlink");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap(), got.to_string());
+}
+
+#[test]
+fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+    let env = Env::new();
+    let conf = env.conf4("10.73.2.0/29");
+    let outside = env.tmp.join("not-a-lock");
+    std::fs::write(&outside, "data\n").expect("write outside file");
+    std::fs::create_dir_all(env.net_dir()).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, env.net_dir().join("lock")).expect("symlink");
+    let before = env.snapshot();
+    let err = env
+        .call(&ours(), "ADD", "c1", &conf)
+        .run()
+        .assert_error(code::IO);
+    assert!(
+        err["msg"].as_str().unwrap_or_default().contains("lock"),
+        "{err}"
+    );
+    before.assert_same(&env.snapshot(), "ADD over a symlinked lock");
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn state_twill_creates_is_private_to_root() {
+    let env = Env::new();
+    let conf = env.conf(
+        "1.0.0",
+        json!([[{"subnet": "10.74.0.0/29"}], [{"subnet": "fd74::/64"}]]),
+    );
+    env.add("c1", &conf);
+    let net = env.net_dir();
+    assert_eq!(mode_of(&env.data_dir()), 0o700, "dataDir");
+    assert_eq!(mode_of(&net), 0o700, "network directory");
+    for name in [
+        "10.74.0.2",
+        "fd74::2",
+        "lock",
+        "last_reserved_ip.0",
+        "last_reserved_ip.1",
+        BOOT_FILE,
+    ] {
+        assert_eq!(mode_of(&net.join(name)), 0o600, "{name}");
+    }
+}
+
+#[test]
+fn a_reference_made_directory_is_narrowed_to_0700_and_stays_shared() {
+    let env = Env::new();
+    let conf = env.conf4("10.74.1.0/29");
+    env.call(&reference(), "ADD", "r1", &conf).run().assert_ok();
+    assert_eq!(mode_of(&env.net_dir()), 0o755, "the reference's mode");
+    env.add("c1", &conf);
+    assert_eq!(mode_of(&env.net_dir()), 0o700);
+    // the reference goes on allocating and releasing in it
+    env.call(&reference(), "ADD", "r2", &conf).run().assert_ok();
+    env.call(&reference(), "DEL", "c1", &conf)
+        .run()
+        .assert_ok_empty();
+    assert_eq!(
+        env.holders(),
+        BTreeSet::from(["r1".to_string(), "r2".to_string()])
+    );
 }

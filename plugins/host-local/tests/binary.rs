@@ -72,10 +72,13 @@ impl Fixture {
         (out.status.success(), v)
     }
 
+    /// The network directory's files, sorted, without the boot file every first ADD of a
+    /// boot writes (`twill::ipam::host_local::reboot`).
     fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = match fs::read_dir(self.net()) {
             Ok(rd) => rd
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n != ".twill-boot-id")
                 .collect(),
             Err(_) => Vec::new(),
         };

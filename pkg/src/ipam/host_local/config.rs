@@ -10,6 +10,9 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::time::Duration;
+
+use super::lock::DEFAULT_LOCK_TIMEOUT;
 
 /// Where reservations live when `ipam.dataDir` is not set (same as the reference plugin).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -220,6 +223,65 @@ impl Config {
             routes,
             range_sets,
         })
+    }
+}
+
+/// How host-local guards its directory, beyond the reference's keys (which it ignores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `ipam.lockTimeout` (seconds, default 5): how long an operation waits for the lock
+    /// before failing with code 11.
+    pub lock_timeout: Duration,
+    /// `ipam.releaseOnReboot` (default true): the first ADD after a reboot releases the
+    /// reservations of earlier boots.
+    pub release_on_reboot: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            release_on_reboot: true,
+        }
+    }
+}
+
+/// Longest `ipam.lockTimeout` accepted, in seconds.
+const MAX_LOCK_TIMEOUT_SECS: f64 = 3600.0;
+
+impl Policy {
+    /// Reads `lockTimeout` and `releaseOnReboot` from the `ipam` section (code 7 when of the
+    /// wrong type or out of range).
+    pub fn parse(ipam: &Value) -> Result<Policy> {
+        let mut policy = Policy::default();
+        let Some(obj) = ipam.as_object() else {
+            return Ok(policy);
+        };
+        match obj.get("lockTimeout") {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let secs = v
+                    .as_f64()
+                    .filter(|s| *s > 0.0 && *s <= MAX_LOCK_TIMEOUT_SECS)
+                    .ok_or_else(|| {
+                        Error::invalid_config(format!(
+                            "ipam.lockTimeout: expected seconds, more than 0 and at most \
+                             {MAX_LOCK_TIMEOUT_SECS}, got {v}"
+                        ))
+                    })?;
+                policy.lock_timeout = Duration::from_secs_f64(secs);
+            }
+        }
+        match obj.get("releaseOnReboot") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => policy.release_on_reboot = *b,
+            Some(other) => {
+                return Err(Error::invalid_config(format!(
+                    "ipam.releaseOnReboot: expected true or false, got {other}"
+                )));
+            }
+        }
+        Ok(policy)
     }
 }
 
@@ -614,5 +676,28 @@ mod tests {
         assert!(!r6.is_excluded(ip("fd00::")));
         assert!(!r6.is_excluded(ip("fd00::3")));
         assert_eq!(r6.capacity(), 3);
+    }
+
+    #[test]
+    fn policy_keys_default_parse_and_refuse_bad_values() {
+        let p = Policy::parse(&json!({"subnet": "10.0.0.0/24"})).unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.lock_timeout, Duration::from_secs(5));
+        assert!(p.release_on_reboot);
+        let p = Policy::parse(&json!({"lockTimeout": 0.25, "releaseOnReboot": false})).unwrap();
+        assert_eq!(p.lock_timeout, Duration::from_millis(250));
+        assert!(!p.release_on_reboot);
+        for bad in [
+            json!({"lockTimeout": 0}),
+            json!({"lockTimeout": -3}),
+            json!({"lockTimeout": 3601}),
+            json!({"lockTimeout": "5"}),
+            json!({"releaseOnReboot": "false"}),
+            json!({"releaseOnReboot": 1}),
+        ] {
+            let e = Policy::parse(&bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert!(!e.msg.contains("Some("), "{}", e.msg);
+        }
     }
 }

@@ -84,6 +84,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Read};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -432,7 +433,11 @@ impl Index {
         };
         let path = index_dir.join(format!("{}-{}", state.dev, state.ino));
         index.dir_state = Some(state);
-        if let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path)
+        if let Ok(mut file) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
@@ -458,6 +463,24 @@ impl Index {
         match &self.known {
             Known::Indexed(r) => Some(r.matching(keys)),
             _ => None,
+        }
+    }
+
+    /// Every reservation the index lists (as addresses), when it is known to list them all:
+    /// valid, or rebuilt by a scan in this operation, and not contradicted. `None`: unknown.
+    pub fn reserved_addresses(&self) -> Option<Vec<IpAddr>> {
+        if self.broken {
+            return None;
+        }
+        match &self.known {
+            Known::Indexed(r) | Known::Scanned(r) => Some(
+                r.iter()
+                    .filter_map(|rec| std::str::from_utf8(Records::name(rec)).ok())
+                    .filter_map(|name| name.parse::<IpAddr>().ok())
+                    .map(|ip| ip.to_canonical())
+                    .collect(),
+            ),
+            Known::Nothing => None,
         }
     }
 
@@ -593,6 +616,7 @@ impl Index {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(path)
         };
         let file = match create() {

@@ -17,6 +17,11 @@
 //! - Errors carry CNI codes: 7 bad config, 101 range set exhausted, 102 requested address
 //!   unavailable, 105 CHECK failed, 50 STATUS not available (the reference answers 999).
 //! - DEL does not create the data directory; a missing one means nothing to release.
+//! - No operation waits for the lock longer than `ipam.lockTimeout` (default 5 s; code 11
+//!   naming the holder after, see [`lock`]).
+//! - The first ADD after a reboot releases the reservations of earlier boots
+//!   (`ipam.releaseOnReboot`, default true; see [`reboot`]).
+//! - Directories it creates are 0700, files 0600; no file is opened through a symlink.
 //!
 //! Beyond the shared state, twill keeps a private owner index outside the data directory (see
 //! [`index`]) so that ADD and DEL of an attachment do not read every reservation file. It is
@@ -28,10 +33,12 @@
 pub mod allocator;
 pub mod config;
 pub mod index;
+pub mod lock;
+pub mod reboot;
 pub mod store;
 
 pub use crate::cni::types::Attachment;
-pub use config::{Config, DEFAULT_DATA_DIR, Range, RangeSet};
+pub use config::{Config, DEFAULT_DATA_DIR, Policy, Range, RangeSet};
 pub use store::Owner;
 
 use crate::cni::args::{CniArgs, requested_ips};
@@ -104,6 +111,7 @@ pub fn valid_attachments<P: Serialize>(
 #[derive(Debug, Clone)]
 pub struct HostLocal {
     config: Config,
+    policy: Policy,
     index_dir: Option<PathBuf>,
 }
 
@@ -113,8 +121,15 @@ impl HostLocal {
     pub fn new(config: Config) -> Self {
         HostLocal {
             config,
+            policy: Policy::default(),
             index_dir: index::index_dir_from_env(),
         }
+    }
+
+    /// The same, guarding the directory with `policy` instead of the default one.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The same, keeping the owner index in `index_dir` (`None`: no index, every operation
@@ -124,7 +139,8 @@ impl HostLocal {
         self
     }
 
-    /// Parses and validates the `ipam` section (and `runtimeConfig.ipRanges`) of `conf`.
+    /// Parses and validates the `ipam` section (and `runtimeConfig.ipRanges`) of `conf`,
+    /// including twill's [`Policy`] keys.
     pub fn from_netconf<P>(conf: &NetConf<P>) -> Result<Self> {
         let ipam = conf.ipam.as_ref().ok_or_else(|| {
             Error::invalid_config("ipam: missing; host-local needs an ipam section")
@@ -135,7 +151,7 @@ impl HostLocal {
             ipam,
             conf.runtime_config.as_ref(),
         )?;
-        Ok(HostLocal::new(config))
+        Ok(HostLocal::new(config).with_policy(Policy::parse(ipam)?))
     }
 
     /// The validated configuration.
@@ -148,6 +164,7 @@ impl HostLocal {
             &self.config.network_dir(),
             create,
             self.index_dir.as_deref(),
+            self.policy.lock_timeout,
         )
     }
 
@@ -173,6 +190,11 @@ impl HostLocal {
                 format!("{} vanished", self.config.network_dir().display()),
             )
         })?;
+        if self.policy.release_on_reboot
+            && let Some(boot) = reboot::Boot::current()
+        {
+            store.release_earlier_boots(&boot)?;
+        }
         // A fresh attachment (nothing indexed) is not looked for further: a file of it that the
         // index missed can only be a hand edit in place (see the module doc). Part of a set of
         // addresses is not an answer, though: the rest may be there.
@@ -302,7 +324,10 @@ impl HostLocal {
         Ok(wanted)
     }
 
-    /// Reserves the next free address of range set `i` after its cursor, or code 101.
+    /// Reserves the next free address of range set `i` after its cursor, or code 101. At the
+    /// first taken candidate, the owner index (when complete) adds every reservation to
+    /// `taken`, so the rest of the walk, and an exhausted set, cost no file system call per
+    /// address.
     fn reserve_next(
         &self,
         store: &Store,
@@ -311,6 +336,7 @@ impl HostLocal {
         owner: &Owner,
         taken: &mut BTreeSet<IpAddr>,
     ) -> Result<IpAddr> {
+        let mut from_index = false;
         for (ip, _) in Candidates::new(set, store.cursor(i)) {
             if taken.contains(&ip) {
                 continue;
@@ -319,6 +345,10 @@ impl HostLocal {
                 return Ok(ip);
             }
             taken.insert(ip);
+            if !from_index {
+                from_index = true;
+                taken.extend(store.indexed_addresses().unwrap_or_default());
+            }
         }
         Err(Error::new(
             code::IPAM_EXHAUSTED,

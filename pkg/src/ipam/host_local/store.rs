@@ -6,7 +6,10 @@
 //!   versions contain only the container ID and are still recognised ("legacy").
 //! - `last_reserved_ip.<range set index>`: the round-robin cursor, the address as text.
 //! - `lock`: empty file locked with `flock(LOCK_EX)` around every operation, by this store and
-//!   by the reference plugin alike, so both binaries exclude each other.
+//!   by the reference plugin alike, so both binaries exclude each other (see [`super::lock`]:
+//!   the wait is bounded).
+//! - `.twill-boot-id`: the boot in which twill last released earlier boots' reservations (see
+//!   [`super::reboot`]).
 //! - `.twill-tmp-<pid>`: a temporary file of the fallback path below, present only while an
 //!   operation holds the lock; a left-over one (crash) is removed by GC and never taken for a
 //!   reservation.
@@ -16,6 +19,12 @@
 //! `link()`ing it: either way the name appears atomically with its full contents (a reservation
 //! file is never half-written), and `EEXIST` means taken.
 //!
+//! Hostile directories: every file is opened with `O_NOFOLLOW`, so a symlink planted under a
+//! reservation, cursor, lock or boot file name is never followed (a symlinked reservation
+//! counts as taken, by an unknown owner; a symlinked cursor is replaced by a regular file).
+//! Directories twill creates get mode 0700 and files 0600 (the reference uses 0755 and 0644;
+//! both run as root, so each still reads and removes the other's files).
+//!
 //! Which reservations an owner holds is answered by twill's owner index ([`super::index`]) when
 //! it is valid and its verified answer is complete, without reading every reservation file;
 //! otherwise by reading them all (a scan), after which the index is rebuilt if it was wrong.
@@ -23,6 +32,8 @@
 //! dropped, still holding the lock.
 
 use super::index::{self, Entry, Index};
+use super::lock::lock_exclusive;
+use super::reboot::{BOOT_FILE, Boot};
 use crate::error::{Error, Result};
 use nix::fcntl::{AT_FDCWD, AtFlags};
 use std::cell::RefCell;
@@ -33,6 +44,12 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Mode of the directories twill creates.
+const DIR_MODE: u32 = 0o700;
+/// Mode of the files twill creates.
+const FILE_MODE: u32 = 0o600;
 
 /// Name of the lock file inside the network directory (the reference's name).
 pub const LOCK_FILE: &str = "lock";
@@ -199,20 +216,26 @@ impl Drop for Store {
 }
 
 impl Store {
-    /// Opens the network directory `dir` and takes the exclusive lock on `dir/lock` (blocking
-    /// while another twill or reference host-local holds it). With `create`, missing
-    /// directories are created (mode 0755); without, a missing directory gives `Ok(None)`.
-    /// `index_dir` is where the owner index lives (`None`: no index, always scan).
-    pub fn open(dir: &Path, create: bool, index_dir: Option<&Path>) -> Result<Option<Store>> {
+    /// Opens the network directory `dir` and takes the exclusive lock on `dir/lock`, waiting
+    /// at most `lock_wait` while another twill or reference host-local holds it (code 11
+    /// after). With `create`, missing directories are created (mode 0700); without, a missing
+    /// directory gives `Ok(None)`. `index_dir` is where the owner index lives (`None`: no
+    /// index, always scan).
+    pub fn open(
+        dir: &Path,
+        create: bool,
+        index_dir: Option<&Path>,
+        lock_wait: Duration,
+    ) -> Result<Option<Store>> {
         let lock_path = dir.join(LOCK_FILE);
-        // The reference creates the lock file with mode 0750 (before umask); keep it identical.
         let open_lock = || {
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .mode(0o750)
+                .mode(FILE_MODE)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
                 .open(&lock_path)
         };
         let lock = match open_lock() {
@@ -220,7 +243,7 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound && create => {
                 DirBuilder::new()
                     .recursive(true)
-                    .mode(0o755)
+                    .mode(DIR_MODE)
                     .create(dir)
                     .map_err(|e| {
                         Error::io(format!("create IPAM data directory {}", dir.display()), e)
@@ -236,8 +259,7 @@ impl Store {
                 ));
             }
         };
-        lock.lock()
-            .map_err(|e| Error::io(format!("lock {}", lock_path.display()), e))?;
+        lock_exclusive(&lock, &lock_path, lock_wait)?;
         let index = match index_dir {
             Some(d) => Index::load(d, dir),
             None => Index::disabled(),
@@ -294,6 +316,12 @@ impl Store {
             }
         }
         Some(owned)
+    }
+
+    /// Every reserved address, from the owner index when it is known complete (no directory
+    /// read); `None` when it is not.
+    pub fn indexed_addresses(&self) -> Option<Vec<IpAddr>> {
+        self.index.borrow().reserved_addresses()
     }
 
     /// The owner of reservation `ip`, read from its file (`None`: not reserved or unreadable).
@@ -364,7 +392,8 @@ impl Store {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .mode(0o644)
+                .mode(FILE_MODE)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(contents)
         };
@@ -454,11 +483,62 @@ impl Store {
         let mut file = OpenOptions::new()
             .write(true)
             .custom_flags(nix::libc::O_TMPFILE)
-            .mode(0o644)
+            .mode(FILE_MODE)
             .open(&self.dir)
             .ok()?;
         file.write_all(contents).ok()?;
         Some(file)
+    }
+
+    /// Releases the reservations of earlier boots, once per boot: when [`BOOT_FILE`] does not
+    /// name `boot`, removes every reservation file (and left-over temporary file) last
+    /// modified before `boot` began, narrows the directory to mode 0700, and records `boot`.
+    /// Returns the number of reservations released.
+    pub fn release_earlier_boots(&self, boot: &Boot) -> Result<usize> {
+        let path = self.dir.join(BOOT_FILE);
+        let contents = boot.file_contents();
+        if read_small(&path).is_some_and(|b| b == contents.as_bytes()) {
+            return Ok(0);
+        }
+        // without the boot time nothing is known to be older: the boot is still recorded
+        let began = boot.began().unwrap_or(std::time::UNIX_EPOCH);
+        let listing = self.list(false)?;
+        let older = |name: &str| {
+            fs::symlink_metadata(self.dir.join(name))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < began)
+        };
+        let mut released = 0;
+        for r in listing.reservations.values() {
+            if older(&r.name) {
+                self.remove(&r.name)?;
+                released += 1;
+            }
+        }
+        for t in &listing.temps {
+            if older(t) {
+                self.remove(t)?;
+            }
+        }
+        let narrow = || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&self.dir)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&self.dir, fs::Permissions::from_mode(mode & !0o077))?;
+            }
+            Ok(())
+        };
+        narrow()
+            .map_err(|e| Error::io(format!("restrict {} to mode 0700", self.dir.display()), e))?;
+        // a new file changes the directory; rewriting one in place does not
+        self.index.borrow_mut().touched();
+        let write = || -> std::io::Result<()> {
+            let file = open_replacing_symlink(&path)?;
+            file.write_all_at(contents.as_bytes(), 0)?;
+            file.set_len(contents.len() as u64)
+        };
+        write().map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        Ok(released)
     }
 
     /// Removes the file `name` of the network directory; a missing file is fine.
@@ -477,7 +557,12 @@ impl Store {
     /// open for [`Store::set_cursor`].
     pub fn cursor(&self, set: usize) -> Option<IpAddr> {
         let path = self.dir.join(format!("{CURSOR_PREFIX}{set}"));
-        let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
         let bytes = read_some(&mut file)?;
         self.cursors.borrow_mut().push(OpenCursor {
             set,
@@ -513,15 +598,7 @@ impl Store {
         let write = || -> std::io::Result<()> {
             let (file, old_len) = match opened {
                 Some(c) => (c.file, Some(c.len)),
-                None => {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .mode(0o644)
-                        .open(&path)?;
-                    (file, None)
-                }
+                None => (open_replacing_symlink(&path)?, None),
             };
             file.write_all_at(text.as_bytes(), 0)?;
             let old_len = match old_len {
@@ -542,9 +619,36 @@ fn read_owner(path: &Path) -> Option<StoredOwner> {
     read_small(path).map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
 }
 
-/// Reads a file that is normally tiny (an owner, a cursor); `None` when it cannot be read.
+/// Reads a file that is normally tiny (an owner, a cursor); `None` when it cannot be read or
+/// is a symlink (never followed).
 fn read_small(path: &Path) -> Option<Vec<u8>> {
-    read_some(&mut File::open(path).ok()?)
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    read_some(&mut file)
+}
+
+/// Opens twill's own file `path` for writing (created with mode 0600 when missing), never
+/// through a symlink: a symlink found there is removed and a regular file made in its place.
+fn open_replacing_symlink(path: &Path) -> std::io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(FILE_MODE)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Reads an open, normally tiny file with a single `read` (more only when it is longer than
@@ -567,7 +671,9 @@ mod tests {
     fn both_reservation_paths_write_whole_files() {
         let dir = std::env::temp_dir().join(format!("twill-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, true, None).unwrap().unwrap();
+        let store = Store::open(&dir, true, None, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         let owner = Owner {
             id: "c1",
             ifname: "eth0",
@@ -624,7 +730,9 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = std::env::temp_dir().join(format!("twill-share-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, true, None).unwrap().unwrap();
+        let store = Store::open(&dir, true, None, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         let a = Owner {
             id: "a",
             ifname: "eth0",
@@ -661,7 +769,9 @@ mod tests {
     fn cursor_rewrite_is_exact() {
         let dir = std::env::temp_dir().join(format!("twill-cursor-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let store = Store::open(&dir, true, None).unwrap().unwrap();
+        let store = Store::open(&dir, true, None, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         let mut seen = Vec::new();
         for ip in [
             "10.88.0.100",
