@@ -2,7 +2,7 @@
 //! its own "node" netns, pods in pre-created netns; sequential and concurrent, ipMasq on/off;
 //! plus the bare veth delete baseline.
 
-use crate::bare::{BRIDGE, BareVeths};
+use crate::bare::{BRIDGE, BareMode, BareVeths};
 use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
 use crate::host_local::ratio;
 use crate::invoke::{find_bin, ref_bin_dir, twill_bin_dir};
@@ -22,6 +22,8 @@ const CLUSTER: &str = "10.0.0.0/8";
 const WARMUP: usize = 3;
 /// ADD median twill/ref target.
 const ADD_RATIO_TARGET: f64 = 0.20;
+/// ADD median / bare kernel sequence target.
+const ADD_BARE_TARGET: f64 = 1.5;
 /// DEL median / bare veth delete target.
 const DEL_BARE_TARGET: f64 = 1.2;
 /// ipMasq ADD cost target (ms).
@@ -126,7 +128,8 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
         names.extend(tw_pods.iter().cloned());
     }
     names.extend(ref_pods.iter().cloned());
-    let bare_needed = opts.concurrency.contains(&1);
+    // The kernel floor runs in every configuration, sequential and concurrent.
+    let bare_needed = true;
     if bare_needed {
         names.extend(bare_pods.iter().cloned());
         names.push(bare_node.clone());
@@ -265,40 +268,24 @@ fn run_config(
     }
     // Bare veth pairs for the baseline, sequential configs only, made before any timing.
     let bare_veths = match bare {
-        Some((node, pods)) if conc == 1 => Some(BareVeths::create(node, pods)?),
+        Some((node, pods)) => Some(BareVeths::prepare(node, pods, WARMUP, BareMode::Bridge)?),
         _ => None,
     };
 
     let timed: Vec<usize> = (WARMUP..total).collect();
     let chunk = 2 * conc;
     let mut results = Results::new();
-    let add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
-    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
-    let del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
-    match &bare_veths {
-        Some(b) => {
-            // Plugin DELs and bare deletes interleave chunk by chunk; bare uses indices 0..pods.
-            let mut jobs = del_jobs.clone();
-            jobs.push(Job::BareDel(b));
-            let bare_idx: Vec<usize> = (0..pods).collect();
-            for (k, part) in timed.chunks(chunk).enumerate() {
-                let bpart = &bare_idx[k * chunk..(k * chunk + part.len()).min(pods)];
-                for j in 0..jobs.len() {
-                    let job = jobs[(j + k) % jobs.len()];
-                    let idx = if matches!(job, Job::BareDel(_)) {
-                        bpart
-                    } else {
-                        part
-                    };
-                    let s = run_phase(job, idx, conc)?;
-                    let e = results.entry((job.label(), job.op())).or_default();
-                    e.lat.extend(s.lat);
-                    e.wall += s.wall;
-                }
-            }
-        }
-        None => alternate(&del_jobs, &timed, chunk, conc, &mut results)?,
+    let mut add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    if let Some(b) = &bare_veths {
+        add_jobs.push(Job::BareAdd(b));
     }
+    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
+    let mut del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
+    if let Some(b) = &bare_veths {
+        // Bare deletes interleave with the plugins' DELs, pod index for pod index.
+        del_jobs.push(Job::BareDel(b));
+    }
+    alternate(&del_jobs, &timed, chunk, conc, &mut results)?;
 
     let leftovers: Vec<(String, usize)> = sides
         .iter()
@@ -310,6 +297,7 @@ fn run_config(
     drop(nodes);
 
     let thru = conc > 1;
+    let bins_twill = bins.twill.clone();
     report::header(if thru { "   pods/s" } else { "" });
     let mut res_json = serde_json::Map::new();
     let mut add_medians = std::collections::BTreeMap::new();
@@ -339,7 +327,37 @@ fn run_config(
             add_medians.insert(label, sum.median_ms);
         }
     }
+    let config = format!(
+        "{} {}",
+        if conc == 1 { "seq".to_string() } else { format!("{conc}-way") },
+        if masq { "masq" } else { "nomasq" }
+    );
+    let mut bins = vec![(
+        "ref",
+        vec![bins.reference.0.clone(), bins.reference.1.join("host-local")],
+    )];
+    if let Some((b, _)) = &bins_twill {
+        bins.push(("twill", vec![b.clone()]));
+    }
+    if let Some(b) = &bare_veths {
+        bins.push(("bare", vec![b.bin.clone()]));
+    }
+    crate::table::record("bridge-host-gw", &config, &results, thru, &bins);
     let mut figures = Vec::new();
+    let add_median = |label: &str| {
+        results
+            .get(&(label, Op::Add))
+            .and_then(|s| Summary::of(&s.lat))
+            .map(|s| s.median_ms)
+    };
+    if let (Some(t), Some(b)) = (add_median("twill"), add_median("bare")) {
+        figures.push(report::figure(
+            "ADD median vs bare kernel sequence",
+            t / b,
+            "",
+            Target::AtMost(ADD_BARE_TARGET),
+        ));
+    }
     if let Some(r) = ratio(&results, Op::Add) {
         figures.push(report::figure(
             "ADD median ratio twill/ref",

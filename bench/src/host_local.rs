@@ -92,6 +92,13 @@ pub fn run(n: usize, warmup: usize) -> Result<Value, String> {
         alternate(&jobs, &timed, 1, 1, &mut results)?;
     }
 
+    crate::table::record(
+        "host-local",
+        "seq",
+        &results,
+        false,
+        &[("twill", vec![twill_bin.clone()]), ("ref", vec![ref_bin.clone()])],
+    );
     let leftovers = [
         ("twill", leftover_reservations(twill_data.path())),
         ("ref", leftover_reservations(ref_data.path())),

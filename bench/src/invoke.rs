@@ -1,8 +1,10 @@
 //! One timed plugin invocation, exactly what a runtime pays: spawn the binary with the CNI
-//! environment, write the config to its stdin, wait, read its stdout.
+//! environment, write the config to its stdin, wait, read its stdout. The child is reaped with
+//! wait4(2), whose rusage gives its peak RSS.
 
+use nix::libc;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,13 +29,26 @@ pub struct Invocation {
     pub elapsed: Duration,
     /// The plugin's stdout.
     pub stdout: Vec<u8>,
+    /// Peak resident set size of the process, KiB (`ru_maxrss` from wait4).
+    pub max_rss_kb: u64,
 }
 
 /// Runs `bin` once and times it. The child inherits the calling thread's network namespace
 /// (see [`enter_netns`]). Non-zero exit is an `Err` with the plugin's stdout and stderr.
 pub fn invoke(bin: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Invocation, String> {
+    invoke_args(bin, &[], env, stdin)
+}
+
+/// [`invoke`] with command-line arguments (plugins get none; the bare-kernel program does).
+pub fn invoke_args(
+    bin: &Path,
+    args: &[&str],
+    env: &CniEnv,
+    stdin: &[u8],
+) -> Result<Invocation, String> {
     let mut cmd = Command::new(bin);
-    cmd.env_clear()
+    cmd.args(args)
+        .env_clear()
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -55,25 +70,59 @@ pub fn invoke(bin: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Invocation, Stri
         pipe.write_all(stdin)
             .map_err(|e| format!("write stdin of {}: {e}", bin.display()))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("wait {}: {e}", bin.display()))?;
+    // A plugin writes a few KiB at most: stdout to its end, then stderr, cannot deadlock.
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    if let Some(mut p) = child.stdout.take() {
+        p.read_to_end(&mut stdout)
+            .map_err(|e| format!("read stdout of {}: {e}", bin.display()))?;
+    }
+    if let Some(mut p) = child.stderr.take() {
+        p.read_to_end(&mut stderr)
+            .map_err(|e| format!("read stderr of {}: {e}", bin.display()))?;
+    }
+    let (status, max_rss_kb) = reap(child.id())
+        .map_err(|e| format!("wait4 {}: {e}", bin.display()))?;
     let elapsed = start.elapsed();
-    if !out.status.success() {
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        let how = if libc::WIFEXITED(status) {
+            format!("exit status {}", libc::WEXITSTATUS(status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(status))
+        };
         return Err(format!(
-            "{} {} {} failed ({}): stdout: {} stderr: {}",
+            "{} {} {} failed ({how}): stdout: {} stderr: {}",
             bin.display(),
             env.command,
             env.container_id,
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&stdout).trim(),
+            String::from_utf8_lossy(&stderr).trim()
         ));
     }
     Ok(Invocation {
         elapsed,
-        stdout: out.stdout,
+        stdout,
+        max_rss_kb,
     })
+}
+
+/// Reaps child `pid` with wait4(2): its wait status and peak RSS in KiB.
+fn reap(pid: u32) -> std::io::Result<(i32, u64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it for the child we spawned.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals for the duration of the call.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
+        if r >= 0 {
+            return Ok((status, u64::try_from(ru.ru_maxrss).unwrap_or(0)));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// Moves the calling thread (only it) into the named netns; processes it spawns afterwards start

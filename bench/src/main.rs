@@ -20,6 +20,7 @@ mod report;
 mod routed;
 mod runner;
 mod stats;
+mod table;
 
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -139,6 +140,7 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
         };
         doc.insert("routed".into(), routed::run(&opts)?);
     }
+    doc.insert("table".into(), table::print());
     Ok(())
 }
 

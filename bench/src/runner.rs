@@ -3,7 +3,7 @@
 
 use crate::bare::{BareVeths, RouteSocket};
 use crate::cleanup::check_interrupted;
-use crate::invoke::{CniEnv, enter_netns, invoke};
+use crate::invoke::{CniEnv, enter_netns, invoke, invoke_args};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,8 +77,9 @@ impl Side {
     }
 
     /// One invocation of `op` for pod `i`; ADD's result is kept as DEL's `prevResult`, as a
-    /// runtime does. The stdin is built before the clock starts.
-    pub fn run_one(&self, op: Op, i: usize) -> Result<Duration, String> {
+    /// runtime does. The stdin is built before the clock starts. Returns the time and the
+    /// process's peak RSS (KiB).
+    pub fn run_one(&self, op: Op, i: usize) -> Result<(Duration, u64), String> {
         let mut conf = self.config.clone();
         if op == Op::Del {
             let prev = self.prev.lock().ok().and_then(|mut v| v[i].take());
@@ -115,7 +116,7 @@ impl Side {
                 v[i] = Some(result);
             }
         }
-        Ok(inv.elapsed)
+        Ok((inv.elapsed, inv.max_rss_kb))
     }
 }
 
@@ -124,6 +125,8 @@ impl Side {
 pub enum Job<'a> {
     /// A plugin invocation.
     Plugin(&'a Side, Op),
+    /// The bare kernel sequence of one pod's ADD (baseline), one exec of `twill-bare-add`.
+    BareAdd(&'a BareVeths),
     /// A bare veth delete (baseline).
     BareDel(&'a BareVeths),
 }
@@ -133,7 +136,7 @@ impl Job<'_> {
     pub fn label(&self) -> &'static str {
         match self {
             Job::Plugin(s, _) => s.label,
-            Job::BareDel(_) => "bare",
+            Job::BareAdd(_) | Job::BareDel(_) => "bare",
         }
     }
 
@@ -141,6 +144,7 @@ impl Job<'_> {
     pub fn op(&self) -> Op {
         match self {
             Job::Plugin(_, op) => *op,
+            Job::BareAdd(_) => Op::Add,
             Job::BareDel(_) => Op::Del,
         }
     }
@@ -151,6 +155,8 @@ impl Job<'_> {
 pub struct Samples {
     /// Per-invocation latencies.
     pub lat: Vec<Duration>,
+    /// Peak RSS per invocation (KiB); empty for in-process baselines.
+    pub rss_kb: Vec<u64>,
     /// Sum of the wall times of the phases (throughput = lat.len() / wall).
     pub wall: Duration,
 }
@@ -162,13 +168,14 @@ pub fn run_phase(job: Job, indices: &[usize], conc: usize) -> Result<Samples, St
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let lat = Mutex::new(Vec::with_capacity(indices.len()));
+    let rss = Mutex::new(Vec::with_capacity(indices.len()));
     let first_err: Mutex<Option<String>> = Mutex::new(None);
     let threads = conc.clamp(1, indices.len().max(1));
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                if let Err(e) = worker(job, indices, &next, &failed, &lat) {
+                if let Err(e) = worker(job, indices, &next, &failed, &lat, &rss) {
                     failed.store(true, Ordering::Relaxed);
                     if let Ok(mut fe) = first_err.lock() {
                         fe.get_or_insert(e);
@@ -182,7 +189,8 @@ pub fn run_phase(job: Job, indices: &[usize], conc: usize) -> Result<Samples, St
         return Err(e);
     }
     let lat = lat.into_inner().map_err(|_| "poisoned latency list")?;
-    Ok(Samples { lat, wall })
+    let rss_kb = rss.into_inner().map_err(|_| "poisoned RSS list")?;
+    Ok(Samples { lat, rss_kb, wall })
 }
 
 fn worker(
@@ -191,10 +199,11 @@ fn worker(
     next: &AtomicUsize,
     failed: &AtomicBool,
     lat: &Mutex<Vec<Duration>>,
+    rss: &Mutex<Vec<u64>>,
 ) -> Result<(), String> {
     let node = match job {
         Job::Plugin(side, _) => side.node.clone(),
-        Job::BareDel(b) => Some(b.node.clone()),
+        Job::BareAdd(b) | Job::BareDel(b) => Some(b.node.clone()),
     };
     if let Some(node) = &node {
         enter_netns(node)?;
@@ -202,7 +211,7 @@ fn worker(
     // The baseline's netlink socket is opened in the node netns, outside the timed region.
     let sock = match job {
         Job::BareDel(_) => Some(RouteSocket::open()?),
-        Job::Plugin(..) => None,
+        Job::Plugin(..) | Job::BareAdd(_) => None,
     };
     loop {
         if failed.load(Ordering::Relaxed) {
@@ -213,13 +222,32 @@ fn worker(
         let Some(&i) = indices.get(k) else {
             return Ok(());
         };
-        let d = match (job, &sock) {
-            (Job::Plugin(side, op), _) => side.run_one(op, i)?,
-            (Job::BareDel(b), Some(sock)) => sock.del_link_timed(&b.links[i])?,
+        let (d, kb) = match (job, &sock) {
+            (Job::Plugin(side, op), _) => {
+                let (d, kb) = side.run_one(op, i)?;
+                (d, Some(kb))
+            }
+            (Job::BareAdd(b), _) => {
+                let args = b.add_args(i)?;
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let env = CniEnv {
+                    command: "ADD",
+                    container_id: "bare",
+                    netns: &b.pods[b.slot(i)?],
+                    ifname: IFNAME,
+                    cni_path: &b.bin,
+                };
+                let inv = invoke_args(&b.bin, &args, &env, b"")?;
+                (inv.elapsed, Some(inv.max_rss_kb))
+            }
+            (Job::BareDel(b), Some(sock)) => (sock.del_link_timed(&b.links[b.slot(i)?])?, None),
             (Job::BareDel(_), None) => return Err("no netlink socket".into()),
         };
         if let Ok(mut v) = lat.lock() {
             v.push(d);
+        }
+        if let (Some(kb), Ok(mut v)) = (kb, rss.lock()) {
+            v.push(kb);
         }
     }
 }
@@ -242,6 +270,7 @@ pub fn alternate(
             let s = run_phase(job, part, conc)?;
             let e = results.entry((job.label(), job.op())).or_default();
             e.lat.extend(s.lat);
+            e.rss_kb.extend(s.rss_kb);
             e.wall += s.wall;
         }
     }
