@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Network name of the bridge configs.
-const NETWORK: &str = "twbench";
+pub(crate) const NETWORK: &str = "twbench";
 /// Pod subnet (host-local range), a /16.
 const SUBNET: &str = "10.88.0.0/16";
 /// Cluster network written to twill's subnet file.
@@ -59,7 +59,7 @@ fn ref_config(masq: bool, data_dir: &Path) -> Value {
 
 /// twill's config: the same keys, type `bridge-host-gw`, plus `subnetFile`, `peers` and a
 /// `runDir` inside the bench's state dir (so its fingerprint stamps go away with it).
-fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
+pub(crate) fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
     let mut c = ref_config(masq, data_dir);
     c["type"] = json!("bridge-host-gw");
     c["subnetFile"] = json!(subnet_file);
@@ -69,7 +69,7 @@ fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
 }
 
 /// A flannel-style subnet.env matching the host-local range.
-fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
+pub(crate) fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
     let p = dir.join("subnet.env");
     let text = format!(
         "FLANNEL_NETWORK={CLUSTER}\nFLANNEL_SUBNET=10.88.0.1/16\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ={masq}\n"

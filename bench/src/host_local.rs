@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 /// Network name used in the host-local config.
-const NETWORK: &str = "twbench-hl";
+pub(crate) const NETWORK: &str = "twbench-hl";
 /// A /16: 65k addresses, no exhaustion at any allowed n.
 const SUBNET: &str = "10.88.0.0/16";
 /// Target for the ADD median ratio twill/ref.
 const ADD_RATIO_TARGET: f64 = 0.30;
 
 /// The config a main plugin would pass to its IPAM plugin (the whole network config).
-fn config(data_dir: &Path) -> Value {
+pub(crate) fn config(data_dir: &Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": NETWORK,

@@ -5,6 +5,7 @@
 //!   twill-bench host-local [--n 200] [--warmup 5]
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
 //!   twill-bench routed [--pods 100] [--concurrency 1,8]
+//!   twill-bench soak [--cycles 2000] [--workers 8] [--plugins a,b] [--fd-every 100]
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -19,6 +20,7 @@ mod invoke;
 mod report;
 mod routed;
 mod runner;
+mod soak;
 mod stats;
 mod table;
 
@@ -28,6 +30,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
        twill-bench routed [--pods N] [--concurrency 1,8]
+       twill-bench soak [--cycles N] [--workers W] [--plugins a,b] [--fd-every K]
        twill-bench all [options of all]";
 
 /// Parsed command line.
@@ -36,6 +39,7 @@ struct Args {
     n: usize,
     warmup: usize,
     bridge: bridge::BridgeOpts,
+    soak: soak::SoakOpts,
 }
 
 fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String> {
@@ -52,7 +56,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "routed", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "routed", "soak", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -63,6 +67,12 @@ fn parse_args() -> Result<Args, String> {
             pods: 100,
             concurrency: vec![1, 8],
             masq: vec![false, true],
+        },
+        soak: soak::SoakOpts {
+            cycles: 2000,
+            workers: 8,
+            plugins: soak::PLUGINS.iter().map(|p| p.to_string()).collect(),
+            fd_every: 100,
         },
     };
     while let Some(flag) = it.next() {
@@ -91,6 +101,16 @@ fn parse_args() -> Result<Args, String> {
                     Some("on") => vec![true],
                     Some("off") => vec![false],
                     other => return Err(format!("--masq: both|on|off, got {other:?}")),
+                }
+            }
+            "--cycles" => a.soak.cycles = parse_num("--cycles", it.next(), 1_000_000)?,
+            "--workers" => a.soak.workers = parse_num("--workers", it.next(), 64)?,
+            "--fd-every" => a.soak.fd_every = parse_num("--fd-every", it.next(), 1_000_000)?,
+            "--plugins" => {
+                let v = it.next().ok_or("--plugins needs a value")?;
+                a.soak.plugins = v.split(',').map(|p| p.trim().to_string()).collect();
+                if let Some(bad) = a.soak.plugins.iter().find(|p| !soak::PLUGINS.contains(&p.as_str())) {
+                    return Err(format!("--plugins: unknown plugin {bad:?} (one of {:?})", soak::PLUGINS));
                 }
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -139,6 +159,9 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
             concurrency: args.bridge.concurrency.clone(),
         };
         doc.insert("routed".into(), routed::run(&opts)?);
+    }
+    if args.what == "soak" || args.what == "all" {
+        doc.insert("soak".into(), soak::run(&args.soak)?);
     }
     doc.insert("table".into(), table::print());
     Ok(())

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Network name of the routed configs.
-const NETWORK: &str = "twbench-routed";
+pub(crate) const NETWORK: &str = "twbench-routed";
 /// Pod block (host-local range), a /16.
 const SUBNET: &str = "10.89.0.0/16";
 /// Warm-up pods per side (untimed ADD+DEL; also makes the node state: blackhole, rules).
@@ -51,7 +51,7 @@ fn ref_config(data_dir: &Path) -> Value {
 
 /// twill's config: the same IPAM, type `routed-veth`, an empty cluster view and a `runDir`
 /// inside the bench's state dir (so its state goes away with it).
-fn twill_config(data_dir: &Path) -> Value {
+pub(crate) fn twill_config(data_dir: &Path) -> Value {
     let mut c = ref_config(data_dir);
     c["type"] = json!("routed-veth");
     c["peers"] = json!([]);
