@@ -68,8 +68,9 @@ impl BareVeths {
                         format!("link set {BRIDGE} up"),
                     ];
                     ip_batch(&["-n", node], &lines, false)?;
-                    link_index(node, BRIDGE)
-                        .ok_or_else(|| format!("bridge {BRIDGE} missing in {node} after creation"))?
+                    link_index(node, BRIDGE).ok_or_else(|| {
+                        format!("bridge {BRIDGE} missing in {node} after creation")
+                    })?
                 }
             };
         }

@@ -329,12 +329,19 @@ fn run_config(
     }
     let config = format!(
         "{} {}",
-        if conc == 1 { "seq".to_string() } else { format!("{conc}-way") },
+        if conc == 1 {
+            "seq".to_string()
+        } else {
+            format!("{conc}-way")
+        },
         if masq { "masq" } else { "nomasq" }
     );
     let mut bins = vec![(
         "ref",
-        vec![bins.reference.0.clone(), bins.reference.1.join("host-local")],
+        vec![
+            bins.reference.0.clone(),
+            bins.reference.1.join("host-local"),
+        ],
     )];
     if let Some((b, _)) = &bins_twill {
         bins.push(("twill", vec![b.clone()]));

@@ -97,7 +97,10 @@ pub fn run(n: usize, warmup: usize) -> Result<Value, String> {
         "seq",
         &results,
         false,
-        &[("twill", vec![twill_bin.clone()]), ("ref", vec![ref_bin.clone()])],
+        &[
+            ("twill", vec![twill_bin.clone()]),
+            ("ref", vec![ref_bin.clone()]),
+        ],
     );
     let leftovers = [
         ("twill", leftover_reservations(twill_data.path())),

@@ -81,8 +81,8 @@ pub fn invoke_args(
         p.read_to_end(&mut stderr)
             .map_err(|e| format!("read stderr of {}: {e}", bin.display()))?;
     }
-    let (status, max_rss_kb) = reap(child.id())
-        .map_err(|e| format!("wait4 {}: {e}", bin.display()))?;
+    let (status, max_rss_kb) =
+        reap(child.id()).map_err(|e| format!("wait4 {}: {e}", bin.display()))?;
     let elapsed = start.elapsed();
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {

@@ -22,6 +22,7 @@ mod routed;
 mod runner;
 mod soak;
 mod stats;
+mod svg;
 mod table;
 
 use serde_json::{Value, json};
@@ -109,8 +110,16 @@ fn parse_args() -> Result<Args, String> {
             "--plugins" => {
                 let v = it.next().ok_or("--plugins needs a value")?;
                 a.soak.plugins = v.split(',').map(|p| p.trim().to_string()).collect();
-                if let Some(bad) = a.soak.plugins.iter().find(|p| !soak::PLUGINS.contains(&p.as_str())) {
-                    return Err(format!("--plugins: unknown plugin {bad:?} (one of {:?})", soak::PLUGINS));
+                if let Some(bad) = a
+                    .soak
+                    .plugins
+                    .iter()
+                    .find(|p| !soak::PLUGINS.contains(&p.as_str()))
+                {
+                    return Err(format!(
+                        "--plugins: unknown plugin {bad:?} (one of {:?})",
+                        soak::PLUGINS
+                    ));
                 }
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -164,6 +173,24 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
         doc.insert("soak".into(), soak::run(&args.soak)?);
     }
     doc.insert("table".into(), table::print());
+    let title = format!(
+        "twill vs reference: latency per call (CDF), {}",
+        doc.get("timestamp").and_then(Value::as_str).unwrap_or("")
+    );
+    if let Some(svg) = svg::chart(&table::rows(), &title) {
+        let dir = out_dir();
+        let path = dir.join(format!(
+            "{}-latency.svg",
+            doc.get("timestamp")
+                .and_then(Value::as_str)
+                .unwrap_or("run")
+        ));
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&path, svg))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("latency chart: {}", path.display());
+        doc.insert("latency_svg".into(), json!(path));
+    }
     Ok(())
 }
 

@@ -162,7 +162,10 @@ fn node_state(node: &str, pods: &[String], data: &Path) -> State {
     vec![
         ("links", links),
         ("routes", ip(node, &["route", "show", "table", "all"])),
-        ("neighbours", ip(node, &["neigh", "show", "nud", "permanent"])),
+        (
+            "neighbours",
+            ip(node, &["neigh", "show", "nud", "permanent"]),
+        ),
         ("nft", nft),
         ("files", files_under(data)),
         ("pod links", pod_links),
@@ -195,6 +198,9 @@ fn config_of(plugin: &str, data: &Path) -> Result<Value, String> {
     })
 }
 
+/// ADD time, DEL time, peak RSS (KiB) and, when traced, the fds ADD and DEL opened.
+type CycleOut = (Duration, Duration, u64, Option<(FdCount, FdCount)>);
+
 /// ADD then DEL of one container on `pod`; with `strace`, both run under it and their fd counts
 /// come back too.
 fn cycle(
@@ -203,7 +209,7 @@ fn cycle(
     id: &str,
     pod: &Path,
     strace: Option<(&Path, &Path)>,
-) -> Result<(Duration, Duration, u64, Option<(FdCount, FdCount)>), String> {
+) -> Result<CycleOut, String> {
     let mut times = [Duration::ZERO; 2];
     let mut rss = 0;
     let mut fds = [FdCount::default(); 2];
@@ -246,15 +252,23 @@ fn cycle(
 
 fn soak_one(plugin: &str, opts: &SoakOpts) -> Result<Value, String> {
     let dir = twill_bin_dir();
-    let bin = find_bin(&dir, plugin)
-        .ok_or_else(|| format!("{plugin} not found in {} (set TWILL_BIN_DIR)", dir.display()))?;
+    let bin = find_bin(&dir, plugin).ok_or_else(|| {
+        format!(
+            "{plugin} not found in {} (set TWILL_BIN_DIR)",
+            dir.display()
+        )
+    })?;
     let strace = find_bin(Path::new("/usr/bin"), "strace");
     println!(
         "== soak: {plugin}, {} cycles, {} workers, fds traced every {} cycles{}",
         opts.cycles,
         opts.workers,
         opts.fd_every,
-        if strace.is_none() { " (strace missing: fds not counted)" } else { "" }
+        if strace.is_none() {
+            " (strace missing: fds not counted)"
+        } else {
+            ""
+        }
     );
     let p = prefix();
     let short: String = plugin.split('-').map(|w| &w[..1]).collect();
@@ -386,7 +400,10 @@ fn summarize(
                 continue;
             };
             println!("  {what} median, first {n} / last {n} cycles: {a:.3} / {b:.3} ms");
-            drift.insert(what.into(), json!({"first_ms": round3(a), "last_ms": round3(b)}));
+            drift.insert(
+                what.into(),
+                json!({"first_ms": round3(a), "last_ms": round3(b)}),
+            );
             figures.push(report::figure(
                 &format!("{plugin} {what} last/first {n} cycles"),
                 b / a.max(1e-9),
@@ -400,7 +417,10 @@ fn summarize(
             rss(first),
             rss(last)
         );
-        drift.insert("rss_kb".into(), json!({"first": rss(first), "last": rss(last)}));
+        drift.insert(
+            "rss_kb".into(),
+            json!({"first": rss(first), "last": rss(last)}),
+        );
     }
     let traced: Vec<(FdCount, FdCount)> = cycles.iter().filter_map(|c| c.fds).collect();
     let mut fd_json = json!(null);
@@ -459,10 +479,7 @@ fn summarize(
         for l in gone.iter().take(5) {
             println!("  GONE {what}: {l}");
         }
-        leftovers.insert(
-            (*what).into(),
-            json!({"extra": extra, "gone": gone}),
-        );
+        leftovers.insert((*what).into(), json!({"extra": extra, "gone": gone}));
     }
     figures.push(report::figure(
         &format!("{plugin} leftovers (links, routes, neighbours, nft, files, pod links)"),
