@@ -261,9 +261,12 @@ fn run_config(
 
     // Warm-up, untimed: creates the bridge and (ipMasq) the masquerade rules in each node.
     let warm: Vec<usize> = (0..WARMUP).collect();
+    let mut warm_rss = Vec::new();
     for side in &sides {
         for op in [Op::Add, Op::Del] {
-            run_phase(Job::Plugin(side, op), &warm, 1)?;
+            // Under twill-spawn: the only calls whose peak RSS is the plugin's own.
+            let probe = run_phase(Job::Probe(side, op), &warm, 1)?;
+            warm_rss.push(((side.label, op), probe.rss_kb));
         }
     }
     // Bare veth pairs for the baseline, sequential configs only, made before any timing.
@@ -275,6 +278,9 @@ fn run_config(
     let timed: Vec<usize> = (WARMUP..total).collect();
     let chunk = 2 * conc;
     let mut results = Results::new();
+    for (key, rss) in warm_rss {
+        results.entry(key).or_default().rss_kb.extend(rss);
+    }
     let mut add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
     if let Some(b) = &bare_veths {
         add_jobs.push(Job::BareAdd(b));

@@ -79,14 +79,20 @@ pub fn run(n: usize, warmup: usize) -> Result<Value, String> {
 
     // Warm-up (page cache, dataDir creation), untimed.
     let warm: Vec<usize> = (0..warmup).collect();
+    let mut warm_rss = Vec::new();
     for side in [&twill, &refp] {
         for op in [Op::Add, Op::Del] {
-            run_phase(Job::Plugin(side, op), &warm, 1)?;
+            // Under twill-spawn: the only calls whose peak RSS is the plugin's own.
+            let probe = run_phase(Job::Probe(side, op), &warm, 1)?;
+            warm_rss.push(((side.label, op), probe.rss_kb));
         }
     }
 
     let timed: Vec<usize> = (warmup..total).collect();
     let mut results = Results::new();
+    for (key, rss) in warm_rss {
+        results.entry(key).or_default().rss_kb.extend(rss);
+    }
     for op in [Op::Add, Op::Del] {
         let jobs = [Job::Plugin(&twill, op), Job::Plugin(&refp, op)];
         alternate(&jobs, &timed, 1, 1, &mut results)?;

@@ -29,8 +29,11 @@ pub struct Invocation {
     pub elapsed: Duration,
     /// The plugin's stdout.
     pub stdout: Vec<u8>,
-    /// Peak resident set size of the process, KiB (`ru_maxrss` from wait4).
+    /// Peak resident set size of the process, KiB (`ru_maxrss` from wait4; never below the
+    /// harness's own peak, see [`invoke_probe`]).
     pub max_rss_kb: u64,
+    /// The child's own peak RSS as reported by `twill-spawn`, when it ran under it.
+    pub probed_rss_kb: Option<u64>,
 }
 
 /// Runs `bin` once and times it. The child inherits the calling thread's network namespace
@@ -104,7 +107,43 @@ pub fn invoke_args(
         elapsed,
         stdout,
         max_rss_kb,
+        probed_rss_kb: probed_rss(&stderr),
     })
+}
+
+/// [`invoke_args`] through `twill-spawn` (next to the twill binaries), which reports the
+/// program's own peak RSS, free of the harness's (see bench/src/spawn.rs). Untimed use only:
+/// the extra exec is in `elapsed`.
+pub fn invoke_probe(
+    bin: &Path,
+    args: &[&str],
+    env: &CniEnv,
+    stdin: &[u8],
+) -> Result<Invocation, String> {
+    let dir = twill_bin_dir();
+    let spawn = find_bin(&dir, "twill-spawn")
+        .ok_or_else(|| format!("twill-spawn not found in {}", dir.display()))?;
+    let bin_s = bin.display().to_string();
+    let mut all = vec![bin_s.as_str()];
+    all.extend_from_slice(args);
+    let mut inv = invoke_args(&spawn, &all, env, stdin)?;
+    inv.max_rss_kb = inv
+        .probed_rss_kb
+        .ok_or_else(|| format!("twill-spawn printed no maxrss line for {}", bin.display()))?;
+    Ok(inv)
+}
+
+/// The `maxrss_kb=` of twill-spawn's last stderr line, if any.
+fn probed_rss(stderr: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("twill-spawn: "))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("maxrss_kb="))?
+        .parse()
+        .ok()
 }
 
 /// Reaps child `pid` with wait4(2): its wait status and peak RSS in KiB.

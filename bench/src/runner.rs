@@ -3,7 +3,7 @@
 
 use crate::bare::{BareVeths, RouteSocket};
 use crate::cleanup::check_interrupted;
-use crate::invoke::{CniEnv, enter_netns, invoke, invoke_args};
+use crate::invoke::{CniEnv, enter_netns, invoke, invoke_args, invoke_probe};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -78,8 +78,9 @@ impl Side {
 
     /// One invocation of `op` for pod `i`; ADD's result is kept as DEL's `prevResult`, as a
     /// runtime does. The stdin is built before the clock starts. Returns the time and the
-    /// process's peak RSS (KiB).
-    pub fn run_one(&self, op: Op, i: usize) -> Result<(Duration, u64), String> {
+    /// process's peak RSS (KiB); with `probe` it runs under `twill-spawn` (untimed use), whose
+    /// RSS figure is the plugin's own.
+    pub fn run_one(&self, op: Op, i: usize, probe: bool) -> Result<(Duration, u64), String> {
         let mut conf = self.config.clone();
         if op == Op::Del {
             let prev = self.prev.lock().ok().and_then(|mut v| v[i].take());
@@ -95,8 +96,12 @@ impl Side {
             ifname: IFNAME,
             cni_path: &self.cni_path,
         };
-        let inv = invoke(&self.bin, &env, stdin.as_bytes())
-            .map_err(|e| format!("{} {}: {e}", self.label, op.name()))?;
+        let inv = if probe {
+            invoke_probe(&self.bin, &[], &env, stdin.as_bytes())
+        } else {
+            invoke(&self.bin, &env, stdin.as_bytes())
+        }
+        .map_err(|e| format!("{} {}: {e}", self.label, op.name()))?;
         if op == Op::Add {
             let result: Value = serde_json::from_slice(&inv.stdout).map_err(|e| {
                 format!(
@@ -125,6 +130,8 @@ impl Side {
 pub enum Job<'a> {
     /// A plugin invocation.
     Plugin(&'a Side, Op),
+    /// A plugin invocation under `twill-spawn`, for its peak RSS (untimed warm-up).
+    Probe(&'a Side, Op),
     /// The bare kernel sequence of one pod's ADD (baseline), one exec of `twill-bare-add`.
     BareAdd(&'a BareVeths),
     /// A bare veth delete (baseline).
@@ -135,7 +142,7 @@ impl Job<'_> {
     /// Row label ("twill", "ref", "bare").
     pub fn label(&self) -> &'static str {
         match self {
-            Job::Plugin(s, _) => s.label,
+            Job::Plugin(s, _) | Job::Probe(s, _) => s.label,
             Job::BareAdd(_) | Job::BareDel(_) => "bare",
         }
     }
@@ -143,7 +150,7 @@ impl Job<'_> {
     /// The operation.
     pub fn op(&self) -> Op {
         match self {
-            Job::Plugin(_, op) => *op,
+            Job::Plugin(_, op) | Job::Probe(_, op) => *op,
             Job::BareAdd(_) => Op::Add,
             Job::BareDel(_) => Op::Del,
         }
@@ -202,7 +209,7 @@ fn worker(
     rss: &Mutex<Vec<u64>>,
 ) -> Result<(), String> {
     let node = match job {
-        Job::Plugin(side, _) => side.node.clone(),
+        Job::Plugin(side, _) | Job::Probe(side, _) => side.node.clone(),
         Job::BareAdd(b) | Job::BareDel(b) => Some(b.node.clone()),
     };
     if let Some(node) = &node {
@@ -211,7 +218,7 @@ fn worker(
     // The baseline's netlink socket is opened in the node netns, outside the timed region.
     let sock = match job {
         Job::BareDel(_) => Some(RouteSocket::open()?),
-        Job::Plugin(..) | Job::BareAdd(_) => None,
+        Job::Plugin(..) | Job::Probe(..) | Job::BareAdd(_) => None,
     };
     loop {
         if failed.load(Ordering::Relaxed) {
@@ -223,8 +230,10 @@ fn worker(
             return Ok(());
         };
         let (d, kb) = match (job, &sock) {
-            (Job::Plugin(side, op), _) => {
-                let (d, kb) = side.run_one(op, i)?;
+            // Timed runs report no RSS: theirs is floored by the harness's (see invoke_probe).
+            (Job::Plugin(side, op), _) => (side.run_one(op, i, false)?.0, None),
+            (Job::Probe(side, op), _) => {
+                let (d, kb) = side.run_one(op, i, true)?;
                 (d, Some(kb))
             }
             (Job::BareAdd(b), _) => {
@@ -238,7 +247,7 @@ fn worker(
                     cni_path: &b.bin,
                 };
                 let inv = invoke_args(&b.bin, &args, &env, b"")?;
-                (inv.elapsed, Some(inv.max_rss_kb))
+                (inv.elapsed, None)
             }
             (Job::BareDel(b), Some(sock)) => (sock.del_link_timed(&b.links[b.slot(i)?])?, None),
             (Job::BareDel(_), None) => return Err("no netlink socket".into()),

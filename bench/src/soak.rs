@@ -6,7 +6,9 @@
 //! `strace`), and compares the per-call medians of the first 100 cycles with the last 100.
 
 use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
-use crate::invoke::{CniEnv, enter_netns, find_bin, invoke, invoke_args, twill_bin_dir};
+use crate::invoke::{
+    CniEnv, enter_netns, find_bin, invoke, invoke_args, invoke_probe, twill_bin_dir,
+};
 use crate::report::{self, Target};
 use crate::runner::{IFNAME, Op};
 use crate::stats::{Summary, round3};
@@ -95,7 +97,8 @@ struct Cycle {
     index: usize,
     add: Duration,
     del: Duration,
-    rss_kb: u64,
+    /// Peak RSS of ADD/DEL (KiB), for cycles run under twill-spawn.
+    rss_kb: Option<u64>,
     fds: Option<(FdCount, FdCount)>,
 }
 
@@ -198,17 +201,18 @@ fn config_of(plugin: &str, data: &Path) -> Result<Value, String> {
     })
 }
 
-/// ADD time, DEL time, peak RSS (KiB) and, when traced, the fds ADD and DEL opened.
-type CycleOut = (Duration, Duration, u64, Option<(FdCount, FdCount)>);
+/// ADD time, DEL time, peak RSS (KiB) when probed and, when traced, the fds ADD and DEL opened.
+type CycleOut = (Duration, Duration, Option<u64>, Option<(FdCount, FdCount)>);
 
 /// ADD then DEL of one container on `pod`; with `strace`, both run under it and their fd counts
-/// come back too.
+/// come back too; with `probe`, both run under twill-spawn and their peak RSS comes back.
 fn cycle(
     bin: &Path,
     conf: &Value,
     id: &str,
     pod: &Path,
     strace: Option<(&Path, &Path)>,
+    probe: bool,
 ) -> Result<CycleOut, String> {
     let mut times = [Duration::ZERO; 2];
     let mut rss = 0;
@@ -234,6 +238,7 @@ fn cycle(
                 fds[k] = count_fds(&text);
                 inv
             }
+            None if probe => invoke_probe(bin, &[], &env, stdin.as_bytes())?,
             None => invoke(bin, &env, stdin.as_bytes())?,
         };
         times[k] = inv.elapsed;
@@ -247,7 +252,7 @@ fn cycle(
         }
     }
     let fds = strace.map(|_| (fds[0], fds[1]));
-    Ok((times[0], times[1], rss, fds))
+    Ok((times[0], times[1], probe.then_some(rss), fds))
 }
 
 fn soak_one(plugin: &str, opts: &SoakOpts) -> Result<Value, String> {
@@ -291,7 +296,7 @@ fn soak_one(plugin: &str, opts: &SoakOpts) -> Result<Value, String> {
             let r = enter_netns(&node_path).and_then(|_| {
                 pods.iter().enumerate().try_for_each(|(w, pod)| {
                     let id = format!("{p}-soak-{short}-warm{w}");
-                    cycle(&bin, &conf, &id, &netns_path(pod), None).map(drop)
+                    cycle(&bin, &conf, &id, &netns_path(pod), None, false).map(drop)
                 })
             });
             if let (Err(e), Ok(mut slot)) = (r, warm_err.lock()) {
@@ -334,7 +339,8 @@ fn soak_one(plugin: &str, opts: &SoakOpts) -> Result<Value, String> {
                             .then_some(())
                             .and(strace.as_deref())
                             .map(|s| (s, log.as_path()));
-                        let (add, del, rss_kb, fds) = cycle(bin, conf, &id, &pod, traced)?;
+                        let probe = c % opts.fd_every == 0;
+                        let (add, del, rss_kb, fds) = cycle(bin, conf, &id, &pod, traced, probe)?;
                         if let Ok(mut v) = cycles.lock() {
                             v.push(Cycle {
                                 index: c,
@@ -380,7 +386,10 @@ fn summarize(
         wall.as_secs_f64(),
         cycles.len() as f64 / wall.as_secs_f64().max(1e-9)
     );
-    let timed: Vec<&Cycle> = cycles.iter().filter(|c| c.fds.is_none()).collect();
+    let timed: Vec<&Cycle> = cycles
+        .iter()
+        .filter(|c| c.fds.is_none() && c.rss_kb.is_none())
+        .collect();
     let n = WINDOW.min(timed.len() / 2);
     let mut figures = Vec::new();
     let mut drift = serde_json::Map::new();
@@ -411,16 +420,20 @@ fn summarize(
                 Target::AtMost(DRIFT_TARGET),
             ));
         }
-        let rss = |w: &[&Cycle]| w.iter().map(|c| c.rss_kb).max().unwrap_or(0);
+    }
+    // Peak RSS of the probed cycles (under twill-spawn), first half of the run vs second half.
+    let probed: Vec<u64> = cycles.iter().filter_map(|c| c.rss_kb).collect();
+    if probed.len() >= 2 {
+        let (a, b) = probed.split_at(probed.len() / 2);
+        let (a, b) = (
+            a.iter().copied().max().unwrap_or(0),
+            b.iter().copied().max().unwrap_or(0),
+        );
         println!(
-            "  peak RSS, first {n} / last {n} cycles: {} / {} KiB",
-            rss(first),
-            rss(last)
+            "  peak RSS over {} probed cycles, first half / second half: {a} / {b} KiB",
+            probed.len()
         );
-        drift.insert(
-            "rss_kb".into(),
-            json!({"first": rss(first), "last": rss(last)}),
-        );
+        drift.insert("rss_kb".into(), json!({"first_half": a, "second_half": b}));
     }
     let traced: Vec<(FdCount, FdCount)> = cycles.iter().filter_map(|c| c.fds).collect();
     let mut fd_json = json!(null);

@@ -71,11 +71,11 @@ pub fn record(
             summary,
             per_second,
             max_rss_kb: s.rss_kb.iter().copied().max(),
-            // An in-process baseline (no RSS) execs no binary.
+            // The bare DEL is one in-process request: it execs no binary.
             bin_bytes: bins
                 .iter()
                 .find(|(l, _)| l == label)
-                .filter(|_| !s.rss_kb.is_empty())
+                .filter(|_| !(*label == "bare" && *op == Op::Del))
                 .and_then(|(_, b)| size_of(b)),
             lat: s.lat.clone(),
         });
