@@ -5,6 +5,7 @@
 //!   twill-bench host-local [--n 200] [--warmup 5]
 //!   twill-bench bridge [--pods 100] [--concurrency 1,8] [--masq both|on|off]
 //!   twill-bench routed [--pods 100] [--concurrency 1,8]
+//!   twill-bench peers [--pods 50]
 //!   twill-bench soak [--cycles 2000] [--workers 8] [--plugins a,b] [--fd-every 100]
 //!   twill-bench all [all of the options above]
 //!
@@ -17,6 +18,7 @@ mod bridge;
 mod cleanup;
 mod host_local;
 mod invoke;
+mod peers;
 mod report;
 mod routed;
 mod runner;
@@ -31,6 +33,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench bridge [--pods N] [--concurrency 1,8] [--masq both|on|off]
        twill-bench routed [--pods N] [--concurrency 1,8]
+       twill-bench peers [--pods N]
        twill-bench soak [--cycles N] [--workers W] [--plugins a,b] [--fd-every K]
        twill-bench all [options of all]";
 
@@ -41,6 +44,7 @@ struct Args {
     warmup: usize,
     bridge: bridge::BridgeOpts,
     soak: soak::SoakOpts,
+    pods_given: bool,
 }
 
 fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String> {
@@ -57,7 +61,7 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "routed", "soak", "all"].contains(&what.as_str()) {
+    if !["host-local", "bridge", "routed", "peers", "soak", "all"].contains(&what.as_str()) {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -75,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
             plugins: soak::PLUGINS.iter().map(|p| p.to_string()).collect(),
             fd_every: 100,
         },
+        pods_given: false,
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -88,7 +93,10 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--warmup: at most 1000".into());
                 }
             }
-            "--pods" => a.bridge.pods = parse_num("--pods", it.next(), 2000)?,
+            "--pods" => {
+                a.bridge.pods = parse_num("--pods", it.next(), 2000)?;
+                a.pods_given = true;
+            }
             "--concurrency" => {
                 let v = it.next().ok_or("--concurrency needs a value")?;
                 a.bridge.concurrency = v
@@ -168,6 +176,14 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
             concurrency: args.bridge.concurrency.clone(),
         };
         doc.insert("routed".into(), routed::run(&opts)?);
+    }
+    if args.what == "peers" || args.what == "all" {
+        let pods = if args.pods_given {
+            args.bridge.pods.min(200)
+        } else {
+            peers::PODS
+        };
+        doc.insert("peers".into(), peers::run(pods)?);
     }
     if args.what == "soak" || args.what == "all" {
         doc.insert("soak".into(), soak::run(&args.soak)?);

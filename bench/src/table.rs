@@ -132,7 +132,7 @@ pub fn print() -> Value {
     }
     println!("== performance table (one run; ratios are within this run)");
     println!(
-        "  {:<15} {:<12} {:<9} {:<4} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>8}",
+        "  {:<15} {:<16} {:<9} {:<4} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>8}",
         "plugin",
         "config",
         "side",
@@ -166,7 +166,7 @@ pub fn print() -> Value {
             .flatten()
             .map(|m| row.summary.median_ms / m);
         println!(
-            "  {:<15} {:<12} {:<9} {:<4} {:>9.3} {:>9.3} {:>8} {:>8} {:>9} {:>7} {:>8}",
+            "  {:<15} {:<16} {:<9} {:<4} {:>9.3} {:>9.3} {:>8} {:>8} {:>9} {:>7} {:>8}",
             row.plugin,
             row.config,
             row.side,
