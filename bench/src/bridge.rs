@@ -81,6 +81,8 @@ pub(crate) fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, Strin
 struct Bins {
     twill: Option<(PathBuf, PathBuf)>,
     reference: (PathBuf, PathBuf),
+    /// podman's netavark (`$NETAVARK_BIN`, else Debian's /usr/lib/podman/netavark), if present.
+    netavark: Option<PathBuf>,
 }
 
 fn find_bins() -> Result<Bins, String> {
@@ -97,6 +99,10 @@ fn find_bins() -> Result<Bins, String> {
     Ok(Bins {
         twill: find_bin(&td, "bridge-host-gw").map(|b| (b, td)),
         reference: (reference, rd),
+        netavark: std::env::var_os("NETAVARK_BIN")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/lib/podman/netavark")))
+            .filter(|p| p.is_file()),
     })
 }
 
@@ -115,6 +121,13 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
         ),
     }
     println!("   ref:   {} + host-local", bins.reference.0.display());
+    match &bins.netavark {
+        Some(b) => println!(
+            "   netavark: {} (setup/teardown, static IPs; ipMasq off = internal network)",
+            b.display()
+        ),
+        None => println!("   netavark: SKIPPED (install Debian's netavark or set NETAVARK_BIN)"),
+    }
 
     let p = prefix();
     let total = WARMUP + opts.pods;
@@ -128,6 +141,10 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
         names.extend(tw_pods.iter().cloned());
     }
     names.extend(ref_pods.iter().cloned());
+    let nv_pods: Vec<String> = (0..total).map(|i| format!("{p}-np{i}")).collect();
+    if bins.netavark.is_some() {
+        names.extend(nv_pods.iter().cloned());
+    }
     // The kernel floor runs in every configuration, sequential and concurrent.
     let bare_needed = true;
     if bare_needed {
@@ -148,6 +165,7 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
                 opts.pods,
                 &tw_pods,
                 &ref_pods,
+                &nv_pods,
                 bare_needed.then_some((&bare_node, &bare_pods[..])),
             )?;
             for label in ["twill", "ref"] {
@@ -207,6 +225,7 @@ fn run_config(
     pods: usize,
     tw_pods: &[String],
     ref_pods: &[String],
+    nv_pods: &[String],
     bare: Option<(&String, &[String])>,
 ) -> Result<(Value, std::collections::BTreeMap<&'static str, f64>), String> {
     let tag = format!("c{conc}-{}", if masq { "masq" } else { "nomasq" });
@@ -214,9 +233,13 @@ fn run_config(
     let p = prefix();
     let tw_node = format!("{p}-tnode-{tag}");
     let ref_node = format!("{p}-rnode-{tag}");
+    let nv_node = format!("{p}-nnode-{tag}");
     let mut node_names = vec![ref_node.clone()];
     if bins.twill.is_some() {
         node_names.push(tw_node.clone());
+    }
+    if bins.netavark.is_some() {
+        node_names.push(nv_node.clone());
     }
     let nodes = NetnsSet::create(node_names)?;
     let ref_data = TempDir::create(&format!("br-ref-{tag}"))?;
@@ -257,7 +280,25 @@ fn run_config(
         }
         None => None,
     };
-    let sides: Vec<&Side> = twill.iter().chain(std::iter::once(&refp)).collect();
+    let nv_dir = TempDir::create(&format!("br-netavark-{tag}"))?;
+    let netavark = bins.netavark.as_ref().map(|bin| {
+        let mut side = Side::new(
+            "netavark",
+            bin.clone(),
+            bins.reference.1.clone(),
+            Some(netns_path(&nv_node)),
+            paths(nv_pods),
+            ids("nv"),
+            ref_config(masq, nv_dir.path()),
+        );
+        side.netavark_dir = Some(nv_dir.path().to_path_buf());
+        side
+    });
+    let sides: Vec<&Side> = twill
+        .iter()
+        .chain(std::iter::once(&refp))
+        .chain(netavark.iter())
+        .collect();
 
     // Warm-up, untimed: creates the bridge and (ipMasq) the masquerade rules in each node.
     let warm: Vec<usize> = (0..WARMUP).collect();
@@ -304,10 +345,11 @@ fn run_config(
 
     let thru = conc > 1;
     let bins_twill = bins.twill.clone();
+    let bins_netavark = bins.netavark.clone();
     report::header(if thru { "   pods/s" } else { "" });
     let mut res_json = serde_json::Map::new();
     let mut add_medians = std::collections::BTreeMap::new();
-    let order = ["twill", "ref", "bare"]
+    let order = ["twill", "ref", "netavark", "bare"]
         .into_iter()
         .flat_map(|l| [(l, Op::Add), (l, Op::Del)]);
     for (label, op) in order {
@@ -351,6 +393,9 @@ fn run_config(
     )];
     if let Some((b, _)) = &bins_twill {
         bins.push(("twill", vec![b.clone()]));
+    }
+    if let Some(b) = &bins_netavark {
+        bins.push(("netavark", vec![b.clone()]));
     }
     if let Some(b) = &bare_veths {
         bins.push(("bare", vec![b.bin.clone()]));

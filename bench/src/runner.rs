@@ -49,7 +49,46 @@ pub struct Side {
     pub ids: Vec<String>,
     /// The network configuration (stdin of ADD; DEL gets it plus `prevResult`).
     pub config: Value,
+    /// Not a CNI plugin but netavark: `netavark --config DIR setup|teardown NETNS` with the
+    /// network options (see [`netavark_options`]) on stdin; this is DIR.
+    pub netavark_dir: Option<PathBuf>,
+    /// Held around each invocation (podman serializes netavark calls under its network lock;
+    /// netavark 1.4 run concurrently tears the shared bridge down under its neighbours). The
+    /// wait is part of the measured time, as it is for the runtime.
+    serial: Mutex<()>,
     prev: Mutex<Vec<Option<Value>>>,
+}
+
+/// netavark's network options for pod `i`: the network of `config` (a bridge config: its
+/// bridge, first range's subnet and gateway; `ipMasq` false makes it `internal`, which is
+/// netavark's only way to leave NAT out), and the static IP `10.88.(i+2)` as twill allocates
+/// them in order (netavark does not allocate).
+pub fn netavark_options(config: &Value, id: &str, i: usize) -> Value {
+    let host = i + 2;
+    let subnet = config
+        .pointer("/ipam/ranges/0/0/subnet")
+        .and_then(Value::as_str)
+        .unwrap_or("10.88.0.0/16");
+    let name = config["name"].as_str().unwrap_or("twbench");
+    serde_json::json!({
+        "container_id": id,
+        "container_name": id,
+        "networks": { name: {
+            "interface_name": IFNAME,
+            "static_ips": [format!("10.88.{}.{}", host / 256, host % 256)],
+        }},
+        "network_info": { name: {
+            "dns_enabled": false,
+            "driver": "bridge",
+            "id": format!("{:0>64}", "7477696c6c"),
+            "internal": !config["ipMasq"].as_bool().unwrap_or(false),
+            "ipv6_enabled": false,
+            "name": name,
+            "network_interface": config["bridge"].as_str().unwrap_or("twbr0"),
+            "subnets": [{ "gateway": "10.88.0.1", "subnet": subnet }],
+        }},
+        "port_mappings": null,
+    })
 }
 
 impl Side {
@@ -72,6 +111,8 @@ impl Side {
             pod_netns,
             ids,
             config,
+            netavark_dir: None,
+            serial: Mutex::new(()),
             prev: Mutex::new(vec![None; n]),
         }
     }
@@ -88,7 +129,21 @@ impl Side {
                 obj.insert("prevResult".into(), p);
             }
         }
-        let stdin = conf.to_string();
+        let stdin = match &self.netavark_dir {
+            Some(_) => netavark_options(&self.config, &self.ids[i], i).to_string(),
+            None => conf.to_string(),
+        };
+        let ns = self.pod_netns[i].display().to_string();
+        let dir = self
+            .netavark_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let verb = if op == Op::Add { "setup" } else { "teardown" };
+        let args: Vec<&str> = match &self.netavark_dir {
+            Some(_) => vec!["--config", &dir, verb, &ns],
+            None => vec![],
+        };
         let env = CniEnv {
             command: op.name(),
             container_id: &self.ids[i],
@@ -96,12 +151,21 @@ impl Side {
             ifname: IFNAME,
             cni_path: &self.cni_path,
         };
-        let inv = if probe {
-            invoke_probe(&self.bin, &[], &env, stdin.as_bytes())
-        } else {
+        let start = Instant::now();
+        let _serial = match self.netavark_dir {
+            Some(_) => Some(self.serial.lock().map_err(|_| "poisoned netavark lock")?),
+            None => None,
+        };
+        let waited = start.elapsed();
+        let mut inv = if probe {
+            invoke_probe(&self.bin, &args, &env, stdin.as_bytes())
+        } else if args.is_empty() {
             invoke(&self.bin, &env, stdin.as_bytes())
+        } else {
+            invoke_args(&self.bin, &args, &env, stdin.as_bytes())
         }
         .map_err(|e| format!("{} {}: {e}", self.label, op.name()))?;
+        inv.elapsed += waited;
         if op == Op::Add {
             let result: Value = serde_json::from_slice(&inv.stdout).map_err(|e| {
                 format!(
@@ -111,7 +175,16 @@ impl Side {
                     String::from_utf8_lossy(&inv.stdout)
                 )
             })?;
-            if result["ips"].as_array().is_none_or(|a| a.is_empty()) {
+            let has_ip = match &self.netavark_dir {
+                // netavark: {"<network>": {"interfaces": {"eth0": {"subnets": [...]}}}}
+                Some(_) => result
+                    .as_object()
+                    .and_then(|o| o.values().next())
+                    .and_then(|n| n.pointer(&format!("/interfaces/{IFNAME}/subnets/0/ipnet")))
+                    .is_some(),
+                None => result["ips"].as_array().is_some_and(|a| !a.is_empty()),
+            };
+            if !has_ip {
                 return Err(format!(
                     "{} ADD {}: result has no ips: {result}",
                     self.label, self.ids[i]
