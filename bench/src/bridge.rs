@@ -163,9 +163,7 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
                 conc,
                 masq,
                 opts.pods,
-                &tw_pods,
-                &ref_pods,
-                &nv_pods,
+                (&tw_pods, &ref_pods, &nv_pods),
                 bare_needed.then_some((&bare_node, &bare_pods[..])),
             )?;
             for label in ["twill", "ref"] {
@@ -223,9 +221,7 @@ fn run_config(
     conc: usize,
     masq: bool,
     pods: usize,
-    tw_pods: &[String],
-    ref_pods: &[String],
-    nv_pods: &[String],
+    (tw_pods, ref_pods, nv_pods): (&[String], &[String], &[String]),
     bare: Option<(&String, &[String])>,
 ) -> Result<(Value, std::collections::BTreeMap<&'static str, f64>), String> {
     let tag = format!("c{conc}-{}", if masq { "masq" } else { "nomasq" });
