@@ -21,11 +21,11 @@ const CLUSTER: &str = "10.0.0.0/8";
 /// Warm-up pods per side and config (untimed ADD+DEL; also creates the bridge and masq rules).
 const WARMUP: usize = 3;
 /// ADD median twill/ref target.
-const ADD_RATIO_TARGET: f64 = 0.20;
+const ADD_RATIO_TARGET: f64 = 0.10;
 /// ADD median / bare kernel sequence target.
 const ADD_BARE_TARGET: f64 = 1.5;
 /// DEL median / bare veth delete target.
-const DEL_BARE_TARGET: f64 = 1.2;
+const DEL_BARE_TARGET: f64 = 1.05;
 /// ipMasq ADD cost target (ms).
 const MASQ_COST_TARGET_MS: f64 = 1.0;
 

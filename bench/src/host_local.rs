@@ -14,7 +14,7 @@ pub(crate) const NETWORK: &str = "twbench-hl";
 /// A /16: 65k addresses, no exhaustion at any allowed n.
 const SUBNET: &str = "10.88.0.0/16";
 /// Target for the ADD median ratio twill/ref.
-const ADD_RATIO_TARGET: f64 = 0.30;
+const ADD_RATIO_TARGET: f64 = 0.10;
 
 /// The config a main plugin would pass to its IPAM plugin (the whole network config).
 pub(crate) fn config(data_dir: &Path) -> Value {

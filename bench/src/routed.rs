@@ -19,11 +19,11 @@ const SUBNET: &str = "10.89.0.0/16";
 /// Warm-up pods per side (untimed ADD+DEL; also makes the node state: blackhole, rules).
 const WARMUP: usize = 3;
 /// ADD median twill/ref target.
-const ADD_RATIO_TARGET: f64 = 0.20;
+const ADD_RATIO_TARGET: f64 = 0.10;
 /// ADD median / bare kernel sequence target.
 const ADD_BARE_TARGET: f64 = 1.5;
 /// DEL median / bare veth delete target.
-const DEL_BARE_TARGET: f64 = 1.2;
+const DEL_BARE_TARGET: f64 = 1.05;
 
 /// Options of the routed benchmark.
 pub struct RoutedOpts {
