@@ -164,7 +164,15 @@ fn node_state(node: &str, pods: &[String], data: &Path) -> State {
     );
     vec![
         ("links", links),
-        ("routes", ip(node, &["route", "show", "table", "all"])),
+        // Without "linkdown": the bridge's carrier follows its ports asynchronously (linkwatch),
+        // a flag of the kernel's, not state a plugin made.
+        (
+            "routes",
+            ip(node, &["route", "show", "table", "all"])
+                .into_iter()
+                .map(|l| l.replace(" linkdown", ""))
+                .collect(),
+        ),
         (
             "neighbours",
             ip(node, &["neigh", "show", "nud", "permanent"]),
