@@ -85,6 +85,36 @@ impl BareVeths {
         })
     }
 
+    /// The baseline as it was before the bare ADD existed: [`BareVeths::prepare`] (bridge mode,
+    /// slots from 0) plus every pair made with `ip`, untimed (pod `k` gets 10.99.x.y/16 and a
+    /// default route via 10.99.0.1), so only [`crate::runner::Job::BareDel`] runs on them.
+    #[allow(
+        dead_code,
+        reason = "the pre-bare-ADD API, kept for the vxlan and twilld benches written in parallel"
+    )]
+    pub fn create(node: &str, pods: &[String]) -> Result<BareVeths, String> {
+        let b = BareVeths::prepare(node, pods, 0, BareMode::Bridge)?;
+        let mut lines = Vec::with_capacity(2 * pods.len());
+        for (k, pod) in pods.iter().enumerate() {
+            let link = &b.links[k];
+            lines.push(format!(
+                "link add {link} up type veth peer name eth0 netns {pod}"
+            ));
+            lines.push(format!("link set {link} master {BRIDGE}"));
+        }
+        ip_batch(&["-n", node], &lines, false)?;
+        for (k, pod) in pods.iter().enumerate() {
+            let host = k + 2;
+            let lines = vec![
+                "link set eth0 up".to_string(),
+                format!("addr add 10.99.{}.{}/16 dev eth0", host / 256, host % 256),
+                "route add default via 10.99.0.1".to_string(),
+            ];
+            ip_batch(&["-n", pod], &lines, false)?;
+        }
+        Ok(b)
+    }
+
     /// The slot of pod index `i`.
     pub fn slot(&self, i: usize) -> Result<usize, String> {
         i.checked_sub(self.offset)

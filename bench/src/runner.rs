@@ -117,11 +117,16 @@ impl Side {
         }
     }
 
+    /// One timed invocation of `op` for pod `i` (see [`Side::run_one_with`]).
+    pub fn run_one(&self, op: Op, i: usize) -> Result<Duration, String> {
+        self.run_one_with(op, i, false).map(|(d, _)| d)
+    }
+
     /// One invocation of `op` for pod `i`; ADD's result is kept as DEL's `prevResult`, as a
     /// runtime does. The stdin is built before the clock starts. Returns the time and the
     /// process's peak RSS (KiB); with `probe` it runs under `twill-spawn` (untimed use), whose
     /// RSS figure is the plugin's own.
-    pub fn run_one(&self, op: Op, i: usize, probe: bool) -> Result<(Duration, u64), String> {
+    pub fn run_one_with(&self, op: Op, i: usize, probe: bool) -> Result<(Duration, u64), String> {
         let mut conf = self.config.clone();
         if op == Op::Del {
             let prev = self.prev.lock().ok().and_then(|mut v| v[i].take());
@@ -304,9 +309,9 @@ fn worker(
         };
         let (d, kb) = match (job, &sock) {
             // Timed runs report no RSS: theirs is floored by the harness's (see invoke_probe).
-            (Job::Plugin(side, op), _) => (side.run_one(op, i, false)?.0, None),
+            (Job::Plugin(side, op), _) => (side.run_one(op, i)?, None),
             (Job::Probe(side, op), _) => {
-                let (d, kb) = side.run_one(op, i, true)?;
+                let (d, kb) = side.run_one_with(op, i, true)?;
                 (d, Some(kb))
             }
             (Job::BareAdd(b), _) => {
