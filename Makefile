@@ -19,6 +19,9 @@ TRIPLE_ENV := $(shell echo '$(TRIPLE)' | tr 'a-z-' 'A-Z_')
 RELEASE := target/$(TRIPLE)/release
 export TWILL_BIN_DIR ?= $(CURDIR)/$(RELEASE)
 APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump util-linux procps iperf3
+# strace counts the descriptors each call opens (conformance/tests/soak.rs, twill-bench soak);
+# netavark is podman's network stack, set beside bridge-host-gw by `make bench`.
+APT_PKGS += strace netavark
 # The real clients of the runtime suites (conformance/tests/{libcni,podman,containerd}.rs): Go and
 # Debian's libcni source for the libcni driver, podman with runc, containerd, busybox-static for
 # the local images, Debian's Python gRPC for the CRI client, iptables for portmap and firewall.

@@ -1,9 +1,10 @@
-//! The baseline: how long the kernel alone takes to delete a pod's veth pair. Pairs are made with
-//! `ip` (untimed) like a plugin makes them (node end on a bridge, pod end up with an address and a
-//! default route); the timed part is one RTM_DELLINK request on an already open rtnetlink socket
-//! plus its ACK, i.e. no process exec at all.
+//! The baselines: the kernel floor of a pod's ADD and DEL. ADD's floor is one exec of
+//! `twill-bare-add` (this crate), which makes the same links, addresses, routes and neighbour
+//! entries as the plugin with no checks, lookups or IPAM. DEL's floor is one RTM_DELLINK request
+//! on an already open rtnetlink socket plus its ACK, i.e. the kernel's cost alone, no exec.
 
 use crate::cleanup::{ip_batch, netns_path};
+use crate::invoke::{find_bin, twill_bin_dir};
 use nix::libc;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -12,49 +13,98 @@ use std::time::{Duration, Instant};
 /// Bridge name used by every bridge config of the benchmark.
 pub const BRIDGE: &str = "twbr0";
 
-/// Veth pairs between a node netns (end `links[i]`, on [`BRIDGE`]) and pod netns (end `eth0`).
+/// Which data plane's kernel sequence the baseline makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareMode {
+    /// Host end on [`BRIDGE`], pod `10.99.x.y/16` with a default route via `10.99.0.1`.
+    Bridge,
+    /// Routed: host end with proxy ARP and a `/32` host route, pod `/32` behind 169.254.1.1.
+    Routed,
+}
+
+/// Bare pods between a node netns (host end `links[k]`) and pod netns (end `eth0`); pod index
+/// `i` of a benchmark maps to slot `i - offset`.
 pub struct BareVeths {
     /// The node netns path.
     pub node: PathBuf,
-    /// Node-side link name per pod index.
+    /// Host-side link name per slot.
     pub links: Vec<String>,
+    /// Pod netns path per slot.
+    pub pods: Vec<PathBuf>,
+    /// The `twill-bare-add` binary.
+    pub bin: PathBuf,
+    mode: BareMode,
+    bridge_index: u32,
+    offset: usize,
 }
 
 impl BareVeths {
-    /// Creates the bridge (if missing) in `node` and one pair per pod, untimed. Pod `i` gets
-    /// 10.99.i/16 (i < 65000) and a default route via the bridge's 10.99.0.1.
-    pub fn create(node: &str, pods: &[String]) -> Result<BareVeths, String> {
+    /// Prepares the node (in bridge mode: [`BRIDGE`] with 10.99.0.1/16, made once with `ip`,
+    /// untimed) for bare pods in `pods`, indexed from `offset`. Nothing per pod is made here.
+    pub fn prepare(
+        node: &str,
+        pods: &[String],
+        offset: usize,
+        mode: BareMode,
+    ) -> Result<BareVeths, String> {
         if pods.len() > 65_000 {
-            return Err("too many bare veth pods".into());
+            return Err("too many bare pods".into());
         }
-        let mut lines = vec![
-            format!("link add {BRIDGE} type bridge"),
-            format!("addr add 10.99.0.1/16 dev {BRIDGE}"),
-            format!("link set {BRIDGE} up"),
-        ];
-        // The bridge may exist from an earlier config: only create it once.
-        let have_bridge = std::process::Command::new("ip")
-            .args(["-n", node, "link", "show", BRIDGE])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if have_bridge {
-            lines.clear();
+        let dir = twill_bin_dir();
+        let bin = find_bin(&dir, "twill-bare-add").ok_or_else(|| {
+            format!(
+                "twill-bare-add not found in {} (it is built with the workspace)",
+                dir.display()
+            )
+        })?;
+        let mut bridge_index = 0;
+        if mode == BareMode::Bridge {
+            bridge_index = match link_index(node, BRIDGE) {
+                Some(i) => i,
+                None => {
+                    let lines = vec![
+                        format!("link add {BRIDGE} type bridge"),
+                        format!("addr add 10.99.0.1/16 dev {BRIDGE}"),
+                        format!("link set {BRIDGE} up"),
+                    ];
+                    ip_batch(&["-n", node], &lines, false)?;
+                    link_index(node, BRIDGE).ok_or_else(|| {
+                        format!("bridge {BRIDGE} missing in {node} after creation")
+                    })?
+                }
+            };
         }
-        let mut links = Vec::with_capacity(pods.len());
-        for (i, pod) in pods.iter().enumerate() {
-            let link = format!("vb{i}");
+        Ok(BareVeths {
+            node: netns_path(node),
+            links: (0..pods.len()).map(|k| format!("vb{k}")).collect(),
+            pods: pods.iter().map(|p| netns_path(p)).collect(),
+            bin,
+            mode,
+            bridge_index,
+            offset,
+        })
+    }
+
+    /// The baseline as it was before the bare ADD existed: [`BareVeths::prepare`] (bridge mode,
+    /// slots from 0) plus every pair made with `ip`, untimed (pod `k` gets 10.99.x.y/16 and a
+    /// default route via 10.99.0.1), so only [`crate::runner::Job::BareDel`] runs on them.
+    #[allow(
+        dead_code,
+        reason = "the pre-bare-ADD API, kept for the vxlan and twilld benches written in parallel"
+    )]
+    pub fn create(node: &str, pods: &[String]) -> Result<BareVeths, String> {
+        let b = BareVeths::prepare(node, pods, 0, BareMode::Bridge)?;
+        let mut lines = Vec::with_capacity(2 * pods.len());
+        for (k, pod) in pods.iter().enumerate() {
+            let link = &b.links[k];
             lines.push(format!(
                 "link add {link} up type veth peer name eth0 netns {pod}"
             ));
             lines.push(format!("link set {link} master {BRIDGE}"));
-            links.push(link);
         }
         ip_batch(&["-n", node], &lines, false)?;
-        for (i, pod) in pods.iter().enumerate() {
-            let host = i + 2;
+        for (k, pod) in pods.iter().enumerate() {
+            let host = k + 2;
             let lines = vec![
                 "link set eth0 up".to_string(),
                 format!("addr add 10.99.{}.{}/16 dev eth0", host / 256, host % 256),
@@ -62,11 +112,52 @@ impl BareVeths {
             ];
             ip_batch(&["-n", pod], &lines, false)?;
         }
-        Ok(BareVeths {
-            node: netns_path(node),
-            links,
+        Ok(b)
+    }
+
+    /// The slot of pod index `i`.
+    pub fn slot(&self, i: usize) -> Result<usize, String> {
+        i.checked_sub(self.offset)
+            .filter(|k| *k < self.links.len())
+            .ok_or_else(|| format!("bare pod index {i} out of range"))
+    }
+
+    /// The command line of `twill-bare-add` for pod index `i`.
+    pub fn add_args(&self, i: usize) -> Result<Vec<String>, String> {
+        let k = self.slot(i)?;
+        let host = k + 2;
+        let pod = self.pods[k].display().to_string();
+        let ip = format!("10.99.{}.{}", host / 256, host % 256);
+        Ok(match self.mode {
+            BareMode::Bridge => vec![
+                "bridge".into(),
+                pod,
+                self.links[k].clone(),
+                self.bridge_index.to_string(),
+                format!("{ip}/16"),
+                "10.99.0.1".into(),
+            ],
+            BareMode::Routed => vec!["routed".into(), pod, self.links[k].clone(), ip],
         })
     }
+}
+
+/// The ifindex of `link` in netns `node`, from `ip -o link show` ("N: name: ...").
+fn link_index(node: &str, link: &str) -> Option<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", node, "-o", "link", "show", link])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// An rtnetlink socket bound in the netns of the thread that opened it.

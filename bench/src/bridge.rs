@@ -2,7 +2,7 @@
 //! its own "node" netns, pods in pre-created netns; sequential and concurrent, ipMasq on/off;
 //! plus the bare veth delete baseline.
 
-use crate::bare::{BRIDGE, BareVeths};
+use crate::bare::{BRIDGE, BareMode, BareVeths};
 use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
 use crate::host_local::ratio;
 use crate::invoke::{find_bin, ref_bin_dir, twill_bin_dir};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Network name of the bridge configs.
-const NETWORK: &str = "twbench";
+pub(crate) const NETWORK: &str = "twbench";
 /// Pod subnet (host-local range), a /16.
 const SUBNET: &str = "10.88.0.0/16";
 /// Cluster network written to twill's subnet file.
@@ -21,9 +21,11 @@ const CLUSTER: &str = "10.0.0.0/8";
 /// Warm-up pods per side and config (untimed ADD+DEL; also creates the bridge and masq rules).
 const WARMUP: usize = 3;
 /// ADD median twill/ref target.
-const ADD_RATIO_TARGET: f64 = 0.20;
+const ADD_RATIO_TARGET: f64 = 0.10;
+/// ADD median / bare kernel sequence target.
+const ADD_BARE_TARGET: f64 = 1.5;
 /// DEL median / bare veth delete target.
-const DEL_BARE_TARGET: f64 = 1.2;
+const DEL_BARE_TARGET: f64 = 1.05;
 /// ipMasq ADD cost target (ms).
 const MASQ_COST_TARGET_MS: f64 = 1.0;
 
@@ -57,7 +59,7 @@ fn ref_config(masq: bool, data_dir: &Path) -> Value {
 
 /// twill's config: the same keys, type `bridge-host-gw`, plus `subnetFile`, `peers` and a
 /// `runDir` inside the bench's state dir (so its fingerprint stamps go away with it).
-fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
+pub(crate) fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
     let mut c = ref_config(masq, data_dir);
     c["type"] = json!("bridge-host-gw");
     c["subnetFile"] = json!(subnet_file);
@@ -67,7 +69,7 @@ fn twill_config(masq: bool, data_dir: &Path, subnet_file: &Path) -> Value {
 }
 
 /// A flannel-style subnet.env matching the host-local range.
-fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
+pub(crate) fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
     let p = dir.join("subnet.env");
     let text = format!(
         "FLANNEL_NETWORK={CLUSTER}\nFLANNEL_SUBNET=10.88.0.1/16\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ={masq}\n"
@@ -79,6 +81,8 @@ fn write_subnet_file(dir: &Path, masq: bool) -> Result<PathBuf, String> {
 struct Bins {
     twill: Option<(PathBuf, PathBuf)>,
     reference: (PathBuf, PathBuf),
+    /// podman's netavark (`$NETAVARK_BIN`, else Debian's /usr/lib/podman/netavark), if present.
+    netavark: Option<PathBuf>,
 }
 
 fn find_bins() -> Result<Bins, String> {
@@ -95,6 +99,10 @@ fn find_bins() -> Result<Bins, String> {
     Ok(Bins {
         twill: find_bin(&td, "bridge-host-gw").map(|b| (b, td)),
         reference: (reference, rd),
+        netavark: std::env::var_os("NETAVARK_BIN")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/lib/podman/netavark")))
+            .filter(|p| p.is_file()),
     })
 }
 
@@ -113,6 +121,13 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
         ),
     }
     println!("   ref:   {} + host-local", bins.reference.0.display());
+    match &bins.netavark {
+        Some(b) => println!(
+            "   netavark: {} (setup/teardown, static IPs; ipMasq off = internal network)",
+            b.display()
+        ),
+        None => println!("   netavark: SKIPPED (install Debian's netavark or set NETAVARK_BIN)"),
+    }
 
     let p = prefix();
     let total = WARMUP + opts.pods;
@@ -126,7 +141,12 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
         names.extend(tw_pods.iter().cloned());
     }
     names.extend(ref_pods.iter().cloned());
-    let bare_needed = opts.concurrency.contains(&1);
+    let nv_pods: Vec<String> = (0..total).map(|i| format!("{p}-np{i}")).collect();
+    if bins.netavark.is_some() {
+        names.extend(nv_pods.iter().cloned());
+    }
+    // The kernel floor runs in every configuration, sequential and concurrent.
+    let bare_needed = true;
     if bare_needed {
         names.extend(bare_pods.iter().cloned());
         names.push(bare_node.clone());
@@ -143,8 +163,7 @@ pub fn run(opts: &BridgeOpts) -> Result<Value, String> {
                 conc,
                 masq,
                 opts.pods,
-                &tw_pods,
-                &ref_pods,
+                (&tw_pods, &ref_pods, &nv_pods),
                 bare_needed.then_some((&bare_node, &bare_pods[..])),
             )?;
             for label in ["twill", "ref"] {
@@ -202,8 +221,7 @@ fn run_config(
     conc: usize,
     masq: bool,
     pods: usize,
-    tw_pods: &[String],
-    ref_pods: &[String],
+    (tw_pods, ref_pods, nv_pods): (&[String], &[String], &[String]),
     bare: Option<(&String, &[String])>,
 ) -> Result<(Value, std::collections::BTreeMap<&'static str, f64>), String> {
     let tag = format!("c{conc}-{}", if masq { "masq" } else { "nomasq" });
@@ -211,9 +229,13 @@ fn run_config(
     let p = prefix();
     let tw_node = format!("{p}-tnode-{tag}");
     let ref_node = format!("{p}-rnode-{tag}");
+    let nv_node = format!("{p}-nnode-{tag}");
     let mut node_names = vec![ref_node.clone()];
     if bins.twill.is_some() {
         node_names.push(tw_node.clone());
+    }
+    if bins.netavark.is_some() {
+        node_names.push(nv_node.clone());
     }
     let nodes = NetnsSet::create(node_names)?;
     let ref_data = TempDir::create(&format!("br-ref-{tag}"))?;
@@ -254,51 +276,59 @@ fn run_config(
         }
         None => None,
     };
-    let sides: Vec<&Side> = twill.iter().chain(std::iter::once(&refp)).collect();
+    let nv_dir = TempDir::create(&format!("br-netavark-{tag}"))?;
+    let netavark = bins.netavark.as_ref().map(|bin| {
+        let mut side = Side::new(
+            "netavark",
+            bin.clone(),
+            bins.reference.1.clone(),
+            Some(netns_path(&nv_node)),
+            paths(nv_pods),
+            ids("nv"),
+            ref_config(masq, nv_dir.path()),
+        );
+        side.netavark_dir = Some(nv_dir.path().to_path_buf());
+        side
+    });
+    let sides: Vec<&Side> = twill
+        .iter()
+        .chain(std::iter::once(&refp))
+        .chain(netavark.iter())
+        .collect();
 
     // Warm-up, untimed: creates the bridge and (ipMasq) the masquerade rules in each node.
     let warm: Vec<usize> = (0..WARMUP).collect();
+    let mut warm_rss = Vec::new();
     for side in &sides {
         for op in [Op::Add, Op::Del] {
-            run_phase(Job::Plugin(side, op), &warm, 1)?;
+            // Under twill-spawn: the only calls whose peak RSS is the plugin's own.
+            let probe = run_phase(Job::Probe(side, op), &warm, 1)?;
+            warm_rss.push(((side.label, op), probe.rss_kb));
         }
     }
     // Bare veth pairs for the baseline, sequential configs only, made before any timing.
     let bare_veths = match bare {
-        Some((node, pods)) if conc == 1 => Some(BareVeths::create(node, pods)?),
+        Some((node, pods)) => Some(BareVeths::prepare(node, pods, WARMUP, BareMode::Bridge)?),
         _ => None,
     };
 
     let timed: Vec<usize> = (WARMUP..total).collect();
     let chunk = 2 * conc;
     let mut results = Results::new();
-    let add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
-    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
-    let del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
-    match &bare_veths {
-        Some(b) => {
-            // Plugin DELs and bare deletes interleave chunk by chunk; bare uses indices 0..pods.
-            let mut jobs = del_jobs.clone();
-            jobs.push(Job::BareDel(b));
-            let bare_idx: Vec<usize> = (0..pods).collect();
-            for (k, part) in timed.chunks(chunk).enumerate() {
-                let bpart = &bare_idx[k * chunk..(k * chunk + part.len()).min(pods)];
-                for j in 0..jobs.len() {
-                    let job = jobs[(j + k) % jobs.len()];
-                    let idx = if matches!(job, Job::BareDel(_)) {
-                        bpart
-                    } else {
-                        part
-                    };
-                    let s = run_phase(job, idx, conc)?;
-                    let e = results.entry((job.label(), job.op())).or_default();
-                    e.lat.extend(s.lat);
-                    e.wall += s.wall;
-                }
-            }
-        }
-        None => alternate(&del_jobs, &timed, chunk, conc, &mut results)?,
+    for (key, rss) in warm_rss {
+        results.entry(key).or_default().rss_kb.extend(rss);
     }
+    let mut add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    if let Some(b) = &bare_veths {
+        add_jobs.push(Job::BareAdd(b));
+    }
+    alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
+    let mut del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
+    if let Some(b) = &bare_veths {
+        // Bare deletes interleave with the plugins' DELs, pod index for pod index.
+        del_jobs.push(Job::BareDel(b));
+    }
+    alternate(&del_jobs, &timed, chunk, conc, &mut results)?;
 
     let leftovers: Vec<(String, usize)> = sides
         .iter()
@@ -310,10 +340,12 @@ fn run_config(
     drop(nodes);
 
     let thru = conc > 1;
+    let bins_twill = bins.twill.clone();
+    let bins_netavark = bins.netavark.clone();
     report::header(if thru { "   pods/s" } else { "" });
     let mut res_json = serde_json::Map::new();
     let mut add_medians = std::collections::BTreeMap::new();
-    let order = ["twill", "ref", "bare"]
+    let order = ["twill", "ref", "netavark", "bare"]
         .into_iter()
         .flat_map(|l| [(l, Op::Add), (l, Op::Del)]);
     for (label, op) in order {
@@ -339,7 +371,47 @@ fn run_config(
             add_medians.insert(label, sum.median_ms);
         }
     }
+    let config = format!(
+        "{} {}",
+        if conc == 1 {
+            "seq".to_string()
+        } else {
+            format!("{conc}-way")
+        },
+        if masq { "masq" } else { "nomasq" }
+    );
+    let mut bins = vec![(
+        "ref",
+        vec![
+            bins.reference.0.clone(),
+            bins.reference.1.join("host-local"),
+        ],
+    )];
+    if let Some((b, _)) = &bins_twill {
+        bins.push(("twill", vec![b.clone()]));
+    }
+    if let Some(b) = &bins_netavark {
+        bins.push(("netavark", vec![b.clone()]));
+    }
+    if let Some(b) = &bare_veths {
+        bins.push(("bare", vec![b.bin.clone()]));
+    }
+    crate::table::record("bridge-host-gw", &config, &results, thru, &bins);
     let mut figures = Vec::new();
+    let add_median = |label: &str| {
+        results
+            .get(&(label, Op::Add))
+            .and_then(|s| Summary::of(&s.lat))
+            .map(|s| s.median_ms)
+    };
+    if let (Some(t), Some(b)) = (add_median("twill"), add_median("bare")) {
+        figures.push(report::figure(
+            "ADD median vs bare kernel sequence",
+            t / b,
+            "",
+            Target::AtMost(ADD_BARE_TARGET),
+        ));
+    }
     if let Some(r) = ratio(&results, Op::Add) {
         figures.push(report::figure(
             "ADD median ratio twill/ref",

@@ -10,14 +10,14 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 /// Network name used in the host-local config.
-const NETWORK: &str = "twbench-hl";
+pub(crate) const NETWORK: &str = "twbench-hl";
 /// A /16: 65k addresses, no exhaustion at any allowed n.
 const SUBNET: &str = "10.88.0.0/16";
 /// Target for the ADD median ratio twill/ref.
-const ADD_RATIO_TARGET: f64 = 0.30;
+const ADD_RATIO_TARGET: f64 = 0.10;
 
 /// The config a main plugin would pass to its IPAM plugin (the whole network config).
-fn config(data_dir: &Path) -> Value {
+pub(crate) fn config(data_dir: &Path) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": NETWORK,
@@ -79,19 +79,35 @@ pub fn run(n: usize, warmup: usize) -> Result<Value, String> {
 
     // Warm-up (page cache, dataDir creation), untimed.
     let warm: Vec<usize> = (0..warmup).collect();
+    let mut warm_rss = Vec::new();
     for side in [&twill, &refp] {
         for op in [Op::Add, Op::Del] {
-            run_phase(Job::Plugin(side, op), &warm, 1)?;
+            // Under twill-spawn: the only calls whose peak RSS is the plugin's own.
+            let probe = run_phase(Job::Probe(side, op), &warm, 1)?;
+            warm_rss.push(((side.label, op), probe.rss_kb));
         }
     }
 
     let timed: Vec<usize> = (warmup..total).collect();
     let mut results = Results::new();
+    for (key, rss) in warm_rss {
+        results.entry(key).or_default().rss_kb.extend(rss);
+    }
     for op in [Op::Add, Op::Del] {
         let jobs = [Job::Plugin(&twill, op), Job::Plugin(&refp, op)];
         alternate(&jobs, &timed, 1, 1, &mut results)?;
     }
 
+    crate::table::record(
+        "host-local",
+        "seq",
+        &results,
+        false,
+        &[
+            ("twill", vec![twill_bin.clone()]),
+            ("ref", vec![ref_bin.clone()]),
+        ],
+    );
     let leftovers = [
         ("twill", leftover_reservations(twill_data.path())),
         ("ref", leftover_reservations(ref_data.path())),

@@ -7,6 +7,8 @@
 //!   twill-bench routed [--pods 100] [--concurrency 1,8]
 //!   twill-bench twilld
 //!   twill-bench vxlan [--pods 100]
+//!   twill-bench peers [--pods 50]
+//!   twill-bench soak [--cycles 2000] [--workers 8] [--plugins a,b] [--fd-every 100]
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -18,10 +20,14 @@ mod bridge;
 mod cleanup;
 mod host_local;
 mod invoke;
+mod peers;
 mod report;
 mod routed;
 mod runner;
+mod soak;
 mod stats;
+mod svg;
+mod table;
 mod twilld;
 mod vxlan;
 
@@ -33,6 +39,8 @@ const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench routed [--pods N] [--concurrency 1,8]
        twill-bench twilld
        twill-bench vxlan [--pods N]
+       twill-bench peers [--pods N]
+       twill-bench soak [--cycles N] [--workers W] [--plugins a,b] [--fd-every K]
        twill-bench all [options of all]";
 
 /// Parsed command line.
@@ -41,6 +49,8 @@ struct Args {
     n: usize,
     warmup: usize,
     bridge: bridge::BridgeOpts,
+    soak: soak::SoakOpts,
+    pods_given: bool,
 }
 
 fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String> {
@@ -57,7 +67,18 @@ fn parse_num(flag: &str, v: Option<String>, max: usize) -> Result<usize, String>
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let what = it.next().ok_or_else(|| USAGE.to_string())?;
-    if !["host-local", "bridge", "routed", "twilld", "vxlan", "all"].contains(&what.as_str()) {
+    if ![
+        "host-local",
+        "bridge",
+        "routed",
+        "twilld",
+        "vxlan",
+        "peers",
+        "soak",
+        "all",
+    ]
+    .contains(&what.as_str())
+    {
         return Err(format!("unknown subcommand {what:?}\n{USAGE}"));
     }
     let mut a = Args {
@@ -69,6 +90,13 @@ fn parse_args() -> Result<Args, String> {
             concurrency: vec![1, 8],
             masq: vec![false, true],
         },
+        soak: soak::SoakOpts {
+            cycles: 2000,
+            workers: 8,
+            plugins: soak::PLUGINS.iter().map(|p| p.to_string()).collect(),
+            fd_every: 100,
+        },
+        pods_given: false,
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -82,7 +110,10 @@ fn parse_args() -> Result<Args, String> {
                     return Err("--warmup: at most 1000".into());
                 }
             }
-            "--pods" => a.bridge.pods = parse_num("--pods", it.next(), 2000)?,
+            "--pods" => {
+                a.bridge.pods = parse_num("--pods", it.next(), 2000)?;
+                a.pods_given = true;
+            }
             "--concurrency" => {
                 let v = it.next().ok_or("--concurrency needs a value")?;
                 a.bridge.concurrency = v
@@ -96,6 +127,24 @@ fn parse_args() -> Result<Args, String> {
                     Some("on") => vec![true],
                     Some("off") => vec![false],
                     other => return Err(format!("--masq: both|on|off, got {other:?}")),
+                }
+            }
+            "--cycles" => a.soak.cycles = parse_num("--cycles", it.next(), 1_000_000)?,
+            "--workers" => a.soak.workers = parse_num("--workers", it.next(), 64)?,
+            "--fd-every" => a.soak.fd_every = parse_num("--fd-every", it.next(), 1_000_000)?,
+            "--plugins" => {
+                let v = it.next().ok_or("--plugins needs a value")?;
+                a.soak.plugins = v.split(',').map(|p| p.trim().to_string()).collect();
+                if let Some(bad) = a
+                    .soak
+                    .plugins
+                    .iter()
+                    .find(|p| !soak::PLUGINS.contains(&p.as_str()))
+                {
+                    return Err(format!(
+                        "--plugins: unknown plugin {bad:?} (one of {:?})",
+                        soak::PLUGINS
+                    ));
                 }
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
@@ -154,6 +203,36 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
             pods: args.bridge.pods,
         })?;
         doc.insert("vxlan".into(), v);
+    }
+    if args.what == "peers" || args.what == "all" {
+        let pods = if args.pods_given {
+            args.bridge.pods.min(200)
+        } else {
+            peers::PODS
+        };
+        doc.insert("peers".into(), peers::run(pods)?);
+    }
+    if args.what == "soak" || args.what == "all" {
+        doc.insert("soak".into(), soak::run(&args.soak)?);
+    }
+    doc.insert("table".into(), table::print());
+    let title = format!(
+        "twill vs reference: latency per call (CDF), {}",
+        doc.get("timestamp").and_then(Value::as_str).unwrap_or("")
+    );
+    if let Some(svg) = svg::chart(&table::rows(), &title) {
+        let dir = out_dir();
+        let path = dir.join(format!(
+            "{}-latency.svg",
+            doc.get("timestamp")
+                .and_then(Value::as_str)
+                .unwrap_or("run")
+        ));
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&path, svg))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+        println!("latency chart: {}", path.display());
+        doc.insert("latency_svg".into(), json!(path));
     }
     Ok(())
 }

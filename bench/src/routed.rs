@@ -2,7 +2,7 @@
 //! analogue: a veth per pod, no bridge, a host route per pod), each run in its own "node" netns,
 //! pods in pre-created netns; sequential and concurrent; plus the bare veth delete baseline.
 
-use crate::bare::BareVeths;
+use crate::bare::{BareMode, BareVeths};
 use crate::cleanup::{NetnsSet, TempDir, check_interrupted, netns_path, prefix};
 use crate::host_local::ratio;
 use crate::invoke::{find_bin, ref_bin_dir, twill_bin_dir};
@@ -13,15 +13,17 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 /// Network name of the routed configs.
-const NETWORK: &str = "twbench-routed";
+pub(crate) const NETWORK: &str = "twbench-routed";
 /// Pod block (host-local range), a /16.
 const SUBNET: &str = "10.89.0.0/16";
 /// Warm-up pods per side (untimed ADD+DEL; also makes the node state: blackhole, rules).
 const WARMUP: usize = 3;
 /// ADD median twill/ref target.
-const ADD_RATIO_TARGET: f64 = 0.20;
+const ADD_RATIO_TARGET: f64 = 0.10;
+/// ADD median / bare kernel sequence target.
+const ADD_BARE_TARGET: f64 = 1.5;
 /// DEL median / bare veth delete target.
-const DEL_BARE_TARGET: f64 = 1.2;
+const DEL_BARE_TARGET: f64 = 1.05;
 
 /// Options of the routed benchmark.
 pub struct RoutedOpts {
@@ -49,7 +51,7 @@ fn ref_config(data_dir: &Path) -> Value {
 
 /// twill's config: the same IPAM, type `routed-veth`, an empty cluster view and a `runDir`
 /// inside the bench's state dir (so its state goes away with it).
-fn twill_config(data_dir: &Path) -> Value {
+pub(crate) fn twill_config(data_dir: &Path) -> Value {
     let mut c = ref_config(data_dir);
     c["type"] = json!("routed-veth");
     c["peers"] = json!([]);
@@ -90,7 +92,8 @@ pub fn run(opts: &RoutedOpts) -> Result<Value, String> {
     let bare_pods: Vec<String> = (0..opts.pods).map(|i| format!("{p}-rbp{i}")).collect();
     let bare_node = format!("{p}-rbnode");
     let mut names: Vec<String> = tw_pods.iter().chain(&ref_pods).cloned().collect();
-    let bare_needed = opts.concurrency.contains(&1);
+    // The kernel floor runs in every configuration, sequential and concurrent.
+    let bare_needed = true;
     if bare_needed {
         names.extend(bare_pods.iter().cloned());
         names.push(bare_node.clone());
@@ -162,45 +165,36 @@ fn run_config(
     );
     let sides = [&twill, &refp];
     let warm: Vec<usize> = (0..WARMUP).collect();
+    let mut warm_rss = Vec::new();
     for side in &sides {
         for op in [Op::Add, Op::Del] {
-            run_phase(Job::Plugin(side, op), &warm, 1)?;
+            // Under twill-spawn: the only calls whose peak RSS is the plugin's own.
+            let probe = run_phase(Job::Probe(side, op), &warm, 1)?;
+            warm_rss.push(((side.label, op), probe.rss_kb));
         }
     }
     let bare_veths = match bare {
-        Some((node, pods)) if conc == 1 => Some(BareVeths::create(node, pods)?),
+        Some((node, pods)) => Some(BareVeths::prepare(node, pods, WARMUP, BareMode::Routed)?),
         _ => None,
     };
 
     let timed: Vec<usize> = (WARMUP..total).collect();
     let chunk = 2 * conc;
     let mut results = Results::new();
-    let add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    for (key, rss) in warm_rss {
+        results.entry(key).or_default().rss_kb.extend(rss);
+    }
+    let mut add_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Add)).collect();
+    if let Some(b) = &bare_veths {
+        add_jobs.push(Job::BareAdd(b));
+    }
     alternate(&add_jobs, &timed, chunk, conc, &mut results)?;
     let mut del_jobs: Vec<Job> = sides.iter().map(|s| Job::Plugin(s, Op::Del)).collect();
-    match &bare_veths {
-        Some(b) => {
-            // Plugin DELs and bare deletes interleave chunk by chunk; bare uses indices 0..pods.
-            del_jobs.push(Job::BareDel(b));
-            let bare_idx: Vec<usize> = (0..pods).collect();
-            for (k, part) in timed.chunks(chunk).enumerate() {
-                let bpart = &bare_idx[k * chunk..(k * chunk + part.len()).min(pods)];
-                for j in 0..del_jobs.len() {
-                    let job = del_jobs[(j + k) % del_jobs.len()];
-                    let idx = if matches!(job, Job::BareDel(_)) {
-                        bpart
-                    } else {
-                        part
-                    };
-                    let s = run_phase(job, idx, conc)?;
-                    let e = results.entry((job.label(), job.op())).or_default();
-                    e.lat.extend(s.lat);
-                    e.wall += s.wall;
-                }
-            }
-        }
-        None => alternate(&del_jobs, &timed, chunk, conc, &mut results)?,
+    if let Some(b) = &bare_veths {
+        // Bare deletes interleave with the plugins' DELs, pod index for pod index.
+        del_jobs.push(Job::BareDel(b));
     }
+    alternate(&del_jobs, &timed, chunk, conc, &mut results)?;
     drop(nodes);
 
     let thru = conc > 1;
@@ -229,7 +223,34 @@ fn run_config(
             .entry(label.to_string())
             .or_insert_with(|| json!({}))[op.name()] = j;
     }
+    let config = if conc == 1 {
+        "seq".to_string()
+    } else {
+        format!("{conc}-way")
+    };
+    let mut bins = vec![
+        ("twill", vec![tw_bin.clone()]),
+        ("ref", vec![ref_bin.clone(), ref_dir.join("host-local")]),
+    ];
+    if let Some(b) = &bare_veths {
+        bins.push(("bare", vec![b.bin.clone()]));
+    }
+    crate::table::record("routed-veth", &config, &results, thru, &bins);
     let mut figures = Vec::new();
+    let add_median = |label: &str| {
+        results
+            .get(&(label, Op::Add))
+            .and_then(|s| Summary::of(&s.lat))
+            .map(|s| s.median_ms)
+    };
+    if let (Some(t), Some(b)) = (add_median("twill"), add_median("bare")) {
+        figures.push(report::figure(
+            "routed ADD median vs bare kernel sequence",
+            t / b,
+            "",
+            Target::AtMost(ADD_BARE_TARGET),
+        ));
+    }
     if let Some(r) = ratio(&results, Op::Add) {
         figures.push(report::figure(
             "routed ADD median ratio twill/ref",
