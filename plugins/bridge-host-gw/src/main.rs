@@ -97,9 +97,24 @@ impl Plugin for BridgeHostGw {
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
         let mut failures = Failures::default();
-        let removed = Netlink::new()
-            .map_err(Error::from)
-            .and_then(|mut node| veth::delete(&mut node, &owner(&net, args)));
+        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
+            let owner = owner(&net, args);
+            if veth::delete(&mut node, &owner)? {
+                return Ok(true);
+            }
+            // A pair an ADD killed before marking it is found through the pod's netns.
+            match args
+                .netns
+                .as_deref()
+                .map(Netns::open_if_exists)
+                .transpose()?
+            {
+                Some(Some(pod_ns)) => {
+                    veth::delete_unmarked_with(&mut node, &owner, veth::HOST_PREFIX, &pod_ns)
+                }
+                _ => Ok(false),
+            }
+        });
         if let Err(e) = removed {
             failures.push("remove the host veth".into(), e);
         }

@@ -86,7 +86,23 @@ impl Plugin for RoutedVeth {
         let net = Network::load(args, Need::Release)?;
         let mut failures = Vec::new();
         let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            routed::delete_host(&mut node, &owner(&net, args), &net.host_veth_prefix)
+            let owner = owner(&net, args);
+            if routed::delete_host(&mut node, &owner, &net.host_veth_prefix)? {
+                return Ok(true);
+            }
+            // A pair an ADD killed before marking it is found through the pod's netns.
+            let prefix_ok = veth::validate_prefix(&net.host_veth_prefix).is_ok();
+            match args
+                .netns
+                .as_deref()
+                .map(Netns::open_if_exists)
+                .transpose()?
+            {
+                Some(Some(pod_ns)) if prefix_ok => {
+                    veth::delete_unmarked_with(&mut node, &owner, &net.host_veth_prefix, &pod_ns)
+                }
+                _ => Ok(false),
+            }
         });
         if let Err(e) = removed {
             failures.push(("remove the host veth".to_string(), e));
