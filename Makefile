@@ -38,7 +38,13 @@ CONFLISTS ?=
 # modules. Installed without recommends (qemu would pull a desktop stack).
 VM_PKGS := qemu-system-x86 busybox-static cpio kmod
 
-.PHONY: all deps build clients test unit conformance vm lint bench install install-conflists demo clean
+# Fuzzing (make fuzz): seconds per target and the targets (fuzz/Cargo.toml).
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := config_bridge_host_gw config_routed_veth config_host_local cni_args subnet_env \
+  cluster_view result_version
+FUZZ_WORK := $(CURDIR)/target/fuzz-corpus
+
+.PHONY: all deps build clients test unit conformance vm lint fuzz bench install install-conflists demo clean
 
 all: build
 
@@ -57,6 +63,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+	@command -v cargo-fuzz >/dev/null || { echo "installing cargo-fuzz"; $(CARGO) install --locked cargo-fuzz; }
 
 ## build: release binaries of every plugin and the bench harness.
 build:
@@ -71,7 +78,7 @@ clients:
 
 ## test: lint, unit tests, kernel integration tests and the black-box conformance suite, which
 ## includes the real-client suites (libcni, podman, containerd CRI) and the VM test (root).
-test: deps lint build unit conformance
+test: deps lint build unit conformance fuzz
 
 unit:
 	$(CARGO) test --workspace --exclude conformance
@@ -82,6 +89,22 @@ conformance: build clients
 ## vm: only the VM test (every data plane on Debian's stock cloud kernel, under qemu TCG).
 vm: deps build
 	$(CARGO) test -p conformance --test vm
+
+## fuzz: every cargo-fuzz target of fuzz/ (config parsing of each plugin, CNI_ARGS, subnet.env,
+## the cluster view, result version conversion) for FUZZ_SECONDS each, from the committed seed
+## corpus (fuzz/corpus, read only; new inputs go to target/fuzz-corpus). cargo-fuzz needs
+## nightly features: RUSTC_BOOTSTRAP=1 unlocks them on the stable toolchain. A panic fails.
+fuzz:
+	@mkdir -p $(FUZZ_WORK)
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build -O
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_WORK)/$$t; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t $(FUZZ_WORK)/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	    >$(FUZZ_WORK)/$$t.log 2>&1) || { tail -40 $(FUZZ_WORK)/$$t.log; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units' $(FUZZ_WORK)/$$t.log || true; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

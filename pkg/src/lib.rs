@@ -9,11 +9,13 @@
 //! - [`ipam`]: host-local in-process, any other IPAM exec'd;
 //! - [`network`]: a network as every data-plane plugin loads it (shared keys, IPAM, MTU, the
 //!   node state it owns) and the undo log of an ADD;
-//! - [`hash`]: the one stable hash behind every derived name and fingerprint.
+//! - [`hash`]: the one stable hash behind every derived name and fingerprint;
+//! - [`input_file`]: bounded reads of the node files a config points at.
 
 pub mod cni;
 pub mod flannel;
 pub mod hash;
+pub mod input_file;
 pub mod ipam;
 pub mod kernel;
 pub mod network;

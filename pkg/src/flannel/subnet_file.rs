@@ -49,13 +49,16 @@ pub fn network_of(n: IpNetwork) -> IpNetwork {
     IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
 }
 
+/// The largest subnet file read (flanneld writes a few hundred bytes).
+pub const MAX_SUBNET_FILE_BYTES: usize = 1 << 20;
+
 impl SubnetFile {
     /// Reads and parses the subnet file at `path`.
     ///
     /// A missing file is code 7 (the config relies on flanneld that has not written it); an
     /// unreadable one is code 5; a malformed or incomplete one is code 7.
     pub fn load(path: &Path) -> Result<SubnetFile> {
-        match std::fs::read_to_string(path) {
+        match crate::input_file::read_capped_text(path, MAX_SUBNET_FILE_BYTES) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(Error::invalid_config(format!(
@@ -64,6 +67,9 @@ impl SubnetFile {
                     path.display()
                 )))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::invalid_config(
+                format!("flannel subnet file {} {e}", path.display()),
+            )),
             Err(e) => Err(Error::io(
                 format!("read flannel subnet file {}", path.display()),
                 e,
@@ -74,9 +80,12 @@ impl SubnetFile {
     /// The subnet file at `path`, or None when it does not exist (code 7 when malformed, 5
     /// when unreadable).
     pub fn read_if_present(path: &Path) -> Result<Option<SubnetFile>> {
-        match std::fs::read_to_string(path) {
+        match crate::input_file::read_capped_text(path, MAX_SUBNET_FILE_BYTES) {
             Ok(text) => Self::parse(&text, path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::invalid_config(
+                format!("flannel subnet file {} {e}", path.display()),
+            )),
             Err(e) => Err(Error::io(
                 format!("read flannel subnet file {}", path.display()),
                 e,

@@ -130,7 +130,7 @@ impl Netns {
         let guard = ReturnGuard { home: &home };
         let out = f();
         std::mem::forget(guard);
-        setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        return_home(&home).map_err(|e| {
             Error::io(
                 format!(
                     "return to network namespace {} after {} (fatal: thread left in the wrong namespace)",
@@ -189,6 +189,23 @@ impl Netns {
     }
 }
 
+/// How often returning to the thread's own namespace is tried before giving up: a failure
+/// there (a transient ENOMEM) would leave the thread, and every rollback after it, in the
+/// pod's namespace.
+const RETURN_ATTEMPTS: usize = 3;
+
+/// setns back to `home`, retried up to [`RETURN_ATTEMPTS`] times; the last error otherwise.
+fn return_home(home: &Netns) -> nix::Result<()> {
+    let mut last = Ok(());
+    for _ in 0..RETURN_ATTEMPTS {
+        last = setns(home.as_fd(), CloneFlags::CLONE_NEWNET);
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
 /// Returns the thread to its namespace if the closure in [`Netns::run`] unwinds.
 struct ReturnGuard<'a> {
     home: &'a Netns,
@@ -196,7 +213,7 @@ struct ReturnGuard<'a> {
 
 impl Drop for ReturnGuard<'_> {
     fn drop(&mut self) {
-        if setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+        if return_home(self.home).is_err() {
             // Unwinding with the thread in a foreign namespace: nothing safe is left to do.
             std::process::abort();
         }

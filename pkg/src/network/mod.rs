@@ -169,6 +169,7 @@ impl<K: PluginKeys> Network<K> {
                 )));
             }
             refuse_miscased::<K>(conf.plugin.rest())?;
+            refuse_relative_paths(k, conf.plugin.peers())?;
         }
         let path = subnet_path(k);
         let wants_file = conf.ipam.is_none()
@@ -690,6 +691,28 @@ fn subnet_path(k: &CommonKeys) -> PathBuf {
     k.subnet_file
         .clone()
         .unwrap_or_else(|| PathBuf::from(subnet_file::DEFAULT_PATH))
+}
+
+/// Refuses a relative `subnetFile`, `dataDir`, `peersFile` or `runDir` (code 7): a plugin runs
+/// in whatever directory its runtime happens to be in, so a relative path names a different
+/// place from one runtime to the next.
+pub fn refuse_relative_paths(k: &CommonKeys, peers: &PeersConf) -> Result<()> {
+    let paths = [
+        ("subnetFile", k.subnet_file.as_deref()),
+        ("dataDir", k.data_dir.as_deref()),
+        ("peersFile", peers.peers_file.as_deref()),
+        ("runDir", peers.run_dir.as_deref()),
+    ];
+    for (key, path) in paths {
+        if let Some(p) = path.filter(|p| p.is_relative()) {
+            return Err(Error::invalid_config(format!(
+                "\"{key}\": {} is a relative path; give an absolute one (a plugin runs in \
+                 whatever directory its runtime is in)",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Code 7 for a key spelled like a known one (shared or the plugin's) but in another case

@@ -118,6 +118,9 @@ pub enum ViewSource {
     File(PathBuf),
 }
 
+/// The largest cluster view file read (100k entries fit).
+pub const MAX_VIEW_BYTES: usize = 64 << 20;
+
 impl ViewSource {
     /// The raw bytes of the view: the file's content, or the inline value serialized.
     /// A missing or unreadable file is code 51, naming the file.
@@ -125,17 +128,19 @@ impl ViewSource {
         match self {
             ViewSource::Inline(v) => serde_json::to_vec(v)
                 .map_err(|e| Error::new(code::INTERNAL, format!("serialize peers: {e}"))),
-            ViewSource::File(path) => std::fs::read(path).map_err(|e| {
-                let why = if e.kind() == std::io::ErrorKind::NotFound {
-                    "does not exist: whoever manages the cluster must write it".to_string()
-                } else {
-                    format!("cannot be read: {e}")
-                };
-                Error::new(
-                    code::LIMITED_CONNECTIVITY,
-                    format!("peersFile {} {why}", path.display()),
-                )
-            }),
+            ViewSource::File(path) => {
+                crate::input_file::read_capped(path, MAX_VIEW_BYTES).map_err(|e| {
+                    let why = if e.kind() == std::io::ErrorKind::NotFound {
+                        "does not exist: whoever manages the cluster must write it".to_string()
+                    } else {
+                        format!("cannot be read: {e}")
+                    };
+                    Error::new(
+                        code::LIMITED_CONNECTIVITY,
+                        format!("peersFile {} {why}", path.display()),
+                    )
+                })
+            }
         }
     }
 

@@ -349,7 +349,10 @@ pub fn create_with(
                     });
                 }
             },
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                remove_unanswered(nl, spec.pod_ns, &name, mac, owner.ifname, pod_mac);
+                return Err(e.into());
+            }
         }
     }
     Err(CreateError::NamesTaken {
@@ -357,6 +360,32 @@ pub fn create_with(
         ifname: owner.ifname.to_string(),
         names: taken.join(", "),
     })
+}
+
+/// After a create request whose answer was lost (a failed receive: the kernel may have made
+/// the pair all the same), removes the pair if it is this request's: a veth named `name`
+/// with the host MAC chosen here and no alias, whose peer is `ifname` in `pod_ns` with the
+/// pod MAC chosen here. Best effort: the create's error is what the caller reports.
+fn remove_unanswered(
+    nl: &mut Netlink,
+    pod_ns: &Netns,
+    name: &str,
+    mac: MacAddr,
+    ifname: &str,
+    pod_mac: MacAddr,
+) {
+    let Ok(Some(host)) = nl.link_by_name(name) else {
+        return;
+    };
+    if host.alias.is_some() || host.kind.as_deref() != Some("veth") || host.mac != Some(mac) {
+        return;
+    }
+    let Ok(Ok(Some(pod))) = Netlink::new_in(pod_ns).map(|mut p| p.link_by_name(ifname)) else {
+        return;
+    };
+    if pod.mac == Some(pod_mac) && pod.link == Some(host.index) && host.link == Some(pod.index) {
+        let _ = nl.delete_link(host.index);
+    }
 }
 
 /// The host end `owner` owns (carrying its mark), looked up among the candidate names in
@@ -376,6 +405,67 @@ pub fn find_with(nl: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<Op
         }
     }
     Ok(None)
+}
+
+/// DEL's fallback when no host end carries `owner`'s mark: the unmarked pair an ADD killed
+/// before marking it, found through the pod's netns at `pod_netns` (see
+/// [`delete_unmarked_with`]). Ok(false) when there is no such netns, `prefix` is not a valid
+/// prefix, or no pair is joined exactly so.
+pub fn delete_unmarked_in(
+    nl: &mut Netlink,
+    owner: &Owner<'_>,
+    prefix: &str,
+    pod_netns: Option<&std::path::Path>,
+) -> Result<bool> {
+    if validate_prefix(prefix).is_err() {
+        return Ok(false);
+    }
+    match pod_netns.map(Netns::open_if_exists).transpose()? {
+        Some(Some(pod_ns)) => delete_unmarked_with(nl, owner, prefix, &pod_ns),
+        _ => Ok(false),
+    }
+}
+
+/// Deletes the pair an ADD of `owner` made but could not mark (killed between the create
+/// and the alias, [`create_with`]): a host end holding one of `owner`'s candidate names with
+/// `prefix`, with no alias, whose veth peer is `owner.ifname` in `pod_ns`, itself without an
+/// alias. Only a pair joined exactly so is twill's; any other link is left alone. Ok(false)
+/// when there is none. Costs a socket in the pod netns: DEL calls it only when no marked
+/// host end was found.
+pub fn delete_unmarked_with(
+    nl: &mut Netlink,
+    owner: &Owner<'_>,
+    prefix: &str,
+    pod_ns: &Netns,
+) -> Result<bool> {
+    let mut pod_nl: Option<Netlink> = None;
+    for attempt in 0..NAME_ATTEMPTS {
+        let Some(host) = nl.link_by_name(&owner.host_name_with(prefix, attempt))? else {
+            continue;
+        };
+        if host.alias.is_some() || host.kind.as_deref() != Some("veth") {
+            continue;
+        }
+        let pod_nl = match &mut pod_nl {
+            Some(p) => p,
+            None => pod_nl.insert(Netlink::new_in(pod_ns)?),
+        };
+        let Some(pod) = pod_nl.link_by_name(owner.ifname)? else {
+            return Ok(false);
+        };
+        let joined = pod.kind.as_deref() == Some("veth")
+            && pod.alias.is_none()
+            && host.link == Some(pod.index)
+            && pod.link == Some(host.index);
+        if joined {
+            return match nl.delete_link(host.index) {
+                Ok(()) => Ok(true),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes the host end `owner` owns ([`find`]), which removes the pod end too: one

@@ -99,9 +99,17 @@ impl Plugin for BridgeHostGw {
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
         let mut failures = Failures::default();
-        let removed = Netlink::new()
-            .map_err(Error::from)
-            .and_then(|mut node| veth::delete(&mut node, &Owner::of(net.name(), args)));
+        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
+            let owner = Owner::of(net.name(), args);
+            // A pair an ADD killed before marking it is found through the pod's netns.
+            Ok(veth::delete(&mut node, &owner)?
+                || veth::delete_unmarked_in(
+                    &mut node,
+                    &owner,
+                    veth::HOST_PREFIX,
+                    args.netns.as_deref(),
+                )?)
+        });
         if let Err(e) = removed {
             failures.push("remove the host veth", e);
         }
