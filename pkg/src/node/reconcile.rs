@@ -352,6 +352,13 @@ pub trait DataPlane {
     fn reject(&self, peer: &Peer, local: &[IpNetwork]) -> Option<Reject>;
     /// The objects wanted for the accepted remote peers.
     fn desired(&self, peers: &[&Peer]) -> Vec<Object>;
+    /// Makes what the plane's objects hang on exist before a reconcile on node `nl` of a
+    /// network owning `own_ranges` (a tunnel plane's devices, whose ifindexes its routes and
+    /// key then carry); nothing by default.
+    fn prepare(&mut self, nl: &mut Netlink, own_ranges: &[IpNetwork]) -> Result<()> {
+        let _ = (nl, own_ranges);
+        Ok(())
+    }
 }
 
 /// Why a plane cannot serve a peer.

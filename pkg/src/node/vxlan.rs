@@ -401,6 +401,23 @@ impl Vxlan {
         Ok(plane)
     }
 
+    /// The plane of a network with pod mode `pods` and configured pod ranges `own_ranges`, as
+    /// its plugin's ADD and twilld both plan it: [`Vxlan::plan`] for the families of
+    /// [`Vxlan::families`], and in routed pod mode the ranges blackholed.
+    pub fn plan_network(
+        nl: &mut Netlink,
+        conf: &VxlanConf,
+        pods: PodMode,
+        own_ranges: &[IpNetwork],
+        view: Option<&ClusterView>,
+    ) -> Result<Vxlan> {
+        let mut plane = Vxlan::plan(nl, conf, Vxlan::families(own_ranges), view)?;
+        if pods == PodMode::Routed {
+            plane.blackhole(own_ranges);
+        }
+        Ok(plane)
+    }
+
     /// The families (IPv4, IPv6) a network with pod ranges `own_ranges` has pods of: those of
     /// its ranges, both when it declares none (an exec'd IPAM).
     pub fn families(own_ranges: &[IpNetwork]) -> [bool; 2] {
@@ -759,6 +776,15 @@ impl DataPlane for Vxlan {
             }
         }
         k
+    }
+
+    /// [`Vxlan::ensure`] with the own ranges' subnets (the device addresses).
+    fn prepare(&mut self, nl: &mut Netlink, own_ranges: &[IpNetwork]) -> Result<()> {
+        let subnets: Vec<IpNetwork> = own_ranges
+            .iter()
+            .map(|r| crate::flannel::subnet_file::network_of(*r))
+            .collect();
+        self.ensure(nl, &subnets)
     }
 
     fn owns(&self) -> &'static [Kind] {

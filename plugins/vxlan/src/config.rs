@@ -168,13 +168,14 @@ impl Network {
     /// address and VTEP MAC when it can be (an unreadable view is reported by the reconcile).
     /// Routed pods: the configured ranges are blackholed too ([`Vxlan::blackhole`]).
     pub fn overlay(&self, node: &mut Netlink) -> Result<Vxlan> {
-        let families = Vxlan::families(&self.own_ranges);
         let view = self.view.as_ref().and_then(|v| v.read().ok());
-        let mut plane = Vxlan::plan(node, &self.vxlan, families, view.as_ref())?;
-        if self.pods == PodMode::Routed {
-            plane.blackhole(&self.own_ranges);
-        }
-        Ok(plane)
+        Vxlan::plan_network(
+            node,
+            &self.vxlan,
+            self.pods,
+            &self.own_ranges,
+            view.as_ref(),
+        )
     }
 
     /// The pods' MTU (imposed on the bridge): the overlay's device MTU; without a device (no
