@@ -181,6 +181,30 @@ fn every_pod_reaches_every_other_pod_across_the_router() {
     }
 }
 
+/// 3 nodes behind the router, 3 pods on each: every pod pings every other pod (on its own
+/// node through the bridge, on the others through the overlay); DEL leaves no veth and no
+/// reservation. Uses only iproute2 and ping, so the VM suite runs it on a stock kernel.
+#[test]
+fn mesh_3x3_ipv4() {
+    let c = Cluster::new(Fabric::routed(3));
+    let pods: Vec<Pod> = (0..9)
+        .map(|k| add(&c, k % 3, &conf(&c, k % 3, json!({}))))
+        .collect();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.container_id != a.container_id) {
+            let ip = first_ip(b, true);
+            assert!(ping(&a.ns, ip), "{} -> {ip}", first_ip(a, true));
+        }
+    }
+    for p in &pods {
+        p.run("DEL").assert_ok_empty();
+    }
+    for i in 0..3 {
+        assert_eq!(host_veths(&c.node(i).ns), Vec::<String>::new(), "node {i}");
+        assert!(c.reservations(i).is_empty(), "node {i}");
+    }
+}
+
 /// A TCP transfer of 4 MiB between pods on nodes behind the router arrives whole; a DF ping
 /// of exactly the pod MTU crosses, one byte more fails locally with "message too long"
 /// instead of vanishing in the tunnel.
