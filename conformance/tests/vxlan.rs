@@ -1003,3 +1003,77 @@ fn routed_pods_roll_back_a_failed_add_and_gc_removes_exactly_the_orphans() {
     a.run("DEL").assert_ok_empty();
     assert_no_pod_left(&c, 0);
 }
+
+/// With the view unchanged, the next ADD still sees (in its one-dump-per-kind fast path) an
+/// overlay object deleted by hand and makes it again: a peer's neighbour, its FDB entry, its
+/// route, the own block's blackhole.
+#[test]
+fn an_unchanged_view_still_repairs_each_kind_of_overlay_object_deleted_by_hand() {
+    let c = Cluster::new(Fabric::routed(3));
+    let mut pods = vec![add(&c, 0, &rconf(&c, 0))];
+    let ns = &c.node(0).ns;
+    let gw1 = pod_cidr4(1).split('/').next().unwrap().to_string();
+    let mac1 = fdb_of(ns, ROUTED_DEV)
+        .into_iter()
+        .find(|(_, dst, _)| *dst == IpAddr::V4(c.node(1).ip))
+        .expect("node 1's FDB entry")
+        .0;
+    let node1 = c.node(1).ip.to_string();
+    let (own, route2) = (pod_cidr4(0), pod_cidr4(2));
+    let whole = |c: &Cluster| {
+        let (n, f, r, b) = overlay_state(c, 0);
+        (n.len(), f.len(), r.len(), b.len())
+    };
+    assert_eq!(whole(&c), (2, 2, 2, 1));
+    let cuts: [(&str, Vec<&str>); 4] = [
+        ("ip", vec!["neigh", "del", &gw1, "dev", ROUTED_DEV]),
+        (
+            "bridge",
+            vec![
+                "fdb", "del", &mac1, "dev", ROUTED_DEV, "dst", &node1, "self",
+            ],
+        ),
+        ("ip", vec!["route", "del", &route2]),
+        ("ip", vec!["route", "del", "blackhole", &own]),
+    ];
+    for (tool, args) in &cuts {
+        if *tool == "ip" {
+            ns.ip(args);
+        } else {
+            ns.exec_ok(&[&[*tool][..], &args[..]].concat());
+        }
+        assert_ne!(whole(&c), (2, 2, 2, 1), "{tool} {args:?} took effect");
+        pods.push(add(&c, 0, &rconf(&c, 0)));
+        assert_eq!(whole(&c), (2, 2, 2, 1), "{tool} {args:?} repaired");
+    }
+    for p in pods {
+        p.run("DEL").assert_ok_empty();
+    }
+}
+
+/// Node `i`'s overlay objects on the routed device: neighbours, FDB remotes, routes through
+/// it, twill blackholes.
+fn overlay_state(
+    c: &Cluster,
+    i: usize,
+) -> (
+    BTreeSet<IpAddr>,
+    BTreeSet<IpAddr>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+) {
+    let ns = &c.node(i).ns;
+    let n = ns
+        .neighbours()
+        .into_iter()
+        .filter(|n| n.dev == ROUTED_DEV)
+        .map(|n| n.dst)
+        .collect();
+    let f = fdb_of(ns, ROUTED_DEV).into_iter().map(|e| e.1).collect();
+    let r = vx_routes(c, i)
+        .into_iter()
+        .filter(|r| r.2 == ROUTED_DEV)
+        .map(|r| r.0)
+        .collect();
+    (n, f, r, conformance::routed::blackholes(ns))
+}
