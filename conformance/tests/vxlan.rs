@@ -1,13 +1,15 @@
-//! Black-box suite of the `vxlan` plugin (flannel's VXLAN overlay, bridge pod mode), run on
-//! fabrics of network namespaces: nodes on two L2 segments joined by a router (only IP
-//! reachability between them), pods on each node's bridge, other nodes' pods through the
-//! vxlan device.
+//! Black-box suite of the `vxlan` plugin (flannel's VXLAN overlay; routed pods: Calico's VXLAN
+//! mode), run on fabrics of network namespaces: nodes on two L2 segments joined by a router
+//! (only IP reachability between them), pods on each node's bridge (or routed veths), other
+//! nodes' pods through the vxlan device.
 //!
 //! Covered: the mesh across the router (ping, a TCP transfer of a few MB, DF pings at exactly
 //! the pod MTU and one byte more), the device (VNI, port, local, learning off, MTU, address,
 //! MAC, checksum offload; recreated on a VNI change, left alone otherwise; racing ADDs), the
 //! per-peer neighbour / FDB / route following the view, directRouting, dual stack, and the
-//! command / version / DEL / rollback / CHECK / GC / STATUS matrix with malformed input.
+//! command / version / DEL / rollback / CHECK / GC / STATUS matrix with malformed input; for
+//! routed pods the mesh, TCP and DF pings, peers leaving and joining, the blackhole, repairs on
+//! an unchanged view, and the command matrix.
 
 use conformance::hostgw::{
     Cluster, NodeSnapshot, error_text, pod_cidr4, pod_cidr6, state_without_cursors,
