@@ -37,11 +37,18 @@ pub struct PluginUnderTest {
 }
 
 /// Every twill plugin the real-client suites cover; a new plugin is one more entry here.
-pub const PLUGINS: &[PluginUnderTest] = &[PluginUnderTest {
-    name: "bridge-host-gw",
-    binaries: &["bridge-host-gw", "host-local"],
-    entry: bridge_host_gw_entry,
-}];
+pub const PLUGINS: &[PluginUnderTest] = &[
+    PluginUnderTest {
+        name: "bridge-host-gw",
+        binaries: &["bridge-host-gw", "host-local"],
+        entry: bridge_host_gw_entry,
+    },
+    PluginUnderTest {
+        name: "vxlan",
+        binaries: &["vxlan", "host-local"],
+        entry: vxlan_entry,
+    },
+];
 
 /// bridge-host-gw as flannel deploys it: the subnet (and so the host-local IPAM) comes from the
 /// node's subnet file; bridge, dataDir and runDir are the test's own.
@@ -49,6 +56,20 @@ fn bridge_host_gw_entry(net: &NetSpec) -> Value {
     json!({
         "type": "bridge-host-gw",
         "bridge": net.bridge,
+        "subnetFile": net.subnet_file,
+        "dataDir": net.data_dir,
+        "runDir": net.run_dir,
+    })
+}
+
+/// vxlan as flannel deploys it (bridge pods), on the test's own bridge; each network gets its
+/// own device and VNI, so that two tests on one node never share a device's address.
+fn vxlan_entry(net: &NetSpec) -> Value {
+    json!({
+        "type": "vxlan",
+        "bridge": net.bridge,
+        "device": format!("twx.{}", net.k),
+        "vni": 1000 + u32::from(net.k),
         "subnetFile": net.subnet_file,
         "dataDir": net.data_dir,
         "runDir": net.run_dir,

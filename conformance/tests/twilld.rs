@@ -536,3 +536,94 @@ fn pod_adds_racing_the_daemon_over_changing_views_leave_the_newest_view_routed()
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A vxlan network on 3 nodes behind a router, twilld on node 0 and no pod anywhere: twilld
+/// makes the device and, for a peer joining the view, its neighbour, FDB entry and route; an
+/// FDB entry deleted by hand comes back, and so does the device with its entries.
+#[test]
+fn a_vxlan_network_gets_a_joining_peers_entries_and_a_deleted_fdb_entry_back_without_pods() {
+    use conformance::vxlan::{DEV4, conf, fdb_of};
+    let c = Cluster::new(Fabric::routed(3));
+    for i in 0..c.len() {
+        write_conf(
+            c.node(i),
+            "10-pods.conf",
+            &conf(&c, i, serde_json::json!({})),
+        );
+    }
+    set_view(&c, &c.peers(|i| i < 2));
+    let ns = &c.node(0).ns;
+    let fdb_dsts = || -> BTreeSet<String> {
+        fdb_of(ns, DEV4)
+            .into_iter()
+            .map(|(_, dst, _)| dst.to_string())
+            .collect()
+    };
+    let entries = || {
+        let neigh: BTreeSet<String> = ns
+            .neighbours()
+            .into_iter()
+            .filter(|n| n.dev == DEV4)
+            .map(|n| n.dst.to_string())
+            .collect();
+        let routes: BTreeSet<String> = ns
+            .main_routes()
+            .into_iter()
+            .filter(|r| r.dev.as_deref() == Some(DEV4) && r.protocol.as_deref() == Some("116"))
+            .map(|r| r.dst)
+            .collect();
+        (fdb_dsts(), neigh, routes)
+    };
+    let ip = |j: usize| c.node(j).ip.to_string();
+    let gw = |j: usize| format!("10.244.{}.0", j + 1);
+    let _d = Daemon::start(c.node(0));
+    let one = (
+        BTreeSet::from([ip(1)]),
+        BTreeSet::from([gw(1)]),
+        BTreeSet::from([pod_cidr4(1)]),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || entries() == one),
+        "node 0 without pods: {:?}",
+        entries()
+    );
+    set_view(&c, &c.peers(|_| true));
+    let both = (
+        BTreeSet::from([ip(1), ip(2)]),
+        BTreeSet::from([gw(1), gw(2)]),
+        BTreeSet::from([pod_cidr4(1), pod_cidr4(2)]),
+    );
+    assert!(
+        wait_until(WITHIN, || entries() == both),
+        "the joining node 2: {:?}",
+        entries()
+    );
+    let (mac, dst, _) = fdb_of(ns, DEV4)
+        .into_iter()
+        .find(|(_, dst, _)| dst.to_string() == ip(2))
+        .expect("node 2's FDB entry");
+    ns.exec_ok(&[
+        "bridge",
+        "fdb",
+        "del",
+        &mac,
+        "dev",
+        DEV4,
+        "dst",
+        &dst.to_string(),
+        "self",
+    ]);
+    assert!(!fdb_dsts().contains(&ip(2)), "deleted by hand");
+    assert!(
+        wait_until(WITHIN, || entries() == both),
+        "the deleted FDB entry is back: {:?}",
+        entries()
+    );
+    // A deleted device is made again before the next reconcile, with its entries.
+    ns.ip(&["link", "del", DEV4]);
+    assert!(
+        wait_until(WITHIN, || entries() == both),
+        "the deleted device and its entries are back: {:?}",
+        entries()
+    );
+}

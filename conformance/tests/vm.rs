@@ -26,6 +26,7 @@ const VM_LIMIT: Duration = Duration::from_secs(280);
 /// hold): the VM gets them as /twill/tests/<target>.
 const TEST_BINARIES: &[(&str, &str, &str)] = &[
     ("conformance", "bridge_host_gw", "mesh_3x3_ipv4"),
+    ("conformance", "vxlan", "mesh_3x3_ipv4"),
     (
         "twill",
         "ipip_netns",

@@ -1,13 +1,15 @@
-//! Black-box suite of the `vxlan` plugin (flannel's VXLAN overlay, bridge pod mode), run on
-//! fabrics of network namespaces: nodes on two L2 segments joined by a router (only IP
-//! reachability between them), pods on each node's bridge, other nodes' pods through the
-//! vxlan device.
+//! Black-box suite of the `vxlan` plugin (flannel's VXLAN overlay; routed pods: Calico's VXLAN
+//! mode), run on fabrics of network namespaces: nodes on two L2 segments joined by a router
+//! (only IP reachability between them), pods on each node's bridge (or routed veths), other
+//! nodes' pods through the vxlan device.
 //!
 //! Covered: the mesh across the router (ping, a TCP transfer of a few MB, DF pings at exactly
 //! the pod MTU and one byte more), the device (VNI, port, local, learning off, MTU, address,
 //! MAC, checksum offload; recreated on a VNI change, left alone otherwise; racing ADDs), the
 //! per-peer neighbour / FDB / route following the view, directRouting, dual stack, and the
-//! command / version / DEL / rollback / CHECK / GC / STATUS matrix with malformed input.
+//! command / version / DEL / rollback / CHECK / GC / STATUS matrix with malformed input; for
+//! routed pods the mesh, TCP and DF pings, peers leaving and joining, the blackhole, repairs on
+//! an unchanged view, and the command matrix.
 
 use conformance::hostgw::{
     Cluster, NodeSnapshot, error_text, pod_cidr4, pod_cidr6, state_without_cursors,
@@ -21,6 +23,9 @@ use conformance::{Fabric, Invocation, Netns, Pod, no_reply, ping, result_ips, un
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+
+/// The default device of routed pod mode (Calico's VXLAN mode).
+const ROUTED_DEV: &str = "vxlan.twill";
 
 /// The twill routes of node `i` as (dst, gateway, dev, onlink).
 fn vx_routes(c: &Cluster, i: usize) -> BTreeSet<(String, String, String, bool)> {
@@ -73,6 +78,17 @@ fn dev_mac(c: &Cluster, i: usize, dev: &str) -> String {
 /// the route `j's subnet via j's subnet address dev <vxlan> onlink`, and nothing else of that
 /// kind on the device.
 fn assert_overlay_entries(c: &Cluster, i: usize, peers: &[usize]) {
+    assert_overlay_entries_on(c, i, DEV4, peers);
+    let on_dev = vx_routes(c, i).into_iter().filter(|r| r.2 == DEV4).count();
+    assert_eq!(
+        vx_routes(c, i).len(),
+        on_dev,
+        "node {i}: only overlay routes"
+    );
+}
+
+/// [`assert_overlay_entries`] on device `dev`, for the twill routes through `dev` only.
+fn assert_overlay_entries_on(c: &Cluster, i: usize, dev: &str, peers: &[usize]) {
     let node = c.node(i);
     let mut neigh = BTreeSet::new();
     let mut fdb = BTreeSet::new();
@@ -80,31 +96,32 @@ fn assert_overlay_entries(c: &Cluster, i: usize, peers: &[usize]) {
     for &j in peers {
         let net4 = pod_cidr4(j);
         let gw: IpAddr = net4.split('/').next().unwrap().parse().unwrap();
-        let mac = dev_mac(c, j, DEV4);
+        let mac = dev_mac(c, j, dev);
         neigh.insert((gw, mac.clone()));
         fdb.insert((mac, IpAddr::V4(c.node(j).ip)));
-        routes.insert((net4, gw.to_string(), DEV4.to_string(), true));
+        routes.insert((net4, gw.to_string(), dev.to_string(), true));
     }
     let got_neigh: BTreeSet<(IpAddr, String)> = node
         .ns
         .neighbours()
         .into_iter()
-        .filter(|n| n.dev == DEV4)
+        .filter(|n| n.dev == dev)
         .map(|n| {
             assert!(n.state.iter().any(|s| s == "PERMANENT"), "{:?}", n.raw);
             (n.dst, n.lladdr.unwrap_or_default())
         })
         .collect();
-    assert_eq!(got_neigh, neigh, "node {i}: neighbours on {DEV4}");
-    let got_fdb: BTreeSet<(String, IpAddr)> = fdb_of(&node.ns, DEV4)
+    assert_eq!(got_neigh, neigh, "node {i}: neighbours on {dev}");
+    let got_fdb: BTreeSet<(String, IpAddr)> = fdb_of(&node.ns, dev)
         .into_iter()
         .map(|(mac, dst, how)| {
             assert!(how.contains("self") && how.contains("permanent"), "{how}");
             (mac, dst)
         })
         .collect();
-    assert_eq!(got_fdb, fdb, "node {i}: FDB of {DEV4}");
-    assert_eq!(vx_routes(c, i), routes, "node {i}: twill routes");
+    assert_eq!(got_fdb, fdb, "node {i}: FDB of {dev}");
+    let got_routes: BTreeSet<_> = vx_routes(c, i).into_iter().filter(|r| r.2 == dev).collect();
+    assert_eq!(got_routes, routes, "node {i}: twill routes through {dev}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,6 +180,30 @@ fn every_pod_reaches_every_other_pod_across_the_router() {
             "DEL keeps the device"
         );
         assert_eq!(host_veths(&c.node(i).ns), Vec::<String>::new());
+    }
+}
+
+/// 3 nodes behind the router, 3 pods on each: every pod pings every other pod (on its own
+/// node through the bridge, on the others through the overlay); DEL leaves no veth and no
+/// reservation. Uses only iproute2 and ping, so the VM suite runs it on a stock kernel.
+#[test]
+fn mesh_3x3_ipv4() {
+    let c = Cluster::new(Fabric::routed(3));
+    let pods: Vec<Pod> = (0..9)
+        .map(|k| add(&c, k % 3, &conf(&c, k % 3, json!({}))))
+        .collect();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.container_id != a.container_id) {
+            let ip = first_ip(b, true);
+            assert!(ping(&a.ns, ip), "{} -> {ip}", first_ip(a, true));
+        }
+    }
+    for p in &pods {
+        p.run("DEL").assert_ok_empty();
+    }
+    for i in 0..3 {
+        assert_eq!(host_veths(&c.node(i).ns), Vec::<String>::new(), "node {i}");
+        assert!(c.reservations(i).is_empty(), "node {i}");
     }
 }
 
@@ -506,10 +547,10 @@ fn gc_removes_exactly_the_orphans() {
     a.run("DEL").assert_ok_empty();
 }
 
-/// STATUS: available on a fresh node (ADD makes the device); routed pod mode is not
-/// available yet (50, saying so).
+/// STATUS: available on a fresh node (ADD makes the device), in both pod modes; a view entry
+/// this node cannot serve is limited connectivity (51) naming it.
 #[test]
-fn status_is_available_on_a_fresh_node_and_not_for_routed_pods() {
+fn status_is_available_on_a_fresh_node_in_both_pod_modes() {
     let c = Cluster::new(Fabric::routed(2));
     let status = |cf: &Value| {
         Invocation::new(plugin())
@@ -519,9 +560,11 @@ fn status_is_available_on_a_fresh_node_and_not_for_routed_pods() {
             .run()
     };
     status(&conf(&c, 0, json!({}))).assert_ok_empty();
-    let out = status(&conf(&c, 0, json!({"pods": "routed"})));
-    let err = out.assert_error(50);
-    assert!(error_text(&err).contains("not yet available"), "{out}");
+    status(&conf(&c, 0, json!({"pods": "routed"}))).assert_ok_empty();
+    assert!(
+        device(&c.node(0).ns, ROUTED_DEV).is_none(),
+        "STATUS made nothing"
+    );
 }
 
 /// Bad configs, each on a fresh node: code 7 naming the key, and no change to the node.
@@ -531,8 +574,12 @@ fn malformed_input_is_rejected_without_touching_the_node() {
     let node = c.node(0);
     let before = NodeSnapshot::take(node);
     for (extra, key) in [
-        (json!({"pods": "routed"}), "not yet available"),
         (json!({"pods": "ipvlan"}), "\"pods\""),
+        (
+            json!({"pods": "routed", "hostVethPrefix": "much-too-long"}),
+            "hostVethPrefix",
+        ),
+        (json!({"pods": "routed", "ipam": {}}), "\"ipam\""),
         (json!({"vni": 0}), "\"vni\""),
         (json!({"vni": 16777216}), "\"vni\""),
         (json!({"port": 0}), "\"port\""),
@@ -716,4 +763,319 @@ fn toggling_direct_routing_swaps_a_same_segment_peer_between_tunnel_and_direct_r
     for p in [a, b, d, e, f] {
         p.run("DEL").assert_ok_empty();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routed pods (Calico's VXLAN mode)
+// ---------------------------------------------------------------------------------------------
+
+/// Node `i`'s config with routed pods.
+fn rconf(c: &Cluster, i: usize) -> Value {
+    conf(c, i, json!({"pods": "routed"}))
+}
+
+/// Asserts node `i` has no pod left: no host veth, no twill route but the overlay's and the
+/// blackhole, no reservation.
+fn assert_no_pod_left(c: &Cluster, i: usize) {
+    let ns = &c.node(i).ns;
+    assert_eq!(host_veths(ns), Vec::<String>::new(), "node {i}: host veths");
+    let pod_routes: Vec<_> = vx_routes(c, i)
+        .into_iter()
+        .filter(|r| r.2.starts_with("twv"))
+        .collect();
+    assert!(pod_routes.is_empty(), "node {i}: pod routes {pod_routes:?}");
+    assert!(c.reservations(i).is_empty(), "node {i}: reservations");
+}
+
+/// 3 nodes behind the router with routed pods: the device is Calico's (VNI 4096, port 4789,
+/// `vxlan.twill`, learning off, MTU underlay - 50), each pod is a /32 at the device MTU
+/// behind 169.254.1.1 and a host veth with MAC ee:ee:ee:ee:ee:ee, the own block is
+/// blackholed, each node holds exactly the per-peer neighbour, FDB entry and route, and every
+/// pod pings every other; DEL leaves the device and the blackhole, and nothing of the pods.
+#[test]
+fn routed_pods_reach_every_other_pod_across_the_router() {
+    let c = Cluster::new(Fabric::routed(3));
+    let pods: Vec<Pod> = (0..3).map(|i| add(&c, i, &rconf(&c, i))).collect();
+    for (i, p) in pods.iter().enumerate() {
+        let node = c.node(i);
+        let (l, data) = device(&node.ns, ROUTED_DEV).expect("device");
+        assert_eq!(data["id"], json!(4096), "VNI: {data}");
+        assert_eq!(data["port"], json!(4789), "port: {data}");
+        assert_eq!(data["local"], json!(node.ip.to_string()), "local: {data}");
+        assert_eq!(data["learning"], json!(false), "learning off: {data}");
+        assert_eq!(l.mtu, 1450, "underlay 1500 - 50");
+        assert_eq!(
+            node.ns.global_cidrs(ROUTED_DEV),
+            vec![format!("10.244.{}.0/32", i + 1)]
+        );
+        assert!(node.ns.link("cni0").is_none(), "no bridge in routed mode");
+        let eth0 = p.ns.link("eth0").unwrap();
+        assert_eq!(eth0.mtu, 1450, "pod MTU = device MTU");
+        let ip = first_ip(p, true);
+        assert_eq!(p.ns.global_cidrs("eth0"), vec![format!("{ip}/32")]);
+        let veths = host_veths(&node.ns);
+        assert_eq!(veths.len(), 1, "{veths:?}");
+        let host = node.ns.link(&veths[0]).unwrap();
+        assert!(host.name.starts_with("twv"), "{}", host.name);
+        assert_eq!(host.mac.as_deref(), Some("ee:ee:ee:ee:ee:ee"));
+        assert_eq!(host.mtu, 1450);
+        assert!(
+            vx_routes(&c, i).contains(&(format!("{ip}"), String::new(), host.name.clone(), false)),
+            "node {i}: host route to the pod: {:?}",
+            vx_routes(&c, i)
+        );
+        assert_eq!(
+            conformance::routed::blackholes(&node.ns),
+            BTreeSet::from([pod_cidr4(i)]),
+            "node {i}: own block blackholed"
+        );
+        let others: Vec<usize> = (0..3).filter(|j| *j != i).collect();
+        assert_overlay_entries_on(&c, i, ROUTED_DEV, &others);
+    }
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.container_id != a.container_id) {
+            let ip = first_ip(b, true);
+            assert!(ping(&a.ns, ip), "{} -> {ip}", first_ip(a, true));
+        }
+    }
+    for p in &pods {
+        p.run("DEL").assert_ok_empty();
+    }
+    for i in 0..3 {
+        assert!(
+            device(&c.node(i).ns, ROUTED_DEV).is_some(),
+            "DEL keeps the device"
+        );
+        assert_no_pod_left(&c, i);
+    }
+}
+
+/// Routed pods: a 4 MiB TCP transfer across the router arrives whole; a DF ping of exactly
+/// the pod MTU crosses, one byte more fails with "message too long".
+#[test]
+fn routed_pods_tcp_transfer_and_df_pings_at_exactly_the_pod_mtu() {
+    let c = Cluster::new(Fabric::routed(2));
+    let a = add(&c, 0, &rconf(&c, 0));
+    let b = add(&c, 1, &rconf(&c, 1));
+    let to = first_ip(&b, true);
+    let size = 4 << 20;
+    assert_eq!(tcp_transfer(&a.ns, &b.ns, to, size), size);
+    let mtu = a.ns.link("eth0").unwrap().mtu;
+    assert_eq!(mtu, 1450);
+    let (ok, text) = df_ping(&a.ns, to, mtu - 28);
+    assert!(ok, "DF ping of {mtu} bytes: {text}");
+    let (ok, text) = df_ping(&a.ns, to, mtu - 27);
+    assert!(
+        !ok && text.contains("message too long"),
+        "DF ping of {} bytes: {text}",
+        mtu + 1
+    );
+    for p in [a, b] {
+        p.run("DEL").assert_ok_empty();
+    }
+}
+
+/// Routed pods: a peer that leaves the view loses its neighbour, FDB entry and route at the
+/// next ADD and becomes unreachable; when it joins again, the next ADD makes it reachable.
+#[test]
+fn routed_pods_a_departed_peer_loses_its_entries_and_a_joining_peer_becomes_reachable() {
+    let c = Cluster::new(Fabric::routed(3));
+    let pods: Vec<Pod> = (0..3).map(|i| add(&c, i, &rconf(&c, i))).collect();
+    let far = first_ip(&pods[2], true);
+    assert!(ping(&pods[0].ns, far));
+    let node = c.node(0);
+    conformance::hostgw::write(&node.peers_file, &c.peers(|j| j != 2).to_string());
+    let p = add(&c, 0, &rconf(&c, 0));
+    assert_overlay_entries_on(&c, 0, ROUTED_DEV, &[1]);
+    assert!(no_reply(&pods[0].ns, far), "a departed peer is unreachable");
+    conformance::hostgw::write(&node.peers_file, &c.peers(|_| true).to_string());
+    let q = add(&c, 0, &rconf(&c, 0));
+    assert_overlay_entries_on(&c, 0, ROUTED_DEV, &[1, 2]);
+    assert!(ping(&pods[0].ns, far), "a joining peer is reachable");
+    for p in pods.into_iter().chain([p, q]) {
+        p.run("DEL").assert_ok_empty();
+    }
+}
+
+/// Routed pods, every CNI version: ADD answers in that version's shape with a /32, CHECK
+/// (0.4.0+) passes, DEL twice succeeds (also without the netns) and leaves no veth, host
+/// route nor reservation; STATUS is available.
+#[test]
+fn routed_pods_every_version_adds_checks_and_deletes() {
+    let c = Cluster::new(Fabric::routed(2));
+    for v in conformance::CNI_VERSIONS {
+        let cf = conf_v(&c, 0, v, json!({"pods": "routed"}));
+        let p = add(&c, 0, &cf);
+        assert_eq!(p.result["cniVersion"], json!(v), "{v}");
+        let ip = result_ips(&p.result);
+        assert!(
+            ip.first()
+                .is_some_and(|ip| conformance::hostgw::in_cidr(ip, &pod_cidr4(0))),
+            "{v}: {}",
+            p.result
+        );
+        if conformance::hostgw::version_at_least(v, "0.4.0") {
+            p.run("CHECK").assert_ok_empty();
+        }
+        let out = c
+            .node(0)
+            .invoke(&plugin(), "DEL", &cf, &p.container_id, p.ns.path(), "eth0")
+            .unset("CNI_NETNS")
+            .run();
+        out.assert_ok_empty();
+        p.run("DEL").assert_ok_empty();
+        assert_no_pod_left(&c, 0);
+    }
+    Invocation::new(plugin())
+        .command("STATUS")
+        .stdin_json(&rconf(&c, 0))
+        .on(c.node(0).ns.path())
+        .run()
+        .assert_ok_empty();
+}
+
+/// Routed pods: CHECK fails (105) naming what is gone (the host route to the pod, then the
+/// device); the next ADD repairs the device and CHECK of the untouched pod passes again.
+#[test]
+fn routed_pods_check_detects_a_missing_host_route_and_a_missing_device() {
+    let c = Cluster::new(Fabric::routed(2));
+    let a = add(&c, 0, &rconf(&c, 0));
+    a.run("CHECK").assert_ok_empty();
+    let ns = &c.node(0).ns;
+    ns.ip(&["link", "del", ROUTED_DEV]);
+    let out = a.run("CHECK");
+    let err = out.assert_error(105);
+    assert!(error_text(&err).contains(ROUTED_DEV), "{out}");
+    let b = add(&c, 0, &rconf(&c, 0));
+    a.run("CHECK").assert_ok_empty();
+    let ip = first_ip(&b, true);
+    ns.ip(&["route", "del", &format!("{ip}/32")]);
+    let out = b.run("CHECK");
+    let err = out.assert_error(105);
+    assert!(error_text(&err).contains(&ip.to_string()), "{out}");
+    for p in [a, b] {
+        p.run("DEL").assert_ok_empty();
+    }
+    assert_no_pod_left(&c, 0);
+}
+
+/// Routed pods: a failure after allocation rolls back the veth and the reservation; GC
+/// removes exactly the attachments not listed (veth, host route, reservation), never the
+/// device nor the blackhole.
+#[test]
+fn routed_pods_roll_back_a_failed_add_and_gc_removes_exactly_the_orphans() {
+    let c = Cluster::new(Fabric::routed(2));
+    let node = c.node(0);
+    let cf = rconf(&c, 0);
+    let a = add(&c, 0, &cf);
+    let veths = host_veths(&node.ns);
+    let state = state_without_cursors(node);
+    let bad_dir = node.subnet_file.join("run");
+    let bad = conf(&c, 0, json!({"pods": "routed", "runDir": bad_dir}));
+    let (pod, out) = node.try_add_pod(&plugin(), &bad, &unique_name("c"));
+    out.check_error_shape()
+        .unwrap_or_else(|e| panic!("ADD with an unusable runDir: {e}\n{out}"));
+    assert_eq!(host_veths(&node.ns), veths, "no veth left\n{out}");
+    assert_eq!(state_without_cursors(node), state, "no reservation left");
+    assert_eq!(pod.ns.link_names(), vec!["lo".to_string()]);
+
+    let b = add(&c, 0, &cf);
+    let gone = first_ip(&b, true);
+    let gc = with_attachments(&cf, &[(&a.container_id, "eth0")]);
+    Invocation::new(plugin())
+        .command("GC")
+        .stdin_json(&gc)
+        .on(node.ns.path())
+        .run()
+        .assert_ok_empty();
+    let ips: Vec<String> = c.reservations(0).keys().cloned().collect();
+    assert_eq!(ips, vec![first_ip(&a, true).to_string()]);
+    assert_eq!(host_veths(&node.ns).len(), 1);
+    assert!(
+        !vx_routes(&c, 0).iter().any(|r| r.0 == gone.to_string()),
+        "the orphan's host route went with its veth"
+    );
+    assert!(device(&node.ns, ROUTED_DEV).is_some());
+    assert_eq!(
+        conformance::routed::blackholes(&node.ns),
+        BTreeSet::from([pod_cidr4(0)])
+    );
+    a.run("CHECK").assert_ok_empty();
+    drop(b);
+    a.run("DEL").assert_ok_empty();
+    assert_no_pod_left(&c, 0);
+}
+
+/// With the view unchanged, the next ADD still sees (in its one-dump-per-kind fast path) an
+/// overlay object deleted by hand and makes it again: a peer's neighbour, its FDB entry, its
+/// route, the own block's blackhole.
+#[test]
+fn an_unchanged_view_still_repairs_each_kind_of_overlay_object_deleted_by_hand() {
+    let c = Cluster::new(Fabric::routed(3));
+    let mut pods = vec![add(&c, 0, &rconf(&c, 0))];
+    let ns = &c.node(0).ns;
+    let gw1 = pod_cidr4(1).split('/').next().unwrap().to_string();
+    let mac1 = fdb_of(ns, ROUTED_DEV)
+        .into_iter()
+        .find(|(_, dst, _)| *dst == IpAddr::V4(c.node(1).ip))
+        .expect("node 1's FDB entry")
+        .0;
+    let node1 = c.node(1).ip.to_string();
+    let (own, route2) = (pod_cidr4(0), pod_cidr4(2));
+    let whole = |c: &Cluster| {
+        let (n, f, r, b) = overlay_state(c, 0);
+        (n.len(), f.len(), r.len(), b.len())
+    };
+    assert_eq!(whole(&c), (2, 2, 2, 1));
+    let cuts: [(&str, Vec<&str>); 4] = [
+        ("ip", vec!["neigh", "del", &gw1, "dev", ROUTED_DEV]),
+        (
+            "bridge",
+            vec![
+                "fdb", "del", &mac1, "dev", ROUTED_DEV, "dst", &node1, "self",
+            ],
+        ),
+        ("ip", vec!["route", "del", &route2]),
+        ("ip", vec!["route", "del", "blackhole", &own]),
+    ];
+    for (tool, args) in &cuts {
+        if *tool == "ip" {
+            ns.ip(args);
+        } else {
+            ns.exec_ok(&[&[*tool][..], &args[..]].concat());
+        }
+        assert_ne!(whole(&c), (2, 2, 2, 1), "{tool} {args:?} took effect");
+        pods.push(add(&c, 0, &rconf(&c, 0)));
+        assert_eq!(whole(&c), (2, 2, 2, 1), "{tool} {args:?} repaired");
+    }
+    for p in pods {
+        p.run("DEL").assert_ok_empty();
+    }
+}
+
+/// Node `i`'s overlay objects on the routed device: neighbours, FDB remotes, routes through
+/// it, twill blackholes.
+fn overlay_state(
+    c: &Cluster,
+    i: usize,
+) -> (
+    BTreeSet<IpAddr>,
+    BTreeSet<IpAddr>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+) {
+    let ns = &c.node(i).ns;
+    let n = ns
+        .neighbours()
+        .into_iter()
+        .filter(|n| n.dev == ROUTED_DEV)
+        .map(|n| n.dst)
+        .collect();
+    let f = fdb_of(ns, ROUTED_DEV).into_iter().map(|e| e.1).collect();
+    let r = vx_routes(c, i)
+        .into_iter()
+        .filter(|r| r.2 == ROUTED_DEV)
+        .map(|r| r.0)
+        .collect();
+    (n, f, r, conformance::routed::blackholes(ns))
 }

@@ -101,12 +101,14 @@ impl Managed {
 
     /// Makes the node hold what the network wants: the data plane's objects for the cluster
     /// view (the same reconcile and lock as the plugin's ADD), then the masquerade and forward
-    /// rules (written only when they drift).
-    pub fn sync(&self, node: &mut Netlink, nf: &mut Netfilter) -> Result<Outcome> {
+    /// rules (written only when they drift). The plane prepares itself first
+    /// ([`DataPlane::prepare`]: a tunnel plane's devices).
+    pub fn sync(&mut self, node: &mut Netlink, nf: &mut Netfilter) -> Result<Outcome> {
         let mut out = Outcome::default();
         if let Some(source) = &self.net.view {
             let state = state_file(node, self.run_dir(), self.name())?;
             let own = self.net.own_ranges_with(&[]);
+            self.plane.prepare(node, &own)?;
             let inputs = Inputs {
                 source,
                 own_ranges: &own,

@@ -94,7 +94,7 @@ impl Round {
     /// Makes the node match every network, removes the node state of networks gone from the
     /// conf dir, and records the networks kept. Logs one line per change and per problem.
     pub fn sync(mut self, log: &mut Log) {
-        for m in &self.managed {
+        for m in &mut self.managed {
             let res = m.sync(&mut self.node, &mut self.nf);
             say(log, m.name(), res);
         }

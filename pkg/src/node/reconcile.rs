@@ -336,6 +336,17 @@ pub trait NodeKernel {
             .map(|f| f.object)
             .collect())
     }
+    /// Only twill's objects of the kinds in `wanted` (the fast path's question: are these
+    /// still there?), as cheaply as the kernel allows; by default [`NodeKernel::list_owned`]
+    /// per kind.
+    fn list_owned_like(&mut self, wanted: &[Object]) -> Result<Vec<Object>> {
+        let kinds: BTreeSet<Kind> = wanted.iter().map(Object::kind).collect();
+        let mut out = Vec::new();
+        for kind in kinds {
+            out.extend(self.list_owned(kind)?);
+        }
+        Ok(out)
+    }
     /// Creates or replaces `o` (never fails because it exists).
     fn apply(&mut self, o: &Object) -> Result<()>;
     /// Removes `o`, only if it is twill's; already gone is `Ok`.
@@ -352,6 +363,13 @@ pub trait DataPlane {
     fn reject(&self, peer: &Peer, local: &[IpNetwork]) -> Option<Reject>;
     /// The objects wanted for the accepted remote peers.
     fn desired(&self, peers: &[&Peer]) -> Vec<Object>;
+    /// Makes what the plane's objects hang on exist before a reconcile on node `nl` of a
+    /// network owning `own_ranges` (a tunnel plane's devices, whose ifindexes its routes and
+    /// key then carry); nothing by default.
+    fn prepare(&mut self, nl: &mut Netlink, own_ranges: &[IpNetwork]) -> Result<()> {
+        let _ = (nl, own_ranges);
+        Ok(())
+    }
 }
 
 /// Why a plane cannot serve a peer.
@@ -651,23 +669,19 @@ fn wanted(
 
 /// True when the kernel holds every object of `installed` (one owned-listing per kind).
 fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
-    let kinds: BTreeSet<Kind> = installed.iter().map(Object::kind).collect();
-    for kind in kinds {
-        let owned = k.list_owned(kind)?;
-        let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
-        for o in &owned {
-            by_key.entry(o.key()).or_default().push(o);
-        }
-        let all_there = installed.iter().filter(|o| o.kind() == kind).all(|w| {
-            by_key
-                .get(&w.key())
-                .is_some_and(|fs| fs.iter().any(|f| w.satisfied_by(f)))
-        });
-        if !all_there {
-            return Ok(false);
-        }
+    if installed.is_empty() {
+        return Ok(true);
     }
-    Ok(true)
+    let owned = k.list_owned_like(installed)?;
+    let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
+    for o in &owned {
+        by_key.entry(o.key()).or_default().push(o);
+    }
+    Ok(installed.iter().all(|w| {
+        by_key
+            .get(&w.key())
+            .is_some_and(|fs| fs.iter().any(|f| f.kind() == w.kind() && w.satisfied_by(f)))
+    }))
 }
 
 /// Pure diff. `mine` are the claims this network installed before; `others` the claims of
@@ -874,6 +888,101 @@ impl NodeKernel for Netlink {
                 })
             })
             .collect())
+    }
+
+    /// One link dump shared by devices, neighbours and FDB entries; one route dump (the kernel
+    /// filters twill's protocol) for routes and blackholes; neighbours and FDB entries dumped
+    /// for their device when all of them are on one; ipip devices only when some are wanted.
+    fn list_owned_like(&mut self, wanted: &[Object]) -> Result<Vec<Object>> {
+        let kinds: BTreeSet<Kind> = wanted.iter().map(Object::kind).collect();
+        let mut out = Vec::new();
+        if kinds.contains(&Kind::Route) || kinds.contains(&Kind::Blackhole) {
+            let filter = RouteFilter {
+                table: Some(rt_table::MAIN),
+                protocol: Some(TWILL_PROTO),
+                ..RouteFilter::default()
+            };
+            for r in self.routes(&filter)? {
+                if r.kind == RTN_BLACKHOLE && kinds.contains(&Kind::Blackhole) {
+                    out.push(blackhole_of(&r));
+                } else if r.kind == RTN_UNICAST && kinds.contains(&Kind::Route) {
+                    out.push(Object::Route(PeerRoute {
+                        metric: effective_metric(&r.dst, r.metric.unwrap_or(0)),
+                        dst: r.dst,
+                        gateway: r.gateway,
+                        oif: r.oif,
+                        onlink: r.onlink,
+                    }));
+                }
+            }
+        }
+        if !kinds
+            .iter()
+            .any(|k| matches!(k, Kind::Device | Kind::Neighbour | Kind::Fdb))
+        {
+            return Ok(out);
+        }
+        let links = self.links()?;
+        let names: BTreeMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+        // The one device all wanted objects of a kind sit on, when there is one.
+        let only_dev = |kind: Kind| -> Option<u32> {
+            let mut devs = wanted.iter().filter_map(|o| match o {
+                Object::Neighbour { dev, .. } | Object::Fdb { dev, .. } if o.kind() == kind => {
+                    Some(dev.as_str())
+                }
+                _ => None,
+            });
+            let first = devs.next()?;
+            if devs.any(|d| d != first) {
+                return None;
+            }
+            links.iter().find(|l| l.name == first).map(|l| l.index)
+        };
+        if kinds.contains(&Kind::Neighbour) {
+            for n in self.neighbours(only_dev(Kind::Neighbour), None, false)? {
+                if n.state & nud::PERMANENT == 0 {
+                    continue;
+                }
+                if let (Some(dev), Some(ip), Some(mac)) = (names.get(&n.index), n.ip, n.mac) {
+                    out.push(Object::Neighbour {
+                        dev: (*dev).to_string(),
+                        ip,
+                        mac,
+                    });
+                }
+            }
+        }
+        if kinds.contains(&Kind::Fdb) {
+            for e in self.fdb_entries(only_dev(Kind::Fdb))? {
+                if !e.is_self() {
+                    continue;
+                }
+                if let (Some(dev), Some(dst)) = (names.get(&e.index), e.dst) {
+                    out.push(Object::Fdb {
+                        dev: (*dev).to_string(),
+                        mac: e.mac,
+                        dst,
+                    });
+                }
+            }
+        }
+        if kinds.contains(&Kind::Device) {
+            out.extend(links.iter().filter_map(|l| {
+                let v = l.vxlan.as_ref()?;
+                Some(Object::Vxlan(VxlanDevice {
+                    name: l.name.clone(),
+                    vni: v.vni,
+                    port: v.port,
+                    local: v.local,
+                    mac: l.mac,
+                    mtu: Some(l.mtu),
+                }))
+            }));
+            if wanted.iter().any(|o| matches!(o, Object::Ipip(_))) {
+                out.extend(ipip::found_devices(self)?.into_iter().map(|f| f.object));
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&mut self, o: &Object) -> Result<()> {

@@ -287,6 +287,9 @@ pub struct Vxlan {
     pub connected: Vec<IpNetwork>,
     /// Why a family has no device (IPv4, IPv6), for the peers that would need it.
     pub missing: [Option<String>; 2],
+    /// The node's own pod blocks, blackholed (routed pod mode; empty in bridge mode, where the
+    /// bridge's connected route covers the block).
+    pub blackholes: Vec<IpNetwork>,
 }
 
 impl Vxlan {
@@ -318,6 +321,7 @@ impl Vxlan {
             tx_checksum_offload: conf.tx_checksum_offload,
             connected,
             missing: [None, None],
+            blackholes: Vec::new(),
         };
         for (slot, family) in [Family::V4, Family::V6].into_iter().enumerate() {
             if !families[slot] {
@@ -397,6 +401,23 @@ impl Vxlan {
         Ok(plane)
     }
 
+    /// The plane of a network with pod mode `pods` and configured pod ranges `own_ranges`, as
+    /// its plugin's ADD and twilld both plan it: [`Vxlan::plan`] for the families of
+    /// [`Vxlan::families`], and in routed pod mode the ranges blackholed.
+    pub fn plan_network(
+        nl: &mut Netlink,
+        conf: &VxlanConf,
+        pods: PodMode,
+        own_ranges: &[IpNetwork],
+        view: Option<&ClusterView>,
+    ) -> Result<Vxlan> {
+        let mut plane = Vxlan::plan(nl, conf, Vxlan::families(own_ranges), view)?;
+        if pods == PodMode::Routed {
+            plane.blackhole(own_ranges);
+        }
+        Ok(plane)
+    }
+
     /// The families (IPv4, IPv6) a network with pod ranges `own_ranges` has pods of: those of
     /// its ranges, both when it declares none (an exec'd IPAM).
     pub fn families(own_ranges: &[IpNetwork]) -> [bool; 2] {
@@ -407,6 +428,14 @@ impl Vxlan {
             own_ranges.iter().any(IpNetwork::is_ipv4),
             own_ranges.iter().any(IpNetwork::is_ipv6),
         ]
+    }
+
+    /// Adds `blocks` (each reduced to its network) to the own blocks the plane blackholes:
+    /// routed pod mode, where each pod has a host route and nothing else covers the block.
+    pub fn blackhole(&mut self, blocks: &[IpNetwork]) {
+        let mut all = self.blackholes.clone();
+        all.extend_from_slice(blocks);
+        self.blackholes = crate::node::routed::Routed::new(&all).blocks().to_vec();
     }
 
     /// The pod MTU: the smallest device MTU (a pod's packets may take either device); None
@@ -734,6 +763,12 @@ impl DataPlane for Vxlan {
                 ov.index.unwrap_or(0)
             ));
         }
+        if !self.blackholes.is_empty() {
+            k.push_str(" blackhole");
+            for b in &self.blackholes {
+                k.push_str(&format!(" {b}"));
+            }
+        }
         if self.direct_routing {
             k.push_str(" direct");
             for n in &self.connected {
@@ -743,8 +778,27 @@ impl DataPlane for Vxlan {
         k
     }
 
+    /// [`Vxlan::ensure`] with the own ranges' subnets (the device addresses).
+    fn prepare(&mut self, nl: &mut Netlink, own_ranges: &[IpNetwork]) -> Result<()> {
+        let subnets: Vec<IpNetwork> = own_ranges
+            .iter()
+            .map(|r| crate::flannel::subnet_file::network_of(*r))
+            .collect();
+        self.ensure(nl, &subnets)
+    }
+
     fn owns(&self) -> &'static [Kind] {
-        &[Kind::Device, Kind::Neighbour, Kind::Fdb, Kind::Route]
+        if self.blackholes.is_empty() {
+            &[Kind::Device, Kind::Neighbour, Kind::Fdb, Kind::Route]
+        } else {
+            &[
+                Kind::Device,
+                Kind::Neighbour,
+                Kind::Fdb,
+                Kind::Route,
+                Kind::Blackhole,
+            ]
+        }
     }
 
     fn reject(&self, p: &Peer, _local: &[IpNetwork]) -> Option<Reject> {
@@ -820,6 +874,7 @@ impl DataPlane for Vxlan {
                 ..PeerRoute::via(p.pod_cidr, gateway)
             }));
         }
+        out.extend(self.blackholes.iter().map(|b| Object::blackhole(*b)));
         out
     }
 }
@@ -855,6 +910,7 @@ mod tests {
             tx_checksum_offload: false,
             connected: vec!["10.99.1.0/24".parse().unwrap()],
             missing: [None, Some("no IPv6 underlay: set \"nodeIPv6\"".into())],
+            blackholes: Vec::new(),
         }
     }
 

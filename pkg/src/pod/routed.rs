@@ -26,7 +26,7 @@ use crate::kernel::netlink::{
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
-use crate::pod::veth::{self, HostEnd, Owner, POD_ROUTE_PROTO, PodEnd};
+use crate::pod::veth::{self, HostEnd, HostSpec, Owner, POD_ROUTE_PROTO, PodEnd};
 
 /// MAC of every routed host end (Calico's): the pods' gateways resolve to it.
 pub const HOST_MAC: MacAddr = MacAddr([0xee; 6]);
@@ -35,6 +35,23 @@ pub const GATEWAY4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The pods' IPv6 gateway: the link-local address the kernel derives from [`HOST_MAC`]
 /// (EUI-64) on the host end.
 pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// The routed host end ([`veth::create_with`]): named with `prefix`, no master, [`HOST_MAC`].
+pub fn host_spec(prefix: &str) -> HostSpec<'_> {
+    HostSpec {
+        prefix,
+        master: None,
+        mac: Some(HOST_MAC),
+    }
+}
+
+/// Whether `addrs` hold IPv4, IPv6 addresses (the families [`setup_host`] prepares).
+pub fn families(addrs: &[IpNetwork]) -> (bool, bool) {
+    (
+        addrs.iter().any(IpNetwork::is_ipv4),
+        addrs.iter().any(IpNetwork::is_ipv6),
+    )
+}
 
 /// The gateway of `ip`'s family.
 pub fn gateway_of(ip: &IpAddr) -> IpAddr {

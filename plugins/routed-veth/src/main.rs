@@ -23,7 +23,7 @@ use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
 use twill::pod::routed::{self, HOST_MAC};
 use twill::pod::veth::Owner;
-use twill::pod::veth::{self, HostSpec, PairSpec};
+use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, Plugin, Result};
 
 struct RoutedVeth;
@@ -40,10 +40,10 @@ impl Plugin for RoutedVeth {
             owner: Owner::of(net.name(), args),
             pod_ns: &pod_ns,
             mtu: net.default_mtu(&mut node)?,
-            bridge: 0, // no bridge: `host_spec` makes the host end, without a master
+            bridge: 0, // no bridge: `routed::host_spec` makes the host end, without a master
             pod_mac: net.pod_mac,
         };
-        let host = veth::create_with(&mut node, &pair, &host_spec(&net))?;
+        let host = veth::create_with(&mut node, &pair, &routed::host_spec(&net.host_veth_prefix))?;
         let made = host.clone();
         undo.push("delete the veth pair", move || {
             veth::delete_created(&mut Netlink::new()?, &made).map(drop)
@@ -53,7 +53,7 @@ impl Plugin for RoutedVeth {
         undo.push("release the IP addresses", || net.release(args));
         let ips = routed::pod_ips(&ipam.ips);
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
-        let (v4, v6) = families(&addrs);
+        let (v4, v6) = routed::families(&addrs);
 
         routed::setup_host(&host, v4, v6)?;
         let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
@@ -145,23 +145,6 @@ impl Plugin for RoutedVeth {
         net.view_status(&mut node, &net.plane(&[]))
             .map_err(unavailable)
     }
-}
-
-/// The routed host end: named with `hostVethPrefix`, no master, Calico's MAC.
-fn host_spec(net: &Network) -> HostSpec<'_> {
-    HostSpec {
-        prefix: &net.host_veth_prefix,
-        master: None,
-        mac: Some(HOST_MAC),
-    }
-}
-
-/// Whether `addrs` hold IPv4, IPv6 addresses.
-fn families(addrs: &[IpNetwork]) -> (bool, bool) {
-    (
-        addrs.iter().any(IpNetwork::is_ipv4),
-        addrs.iter().any(IpNetwork::is_ipv6),
-    )
 }
 
 twill::plugin_main!(

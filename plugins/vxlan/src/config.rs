@@ -5,17 +5,19 @@
 use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use twill::kernel::netlink::{Netlink, PortFlags};
 use twill::network::{self, CommonKeys, Need, PluginKeys};
-use twill::node::peers::PeersConf;
+use twill::node::peers::{PeersConf, ViewSource};
 use twill::node::vxlan::{PodMode, Vxlan, VxlanConf, VxlanKeys};
 use twill::pod::bridge;
-use twill::pod::veth::PodOptions;
+use twill::pod::veth::{self, PodOptions};
 use twill::{CmdArgs, Error, Result};
 
 /// Bridge name unless `bridge` says otherwise.
 pub const DEFAULT_BRIDGE: &str = "cni0";
+/// Host veth name prefix of routed pods unless `hostVethPrefix` says otherwise.
+pub const DEFAULT_HOST_VETH_PREFIX: &str = "twv";
 
 /// The plugin's own keys (everything else is kept in `rest`, so IPAM delegation and GC see the
 /// config as given).
@@ -28,6 +30,10 @@ pub struct Keys {
     /// `hairpinMode` on the host veth port (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hairpin_mode: Option<bool>,
+    /// `hostVethPrefix`: the start of every routed pod's host veth name (default
+    /// [`DEFAULT_HOST_VETH_PREFIX`]; 1 to 7 characters, a hash fills the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth_prefix: Option<String>,
     /// The overlay's keys (`pods`, `vni`, `port`, `device`, `deviceV6`, `nodeIP`,
     /// `nodeIPv6`, `directRouting`, `txChecksumOffload`), shared with twilld.
     #[serde(flatten)]
@@ -67,6 +73,7 @@ impl PluginKeys for Keys {
 pub const OWN_KEYS: &[&str] = &[
     "bridge",
     "hairpinMode",
+    "hostVethPrefix",
     "pods",
     "vni",
     "port",
@@ -89,6 +96,8 @@ pub struct Network {
     pub bridge: String,
     /// Hairpin mode on the host veth.
     pub hairpin: bool,
+    /// Prefix of the routed pods' host veth names.
+    pub host_veth_prefix: String,
     /// The overlay: VNI, port, devices, underlay addresses, MTU, direct routing, offload.
     pub vxlan: VxlanConf,
 }
@@ -106,9 +115,11 @@ impl Network {
     /// (bridge mode: VNI 1, port 8472; routed mode: VNI 4096, port 4789; see
     /// [`VxlanKeys::conf`]). For
     /// [`Need::Required`] the keys are checked before anything on the node changes: `pods`,
-    /// the bridge name and the overlay ([`VxlanConf::validate`]).
+    /// the bridge name, `hostVethPrefix`, the overlay ([`VxlanConf::validate`]) and, for
+    /// routed pods, an IPAM that gives addresses. Routed pods without `peers` or `peersFile`
+    /// get an empty view rather than none: the own blocks are still blackholed.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
-        let shared = network::Network::<Keys>::load(args, need)?;
+        let mut shared = network::Network::<Keys>::load(args, need)?;
         let k = shared.keys();
         let pods = k.vxlan.pod_mode()?;
         let conf = k.vxlan.conf(
@@ -117,38 +128,54 @@ impl Network {
             shared.subnet.as_ref().map(|s| s.mtu),
         );
         let bridge = k.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.into());
+        let hairpin = k.hairpin_mode.unwrap_or(true);
+        let host_veth_prefix = k
+            .host_veth_prefix
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HOST_VETH_PREFIX.into());
         if need == Need::Required {
-            bridge::validate_name(&bridge)?;
             conf.validate()?;
+            match pods {
+                PodMode::Bridge => bridge::validate_name(&bridge)?,
+                PodMode::Routed => {
+                    veth::validate_prefix(&host_veth_prefix)
+                        .map_err(|e| e.context("\"hostVethPrefix\""))?;
+                    if shared.l2_only {
+                        return Err(Error::invalid_config(
+                            "\"ipam\": {} gives the pod no address, and a routed pod (\"pods\": \
+                             \"routed\") is nothing but its addresses: configure an IPAM (or \
+                             drop \"ipam\" to derive host-local from the subnet file)",
+                        ));
+                    }
+                    if shared.view.is_none() {
+                        shared.view = Some(ViewSource::Inline(json!([])));
+                    }
+                }
+            }
         }
         Ok(Network {
             pods,
             bridge,
-            hairpin: k.hairpin_mode.unwrap_or(true),
+            hairpin,
+            host_veth_prefix,
             vxlan: conf,
             shared,
         })
     }
 
-    /// Code 7 unless pods are wired on the bridge: routed pods (Calico's VXLAN mode) need the
-    /// routed pod wiring (`twill::pod::routed`), which this build does not have yet.
-    pub fn bridge_pods(&self) -> Result<()> {
-        match self.pods {
-            PodMode::Bridge => Ok(()),
-            PodMode::Routed => Err(Error::invalid_config(
-                "\"pods\": \"routed\" (Calico's VXLAN mode) is not yet available in this \
-                 build: use \"bridge\" (the default) for now",
-            )),
-        }
-    }
-
     /// The overlay of this node ([`Vxlan::plan`]): a device for each family the network has
     /// pods of (both when its IPAM does not say), with the cluster view read for this node's
     /// address and VTEP MAC when it can be (an unreadable view is reported by the reconcile).
+    /// Routed pods: the configured ranges are blackholed too ([`Vxlan::blackhole`]).
     pub fn overlay(&self, node: &mut Netlink) -> Result<Vxlan> {
-        let families = Vxlan::families(&self.own_ranges);
         let view = self.view.as_ref().and_then(|v| v.read().ok());
-        Vxlan::plan(node, &self.vxlan, families, view.as_ref())
+        Vxlan::plan_network(
+            node,
+            &self.vxlan,
+            self.pods,
+            &self.own_ranges,
+            view.as_ref(),
+        )
     }
 
     /// The pods' MTU (imposed on the bridge): the overlay's device MTU; without a device (no
@@ -224,17 +251,26 @@ mod tests {
     }
 
     #[test]
-    fn routed_mode_is_parsed_but_refused_for_now_with_code_7() {
+    fn routed_mode_defaults_are_calicos_with_an_empty_view_for_the_blackhole() {
         let n = Network::load(&args(&base(json!({"pods": "routed"}))), Need::Required).unwrap();
-        let e = n.bridge_pods().unwrap_err();
-        assert_eq!(e.code, code::INVALID_CONFIG);
-        assert!(e.msg.contains("not yet available"), "{e}");
-        // DEL of a routed network still loads (it releases by owner).
-        let n = Network::load(&args(&base(json!({"pods": "routed"}))), Need::Release).unwrap();
         assert_eq!(
             (n.pods, n.vxlan.vni, n.vxlan.port),
             (PodMode::Routed, 4096, 4789)
         );
+        assert_eq!(n.vxlan.device.as_deref(), Some("vxlan.twill"));
+        assert_eq!(n.host_veth_prefix, DEFAULT_HOST_VETH_PREFIX);
+        assert_eq!(n.view, Some(ViewSource::Inline(json!([]))));
+        for (bad, key) in [
+            (
+                json!({"pods": "routed", "hostVethPrefix": "much-too-long"}),
+                "hostVethPrefix",
+            ),
+            (json!({"pods": "routed", "ipam": {}}), "\"ipam\""),
+        ] {
+            let e = Network::load(&args(&base(bad.clone())), Need::Required).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e}");
+            assert!(e.msg.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]
