@@ -61,9 +61,10 @@ impl Peer {
                 Some(other) => Err(format!("\"{key}\" is {other}, not a string")),
             }
         };
-        let node_ip: IpAddr = text("nodeIP")?
+        let ip = text("nodeIP")?;
+        let node_ip: IpAddr = ip
             .parse()
-            .map_err(|_| format!("\"nodeIP\" {:?} is not an IP address", text("nodeIP")))?;
+            .map_err(|_| format!("\"nodeIP\" {ip:?} is not an IP address"))?;
         let cidr = text("podCIDR")?;
         let pod_cidr: IpNetwork = cidr
             .parse()

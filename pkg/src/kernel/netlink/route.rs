@@ -181,6 +181,32 @@ pub struct RouteFilter {
     pub oif: Option<u32>,
 }
 
+impl std::fmt::Display for RouteFilter {
+    /// What the filter selects, for people: `IPv4, table 254, protocol 116` (`all` when empty).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(fam) = self.family {
+            parts.push(match fam {
+                Family::V4 => "IPv4".to_string(),
+                Family::V6 => "IPv6".to_string(),
+            });
+        }
+        if let Some(t) = self.table {
+            parts.push(format!("table {t}"));
+        }
+        if let Some(p) = self.protocol {
+            parts.push(format!("protocol {p}"));
+        }
+        if let Some(o) = self.oif {
+            parts.push(format!("interface index {o}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("all");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 fn af(ip: &IpAddr) -> AddressFamily {
     if ip.is_ipv4() {
         AddressFamily::Inet
@@ -422,7 +448,7 @@ impl Netlink {
         match res {
             // A table that does not exist (yet) holds no routes.
             Err(e) if filter.table.is_some() && e.errno() == Some(nix::libc::ENOENT) => Ok(vec![]),
-            r => r.map_err(|e| e.with_op(|| format!("list routes ({filter:?})"))),
+            r => r.map_err(|e| e.with_op(|| format!("list routes ({filter})"))),
         }
     }
 }
