@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
-BINS := host-local bridge-host-gw routed-veth
+BINS := host-local bridge-host-gw routed-veth ipip
 # Plugins are static binaries for the musl target when rustup can provide it (fastest start-up,
 # see scripts/release-target.sh), else for the host's glibc target with crt-static. Only target
 # artifacts get the flag (proc-macros stay dynamic), hence the explicit --target.
