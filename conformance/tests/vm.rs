@@ -26,6 +26,12 @@ const VM_LIMIT: Duration = Duration::from_secs(280);
 /// hold): the VM gets them as /twill/tests/<target>.
 const TEST_BINARIES: &[(&str, &str, &str)] = &[
     ("conformance", "bridge_host_gw", "mesh_3x3_ipv4"),
+    ("conformance", "routed_veth", "mesh_3x3_ipv4"),
+    (
+        "conformance",
+        "ipip",
+        "vm_mesh_3x3_through_the_tunnel_with_df_pings_at_the_tunnel_mtu",
+    ),
     (
         "twill",
         "ipip_netns",
