@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PREFIX ?= /opt/cni/bin
 DESTDIR ?=
-BINS := host-local bridge-host-gw routed-veth vxlan
+BINS := host-local bridge-host-gw routed-veth vxlan ipip
 # The node daemon is not a CNI plugin: it goes to SBINDIR with its systemd unit, its defaults
 # file (kept when present) and an example network config (never into the conf dir itself).
 DAEMONS := twilld

@@ -20,13 +20,19 @@ use std::time::Duration;
 use conformance::bins::{twill_bin_dirs, workspace_dir};
 
 /// The whole VM run, boot to power-off (the entries' own limits add up to less).
-const VM_LIMIT: Duration = Duration::from_secs(280);
+const VM_LIMIT: Duration = Duration::from_secs(420);
 
 /// Test binaries the table's entries run, as (cargo package, test target, a test it must
 /// hold): the VM gets them as /twill/tests/<target>.
 const TEST_BINARIES: &[(&str, &str, &str)] = &[
     ("conformance", "bridge_host_gw", "mesh_3x3_ipv4"),
     ("conformance", "vxlan", "mesh_3x3_ipv4"),
+    ("conformance", "routed_veth", "mesh_3x3_ipv4"),
+    (
+        "conformance",
+        "ipip",
+        "vm_mesh_3x3_through_the_tunnel_with_df_pings_at_the_tunnel_mtu",
+    ),
     (
         "twill",
         "ipip_netns",

@@ -17,10 +17,12 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipSpec, Netlink, is_missing_kind,
+    AddrOptions, Broadcast, Family, IPIP_FALLBACK, IpipSpec, Netlink, RouteFilter, is_missing_kind,
+    rt_table,
 };
 use crate::node::peers::Peer;
 use crate::node::reconcile::{DataPlane, Found, Kind, Object, PeerRoute, Reject};
+use crate::node::routed::Routed;
 
 /// The device used unless configured: the kernel's fallback ipip device.
 pub const DEFAULT_DEVICE: &str = IPIP_FALLBACK;
@@ -152,6 +154,43 @@ pub fn tunnel_address(block: IpNetwork) -> Result<Ipv4Addr> {
     }
 }
 
+/// The device `conf` asks for on a node whose underlay MTU is `underlay_mtu`.
+fn wanted(conf: &TunnelConf, underlay_mtu: u32) -> Result<IpipDevice> {
+    Ok(IpipDevice {
+        name: conf.device.clone(),
+        local: conf.local.filter(|_| conf.device != IPIP_FALLBACK),
+        mtu: tunnel_mtu(conf.mtu, underlay_mtu),
+        up: true,
+        addresses: vec![tunnel_address(conf.block)?],
+    })
+}
+
+/// The node's own underlay address: the first IPv4 address of the link of its IPv4 default
+/// route (a named tunnel's local end), if there is one. A main-table dump and an address dump.
+pub fn uplink_address(node: &mut Netlink) -> Result<Option<Ipv4Addr>> {
+    let filter = RouteFilter {
+        family: Some(Family::V4),
+        table: Some(rt_table::MAIN),
+        ..Default::default()
+    };
+    let uplink = node
+        .routes(&filter)?
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0 && r.kind == 1)
+        .and_then(|r| r.oif);
+    let Some(oif) = uplink else {
+        return Ok(None);
+    };
+    Ok(node
+        .addresses(Some(oif), Some(Family::V4))?
+        .into_iter()
+        .filter(|a| a.index == oif)
+        .find_map(|a| match a.addr {
+            IpAddr::V4(v) if !v.is_loopback() && !v.is_link_local() => Some(v),
+            _ => None,
+        }))
+}
+
 /// The ipip data plane, bound to the tunnel device's index on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ipip {
@@ -159,6 +198,7 @@ pub struct Ipip {
     ifindex: u32,
     cross_subnet: bool,
     local_subnets: Vec<Ipv4Network>,
+    own: Routed,
 }
 
 impl Ipip {
@@ -172,15 +212,26 @@ impl Ipip {
         conf: &TunnelConf,
         underlay_mtu: u32,
     ) -> Result<(Ipip, bool)> {
-        let address = tunnel_address(conf.block)?;
-        let device = IpipDevice {
-            name: conf.device.clone(),
-            local: conf.local.filter(|_| conf.device != IPIP_FALLBACK),
-            mtu: tunnel_mtu(conf.mtu, underlay_mtu),
-            up: true,
-            addresses: vec![address],
-        };
+        let device = wanted(conf, underlay_mtu)?;
         let (created, ifindex) = apply(node, &device)?;
+        Ok((Ipip::bound(node, device, ifindex, conf)?, created))
+    }
+
+    /// The plane [`Ipip::ensure`] would make, without changing anything (CHECK, STATUS):
+    /// bound to the device's index when it exists, else to 0 (its routes then count as
+    /// missing; see [`Ipip::check_device`]).
+    pub fn planned(node: &mut Netlink, conf: &TunnelConf, underlay_mtu: u32) -> Result<Ipip> {
+        let device = wanted(conf, underlay_mtu)?;
+        let ifindex = node.ipip_link(&device.name)?.map_or(0, |l| l.link.index);
+        Ipip::bound(node, device, ifindex, conf)
+    }
+
+    fn bound(
+        node: &mut Netlink,
+        device: IpipDevice,
+        ifindex: u32,
+        conf: &TunnelConf,
+    ) -> Result<Ipip> {
         let mut local_subnets = Vec::new();
         if conf.cross_subnet {
             for a in node.addresses(None, Some(Family::V4))? {
@@ -195,13 +246,63 @@ impl Ipip {
             local_subnets.sort();
             local_subnets.dedup();
         }
-        let plane = Ipip {
+        Ok(Ipip {
             device,
             ifindex,
             cross_subnet: conf.cross_subnet,
             local_subnets,
+            own: Routed::default(),
+        })
+    }
+
+    /// The plane that also blackholes the node's own `blocks` (as [`Routed`] does for routed
+    /// pods), so a packet to an unallocated pod address is dropped here rather than sent to
+    /// the default route.
+    pub fn blackholing(mut self, blocks: &[IpNetwork]) -> Ipip {
+        self.own = Routed::new(blocks);
+        self
+    }
+
+    /// Undoes an [`Ipip::ensure`] that created the device (the ADD's rollback): a named device
+    /// is deleted; the kernel's `tunl0` is never created here, so it is left as it is.
+    pub fn delete_created(&self, node: &mut Netlink) -> Result<()> {
+        if self.device.name == IPIP_FALLBACK {
+            return Ok(());
+        }
+        remove(node, &self.device)
+    }
+
+    /// CHECK of the tunnel device: code 50 ([`missing_ipip`]) on a kernel without ipip, code
+    /// 105 when the device is missing or is not as the plane wants it (the next ADD repairs
+    /// it).
+    pub fn check_device(&self, node: &mut Netlink) -> Result<()> {
+        let name = &self.device.name;
+        let Some(found) = found_devices(node)?
+            .into_iter()
+            .find_map(|f| match f.object {
+                Object::Ipip(d) if &d.name == name => Some(d),
+                _ => None,
+            })
+        else {
+            if !node.ipip_available()? {
+                return Err(missing_ipip(code::NOT_AVAILABLE, name));
+            }
+            return Err(Error::new(
+                code::CHECK_FAILED,
+                format!("ipip device {name} is missing (the next ADD makes it)"),
+            ));
         };
-        Ok((plane, created))
+        if self.device.satisfied_by(&found) {
+            return Ok(());
+        }
+        Err(Error::new(
+            code::CHECK_FAILED,
+            format!(
+                "ipip device {name} is {} but should be {} (name, local end, MTU, up,                  addresses; the next ADD repairs it)",
+                found.to_fields(),
+                self.device.to_fields()
+            ),
+        ))
     }
 
     /// The tunnel device as the plane wants it.
@@ -222,17 +323,26 @@ impl Ipip {
 impl DataPlane for Ipip {
     fn key(&self) -> String {
         let subnets: Vec<String> = self.local_subnets.iter().map(|n| n.to_string()).collect();
-        format!(
+        let mut key = format!(
             "ipip {} ifindex {} crossSubnet {} local subnets {}",
             self.device.to_fields(),
             self.ifindex,
             self.cross_subnet,
             subnets.join(",")
-        )
+        );
+        if !self.own.blocks().is_empty() {
+            key.push_str(" own ");
+            key.push_str(&self.own.key());
+        }
+        key
     }
 
     fn owns(&self) -> &'static [Kind] {
-        &[Kind::Device, Kind::Route]
+        if self.own.blocks().is_empty() {
+            &[Kind::Device, Kind::Route]
+        } else {
+            &[Kind::Device, Kind::Route, Kind::Blackhole]
+        }
     }
 
     fn reject(&self, p: &Peer, _local: &[IpNetwork]) -> Option<Reject> {
@@ -268,6 +378,7 @@ impl DataPlane for Ipip {
                 }));
             }
         }
+        out.extend(self.own.desired(&[]));
         out
     }
 }
@@ -442,6 +553,7 @@ mod tests {
             ifindex: 7,
             cross_subnet,
             local_subnets: vec!["10.0.0.0/24".parse().unwrap()],
+            own: Routed::default(),
         }
     }
 
@@ -470,6 +582,20 @@ mod tests {
             ]
         );
         assert_ne!(plane(true).key(), plane(false).key());
+    }
+
+    #[test]
+    fn a_blackholing_plane_adds_its_own_blocks_and_owns_blackholes() {
+        let bare = plane(false);
+        assert!(!bare.owns().contains(&Kind::Blackhole));
+        let own: IpNetwork = "10.244.1.0/24".parse().unwrap();
+        let p = plane(false).blackholing(&[own]);
+        assert!(p.owns().contains(&Kind::Blackhole));
+        let peer = peer("10.0.0.2", "10.244.2.0/24");
+        let want = p.desired(&[&peer]);
+        assert_eq!(want.last(), Some(&Object::blackhole(own)));
+        assert_eq!(want[..2], bare.desired(&[&peer])[..]);
+        assert_ne!(p.key(), bare.key());
     }
 
     #[test]

@@ -17,6 +17,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::cni::types::{CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
@@ -26,6 +28,8 @@ use crate::kernel::netlink::{
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
+use crate::network::{Network, PluginKeys};
+use crate::node::peers::ViewSource;
 use crate::pod::veth::{self, HostEnd, HostSpec, Owner, POD_ROUTE_PROTO, PodEnd};
 
 /// MAC of every routed host end (Calico's): the pods' gateways resolve to it.
@@ -472,6 +476,151 @@ fn check_host(node: &mut Netlink, host: &Link) -> Result<()> {
             "host veth {name} holds address(es) {}: a routed host veth has none",
             global.join(", ")
         )));
+    }
+    Ok(())
+}
+
+/// `containerSettings` of a routed plugin (Calico's `container_settings` is accepted too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerSettings {
+    /// `allowIpForwarding` (`allow_ip_forwarding`): the pod may forward (default false).
+    #[serde(
+        default,
+        alias = "allow_ip_forwarding",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_ip_forwarding: Option<bool>,
+}
+
+/// The pod keys every routed plugin (routed-veth, ipip) reads, flattened into its config:
+/// the host veth prefix, the pod settings, and the Calico keys refused rather than ignored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodKeys {
+    /// `hostVethPrefix`: the start of every host veth name (1 to 7 characters, a hash fills
+    /// the rest; the plugin gives the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth_prefix: Option<String>,
+    /// `containerSettings` (or Calico's `container_settings`).
+    #[serde(
+        default,
+        alias = "container_settings",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub container_settings: Option<ContainerSettings>,
+    /// Calico's `policy`: refused (twill enforces no network policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
+    /// Calico's `feature_control`: refused when it turns a feature on.
+    #[serde(
+        default,
+        rename = "feature_control",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub feature_control: Option<Map<String, Value>>,
+    /// Calico's `num_queues`: refused unless 1.
+    #[serde(
+        default,
+        rename = "num_queues",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub num_queues: Option<i64>,
+}
+
+/// The names of [`PodKeys`] as spelled in a config (for the miscased-key check).
+pub const POD_KEY_NAMES: &[&str] = &[
+    "hostVethPrefix",
+    "containerSettings",
+    "container_settings",
+    "policy",
+    "feature_control",
+    "num_queues",
+];
+
+/// [`PodKeys`] with the defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodConf {
+    /// Prefix of the host veth names.
+    pub host_veth_prefix: String,
+    /// How the pod is left (`containerSettings`).
+    pub settings: PodSettings,
+}
+
+impl PodKeys {
+    /// The keys with `default_prefix` for a missing `hostVethPrefix`. With `validate` (ADD,
+    /// CHECK, STATUS) code 7 naming the key for a bad prefix or a Calico key `plugin` does not
+    /// implement (see [`refuse_unsupported`]); DEL and GC pass `false` so that they still
+    /// release what such a config may have left.
+    pub fn resolve(&self, plugin: &str, default_prefix: &str, validate: bool) -> Result<PodConf> {
+        let host_veth_prefix = self
+            .host_veth_prefix
+            .clone()
+            .unwrap_or_else(|| default_prefix.into());
+        if validate {
+            veth::validate_prefix(&host_veth_prefix)
+                .map_err(|e| e.context("\"hostVethPrefix\""))?;
+            refuse_unsupported(self, plugin)?;
+        }
+        let allow_ip_forwarding = self
+            .container_settings
+            .as_ref()
+            .and_then(|c| c.allow_ip_forwarding)
+            .unwrap_or(false);
+        Ok(PodConf {
+            host_veth_prefix,
+            settings: PodSettings {
+                allow_ip_forwarding,
+            },
+        })
+    }
+}
+
+/// Code 7 for the Calico keys a routed plugin (`plugin`) does not implement, naming the key,
+/// so that a config brought from Calico never loses them silently: `policy` (network policy),
+/// `feature_control` turning a feature on, `num_queues` other than 1.
+pub fn refuse_unsupported(k: &PodKeys, plugin: &str) -> Result<()> {
+    if k.policy.is_some() {
+        return Err(Error::invalid_config(format!(
+            "\"policy\" is not supported by {plugin}: twill enforces no network policy; \
+             remove \"policy\" (and run a policy engine, e.g. a network-policy controller, \
+             separately)"
+        )));
+    }
+    if let Some((name, _)) = k
+        .feature_control
+        .iter()
+        .flatten()
+        .find(|(_, v)| v.as_bool() != Some(false))
+    {
+        return Err(Error::invalid_config(format!(
+            "\"feature_control\": \"{name}\" is not supported by {plugin}; remove it or set \
+             it to false"
+        )));
+    }
+    if let Some(n) = k.num_queues.filter(|&n| n != 1) {
+        return Err(Error::invalid_config(format!(
+            "\"num_queues\": {n} is not supported by {plugin}: its veths have one queue per \
+             end; remove \"num_queues\" or set it to 1"
+        )));
+    }
+    Ok(())
+}
+
+/// What a routed network needs of the shared config before ADD (CHECK, STATUS) touches
+/// anything: code 7 for a layer-2 only `"ipam": {}` (a routed pod is nothing but its
+/// addresses); and without `peers` or `peersFile` an empty cluster view rather than none, so
+/// the one reconcile still blackholes the node's own blocks.
+pub fn settle_network<K: PluginKeys>(net: &mut Network<K>) -> Result<()> {
+    if net.l2_only {
+        return Err(Error::invalid_config(
+            "\"ipam\": {} gives the pod no address, and a routed pod is nothing but its \
+             addresses: configure an IPAM (or drop \"ipam\" to derive host-local from the \
+             subnet file)",
+        ));
+    }
+    if net.view.is_none() {
+        net.view = Some(ViewSource::Inline(Value::Array(Vec::new())));
     }
     Ok(())
 }

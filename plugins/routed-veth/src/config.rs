@@ -6,63 +6,25 @@ use std::ops::Deref;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use twill::network::{self, CommonKeys, Need, PluginKeys};
-use twill::node::peers::{PeersConf, ViewSource};
+use twill::node::peers::PeersConf;
 use twill::node::routed::Routed;
-use twill::pod::routed::PodSettings;
-use twill::pod::veth;
-use twill::{CmdArgs, Error, Result};
+use twill::pod::routed::{self, POD_KEY_NAMES, PodKeys, PodSettings};
+use twill::{CmdArgs, Result};
 
 /// Host veth name prefix unless `hostVethPrefix` says otherwise.
 pub const DEFAULT_HOST_VETH_PREFIX: &str = "twr";
-
-/// `containerSettings` (Calico's `container_settings` is accepted too).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ContainerSettings {
-    /// `allowIpForwarding` (`allow_ip_forwarding`): the pod may forward (default false).
-    #[serde(
-        default,
-        alias = "allow_ip_forwarding",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub allow_ip_forwarding: Option<bool>,
-}
 
 /// The plugin's own keys (everything else is kept in `rest`, so IPAM delegation and GC see the
 /// config as given).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Keys {
-    /// `hostVethPrefix`: the start of every host veth name (default
-    /// [`DEFAULT_HOST_VETH_PREFIX`]; 1 to 7 characters, a hash fills the rest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_veth_prefix: Option<String>,
-    /// `containerSettings` (or Calico's `container_settings`).
-    #[serde(
-        default,
-        alias = "container_settings",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub container_settings: Option<ContainerSettings>,
-    /// Calico's `policy`: refused (see [`refuse_unsupported`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<Value>,
-    /// Calico's `feature_control`: refused when it turns a feature on.
-    #[serde(
-        default,
-        rename = "feature_control",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub feature_control: Option<Map<String, Value>>,
-    /// Calico's `num_queues`: refused unless 1.
-    #[serde(
-        default,
-        rename = "num_queues",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub num_queues: Option<i64>,
+    /// The routed pod keys (`hostVethPrefix`, `containerSettings`, and the Calico keys
+    /// refused rather than ignored), shared with the other routed plugins.
+    #[serde(flatten)]
+    pub pod: PodKeys,
     /// The keys every twill plugin shares (`mtu`, `subnetFile`, `dataDir`, `clusterNetworks`,
     /// `forwardRules`).
     #[serde(flatten)]
@@ -95,14 +57,7 @@ impl PluginKeys for Keys {
 }
 
 /// The keys this plugin reads besides the shared ones, as spelled in a config.
-pub const OWN_KEYS: &[&str] = &[
-    "hostVethPrefix",
-    "containerSettings",
-    "container_settings",
-    "policy",
-    "feature_control",
-    "num_queues",
-];
+pub const OWN_KEYS: &[&str] = POD_KEY_NAMES;
 
 /// The network config with every default applied: the shared part (deref) and the routed
 /// plane's.
@@ -132,36 +87,17 @@ impl Network {
     /// blocks are still blackholed by the one reconcile.
     pub fn load(args: &CmdArgs, need: Need) -> Result<Network> {
         let mut shared = network::Network::<Keys>::load(args, need)?;
-        let k = shared.keys();
-        let host_veth_prefix = k
-            .host_veth_prefix
-            .clone()
-            .unwrap_or_else(|| DEFAULT_HOST_VETH_PREFIX.into());
-        let allow_ip_forwarding = k
-            .container_settings
-            .as_ref()
-            .and_then(|c| c.allow_ip_forwarding)
-            .unwrap_or(false);
+        let pod = shared.keys().pod.resolve(
+            "routed-veth",
+            DEFAULT_HOST_VETH_PREFIX,
+            need == Need::Required,
+        )?;
         if need == Need::Required {
-            veth::validate_prefix(&host_veth_prefix)
-                .map_err(|e| e.context("\"hostVethPrefix\""))?;
-            refuse_unsupported(k)?;
-            if shared.l2_only {
-                return Err(Error::invalid_config(
-                    "\"ipam\": {} gives the pod no address, and a routed pod is nothing but its \
-                     addresses: configure an IPAM (or drop \"ipam\" to derive host-local from \
-                     the subnet file)",
-                ));
-            }
-            if shared.view.is_none() {
-                shared.view = Some(ViewSource::Inline(json!([])));
-            }
+            routed::settle_network(&mut shared)?;
         }
         Ok(Network {
-            host_veth_prefix,
-            pod_settings: PodSettings {
-                allow_ip_forwarding,
-            },
+            host_veth_prefix: pod.host_veth_prefix,
+            pod_settings: pod.settings,
             shared,
         })
     }
@@ -173,42 +109,13 @@ impl Network {
     }
 }
 
-/// Code 7 for the Calico keys routed-veth does not implement, naming the key, so that a config
-/// brought from Calico never loses them silently: `policy` (network policy),
-/// `feature_control` turning a feature on, `num_queues` other than 1.
-pub fn refuse_unsupported(k: &Keys) -> Result<()> {
-    if k.policy.is_some() {
-        return Err(Error::invalid_config(
-            "\"policy\" is not supported by routed-veth: twill enforces no network policy; \
-             remove \"policy\" (and run a policy engine, e.g. a network-policy controller, \
-             separately)",
-        ));
-    }
-    if let Some((name, _)) = k
-        .feature_control
-        .iter()
-        .flatten()
-        .find(|(_, v)| v.as_bool() != Some(false))
-    {
-        return Err(Error::invalid_config(format!(
-            "\"feature_control\": \"{name}\" is not supported by routed-veth; remove it or set \
-             it to false"
-        )));
-    }
-    if let Some(n) = k.num_queues.filter(|&n| n != 1) {
-        return Err(Error::invalid_config(format!(
-            "\"num_queues\": {n} is not supported by routed-veth: its veths have one queue per \
-             end; remove \"num_queues\" or set it to 1"
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use twill::cni::skeleton::Command;
     use twill::code;
+    use twill::node::peers::ViewSource;
 
     fn args(conf: &Value) -> CmdArgs {
         CmdArgs {
