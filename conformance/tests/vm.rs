@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use conformance::bins::{twill_bin_dirs, workspace_dir};
 
-/// The whole VM run, boot to power-off (the entries' own limits add up to less).
+/// The whole VM run, boot to power-off (each entry has its own, smaller limit).
 const VM_LIMIT: Duration = Duration::from_secs(420);
 
 /// Test binaries the table's entries run, as (cargo package, test target, a test it must
