@@ -30,6 +30,11 @@ const TEST_BINARIES: &[(&str, &str, &str)] = &[
     ("conformance", "routed_veth", "mesh_3x3_ipv4"),
     (
         "conformance",
+        "twilld",
+        "routes_lost_to_a_flush_or_an_uplink_bounce_are_repaired_on_this_kernel",
+    ),
+    (
+        "conformance",
         "ipip",
         "vm_mesh_3x3_through_the_tunnel_with_df_pings_at_the_tunnel_mtu",
     ),
@@ -96,12 +101,14 @@ fn build_test_binary(package: &str, target: &str, must_hold: &str) -> PathBuf {
     exe
 }
 
-/// The plugin binaries to ship: every plugin of the workspace (plugins/<name>) that is built.
+/// The binaries to ship: every plugin of the workspace (plugins/<name>) that is built, and
+/// the node daemon twilld.
 fn plugins() -> Vec<PathBuf> {
     let dirs = twill_bin_dirs();
     let mut out = Vec::new();
     let names = std::fs::read_dir(workspace_dir().join("plugins")).expect("read plugins/");
-    for name in names.flatten().map(|e| e.file_name()) {
+    let daemons = [std::ffi::OsString::from("twilld")];
+    for name in names.flatten().map(|e| e.file_name()).chain(daemons) {
         if let Some(p) = dirs.iter().map(|d| d.join(&name)).find(|p| p.is_file()) {
             out.push(p);
         }

@@ -88,8 +88,13 @@ fn flock(fd: i32, op: i32) -> std::io::Result<()> {
 
 /// A thread-directed `SIGALRM` timer, undone on drop (timer deleted, the thread's signal
 /// mask restored).
+///
+/// The timer calls are raw system calls: in a static musl binary the C library's
+/// `timer_create` and `gettid` resolved to null functions (found by a segfault, as
+/// `getrandom` before them), and the kernel's interface is all this needs.
 struct Alarm {
-    timer: libc::timer_t,
+    /// The kernel's timer id (`kernel_timer_t`, an int).
+    timer: libc::c_int,
     old_mask: libc::sigset_t,
 }
 
@@ -139,9 +144,15 @@ impl Alarm {
             let mut event: libc::sigevent = std::mem::zeroed();
             event.sigev_notify = libc::SIGEV_THREAD_ID;
             event.sigev_signo = libc::SIGALRM;
-            event.sigev_notify_thread_id = libc::gettid();
-            let mut timer: libc::timer_t = std::mem::zeroed();
-            if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
+            event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::c_int;
+            let mut timer: libc::c_int = 0;
+            if libc::syscall(
+                libc::SYS_timer_create,
+                libc::CLOCK_MONOTONIC,
+                &mut event as *mut libc::sigevent,
+                &mut timer as *mut libc::c_int,
+            ) != 0
+            {
                 let e = last();
                 libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
                 return Err(e);
@@ -151,7 +162,14 @@ impl Alarm {
                 it_interval: timespec(REPEAT),
                 it_value: timespec(first.max(Duration::from_nanos(1))),
             };
-            if libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) != 0 {
+            if libc::syscall(
+                libc::SYS_timer_settime,
+                timer,
+                0,
+                &spec as *const libc::itimerspec,
+                std::ptr::null_mut::<libc::itimerspec>(),
+            ) != 0
+            {
                 return Err(last());
             }
             Ok(alarm)
@@ -164,7 +182,7 @@ impl Drop for Alarm {
         // SAFETY: undoes Alarm::arm in reverse; a signal the timer generated before deletion
         // is delivered (to the handler) on return from timer_delete, before the mask is back.
         unsafe {
-            libc::timer_delete(self.timer);
+            libc::syscall(libc::SYS_timer_delete, self.timer);
             libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
         }
     }
