@@ -36,6 +36,15 @@ pub struct Invocation {
     pub probed_rss_kb: Option<u64>,
 }
 
+/// The owner-index directory twill's host-local gets in this run (see [`set_index_dir`]).
+static INDEX_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Gives every plugin call of this run `dir` as host-local's owner-index directory
+/// (`TWILL_HOST_LOCAL_INDEX_DIR`), so the bench leaves nothing under `/run/twill`.
+pub fn set_index_dir(dir: &Path) {
+    let _ = INDEX_DIR.set(dir.to_path_buf());
+}
+
 /// Runs `bin` once and times it. The child inherits the calling thread's network namespace
 /// (see [`enter_netns`]). Non-zero exit is an `Err` with the plugin's stdout and stderr.
 pub fn invoke(bin: &Path, env: &CniEnv, stdin: &[u8]) -> Result<Invocation, String> {
@@ -61,6 +70,7 @@ pub fn invoke_args(
         .env("CNI_NETNS", env.netns)
         .env("CNI_IFNAME", env.ifname)
         .env("CNI_PATH", env.cni_path)
+        .envs(INDEX_DIR.get().map(|d| ("TWILL_HOST_LOCAL_INDEX_DIR", d)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

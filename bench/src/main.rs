@@ -249,6 +249,15 @@ fn main() {
         eprintln!("twill-bench: {e}");
         std::process::exit(1);
     }
+    // host-local's owner index of this run, removed with it (nothing left under /run/twill).
+    let index = match cleanup::TempDir::create("index") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("twill-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    invoke::set_index_dir(index.path());
     let ts = report::timestamp();
     let mut doc = serde_json::Map::new();
     doc.insert("timestamp".into(), json!(ts));

@@ -181,6 +181,7 @@ impl Call<'_> {
         }
         cmd.arg(&self.bin)
             .env_clear()
+            .env(conformance::INDEX_DIR_ENV, conformance::private_index_dir())
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env(
                 "CNI_PATH",

@@ -114,6 +114,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .try_clone()
             .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
         let child = Command::new("nsenter")
+            .env(crate::INDEX_DIR_ENV, crate::private_index_dir())
             .arg(format!("--net={}", node.path().display()))
             .arg("containerd")
             .arg("--config")

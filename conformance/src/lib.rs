@@ -103,3 +103,27 @@ macro_rules! per_cni_version {
         }
     };
 }
+
+/// The environment variable naming host-local's owner-index directory (the plugins default to
+/// `/run/twill/host-local`, node-wide state a test must not leave behind).
+pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
+
+/// This test process's private owner-index directory, `<tmp>/twc-<pid>-index`: every plugin
+/// call the harness makes (and every runtime it starts) gets it as [`INDEX_DIR_ENV`], so no
+/// test writes under `/run/twill`. Created on first use, removed when the process exits.
+pub fn private_index_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("twc-{}-index", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        extern "C" fn remove_index_dir() {
+            let dir = std::env::temp_dir().join(format!("twc-{}-index", std::process::id()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // SAFETY: registers a plain function to run at exit; it only removes a directory.
+        unsafe {
+            nix::libc::atexit(remove_index_dir);
+        }
+        dir
+    })
+}

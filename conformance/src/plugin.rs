@@ -31,6 +31,10 @@ impl Invocation {
         let program = program.into();
         let mut env = BTreeMap::new();
         env.insert("PATH".to_string(), CHILD_PATH.to_string());
+        env.insert(
+            crate::INDEX_DIR_ENV.to_string(),
+            crate::private_index_dir().display().to_string(),
+        );
         if let Some(dir) = program.parent() {
             env.insert("CNI_PATH".to_string(), dir.display().to_string());
         }

@@ -96,7 +96,8 @@ impl Podman {
     /// Runs `podman args...` on the node; returns its output whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.node.display()))
+        cmd.env(crate::INDEX_DIR_ENV, crate::private_index_dir())
+            .arg(format!("--net={}", self.node.display()))
             .arg("podman")
             .arg("--root")
             .arg(&self.root)

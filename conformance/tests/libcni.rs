@@ -43,7 +43,8 @@ impl Attachment<'_> {
             json!([{"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"}])
                 .to_string();
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.node.path().display()))
+        cmd.env(conformance::INDEX_DIR_ENV, conformance::private_index_dir())
+            .arg(format!("--net={}", self.node.path().display()))
             .arg(libcni_driver())
             .arg(op)
             .arg("-confdir")

@@ -125,6 +125,7 @@ fn call(
         .args(["-e", FD_SYSCALLS])
         .arg(bin)
         .env_clear()
+        .env(conformance::INDEX_DIR_ENV, conformance::private_index_dir())
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
