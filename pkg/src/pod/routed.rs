@@ -306,8 +306,15 @@ pub fn route_to_pod(
 /// DEL's part on the node: deletes the host end `owner` owns (its pod end and host routes go
 /// with it). It is looked up among the names with `prefix` ([`veth::find_with`]); when none
 /// carries the mark there (`hostVethPrefix` changed since ADD, or it is not a valid prefix), a
-/// link dump finds any link carrying it. Ok(false) when there is none.
-pub fn delete_host(node: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<bool> {
+/// link dump finds any link carrying it. Failing that, the unmarked pair an ADD killed before
+/// marking it is found through the pod's netns at `pod_netns` ([`veth::delete_unmarked_in`]).
+/// Ok(false) when there is none.
+pub fn delete_host(
+    node: &mut Netlink,
+    owner: &Owner<'_>,
+    prefix: &str,
+    pod_netns: Option<&std::path::Path>,
+) -> Result<bool> {
     if veth::validate_prefix(prefix).is_ok() && veth::delete_with(node, owner, prefix)? {
         return Ok(true);
     }
@@ -317,7 +324,7 @@ pub fn delete_host(node: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Resul
         .into_iter()
         .find(|l| l.alias.as_deref() == Some(mark.as_str()));
     let Some(link) = found else {
-        return Ok(false);
+        return veth::delete_unmarked_in(node, owner, prefix, pod_netns);
     };
     match node.delete_link(link.index) {
         Ok(()) => Ok(true),

@@ -407,6 +407,17 @@ pub fn find_with(nl: &mut Netlink, owner: &Owner<'_>, prefix: &str) -> Result<Op
     Ok(None)
 }
 
+/// DEL of a bridged pod's pair: the host end carrying `owner`'s mark ([`delete`]), else the
+/// unmarked pair an ADD killed before marking it, found through the pod's netns at `pod_netns`
+/// ([`delete_unmarked_in`]). Ok(false) when there is neither.
+pub fn delete_attachment(
+    nl: &mut Netlink,
+    owner: &Owner<'_>,
+    pod_netns: Option<&std::path::Path>,
+) -> Result<bool> {
+    Ok(delete(nl, owner)? || delete_unmarked_in(nl, owner, HOST_PREFIX, pod_netns)?)
+}
+
 /// DEL's fallback when no host end carries `owner`'s mark: the unmarked pair an ADD killed
 /// before marking it, found through the pod's netns at `pod_netns` (see
 /// [`delete_unmarked_with`]). Ok(false) when there is no such netns, `prefix` is not a valid

@@ -101,14 +101,7 @@ impl Plugin for BridgeHostGw {
         let mut failures = Failures::default();
         let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
             let owner = Owner::of(net.name(), args);
-            // A pair an ADD killed before marking it is found through the pod's netns.
-            Ok(veth::delete(&mut node, &owner)?
-                || veth::delete_unmarked_in(
-                    &mut node,
-                    &owner,
-                    veth::HOST_PREFIX,
-                    args.netns.as_deref(),
-                )?)
+            veth::delete_attachment(&mut node, &owner, args.netns.as_deref())
         });
         if let Err(e) = removed {
             failures.push("remove the host veth", e);

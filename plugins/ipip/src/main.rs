@@ -103,9 +103,7 @@ impl Plugin for IpipPlugin {
         let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
             let owner = Owner::of(net.name(), args);
             let prefix = &net.host_veth_prefix;
-            // A pair an ADD killed before marking it is found through the pod's netns.
-            Ok(routed::delete_host(&mut node, &owner, prefix)?
-                || veth::delete_unmarked_in(&mut node, &owner, prefix, args.netns.as_deref())?)
+            routed::delete_host(&mut node, &owner, prefix, args.netns.as_deref())
         });
         if let Err(e) = removed {
             failures.push("remove the host veth", e);

@@ -50,19 +50,15 @@ impl Plugin for VxlanPlugin {
         let net = Network::load(args, Need::Release)?;
         let mut failures = Failures::default();
         let owner = Owner::of(net.name(), args);
-        let removed =
-            Netlink::new().map_err(Error::from).and_then(|mut node| {
-                let (found, prefix) = match net.pods {
-                    PodMode::Bridge => (veth::delete(&mut node, &owner)?, veth::HOST_PREFIX),
-                    PodMode::Routed => {
-                        let prefix = net.host_veth_prefix.as_str();
-                        (routed::delete_host(&mut node, &owner, prefix)?, prefix)
-                    }
-                };
-                // A pair an ADD killed before marking it is found through the pod's netns.
-                Ok(found
-                    || veth::delete_unmarked_in(&mut node, &owner, prefix, args.netns.as_deref())?)
-            });
+        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
+            let netns = args.netns.as_deref();
+            match net.pods {
+                PodMode::Bridge => veth::delete_attachment(&mut node, &owner, netns),
+                PodMode::Routed => {
+                    routed::delete_host(&mut node, &owner, &net.host_veth_prefix, netns)
+                }
+            }
+        });
         if let Err(e) = removed {
             failures.push("remove the host veth", e);
         }
