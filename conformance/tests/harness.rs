@@ -182,6 +182,13 @@ fn invocation_passes_only_cni_environment() {
         .run();
     let mut lines: Vec<&str> = out.stdout_raw.lines().collect();
     lines.sort();
+    // Besides the CNI variables, only host-local's private owner-index dir (no test writes
+    // under /run/twill).
+    let index = format!(
+        "{}={}",
+        conformance::INDEX_DIR_ENV,
+        conformance::private_index_dir().display()
+    );
     assert_eq!(
         lines,
         vec![
@@ -190,6 +197,7 @@ fn invocation_passes_only_cni_environment() {
             "CNI_CONTAINERID=abc",
             "CNI_IFNAME=eth0",
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            index.as_str(),
         ]
     );
 }
