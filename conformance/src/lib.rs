@@ -127,3 +127,17 @@ pub fn private_index_dir() -> &'static std::path::Path {
         dir
     })
 }
+
+/// Removes the owner-index file host-local kept in its node-wide default dir
+/// (`/run/twill/host-local/<dev>-<ino>` of `ipam_dir`, i.e. `<dataDir>/<network>`) for a client
+/// that runs the plugins with an environment of its own (podman), then that dir and
+/// `/run/twill` if they are left empty. Call it while `ipam_dir` still exists.
+pub fn remove_default_index_of(ipam_dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let base = std::path::Path::new("/run/twill/host-local");
+    if let Ok(m) = std::fs::metadata(ipam_dir) {
+        let _ = std::fs::remove_file(base.join(format!("{}-{}", m.dev(), m.ino())));
+    }
+    let _ = std::fs::remove_dir(base);
+    let _ = std::fs::remove_dir("/run/twill");
+}

@@ -28,6 +28,9 @@ pub struct Podman {
     root: PathBuf,
     runroot: PathBuf,
     dir: TempDir,
+    /// `<dataDir>/<network>`: podman runs the plugins with an environment of its own, so their
+    /// host-local keeps its owner index in the node-wide default dir; dropped with the guard.
+    ipam_dir: PathBuf,
 }
 
 impl Podman {
@@ -86,6 +89,7 @@ impl Podman {
             root,
             runroot,
             dir,
+            ipam_dir: net.data_dir.join(&net.name),
         };
         let rootfs = podman.dir.join("rootfs.tar");
         build_image(&["rootfs", &rootfs.display().to_string()]);
@@ -140,5 +144,6 @@ impl Drop for Podman {
             }
         }
         unmount_under(self.dir.path());
+        crate::remove_default_index_of(&self.ipam_dir);
     }
 }
