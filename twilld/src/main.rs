@@ -13,6 +13,7 @@ mod feed;
 mod log;
 mod network;
 mod round;
+mod store;
 mod watch;
 
 use std::path::PathBuf;
