@@ -25,6 +25,10 @@ use std::path::{Path, PathBuf};
 /// Where state files live unless the config says otherwise (`runDir`).
 pub const DEFAULT_RUN_DIR: &str = "/run/twill";
 
+/// The cluster view's file name in the run directory, used when a config names no view
+/// (`twilld run --etcd-endpoints` writes `/run/twill/cluster.json` by default).
+pub const DEFAULT_VIEW_FILE: &str = "cluster.json";
+
 /// Another node of the cluster: its IP on the underlay, its pod CIDR, its backend data.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Peer {
@@ -176,8 +180,9 @@ pub struct PeersConf {
 }
 
 impl PeersConf {
-    /// Where the view comes from, or `None` when the config gives neither `peers` nor
-    /// `peersFile` (then the plugin manages no peer state). Both given is code 7.
+    /// Where the view comes from: `peers`, `peersFile`, else the node's default view
+    /// `<runDir>/cluster.json` when it exists (twilld's etcd mode writes it), else `None` (the
+    /// plugin manages no peer state, as next to flanneld). Both keys given is code 7.
     pub fn source(&self) -> Result<Option<ViewSource>> {
         match (&self.peers, &self.peers_file) {
             (Some(_), Some(_)) => Err(Error::invalid_config(
@@ -185,8 +190,17 @@ impl PeersConf {
             )),
             (Some(v), None) => Ok(Some(ViewSource::Inline(v.clone()))),
             (None, Some(path)) => Ok(Some(ViewSource::File(path.clone()))),
-            (None, None) => Ok(None),
+            (None, None) => {
+                let default = self.default_view_file();
+                Ok(default.is_file().then_some(ViewSource::File(default)))
+            }
         }
+    }
+
+    /// The view a config without `peers`/`peersFile` uses when it exists:
+    /// `<runDir>/`[`DEFAULT_VIEW_FILE`].
+    pub fn default_view_file(&self) -> PathBuf {
+        self.run_dir().join(DEFAULT_VIEW_FILE)
     }
 
     /// The run directory for state files.
@@ -467,6 +481,21 @@ mod tests {
     }
 
     #[test]
+    fn a_config_without_a_view_uses_the_run_dirs_cluster_json_only_when_it_exists() {
+        let dir = std::env::temp_dir().join(format!("twill-default-view-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = PeersConf {
+            run_dir: Some(dir.clone()),
+            ..PeersConf::default()
+        };
+        assert_eq!(conf.source().unwrap(), None);
+        std::fs::write(dir.join("cluster.json"), "[]").unwrap();
+        let got = conf.source().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(got, Some(ViewSource::File(dir.join("cluster.json"))));
+    }
+
+    #[test]
     fn conf_sources() {
         let c: PeersConf = serde_json::from_value(
             json!({"peers": [{"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"}]}),
@@ -474,7 +503,6 @@ mod tests {
         .unwrap();
         assert!(matches!(c.source().unwrap(), Some(ViewSource::Inline(_))));
         assert_eq!(c.run_dir(), Path::new("/run/twill"));
-        assert_eq!(PeersConf::default().source().unwrap(), None);
         let both = PeersConf {
             peers: Some(json!([])),
             peers_file: Some("/x".into()),
