@@ -22,6 +22,8 @@ APT_PKGS := iproute2 containernetworking-plugins iputils-ping nftables tcpdump u
 # strace counts the descriptors each call opens (conformance/tests/soak.rs, twill-bench soak);
 # netavark is podman's network stack, set beside bridge-host-gw by `make bench`.
 APT_PKGS += strace netavark
+# twilld's TLS (rustls on ring) compiles C for the static musl target with musl-gcc.
+APT_PKGS += musl-tools
 # The real clients of the runtime suites (conformance/tests/{libcni,podman,containerd}.rs): Go and
 # Debian's libcni source for the libcni driver, podman with runc, containerd, busybox-static for
 # the local images, Debian's Python gRPC for the CRI client, iptables for portmap and firewall.
