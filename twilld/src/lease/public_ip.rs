@@ -107,3 +107,81 @@ fn default_route_link(nl: &mut Netlink) -> Result<u32, String> {
     }
     Err("no default route to find the public interface by: give --public-ip or --iface".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill::kernel::netlink::{AddrOptions, RouteSpec, VethSpec};
+
+    /// Runs `f` on a thread moved into a new, empty network namespace (freed with the thread).
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce(&mut Netlink) -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut nl = Netlink::new().unwrap();
+            f(&mut nl)
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn link(nl: &mut Netlink, name: &str, peer: &str, mtu: u32, addrs: &[&str]) -> u32 {
+        nl.create_veth(&VethSpec {
+            name,
+            mtu: Some(mtu),
+            mac: None,
+            master: None,
+            up: true,
+            peer_name: peer,
+            peer_netns: None,
+            peer_mtu: Some(mtu),
+            peer_mac: None,
+        })
+        .unwrap();
+        let index = nl.link_by_name(name).unwrap().unwrap().index;
+        let p = nl.link_by_name(peer).unwrap().unwrap().index;
+        nl.set_link_up(p, true).unwrap();
+        for a in addrs {
+            let opts = AddrOptions {
+                nodad: true,
+                ..AddrOptions::default()
+            };
+            nl.add_address(index, a.parse().unwrap(), &opts).unwrap();
+        }
+        index
+    }
+
+    #[test]
+    fn the_public_address_is_the_default_route_interfaces_unless_told() {
+        let got = in_new_netns(|nl| {
+            let none = find(nl, None, None).unwrap_err();
+            link(nl, "up0", "up0p", 1400, &["192.0.2.10/24", "fd00:2::10/64"]);
+            link(nl, "side0", "side0p", 9000, &["198.51.100.7/24"]);
+            nl.add_route(&RouteSpec::default_via("192.0.2.1".parse().unwrap()))
+                .unwrap();
+            (
+                none,
+                find(nl, None, None),
+                find(nl, None, Some("side0")),
+                find(nl, Some("198.51.100.7".parse().unwrap()), None),
+                find(nl, Some("203.0.113.5".parse().unwrap()), None),
+                find(nl, None, Some("nope0")).unwrap_err(),
+                find(nl, None, Some("side0p")).unwrap_err(),
+            )
+        });
+        assert!(got.0.contains("no default route"), "{}", got.0);
+        let p = got.1.unwrap();
+        assert_eq!(
+            (p.v4.to_string(), p.v6.map(|a| a.to_string()), p.iface.as_str(), p.mtu),
+            ("192.0.2.10".into(), Some("fd00:2::10".into()), "up0", 1400)
+        );
+        let p = got.2.unwrap();
+        assert_eq!((p.v4.to_string(), p.mtu, p.v6), ("198.51.100.7".into(), 9000, None));
+        let p = got.3.unwrap();
+        assert_eq!((p.iface.as_str(), p.mtu), ("side0", 9000), "the interface holding it");
+        // An address behind NAT: published as given, MTU of the default route's interface.
+        let p = got.4.unwrap();
+        assert_eq!((p.v4.to_string(), p.iface.as_str()), ("203.0.113.5".into(), "up0"));
+        assert_eq!(got.5, "--iface nope0: no such interface");
+        assert!(got.6.contains("has no global IPv4 address"), "{}", got.6);
+    }
+}
