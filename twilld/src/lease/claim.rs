@@ -65,9 +65,9 @@ pub struct Entry<'a> {
 }
 
 /// The listed keys that are flannel lease keys under `prefix` (others are ignored).
-pub fn entries<'a>(prefix: &str, kvs: &'a [Kv]) -> Vec<Entry<'a>> {
+pub fn entries<'a>(prefix: &str, kvs: impl IntoIterator<Item = &'a Kv>) -> Vec<Entry<'a>> {
     let p = subnets_prefix(prefix);
-    kvs.iter()
+    kvs.into_iter()
         .filter_map(|kv| {
             let subnets = Subnets::parse_key_name(kv.key.strip_prefix(&p)?)?;
             Some(Entry {

@@ -73,10 +73,9 @@ pub struct Unread {
 /// The cluster view of `leases` (key order; an IPv6 entry after the IPv4 one on dual stack),
 /// and the leases skipped because their value does not parse.
 pub fn view(prefix: &str, leases: &BTreeMap<String, Kv>) -> (String, Vec<Unread>) {
-    let kvs: Vec<Kv> = leases.values().cloned().collect();
     let mut lines = Vec::new();
     let mut unread = Vec::new();
-    for e in entries(prefix, &kvs) {
+    for e in entries(prefix, leases.values()) {
         let r = match e.record {
             Ok(r) => r,
             Err(reason) => {

@@ -293,7 +293,9 @@ impl Watch for MemWatch {
         let (lock, cv) = &*self.store.inner;
         let end = Instant::now() + timeout;
         let mut s = lock.lock().unwrap();
-        if let Some(f) = s.fault(Op::WatchNext) {
+        let fault = s.fault(Op::WatchNext);
+        cv.notify_all();
+        if let Some(f) = fault {
             return Err(f.err);
         }
         loop {

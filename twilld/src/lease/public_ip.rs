@@ -171,16 +171,31 @@ mod tests {
         assert!(got.0.contains("no default route"), "{}", got.0);
         let p = got.1.unwrap();
         assert_eq!(
-            (p.v4.to_string(), p.v6.map(|a| a.to_string()), p.iface.as_str(), p.mtu),
+            (
+                p.v4.to_string(),
+                p.v6.map(|a| a.to_string()),
+                p.iface.as_str(),
+                p.mtu
+            ),
             ("192.0.2.10".into(), Some("fd00:2::10".into()), "up0", 1400)
         );
         let p = got.2.unwrap();
-        assert_eq!((p.v4.to_string(), p.mtu, p.v6), ("198.51.100.7".into(), 9000, None));
+        assert_eq!(
+            (p.v4.to_string(), p.mtu, p.v6),
+            ("198.51.100.7".into(), 9000, None)
+        );
         let p = got.3.unwrap();
-        assert_eq!((p.iface.as_str(), p.mtu), ("side0", 9000), "the interface holding it");
+        assert_eq!(
+            (p.iface.as_str(), p.mtu),
+            ("side0", 9000),
+            "the interface holding it"
+        );
         // An address behind NAT: published as given, MTU of the default route's interface.
         let p = got.4.unwrap();
-        assert_eq!((p.v4.to_string(), p.iface.as_str()), ("203.0.113.5".into(), "up0"));
+        assert_eq!(
+            (p.v4.to_string(), p.iface.as_str()),
+            ("203.0.113.5".into(), "up0")
+        );
         assert_eq!(got.5, "--iface nope0: no such interface");
         assert!(got.6.contains("has no global IPv4 address"), "{}", got.6);
     }
