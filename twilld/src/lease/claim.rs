@@ -28,6 +28,13 @@ pub struct Me {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+/// The lease value this node publishes on `cfg`'s network (its IPv6 address only on a
+/// dual-stack network, as flanneld).
+pub fn our_record(cfg: &NetConfig, me: &Me) -> Record {
+    let ipv6 = me.ipv6.filter(|_| cfg.v6.is_some());
+    Record::ours(me.ip, ipv6, cfg.backend.kind, cfg.backend.vni)
+}
+
 /// How the subnet was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum How {
@@ -128,8 +135,7 @@ pub fn claim(
                 .into(),
         );
     }
-    let ours = Record::ours(me.ip, me.ipv6, cfg.backend.kind, cfg.backend.vni);
-    let value = ours.to_bytes();
+    let value = our_record(cfg, me).to_bytes();
     let failed = |what: &str, e: StoreError| format!("cannot {what}: {e}");
     let mut granted: Option<i64> = None;
     for _ in 0..MAX_ATTEMPTS {
@@ -516,5 +522,23 @@ mod tests {
         );
         let e = claim(&mut *m.client(), P, &cfg, &me(2), None, TTL, &mut seq(1)).unwrap_err();
         assert!(e.contains("no global IPv6 address"), "{e}");
+        // On an IPv4 network a node's IPv6 address is not published.
+        let m = MemStore::new();
+        let c = claim(
+            &mut *m.client(),
+            P,
+            &super::tests::cfg(),
+            &me6,
+            None,
+            TTL,
+            &mut seq(1),
+        )
+        .unwrap();
+        let text = String::from_utf8(m.snapshot()[&c.key].value.clone()).unwrap();
+        assert!(
+            text.starts_with(r#"{"PublicIP":"192.168.0.1","PublicIPv6":null,"#),
+            "{text}"
+        );
+        assert!(!text.contains("BackendV6Data"), "{text}");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::claim::{Claimed, How, Me, claim, fits};
+use super::claim::{Claimed, How, Me, claim, fits, our_record};
 use super::config::NetConfig;
 use super::files::{previous, subnet_env, view, write_if_changed};
 use super::record::Record;
@@ -254,13 +254,7 @@ impl Leaser {
             Err(e) => return End::Failed(format!("cannot list the subnet leases: {e}")),
         };
         self.leases = kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
-        let ours = Record::ours(
-            self.s.me.ip,
-            self.s.me.ipv6,
-            cfg.backend.kind,
-            cfg.backend.vni,
-        )
-        .to_bytes();
+        let ours = our_record(&cfg, &self.s.me).to_bytes();
         let held = self
             .own
             .as_ref()
@@ -299,6 +293,9 @@ impl Leaser {
             return End::Again;
         }
         self.publish();
+        if let Some(end) = self.renew(store) {
+            return end;
+        }
         let mut watch = match store.watch(&subnets_prefix(&prefix), rev + 1) {
             Ok(w) => w,
             Err(e) => return End::Failed(format!("cannot watch the subnet leases: {e}")),
