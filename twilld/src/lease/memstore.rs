@@ -12,13 +12,21 @@ use crate::store::{Kv, Store, StoreError, Watch, WatchEvent};
 /// Which request an injected error answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// [`Store::get`].
     Get,
+    /// [`Store::list`].
     List,
+    /// [`Store::create`].
     Create,
+    /// [`Store::put`].
     Put,
+    /// [`Store::grant`].
     Grant,
+    /// [`Store::keepalive`].
     Keepalive,
+    /// [`Store::watch`].
     Watch,
+    /// [`Watch::next`].
     WatchNext,
 }
 
