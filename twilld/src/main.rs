@@ -238,13 +238,14 @@ fn open_feed(etcd: Option<&lease::Flags>) -> Result<Box<dyn ViewFeed>, String> {
         .map_err(|e| format!("cannot open a netlink socket: {e}"))?;
     let public = lease::public_ip::find(&mut nl, f.public_ip, f.iface.as_deref())?;
     lease::say(&format!(
-        "etcd mode: {} at {}, public IP {} on {} (MTU {}), prefix {}",
+        "etcd mode: leasing from {} under {}, public IP {} on {} (MTU {}), writing {} and {}",
         f.endpoints.join(","),
-        f.view_file.display(),
+        f.prefix,
         public.v4,
         public.iface,
         public.mtu,
-        f.prefix
+        f.subnet_file.display(),
+        f.view_file.display()
     ));
     let settings = lease::feed::Settings {
         prefix: f.prefix.clone(),
