@@ -1,7 +1,8 @@
 //! `twilld run`: reconcile at start, then on every change (debounced), sleeping in poll(2) on
 //! inotify, rtnetlink, nf_tables and a signalfd; no timer runs while nothing happens. SIGHUP
 //! re-reads everything and says standing problems again; SIGTERM and SIGINT exit 0 at once,
-//! leaving the node state in place. One daemon per network namespace.
+//! leaving the node state in place. One daemon per network namespace. In etcd mode the lease
+//! feed's descriptor is polled too: a lease change rewrites the view and wakes the loop.
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
@@ -12,7 +13,7 @@ use std::os::unix::net::{SocketAddr, UnixListener};
 use std::time::Instant;
 
 use crate::events::KernelEvents;
-use crate::feed::{FileFeed, ViewFeed};
+use crate::feed::ViewFeed;
 use crate::log::Log;
 use crate::round::{Options, Round};
 use crate::watch::Watches;
@@ -21,8 +22,12 @@ use crate::watch::Watches;
 /// kernel frees the name when the process ends, however it ends.
 const INSTANCE_NAME: &[u8] = b"twilld";
 
-/// Runs the daemon until SIGTERM or SIGINT (Ok) or until it cannot go on (Err, why).
-pub fn run(opts: &Options) -> Result<(), String> {
+/// Runs the daemon until SIGTERM or SIGINT (Ok) or until it cannot go on (Err, why), with the
+/// view feed `make_feed` opens once this daemon is the namespace's only one.
+pub fn run(
+    opts: &Options,
+    make_feed: impl FnOnce() -> Result<Box<dyn ViewFeed>, String>,
+) -> Result<(), String> {
     let _instance = claim_instance()?;
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -35,7 +40,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let mut events =
         KernelEvents::open().map_err(|e| format!("cannot subscribe to rtnetlink: {e}"))?;
     let mut watches = Watches::new().map_err(|e| format!("cannot create inotify: {e}"))?;
-    let mut feed: Box<dyn ViewFeed> = Box::new(FileFeed);
+    let mut feed = make_feed()?;
     let mut log = Log::once();
     for p in watches.set(&opts.conf_dir, &[]).1 {
         log.error(&p);
