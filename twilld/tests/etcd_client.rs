@@ -392,3 +392,66 @@ fn a_write_whose_answer_never_comes_is_ambiguous_and_a_read_moves_on() {
         );
     });
 }
+
+#[test]
+fn a_watch_message_split_across_read_timeouts_arrives_whole() {
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+    let ns = common::Ns::new();
+    ns.run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let event = r#"{"result":{"header":{"revision":"7"},"events":[{"kv":{"key":"L3cvYQ==","create_revision":"7","mod_revision":"7","value":"eA=="}}]}}"#;
+        let created = r#"{"result":{"header":{"revision":"6"},"created":true}}"#;
+        let wire = format!("{:x}\r\n{event}\n\r\n", event.len() + 1);
+        // Pauses inside the chunk size, inside the JSON, and before its last brace.
+        let cuts = [1, 40, wire.len() - 4];
+        let (go, wait) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let server = s.spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut req = [0u8; 4096];
+                let n = conn.read(&mut req).unwrap();
+                let req = String::from_utf8_lossy(&req[..n]).to_string();
+                conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{created}\n\r\n",
+                        created.len() + 1
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let mut from = 0;
+                for cut in cuts {
+                    conn.write_all(&wire.as_bytes()[from..cut]).unwrap();
+                    from = cut;
+                    if wait.recv_timeout(Duration::from_secs(10)).is_err() {
+                        return req;
+                    }
+                }
+                conn.write_all(&wire.as_bytes()[from..]).unwrap();
+                let _ = wait.recv_timeout(Duration::from_secs(10));
+                req
+            });
+            let mut c = client(&[url]);
+            let mut w = c.watch("/w/", 7).unwrap();
+            for _ in cuts {
+                assert_eq!(w.next(Duration::from_millis(100)), Ok(None), "a part is no message");
+                go.send(()).unwrap();
+            }
+            let ev = next_events(w.as_mut(), Duration::from_secs(5));
+            match ev.as_slice() {
+                [WatchEvent::Put(kv)] => {
+                    assert_eq!((kv.key.as_str(), &kv.value[..], kv.mod_revision), ("/w/a", &b"x"[..], 7))
+                }
+                other => panic!("{other:?}"),
+            }
+            go.send(()).unwrap();
+            let req = server.join().unwrap();
+            assert!(req.starts_with("POST /v3/watch HTTP/1.1\r\n"), "{req}");
+            assert!(req.contains("\r\nGrpc-Metadata-Hasleader: true\r\n"), "{req}");
+            assert!(req.contains(r#""start_revision":"7""#), "{req}");
+        });
+    });
+}

@@ -173,7 +173,13 @@ impl Conn {
                 let conn = ClientConnection::new(Arc::clone(config), name)
                     .map_err(|e| Fail::NotSent(format!("TLS set-up: {e}")))?;
                 let mut s = StreamOwned::new(conn, tcp);
+                let deadline = Instant::now() + timeout;
                 while s.conn.is_handshaking() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Fail::NotSent("TLS handshake: timed out".into()));
+                    }
+                    s.sock.set_read_timeout(Some(left)).map_err(setup)?;
                     s.conn
                         .complete_io(&mut s.sock)
                         .map_err(|e| match tls_refusal(&e) {
@@ -189,7 +195,7 @@ impl Conn {
             buf: Vec::with_capacity(16 << 10),
             pos: 0,
             reusable: true,
-            read_timeout: Some(timeout),
+            read_timeout: None,
         })
     }
 
