@@ -78,18 +78,31 @@ impl Client {
     /// One exchange with endpoint `i`, reusing the kept-alive connection when it is sound.
     fn exchange(&mut self, i: usize, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), Fail> {
         let ep = &self.endpoints[i];
-        let mut conn = match self.conn.take() {
-            Some((j, c)) if j == i && c.idle_ok() => c,
-            _ => Conn::connect(ep, self.tls.as_ref(), self.timeout)?,
+        let kept = self.conn.take().filter(|(j, c)| *j == i && c.idle_ok());
+        let mut conn = match kept {
+            Some((_, mut c)) => match c.post(ep, path, body, false) {
+                Ok(()) => c,
+                // The kept connection broke while idle; nothing reached the server.
+                Err(Fail::NotSent(_)) => self.fresh(i, path, body)?,
+                Err(e) => return Err(e),
+            },
+            None => self.fresh(i, path, body)?,
         };
         let deadline = Instant::now() + self.timeout;
-        conn.post(ep, path, body, false)?;
         let head = conn.head(deadline)?;
         let body = conn.body(&head, deadline)?;
         if conn.reusable {
             self.conn = Some((i, conn));
         }
         Ok((head.status, body))
+    }
+
+    /// A new connection to endpoint `i` with `body` posted to `path` on it.
+    fn fresh(&self, i: usize, path: &str, body: &[u8]) -> Result<Conn, Fail> {
+        let ep = &self.endpoints[i];
+        let mut conn = Conn::connect(ep, self.tls.as_ref(), self.timeout)?;
+        conn.post(ep, path, body, false)?;
+        Ok(conn)
     }
 
     /// POSTs `body` to `path` on each endpoint in turn (the last one that answered first)

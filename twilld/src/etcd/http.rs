@@ -82,8 +82,11 @@ impl Write for Stream {
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
+    /// `Content-Length` bytes.
     Length(usize),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
+    /// Everything until the server closes the connection.
     UntilClose,
 }
 
@@ -338,9 +341,10 @@ impl Conn {
             Framing::Chunked => {
                 let mut dec = Chunked::default();
                 loop {
-                    let used = dec
-                        .feed(&self.buf[self.pos..], &mut out)
-                        .map_err(|e| Fail::Lost(format!("response body: {e}")))?;
+                    let used = dec.feed(&self.buf[self.pos..], &mut out).map_err(|e| {
+                        self.reusable = false;
+                        Fail::Lost(format!("response body: {e}"))
+                    })?;
                     self.pos += used;
                     if dec.done() {
                         break;

@@ -18,12 +18,18 @@ pub fn config(
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let ca = ca_file.unwrap_or(Path::new(SYSTEM_CAS));
+    let (ca, what) = match ca_file {
+        Some(f) => (f, "CA file"),
+        None => (
+            Path::new(SYSTEM_CAS),
+            "no ca_file is set; the system CA bundle",
+        ),
+    };
     let mut roots = RootCertStore::empty();
-    for cert in certificates(ca, "CA file")? {
+    for cert in certificates(ca, what)? {
         roots
             .add(cert)
-            .map_err(|e| format!("CA file {}: a certificate is not usable: {e}", ca.display()))?;
+            .map_err(|e| format!("{what} {}: a certificate is not usable: {e}", ca.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
