@@ -8,6 +8,7 @@
 
 mod confdir;
 mod daemon;
+mod etcd;
 mod events;
 mod feed;
 mod lease;
