@@ -1,7 +1,6 @@
 //! The shared key-value store that twilld leases the node's pod subnet in (etcd), as the lease
 //! logic sees it: a few requests and a watch. `crate::etcd::Client` implements it over etcd's
 //! JSON gateway; tests use an in-memory store.
-#![allow(dead_code)] // wired into `twilld run --etcd-endpoints` by the lease feed
 
 use std::time::Duration;
 

@@ -23,7 +23,7 @@ static SENT: AtomicU64 = AtomicU64::new(0);
 const MAX_BODY: usize = 64 << 20;
 const MAX_HEAD: usize = 64 << 10;
 
-/// HTTP requests this process has sent so far.
+/// HTTP requests this process has sent so far (see [`super::requests_sent`]).
 pub fn requests_sent() -> u64 {
     SENT.load(Ordering::Relaxed)
 }

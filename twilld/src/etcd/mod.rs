@@ -6,7 +6,6 @@
 //! Unary calls share one kept-alive connection; each watch has its own. Endpoints are tried in
 //! turn: a failure before the request was sent, or any failure of a read, moves on to the next;
 //! a write whose answer was lost is `Ambiguous` at once.
-#![allow(dead_code)] // wired into `twilld run --etcd-endpoints` by the lease feed
 
 mod base64;
 mod chunked;
