@@ -65,6 +65,9 @@ fn gateway_range(
     from.exec(&cmd)
 }
 
+/// Harness: three members form one cluster; a key written through it is read from every
+/// member, also over etcd's JSON gateway from a node's namespace (what twilld's client speaks);
+/// a key put with a lease is bound to it.
 #[test]
 fn a_three_member_cluster_forms_and_every_member_answers_reads_and_the_json_gateway() {
     let fab = Fabric::single_l2(1);
@@ -111,6 +114,8 @@ fn a_three_member_cluster_forms_and_every_member_answers_reads_and_the_json_gate
     assert!(!etcd.delete("/twc/leased"), "a second delete finds nothing");
 }
 
+/// Harness: with the leader killed, every key and lease is still there, another member leads,
+/// writes succeed, and the killed member, started again, serves what was written meanwhile.
 #[test]
 fn killing_the_leader_loses_no_key_writes_still_succeed_and_a_restarted_member_catches_up() {
     let fab = Fabric::single_l2(1);
@@ -144,6 +149,8 @@ fn killing_the_leader_loses_no_key_writes_still_succeed_and_a_restarted_member_c
     );
 }
 
+/// Harness: a TLS cluster with `--client-cert-auth` refuses etcdctl and curl without a client
+/// certificate (and plain HTTP), and serves both with the certificate made at test time.
 #[test]
 fn the_tls_cluster_refuses_a_client_without_a_certificate_and_accepts_one_with_it() {
     let fab = Fabric::single_l2(1);
@@ -218,6 +225,7 @@ struct Env {
     etcd: EtcdCluster,
     fab: Fabric,
     backend: &'static str,
+    prefix: String,
 }
 
 impl Env {
@@ -226,6 +234,18 @@ impl Env {
     /// twill network of that backend (`vxlan` or `host-gw` -> `bridge-host-gw`), or nothing
     /// when `backend` is empty.
     fn new(nodes: usize, members: usize, backend: &'static str, tls: bool) -> Env {
+        Env::at_prefix(nodes, members, backend, tls, DEFAULT_PREFIX)
+    }
+
+    /// [`Env::new`] with flannel's data under `prefix` (twilld gets `--etcd-prefix` unless it
+    /// is the default).
+    fn at_prefix(
+        nodes: usize,
+        members: usize,
+        backend: &'static str,
+        tls: bool,
+        prefix: &str,
+    ) -> Env {
         let fab = Fabric::single_l2(nodes);
         let etcd = if tls {
             EtcdCluster::start_tls(&fab, members)
@@ -234,7 +254,7 @@ impl Env {
         };
         let flannel_backend = if backend.is_empty() { "vxlan" } else { backend };
         etcd.put(
-            &format!("{DEFAULT_PREFIX}/config"),
+            &format!("{prefix}/config"),
             &flannel_config(NETWORK, flannel_backend),
         );
         for node in &fab.nodes {
@@ -252,7 +272,13 @@ impl Env {
             etcd,
             fab,
             backend,
+            prefix: prefix.to_string(),
         }
+    }
+
+    /// Every subnet lease in etcd now.
+    fn leases(&self) -> Vec<SubnetLease> {
+        subnet_leases(&self.etcd, &self.prefix)
     }
 
     fn node(&self, i: usize) -> &Node {
@@ -262,7 +288,11 @@ impl Env {
     /// Starts twilld in etcd mode on node `i` (with `extra` arguments), not waiting.
     fn start(&mut self, i: usize, extra: &[&str]) {
         assert!(self.daemons[i].is_none(), "node {i}: twilld already runs");
-        let args = twilld_args(&self.etcd, self.node(i), extra);
+        let mut extra = extra.to_vec();
+        if self.prefix != DEFAULT_PREFIX {
+            extra.extend(["--etcd-prefix", self.prefix.as_str()]);
+        }
+        let args = twilld_args(&self.etcd, self.node(i), &extra);
         self.daemons[i] = Some(Daemon::spawn_with(self.node(i), &args));
     }
 
@@ -287,7 +317,7 @@ impl Env {
         loop {
             let node = &self.fab.nodes[i];
             if node.subnet_file.exists() && node.peers_file.exists() {
-                leases = subnet_leases(&self.etcd, DEFAULT_PREFIX);
+                leases = self.leases();
                 if let Some(lease) = lease_of(&leases, ip) {
                     let env = read_env(&node.subnet_file).expect("subnet file");
                     assert_eq!(
@@ -438,11 +468,17 @@ impl Env {
         );
     }
 
-    /// Waits until every running node holds the entries of the current leases.
+    /// Waits (bounded by [`CONVERGE`]) until every running node holds the entries of the
+    /// current leases; the leases.
     fn converge(&self) -> Vec<SubnetLease> {
-        let leases = subnet_leases(&self.etcd, DEFAULT_PREFIX);
+        self.converge_within(CONVERGE)
+    }
+
+    /// [`Env::converge`] bounded by `limit`.
+    fn converge_within(&self, limit: Duration) -> Vec<SubnetLease> {
+        let leases = self.leases();
         for i in (0..self.daemons.len()).filter(|i| self.daemons[*i].is_some()) {
-            self.wait_overlay(i, &leases, CONVERGE);
+            self.wait_overlay(i, &leases, limit);
         }
         leases
     }
@@ -527,6 +563,9 @@ fn assert_flannel_lease(l: &SubnetLease, backend: &str) {
     );
 }
 
+/// Three nodes lease three subnets in flannel's format (VNI 1, their device's MAC, a 24 h etcd
+/// lease), write flannel's subnet file and a view of every lease, hold each other's FDB entry,
+/// neighbour and route with no pod yet, and then every pod pings every other pod.
 #[test]
 fn three_nodes_lease_distinct_subnets_write_flannels_files_and_every_pod_reaches_every_other() {
     let mut env = Env::new(3, 3, "vxlan", false);
@@ -598,6 +637,9 @@ fn three_nodes_lease_distinct_subnets_write_flannels_files_and_every_pod_reaches
     }
 }
 
+/// A fourth node's twilld starts: within a second of its lease, the other nodes hold its FDB
+/// entry, neighbour and route, and a pod on node 0 reaches its VXLAN address and then its pod,
+/// with no pod ADD on node 0.
 #[test]
 fn a_joining_node_is_in_every_other_nodes_fdb_within_a_second_and_reachable_without_a_pod_add() {
     let mut env = Env::new(4, 3, "vxlan", false);
@@ -614,7 +656,7 @@ fn a_joining_node_is_in_every_other_nodes_fdb_within_a_second_and_reachable_with
     env.start(3, &[]);
     let joined = env.wait_leased(3);
     let leased_after = t0.elapsed();
-    let leases = subnet_leases(&env.etcd, DEFAULT_PREFIX);
+    let leases = env.leases();
     assert_eq!(leases.len(), 4, "{leases:#?}");
     let t_lease = Instant::now();
     for i in 0..3 {
@@ -648,6 +690,9 @@ fn a_joining_node_is_in_every_other_nodes_fdb_within_a_second_and_reachable_with
     );
 }
 
+/// A running twilld renews a 3 s lease; killed (SIGKILL), its lease expires and its entries
+/// vanish from the others; restarted, it gets the same subnet and the same subnet file. SIGTERM
+/// keeps the lease, and a restart without its files reuses it (the lease holding its PublicIP).
 #[test]
 fn an_expired_lease_leaves_the_others_and_a_restart_or_a_stop_keeps_the_nodes_subnet() {
     let mut env = Env::new(3, 1, "vxlan", false);
@@ -665,7 +710,7 @@ fn an_expired_lease_leaves_the_others_and_a_restart_or_a_stop_keeps_the_nodes_su
     let p0 = env.add_pod(0);
     // Renewed: still there after more than its TTL.
     std::thread::sleep(Duration::from_secs(5));
-    let still = lease_of(&subnet_leases(&env.etcd, DEFAULT_PREFIX), env.node(2).ip);
+    let still = lease_of(&env.leases(), env.node(2).ip);
     assert_eq!(
         still.as_ref().map(|l| &l.key),
         Some(&mine[2].key),
@@ -685,7 +730,7 @@ fn an_expired_lease_leaves_the_others_and_a_restart_or_a_stop_keeps_the_nodes_su
         "node 2's key outlived its 3 s lease by far: {:?}",
         env.etcd.get(&mine[2].key)
     );
-    let left = subnet_leases(&env.etcd, DEFAULT_PREFIX);
+    let left = env.leases();
     assert_eq!(left.len(), 2);
     for i in 0..2 {
         env.wait_overlay(i, &left, CONVERGE);
@@ -754,13 +799,11 @@ fn an_expired_lease_leaves_the_others_and_a_restart_or_a_stop_keeps_the_nodes_su
         reused.key, mine[1].key,
         "a restart reuses the lease holding its PublicIP"
     );
-    assert_eq!(
-        subnet_leases(&env.etcd, DEFAULT_PREFIX).len(),
-        3,
-        "no second lease"
-    );
+    assert_eq!(env.leases().len(), 3, "no second lease");
 }
 
+/// The etcd leader is killed mid-test: every lease survives, pods still reach each other, every
+/// twilld keeps running, a new node still leases and joins, and the member comes back.
 #[test]
 fn killing_the_etcd_leader_loses_no_lease_and_a_new_node_still_joins() {
     let mut env = Env::new(4, 3, "vxlan", false);
@@ -775,7 +818,7 @@ fn killing_the_etcd_leader_loses_no_lease_and_a_new_node_still_joins() {
     let leader = env.etcd.leader();
     env.etcd.kill(leader);
     env.etcd.wait_healthy();
-    let after = subnet_leases(&env.etcd, DEFAULT_PREFIX);
+    let after = env.leases();
     assert_eq!(
         after, before,
         "every lease survives the loss of the etcd leader"
@@ -793,7 +836,8 @@ fn killing_the_etcd_leader_loses_no_lease_and_a_new_node_still_joins() {
     env.start(3, &[]);
     let joined = env.wait_leased(3);
     assert_flannel_lease(&joined, "vxlan");
-    let leases = env.converge();
+    // Nodes whose member died reconnect to another one first.
+    let leases = env.converge_within(2 * CONVERGE);
     assert_eq!(leases.len(), 4, "{leases:#?}");
     let p3 = env.add_pod(3);
     assert!(
@@ -812,9 +856,11 @@ fn killing_the_etcd_leader_loses_no_lease_and_a_new_node_still_joins() {
         );
     }
     env.etcd.restart(leader);
-    assert_eq!(subnet_leases(&env.etcd, DEFAULT_PREFIX), leases);
+    assert_eq!(env.leases(), leases);
 }
 
+/// twilld given `--etcd-cafile/--etcd-certfile/--etcd-keyfile` leases and peers through a TLS
+/// cluster that demands client certificates; pods reach each other.
 #[test]
 fn twilld_leases_and_peers_over_tls_with_client_certificates() {
     let mut env = Env::new(2, 1, "vxlan", true);
@@ -833,6 +879,8 @@ fn twilld_leases_and_peers_over_tls_with_client_certificates() {
     );
 }
 
+/// Fifty twilld processes (one per node namespace, empty conf dirs) started at once in one /16
+/// end with fifty distinct subnets, one per PublicIP, each named by its node's subnet file.
 #[test]
 fn fifty_racing_claimers_in_one_slash_16_end_with_fifty_distinct_subnets() {
     const N: usize = 50;
@@ -861,7 +909,7 @@ fn fifty_racing_claimers_in_one_slash_16_end_with_fifty_distinct_subnets() {
             .map(|i| env.log(i))
             .unwrap_or_default()
     );
-    let leases = subnet_leases(&env.etcd, DEFAULT_PREFIX);
+    let leases = env.leases();
     assert_eq!(leases.len(), N, "one key per claimer: {leases:#?}");
     let subnets: BTreeSet<_> = leases.iter().map(|l| l.subnet).collect();
     assert_eq!(subnets.len(), N, "50 distinct subnets");
@@ -946,6 +994,10 @@ fn flanneld_by_hand(node: &Node, subnet: Ipv4Addr, mac: &str, peers: &[SubnetLea
     }
 }
 
+/// A lease written by hand exactly as flanneld writes it (its own etcd lease) becomes a peer:
+/// its VtepMAC -> its node IP in the twill nodes' FDB, in their views, and a twill pod reaches a
+/// flanneld-style `flannel.1` on that node. A key without a lease (a reservation) is a peer no
+/// node takes.
 #[test]
 fn a_lease_written_in_flannels_format_becomes_a_peer_with_its_vtep_mac_in_the_fdb() {
     let mut env = Env::new(3, 1, "vxlan", false);
@@ -999,9 +1051,12 @@ fn a_lease_written_in_flannels_format_becomes_a_peer_with_its_vtep_mac_in_the_fd
     );
 }
 
+/// flannel's config with `"Backend": {"Type": "host-gw"}` under `--etcd-prefix`: host-gw leases,
+/// FLANNEL_MTU of the underlay, a route per peer via its node IP, and bridge-host-gw pods on two
+/// nodes reach each other.
 #[test]
-fn a_host_gw_backend_in_etcd_routes_bridge_host_gw_pods_across_nodes() {
-    let mut env = Env::new(2, 1, "host-gw", false);
+fn a_host_gw_backend_under_another_etcd_prefix_routes_bridge_host_gw_pods_across_nodes() {
+    let mut env = Env::at_prefix(2, 1, "host-gw", false, "/twc/host-gw/network");
     for i in 0..2 {
         env.start(i, &[]);
     }
@@ -1019,6 +1074,11 @@ fn a_host_gw_backend_in_etcd_routes_bridge_host_gw_pods_across_nodes() {
     for i in 0..2 {
         env.assert_view(i, &leases);
     }
+    assert_eq!(
+        subnet_leases(&env.etcd, DEFAULT_PREFIX),
+        vec![],
+        "--etcd-prefix: nothing is leased under flannel's default prefix"
+    );
     let (a, b) = (env.add_pod(0), env.add_pod(1));
     assert!(ping(&a.ns, first_ip(&b)), "pod on node 0 -> pod on node 1");
     assert!(ping(&b.ns, first_ip(&a)), "pod on node 1 -> pod on node 0");
