@@ -6,6 +6,7 @@
 //!   `grpc_server_msg_received_total`: messages, keepalives on a stream included) from their
 //!   `/metrics` before and after an idle window, summed over the members, per node, scaled to a
 //!   minute. Nothing else talks to etcd meanwhile (metrics come from a separate listener).
+//! - etcd RPCs per join (the joiner's list, grant, claim and watch, and any the others make).
 //! - join-to-reachable: a new node's `twilld run` started until every other node holds its FDB
 //!   entry (from the kernel's own notifications, `bridge monitor fdb`), and until a ping from
 //!   an existing node to the new node's VXLAN address answers; the median of a few joins.
@@ -268,19 +269,27 @@ fn scrape(members: &[String]) -> Result<Counters, String> {
     Ok((rpcs, msgs))
 }
 
-/// `after - before` per method, per node, per minute (methods with no change left out).
+/// `(after - before) / divisor` per method (methods with no change left out).
+fn delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    divisor: f64,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(m, v)| (m.clone(), (v - before.get(m).unwrap_or(&0.0)) / divisor))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
+}
+
+/// `after - before` per method, per node, per minute.
 fn rate(
     before: &BTreeMap<String, f64>,
     after: &BTreeMap<String, f64>,
     nodes: usize,
     window: Duration,
 ) -> BTreeMap<String, f64> {
-    let scale = 60.0 / window.as_secs_f64() / nodes as f64;
-    after
-        .iter()
-        .map(|(m, v)| (m.clone(), (v - before.get(m).unwrap_or(&0.0)) * scale))
-        .filter(|(_, d)| *d > 0.0)
-        .collect()
+    delta(before, after, nodes as f64 * window.as_secs_f64() / 60.0)
 }
 
 /// Runs the benchmark; returns its JSON.
@@ -445,13 +454,13 @@ pub fn run() -> Result<Value, String> {
     let msgs = rate(&before.1, &after.1, IDLE_NODES, window);
     let f_rpcs = report::figure(
         "etcd RPCs per idle node per minute",
-        rpcs.values().sum(),
+        rpcs.values().fold(0.0, |a, b| a + b),
         "",
         Target::Info,
     );
     let f_msgs = report::figure(
         "etcd messages per idle node per minute",
-        msgs.values().sum(),
+        msgs.values().fold(0.0, |a, b| a + b),
         "",
         Target::Info,
     );
@@ -459,6 +468,7 @@ pub fn run() -> Result<Value, String> {
 
     // Joins.
     println!("-- {JOINS} joins, from twilld's start on a new node");
+    let before_joins = scrape(&members)?;
     let (mut fdb_times, mut ping_times) = (Vec::new(), Vec::new());
     for j in IDLE_NODES..IDLE_NODES + JOINS {
         check_interrupted()?;
@@ -505,6 +515,16 @@ pub fn run() -> Result<Value, String> {
         f["n"] = json!(s.n);
         Ok(f)
     };
+    let after_joins = scrape(&members)?;
+    // Per join: the RPCs of the joiner and of everyone's reaction, from start to reachable.
+    let join_rpcs = delta(&before_joins.0, &after_joins.0, JOINS as f64);
+    let f_join_rpcs = report::figure(
+        "etcd RPCs per join",
+        join_rpcs.values().fold(0.0, |a, b| a + b),
+        "",
+        Target::Info,
+    );
+    println!("    by method: {join_rpcs:?}");
     let f_fdb = summary("join -> FDB entry on every other node, median", &fdb_times)?;
     let f_ping = summary(
         "join -> ping from an existing node answers, median",
@@ -523,6 +543,8 @@ pub fn run() -> Result<Value, String> {
         "rpcs_by_method": rpcs,
         "messages_per_idle_node_per_minute": f_msgs,
         "messages_by_method": msgs,
+        "rpcs_per_join": f_join_rpcs,
+        "rpcs_per_join_by_method": join_rpcs,
         "join_fdb": f_fdb,
         "join_ping": f_ping,
         "binary": twilld,
