@@ -25,6 +25,7 @@ use crate::unique_name;
 use ipnetwork::Ipv4Network;
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -303,13 +304,25 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .unwrap_or_else(|e| panic!("create {}: {e}", m.log.display()));
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", m.ns.path().display()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", m.ns.path().display()))
             .arg(ETCD)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        // A member dies with the thread that started it, should the test process be killed
+        // before its guards run (they kill it first otherwise).
+        // SAFETY: prctl is async-signal-safe and changes only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {ETCD} (apt-get install etcd-server): {e}"));
         self.members[k].child = Some(child);
@@ -507,7 +520,6 @@ impl EtcdCluster {
     /// The key `key`, or None when absent.
     pub fn get(&self, key: &str) -> Option<Kv> {
         self.range(&["get", "-w", "json", "--", key])
-            .1
             .into_iter()
             .next()
     }
@@ -515,30 +527,18 @@ impl EtcdCluster {
     /// Every key under `prefix`, in key order.
     pub fn list(&self, prefix: &str) -> Vec<Kv> {
         self.range(&["get", "-w", "json", "--prefix", "--", prefix])
-            .1
     }
 
-    /// The cluster's current revision.
-    pub fn revision(&self) -> i64 {
-        self.range(&["get", "-w", "json", "--", "/twc-revision-probe"])
-            .0
-    }
-
-    fn range(&self, args: &[&str]) -> (i64, Vec<Kv>) {
+    fn range(&self, args: &[&str]) -> Vec<Kv> {
         let out = self.ctl_ok(args);
         let v: Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("etcdctl {}: bad JSON ({e}): {out}", args.join(" ")));
-        let revision = v
-            .pointer("/header/revision")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
         let text = |x: &Value, f: &str| -> String {
             let b = b64decode(x.get(f).and_then(Value::as_str).unwrap_or(""));
             String::from_utf8_lossy(&b).into_owned()
         };
         let int = |x: &Value, f: &str| x.get(f).and_then(Value::as_i64).unwrap_or(0);
-        let kvs = v
-            .get("kvs")
+        v.get("kvs")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
@@ -551,8 +551,7 @@ impl EtcdCluster {
                     })
                     .collect()
             })
-            .unwrap_or_default();
-        (revision, kvs)
+            .unwrap_or_default()
     }
 
     /// Deletes `key`; whether it existed.
@@ -593,14 +592,6 @@ impl EtcdCluster {
             }
         }
         panic!("no member says it leads: {out}");
-    }
-
-    /// The text of member `k`'s Prometheus `/metrics` (plain HTTP on [`METRICS_PORT`]).
-    pub fn metrics(&self, k: usize) -> String {
-        let url = format!("http://{}:{METRICS_PORT}/metrics", self.members[k].ip);
-        self.members[k]
-            .ns
-            .exec_ok(&["curl", "-sf", "--max-time", "5", &url])
     }
 
     /// The temp dir holding the members' data dirs, logs and certificates.
