@@ -888,27 +888,35 @@ fn fifty_racing_claimers_in_one_slash_16_end_with_fifty_distinct_subnets() {
     for i in 0..N {
         env.start(i, &[]);
     }
-    let ok = wait_until(Duration::from_secs(60), || {
-        env.fab.nodes.iter().all(|n| n.subnet_file.exists())
-    });
-    let missing: Vec<String> = env
-        .fab
-        .nodes
-        .iter()
-        .filter(|n| !n.subnet_file.exists())
-        .map(|n| n.ip.to_string())
-        .collect();
-    assert!(
-        ok,
-        "{} of {N} claimers wrote no subnet file within 60 s: {missing:?}; first one's log:\n{}",
-        missing.len(),
-        env.fab
-            .nodes
-            .iter()
-            .position(|n| !n.subnet_file.exists())
-            .map(|i| env.log(i))
-            .unwrap_or_default()
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<usize> = (0..N)
+            .filter(|i| !env.node(*i).subnet_file.exists())
+            .collect();
+        let Some(&first) = missing.first() else {
+            break;
+        };
+        for &i in &missing {
+            let exited = env.daemons[i]
+                .as_mut()
+                .and_then(|d| d.wait_exit(Duration::ZERO));
+            if let Some(status) = exited {
+                panic!(
+                    "claimer {i} ({}) exited ({status}) without a subnet file; its log:\n{}",
+                    env.node(i).ip,
+                    env.log(i)
+                );
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} claimers wrote no subnet file within 60 s: {missing:?}; claimer \
+             {first}'s log:\n{}",
+            missing.len(),
+            env.log(first)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let leases = env.leases();
     assert_eq!(leases.len(), N, "one key per claimer: {leases:#?}");
     let subnets: BTreeSet<_> = leases.iter().map(|l| l.subnet).collect();
