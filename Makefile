@@ -29,6 +29,10 @@ APT_PKGS += musl-tools
 # the local images, Debian's Python gRPC for the CRI client, iptables for portmap and firewall.
 APT_PKGS += golang-go golang-github-appc-cni-dev podman runc containerd busybox-static \
   python3-grpcio iptables
+# twilld's etcd mode (conformance/tests/etcd.rs, twill-bench etcd): a real etcd cluster of members
+# in namespaces, openssl for the TLS variant's certificates made at test time, curl for etcd's JSON
+# gateway and its /metrics.
+APT_PKGS += etcd-server etcd-client openssl curl
 # Build tree of the clients (never the source tree); the suites use it (TWILL_CLIENTS_DIR).
 CLIENTS := $(CURDIR)/target/clients
 export TWILL_CLIENTS_DIR ?= $(CLIENTS)

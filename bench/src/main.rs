@@ -9,6 +9,7 @@
 //!   twill-bench vxlan [--pods 100]
 //!   twill-bench peers [--pods 50]
 //!   twill-bench soak [--cycles 2000] [--workers 8] [--plugins a,b] [--fd-every 100]
+//!   twill-bench etcd                 (twilld's etcd mode; not part of `all`: it idles 30 s)
 //!   twill-bench all [all of the options above]
 //!
 //! Env: TWILL_BIN_DIR (default <workspace>/target/release), REF_CNI_DIR (default /usr/lib/cni),
@@ -18,6 +19,7 @@
 mod bare;
 mod bridge;
 mod cleanup;
+mod etcd;
 mod host_local;
 mod invoke;
 mod peers;
@@ -41,6 +43,7 @@ const USAGE: &str = "usage: twill-bench host-local [--n N] [--warmup W]
        twill-bench vxlan [--pods N]
        twill-bench peers [--pods N]
        twill-bench soak [--cycles N] [--workers W] [--plugins a,b] [--fd-every K]
+       twill-bench etcd
        twill-bench all [options of all]";
 
 /// Parsed command line.
@@ -75,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
         "vxlan",
         "peers",
         "soak",
+        "etcd",
         "all",
     ]
     .contains(&what.as_str())
@@ -214,6 +218,9 @@ fn run(args: &Args, doc: &mut serde_json::Map<String, Value>) -> Result<(), Stri
     }
     if args.what == "soak" || args.what == "all" {
         doc.insert("soak".into(), soak::run(&args.soak)?);
+    }
+    if args.what == "etcd" {
+        doc.insert("etcd".into(), etcd::run()?);
     }
     doc.insert("table".into(), table::print());
     let title = format!(

@@ -22,11 +22,13 @@
 //! - [`routed`]: the routed-veth test cluster and readers of its node state.
 //! - [`twilld`]: the node daemon under test (conf dirs, a daemon guard, bounded waits).
 //! - [`vxlan`]: the vxlan plugin's cluster, a dual-stack routed fabric, overlay readers.
+//! - [`etcd`]: real etcd clusters on a fabric (plain and TLS) and flannel's lease data model.
 
 #![deny(missing_docs)]
 
 pub mod bins;
 pub mod containerd;
+pub mod etcd;
 pub mod fabric;
 pub mod hostgw;
 pub mod kernel;

@@ -84,6 +84,12 @@ impl Daemon {
 
     /// Starts `twilld run` on `node` without waiting for anything.
     pub fn spawn(node: &Node) -> Daemon {
+        Daemon::spawn_with(node, &[])
+    }
+
+    /// Starts `twilld run` on `node` with `extra` arguments after its conf and run dirs (etcd
+    /// mode's `--etcd-endpoints ...`), without waiting for anything.
+    pub fn spawn_with(node: &Node, extra: &[String]) -> Daemon {
         let log = node_dir(node).join(format!("{}.log", crate::unique_name("twilld")));
         let err =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
@@ -92,6 +98,7 @@ impl Daemon {
             .arg(bin())
             .arg("run")
             .args(node_args(node))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
