@@ -75,20 +75,21 @@ impl Client {
         })
     }
 
-    /// One exchange with endpoint `i`, reusing the kept-alive connection when it is sound.
+    /// One exchange with endpoint `i` (connecting included) within the timeout, reusing the
+    /// kept-alive connection when it is sound.
     fn exchange(&mut self, i: usize, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), Fail> {
         let ep = &self.endpoints[i];
+        let deadline = Instant::now() + self.timeout;
         let kept = self.conn.take().filter(|(j, c)| *j == i && c.idle_ok());
         let mut conn = match kept {
             Some((_, mut c)) => match c.post(ep, path, body, false) {
                 Ok(()) => c,
                 // The kept connection broke while idle; nothing reached the server.
-                Err(Fail::NotSent(_)) => self.fresh(i, path, body)?,
+                Err(Fail::NotSent(_)) => self.fresh(i, path, body, deadline)?,
                 Err(e) => return Err(e),
             },
-            None => self.fresh(i, path, body)?,
+            None => self.fresh(i, path, body, deadline)?,
         };
-        let deadline = Instant::now() + self.timeout;
         let head = conn.head(deadline)?;
         let body = conn.body(&head, deadline)?;
         if conn.reusable {
@@ -98,9 +99,9 @@ impl Client {
     }
 
     /// A new connection to endpoint `i` with `body` posted to `path` on it.
-    fn fresh(&self, i: usize, path: &str, body: &[u8]) -> Result<Conn, Fail> {
+    fn fresh(&self, i: usize, path: &str, body: &[u8], deadline: Instant) -> Result<Conn, Fail> {
         let ep = &self.endpoints[i];
-        let mut conn = Conn::connect(ep, self.tls.as_ref(), self.timeout)?;
+        let mut conn = Conn::connect(ep, self.tls.as_ref(), deadline)?;
         conn.post(ep, path, body, false)?;
         Ok(conn)
     }

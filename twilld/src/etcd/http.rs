@@ -136,12 +136,12 @@ fn tls_refusal(e: &io::Error) -> Option<String> {
 }
 
 impl Conn {
-    /// Connects to `ep` (TLS when `tls` is given, the server named by the endpoint host), each
-    /// step bounded by `timeout`.
+    /// Connects to `ep` (TLS when `tls` is given, the server named by the endpoint host)
+    /// before `deadline`.
     pub fn connect(
         ep: &Endpoint,
         tls: Option<&Arc<ClientConfig>>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Conn, Fail> {
         let addrs: Vec<SocketAddr> = (ep.host.as_str(), ep.port)
             .to_socket_addrs()
@@ -149,8 +149,12 @@ impl Conn {
             .collect();
         let mut last = Fail::NotSent(format!("{} resolves to no address", ep.host));
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, timeout) {
-                Ok(tcp) => return Conn::over(tcp, ep, tls, timeout),
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Fail::NotSent(format!("connect to {addr}: timed out")));
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(tcp) => return Conn::over(tcp, ep, tls, deadline),
                 Err(e) => last = Fail::NotSent(format!("connect to {addr}: {e}")),
             }
         }
@@ -161,8 +165,12 @@ impl Conn {
         tcp: TcpStream,
         ep: &Endpoint,
         tls: Option<&Arc<ClientConfig>>,
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<Conn, Fail> {
+        // Writes are bounded by the time left now; reads by each read's own deadline.
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let setup = |e: io::Error| Fail::NotSent(format!("socket set-up: {e}"));
         tcp.set_nodelay(true).map_err(setup)?;
         tcp.set_read_timeout(Some(timeout)).map_err(setup)?;
@@ -176,7 +184,6 @@ impl Conn {
                 let conn = ClientConnection::new(Arc::clone(config), name)
                     .map_err(|e| Fail::NotSent(format!("TLS set-up: {e}")))?;
                 let mut s = StreamOwned::new(conn, tcp);
-                let deadline = Instant::now() + timeout;
                 while s.conn.is_handshaking() {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

@@ -33,8 +33,7 @@ enum Message {
 }
 
 impl EtcdWatch {
-    /// Opens the watch `body` on `ep` and waits (up to `timeout`) for the server to confirm
-    /// it; a failure says whether another endpoint may do better.
+    /// Opens the watch `body` on `ep` and has the server confirm it, all within `timeout`; a failure says whether another endpoint may do better.
     pub fn open(
         ep: &Endpoint,
         tls: Option<&Arc<TlsConfig>>,
@@ -45,8 +44,8 @@ impl EtcdWatch {
             Fail::NotSent(m) | Fail::Lost(m) => Verdict::NextEndpoint(m),
             Fail::Tls(m) => Verdict::Final(StoreError::Refused(m)),
         };
-        let mut conn = Conn::connect(ep, tls, timeout).map_err(failed)?;
         let deadline = Instant::now() + timeout;
+        let mut conn = Conn::connect(ep, tls, deadline).map_err(failed)?;
         conn.post(ep, "/v3/watch", body, true).map_err(failed)?;
         let head = conn.head(deadline).map_err(failed)?;
         if head.status != 200 || head.framing != Framing::Chunked {
