@@ -20,7 +20,6 @@ mod wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[allow(unused_imports)] // used by the lease feed once wired
 pub use client::Client;
 
 /// How to reach the etcd cluster.
