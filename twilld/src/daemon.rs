@@ -50,7 +50,11 @@ pub fn run(
         std::process::id(),
         opts.conf_dir.display()
     ));
-    let mut due = pass(opts, feed.as_ref(), &mut watches, &mut log);
+    // On a fresh node in etcd mode the first pass waits (bounded) for the lease's files.
+    let mut due = match feed.first_files_within() {
+        Some(bound) => Some(Instant::now() + bound),
+        None => pass(opts, feed.as_ref(), &mut watches, &mut log),
+    };
     loop {
         let timeout = match due {
             None => PollTimeout::NONE,
@@ -111,8 +115,9 @@ pub fn run(
         changed |= route && events.drain_rtnl();
         changed |= nft && events.drain_nft();
         changed |= fed && feed.drain();
-        if changed && due.is_none() {
-            due = Some(Instant::now() + opts.debounce);
+        if changed {
+            let soon = Instant::now() + opts.debounce;
+            due = Some(due.map_or(soon, |d| d.min(soon)));
         }
         if due.is_some_and(|t| Instant::now() >= t) {
             due = pass(opts, feed.as_ref(), &mut watches, &mut log);

@@ -6,6 +6,7 @@
 use serde_json::Value;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use twill::flannel::subnet_file;
 use twill::node::peers::DEFAULT_RUN_DIR;
 
@@ -22,6 +23,11 @@ pub trait ViewFeed {
     fn fd(&self) -> Option<BorrowedFd<'_>>;
     /// Consumes what made [`ViewFeed::fd`] readable; true when the views may have changed.
     fn drain(&mut self) -> bool;
+    /// How long the daemon's first pass may wait for this feed's first files (a fresh node's
+    /// lease not yet written: a pass now would only report a missing subnet file); None: now.
+    fn first_files_within(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The views are the files the configs name: `peersFile` (for a config with neither

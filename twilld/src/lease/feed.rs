@@ -33,6 +33,9 @@ pub type StoreFactory = Box<dyn FnMut() -> Result<Box<dyn Store>, StoreError> + 
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a fresh node's first pass waits for the first lease's files before it runs anyway
+/// (etcd unreachable at start: the networks' own problems are reported then).
+const FIRST_LEASE_WAIT: Duration = Duration::from_secs(10);
 /// The longest the thread sleeps in a watch without looking at its stop signal (only tests
 /// stop it; the daemon's process exit ends it).
 const MAX_IDLE: Duration = if cfg!(test) {
@@ -64,6 +67,8 @@ pub struct Settings {
 /// [`FileFeed`] watched.
 pub struct LeaseFeed {
     wake: UnixStream,
+    /// flannel's subnet file this feed writes (absent until the first lease on a fresh node).
+    subnet_file: PathBuf,
     /// Dropping it stops the thread at its next wake-up.
     #[cfg_attr(not(test), allow(dead_code))]
     stop: Option<Sender<()>>,
@@ -78,6 +83,7 @@ impl LeaseFeed {
         wake.set_nonblocking(true)?;
         notify.set_nonblocking(true)?;
         let (stop, stopped) = std::sync::mpsc::channel();
+        let subnet_file = settings.subnet_file.clone();
         let leaser = Leaser {
             s: settings,
             factory,
@@ -97,6 +103,7 @@ impl LeaseFeed {
             .spawn(move || leaser.run())?;
         Ok(LeaseFeed {
             wake,
+            subnet_file,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -119,6 +126,10 @@ impl ViewFeed for LeaseFeed {
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.wake.as_fd())
+    }
+
+    fn first_files_within(&self) -> Option<Duration> {
+        (!self.subnet_file.exists()).then_some(FIRST_LEASE_WAIT)
     }
 
     fn drain(&mut self) -> bool {
