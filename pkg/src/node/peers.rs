@@ -122,6 +122,11 @@ pub enum ViewSource {
 /// The largest cluster view file read (100k entries fit).
 pub const MAX_VIEW_BYTES: usize = 64 << 20;
 
+/// The most entries a cluster view may hold: twice Kubernetes' 5000-node limit, each node
+/// dual-stack. A longer view is refused as a whole (code 51, the last applied state kept);
+/// parsing stops at the first entry past it, so neither time nor memory grows beyond it.
+pub const MAX_VIEW_ENTRIES: usize = 20_000;
+
 impl ViewSource {
     /// The raw bytes of the view: the file's content, or the inline value serialized.
     /// A missing or unreadable file is code 51, naming the file.
@@ -130,17 +135,36 @@ impl ViewSource {
             ViewSource::Inline(v) => serde_json::to_vec(v)
                 .map_err(|e| Error::new(code::INTERNAL, format!("serialize peers: {e}"))),
             ViewSource::File(path) => {
-                crate::input_file::read_capped(path, MAX_VIEW_BYTES).map_err(|e| {
-                    let why = if e.kind() == std::io::ErrorKind::NotFound {
-                        "does not exist: whoever manages the cluster must write it".to_string()
+                // Following a symlink like any reader (a ConfigMap volume's file is one), but
+                // judging what it leads to before opening it: a device is never opened, a file
+                // larger than the cap never read.
+                let meta = std::fs::metadata(path).and_then(|m| {
+                    if !m.is_file() {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "is not a regular file (a directory, device, FIFO or socket)",
+                        ))
+                    } else if m.len() > MAX_VIEW_BYTES as u64 {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("is larger than {MAX_VIEW_BYTES} bytes"),
+                        ))
                     } else {
-                        format!("cannot be read: {e}")
-                    };
-                    Error::new(
-                        code::LIMITED_CONNECTIVITY,
-                        format!("peersFile {} {why}", path.display()),
-                    )
-                })
+                        Ok(m)
+                    }
+                });
+                meta.and_then(|_| crate::input_file::read_capped(path, MAX_VIEW_BYTES))
+                    .map_err(|e| {
+                        let why = if e.kind() == std::io::ErrorKind::NotFound {
+                            "does not exist: whoever manages the cluster must write it".to_string()
+                        } else {
+                            format!("cannot be read: {e}")
+                        };
+                        Error::new(
+                            code::LIMITED_CONNECTIVITY,
+                            format!("peersFile {} {why}", path.display()),
+                        )
+                    })
             }
         }
     }
@@ -227,13 +251,13 @@ impl ClusterView {
                 format!("{source} is not a usable cluster view: {why}"),
             )
         };
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| unreadable(format!("not JSON ({e})")))?;
-        let Value::Array(entries) = value else {
-            return Err(unreadable(
-                "expected a JSON list of {\"nodeIP\", \"podCIDR\"} objects".into(),
-            ));
-        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let entries = serde::Deserializer::deserialize_any(&mut de, Entries)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => unreadable(e.to_string()),
+                _ => unreadable(format!("not JSON ({e})")),
+            })?;
         let mut peers = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for e in &entries {
@@ -340,6 +364,35 @@ impl ClusterView {
             }
         }
         sel
+    }
+}
+
+/// The entries of a view's JSON list, at most [`MAX_VIEW_ENTRIES`]: parsing stops at the
+/// first one past it.
+struct Entries;
+
+impl<'de> serde::de::Visitor<'de> for Entries {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON list of {\"nodeIP\", \"podCIDR\"} objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<Value>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element::<Value>()? {
+            if out.len() == MAX_VIEW_ENTRIES {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_VIEW_ENTRIES} entries, the most a view may hold (twice \
+                     Kubernetes' 5000 nodes, dual-stack): split the cluster or shorten the view"
+                )));
+            }
+            out.push(v);
+        }
+        Ok(out)
     }
 }
 
@@ -464,6 +517,19 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
         assert!(e.msg.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn a_view_past_the_entry_limit_is_refused_naming_the_limit() {
+        let src = ViewSource::File("/x/peers.json".into());
+        let entry = r#"{"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"}"#;
+        let list = |n: usize| format!("[{}]", vec![entry; n].join(","));
+        assert!(ClusterView::parse(list(MAX_VIEW_ENTRIES).as_bytes(), &src).is_ok());
+        let e = ClusterView::parse(list(MAX_VIEW_ENTRIES + 1).as_bytes(), &src).unwrap_err();
+        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
+        assert!(e.msg.contains("more than 20000 entries"), "{e}");
+        let e = ClusterView::parse(b"[1] x", &src).unwrap_err();
+        assert!(e.msg.contains("not JSON"), "{e}");
     }
 
     #[test]

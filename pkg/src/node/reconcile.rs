@@ -351,6 +351,25 @@ pub trait NodeKernel {
     fn apply(&mut self, o: &Object) -> Result<()>;
     /// Removes `o`, only if it is twill's; already gone is `Ok`.
     fn remove(&mut self, o: &Object) -> Result<()>;
+    /// Writes every object of `apply`, then removes every object of `remove` (as
+    /// [`NodeKernel::apply`] and [`NodeKernel::remove`] do), one result per object in order: a
+    /// refused object fails only itself. By default one at a time; [`Netlink`] sends them as
+    /// one batch.
+    fn apply_all(&mut self, apply: &[Object], remove: &[Object]) -> Applied {
+        Applied {
+            applied: apply.iter().map(|o| self.apply(o)).collect(),
+            removed: remove.iter().map(|o| self.remove(o)).collect(),
+        }
+    }
+}
+
+/// The answers to [`NodeKernel::apply_all`]: one per object, in the order given.
+#[derive(Debug)]
+pub struct Applied {
+    /// For each object to write.
+    pub applied: Vec<Result<()>>,
+    /// For each object to remove.
+    pub removed: Vec<Result<()>>,
 }
 
 /// A data plane: what it makes of the cluster view on this node.
@@ -498,6 +517,7 @@ pub fn reconcile(
         }
     }
     let _lock = state.lock()?;
+    state.remove_stale_temps();
     let mut prev = state.read();
     // Upgrade from the previous state format: its destinations are this network's claims.
     let legacy = if prev == NodeState::default() {
@@ -553,14 +573,15 @@ pub fn reconcile(
             installed: pending,
         })?;
     }
-    for o in &plan.apply {
-        if let Err(e) = k.apply(o) {
+    let done = k.apply_all(&plan.apply, &plan.remove);
+    for (o, r) in plan.apply.iter().zip(&done.applied) {
+        if let Err(e) = r {
             report.failures.push(format!("could not install {o}: {e}"));
         }
     }
     let mut installed = desired;
-    for o in &plan.remove {
-        if let Err(e) = k.remove(o) {
+    for (o, r) in plan.remove.iter().zip(&done.removed) {
+        if let Err(e) = r {
             report.failures.push(format!("could not remove {o}: {e}"));
             installed.push(o.clone()); // still claimed, so the next call removes it
         }
@@ -985,6 +1006,89 @@ impl NodeKernel for Netlink {
         Ok(out)
     }
 
+    /// Devices one by one first (what the entries hang on); then every route, neighbour and
+    /// FDB write and removal queued and sent as one batch (device names resolved with one link
+    /// dump); device removals last.
+    fn apply_all(&mut self, apply: &[Object], remove: &[Object]) -> Applied {
+        let is_device = |o: &Object| o.kind() == Kind::Device;
+        let mut applied: Vec<Option<Result<()>>> = apply.iter().map(|_| None).collect();
+        let mut removed: Vec<Option<Result<()>>> = remove.iter().map(|_| None).collect();
+        for (o, slot) in apply.iter().zip(&mut applied) {
+            if is_device(o) {
+                *slot = Some(self.apply(o));
+            }
+        }
+        let needs_names = apply
+            .iter()
+            .chain(remove)
+            .any(|o| matches!(o, Object::Neighbour { .. } | Object::Fdb { .. }));
+        let index: BTreeMap<String, u32> = if needs_names {
+            match self.links() {
+                Ok(links) => links.into_iter().map(|l| (l.name, l.index)).collect(),
+                Err(e) => {
+                    let e: Error = e.into();
+                    let fail = |s: &mut Option<Result<()>>| {
+                        s.get_or_insert_with(|| Err(e.clone()));
+                    };
+                    applied.iter_mut().for_each(fail);
+                    removed.iter_mut().for_each(fail);
+                    return Applied::from_slots(applied, removed);
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        // (slot, is a removal, first and end position in the batch)
+        let mut queued: Vec<(usize, bool, usize, usize)> = Vec::new();
+        self.batch_begin();
+        let sides = [(apply, false), (remove, true)];
+        for (objects, removal) in sides {
+            for (i, o) in objects.iter().enumerate() {
+                if is_device(o) {
+                    continue;
+                }
+                let start = self.batch_len();
+                let slots = if removal { &mut removed } else { &mut applied };
+                match self.queue(o, removal, &index) {
+                    Ok(()) => queued.push((i, removal, start, self.batch_len())),
+                    Err(e) => slots[i] = Some(Err(e)),
+                }
+            }
+        }
+        match self.batch_finish() {
+            Ok(answers) => {
+                let mut answers: Vec<Option<_>> = answers.into_iter().map(Some).collect();
+                for (i, removal, start, end) in queued {
+                    let mut res: Result<()> = Ok(());
+                    for a in answers.get_mut(start..end).unwrap_or_default() {
+                        match a.take() {
+                            Some(Err(e)) if !(removal && e.is_not_found()) => {
+                                res = Err(e.into());
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let slots = if removal { &mut removed } else { &mut applied };
+                    slots[i] = Some(res);
+                }
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                for (i, removal, _, _) in queued {
+                    let slots = if removal { &mut removed } else { &mut applied };
+                    slots[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        for (o, slot) in remove.iter().zip(&mut removed) {
+            if is_device(o) {
+                *slot = Some(self.remove(o));
+            }
+        }
+        Applied::from_slots(applied, removed)
+    }
+
     fn apply(&mut self, o: &Object) -> Result<()> {
         match o {
             Object::Route(r) => {
@@ -1064,7 +1168,61 @@ fn blackhole_of(r: &crate::kernel::netlink::Route) -> Object {
     }
 }
 
+impl Applied {
+    /// Every slot answered (one never reached counts as refused).
+    fn from_slots(applied: Vec<Option<Result<()>>>, removed: Vec<Option<Result<()>>>) -> Applied {
+        let unanswered = || {
+            Err(Error::new(
+                code::NETLINK,
+                "not sent: the batch stopped early",
+            ))
+        };
+        Applied {
+            applied: applied
+                .into_iter()
+                .map(|s| s.unwrap_or_else(unanswered))
+                .collect(),
+            removed: removed
+                .into_iter()
+                .map(|s| s.unwrap_or_else(unanswered))
+                .collect(),
+        }
+    }
+}
+
 impl Netlink {
+    /// Queues the write (or removal) of a route, blackhole, neighbour or FDB entry in the
+    /// open batch, resolving device names through `index`. A removal from a device that is
+    /// gone is done already.
+    fn queue(&mut self, o: &Object, removal: bool, index: &BTreeMap<String, u32>) -> Result<()> {
+        let dev_index = |dev: &String| {
+            index.get(dev).copied().ok_or_else(|| {
+                Error::new(
+                    code::NETLINK,
+                    format!("device {dev} does not exist on the node"),
+                )
+            })
+        };
+        match (o, removal) {
+            (Object::Neighbour { dev, ip, mac }, false) => {
+                Ok(self.replace_neighbour(&NeighbourSpec::permanent(dev_index(dev)?, *ip, *mac))?)
+            }
+            (Object::Neighbour { dev, ip, mac }, true) => match index.get(dev) {
+                None => Ok(()),
+                Some(i) => Ok(self.delete_neighbour(&NeighbourSpec::permanent(*i, *ip, *mac))?),
+            },
+            (Object::Fdb { dev, mac, dst }, false) => {
+                Ok(self.fdb_replace(&FdbEntry::vxlan(dev_index(dev)?, *mac, *dst))?)
+            }
+            (Object::Fdb { dev, mac, dst }, true) => match index.get(dev) {
+                None => Ok(()),
+                Some(i) => Ok(self.fdb_delete(&FdbEntry::vxlan(*i, *mac, *dst))?),
+            },
+            (_, false) => self.apply(o),
+            (_, true) => self.remove(o),
+        }
+    }
+
     fn link_names(&mut self) -> Result<BTreeMap<u32, String>> {
         Ok(self
             .links()?

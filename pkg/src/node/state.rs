@@ -141,6 +141,33 @@ impl StateFile {
         }
     }
 
+    /// Removes the temp files a writer of this state killed between writing and renaming left
+    /// behind. Call it under [`StateFile::lock`]: every writer holds it, so any temp file of
+    /// this state seen then is a dead writer's. Returns the files removed.
+    pub fn remove_stale_temps(&self) -> Vec<PathBuf> {
+        let Some(prefix) = self.path.file_name().map(|n| {
+            let mut p = n.to_os_string();
+            p.push(".tmp");
+            p
+        }) else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            if e.file_name()
+                .as_encoded_bytes()
+                .starts_with(prefix.as_encoded_bytes())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed.push(e.path());
+            }
+        }
+        removed
+    }
+
     /// Takes the exclusive reconcile lock of this namespace (all networks sharing the run dir),
     /// creating the run dir; blocks while another reconcile holds it.
     pub fn lock(&self) -> Result<StateLock> {
@@ -416,6 +443,27 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_writer_are_removed_and_the_state_kept() {
+        let dir = TempDir::new("tmp");
+        let own_ns = crate::kernel::netns::Netns::current().unwrap().id();
+        let st = StateFile::new(&dir.0, "n", NetnsKey::Cookie(5), own_ns).unwrap();
+        let other = StateFile::new(&dir.0, "n2", NetnsKey::Cookie(5), own_ns).unwrap();
+        let s = NodeState {
+            fingerprint: Some(3),
+            installed: vec![route("10.244.2.0/24", "10.0.0.2")],
+        };
+        st.write(&s).unwrap();
+        other.write(&s).unwrap();
+        let stale = dir.0.join("n.peers.c0000000000000005.tmp4242");
+        let theirs = dir.0.join("n2.peers.c0000000000000005.tmp4242");
+        std::fs::write(&stale, "twill-node-state 1\nfingerprint pen").unwrap();
+        std::fs::write(&theirs, "x").unwrap();
+        assert_eq!(st.remove_stale_temps(), vec![stale.clone()]);
+        assert!(!stale.exists() && theirs.exists());
+        assert_eq!(st.read(), s);
     }
 
     #[test]
