@@ -1,5 +1,6 @@
 //! `twill-bench peers`: the cost of the cluster view on bridge-host-gw's ADD. Three nodes, each
 //! with an underlay (a veth pair inside the node, 10.250.0.1/16) so peer routes have a next hop:
+//! The view is a `peersFile` (what a cluster manager or twilld's feed writes):
 //! - "1 peer": a one-entry view, unchanged from ADD to ADD (applied once in the warm-up);
 //! - "250 peers": a 250-entry view, unchanged from ADD to ADD;
 //! - "250 changed": a 250-entry view whose next hops all change on every ADD, so every ADD
@@ -52,11 +53,22 @@ struct Node {
 }
 
 impl Node {
-    fn config(&self, i: usize) -> Value {
+    /// The config of pod `i`'s call. The view is a `peersFile` (as a cluster manager or
+    /// twilld's feed writes it), replaced by rename before the call when it changes.
+    fn config(&self, i: usize) -> Result<Value, String> {
         let ipam = self.data.path().join("ipam");
         let mut c = crate::bridge::twill_config(false, &ipam, &self.subnet_file);
-        c["peers"] = view(self.peers, if self.changing { i } else { 0 });
-        c
+        let file = self.data.path().join("peers.json");
+        if self.changing || !file.exists() {
+            let text = view(self.peers, if self.changing { i } else { 0 }).to_string();
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| format!("write {}: {e}", file.display()))?;
+        }
+        c.as_object_mut().map(|o| o.remove("peers"));
+        c["peersFile"] = json!(file);
+        Ok(c)
     }
 }
 
@@ -70,7 +82,7 @@ fn call(
     prev: Option<&Value>,
     strace: Option<(&Path, &Path)>,
 ) -> Result<(std::time::Duration, Value), String> {
-    let mut conf = node.config(i);
+    let mut conf = node.config(i)?;
     if let Some(p) = prev {
         conf["prevResult"] = p.clone();
     }
@@ -185,6 +197,9 @@ pub fn run(pods: usize) -> Result<Value, String> {
                 run(k, Op::Add, 0, None)?;
                 run(k, Op::Del, 0, None)?;
             }
+            // A view file is trusted by its stamp once its ctime is a second old (a view
+            // changes rarely; the first ADDs after a change read it).
+            std::thread::sleep(std::time::Duration::from_millis(1100));
             for op in [Op::Add, Op::Del] {
                 for i in 1..=pods {
                     check_interrupted()?;

@@ -531,3 +531,66 @@ fn a_route_the_kernel_refuses_fails_alone_and_every_other_peer_of_the_view_is_ro
     want.insert(("10.245.9.0/24".to_string(), "10.97.0.5".to_string()));
     assert_eq!(peer_routes(&node.ns), want);
 }
+
+/// Writes `text` into `path` in place (same inode), as an editor without rename does.
+fn write_in_place(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .expect("open the view in place");
+    f.write_all(text.as_bytes())
+        .expect("write the view in place");
+}
+
+#[test]
+fn a_view_trusted_by_its_stamp_is_read_again_once_rewritten_in_place_with_the_same_size() {
+    let c = cluster();
+    let node = c.node(0);
+    let sync = || {
+        let out = twilld::once(node, "sync");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sync();
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
+    // Once the file is a second old, an unchanged pass records its stamp and later ones
+    // trust it instead of reading the view.
+    std::thread::sleep(Duration::from_millis(1100));
+    sync();
+    let (states, _) = run_state(node, &c.net);
+    assert!(
+        states[0].lines().any(|l| l.starts_with("view ")),
+        "no stamp recorded:\n{}",
+        states[0].lines().take(4).collect::<Vec<_>>().join("\n")
+    );
+    // Same inode, same size, one next hop changed.
+    let text = c.peers(|_| true).to_string();
+    let changed = text.replace("\"10.99.0.3\"", "\"10.99.0.4\"");
+    assert_eq!(text.len(), changed.len());
+    write_in_place(&node.peers_file, &changed);
+    sync();
+    let want: BTreeSet<_> = c
+        .expected_peer_routes(0)
+        .into_iter()
+        .map(|(dst, gw)| {
+            let gw = if gw == "10.99.0.3" {
+                "10.99.0.4".into()
+            } else {
+                gw
+            };
+            (dst, gw)
+        })
+        .collect();
+    assert_eq!(peer_routes(&node.ns), want);
+    // And a route the kernel lost under a trusted stamp is still repaired.
+    std::thread::sleep(Duration::from_millis(1100));
+    sync();
+    node.ns.ip(&["route", "del", &pod_cidr4(1)]);
+    sync();
+    assert_eq!(peer_routes(&node.ns), want);
+}

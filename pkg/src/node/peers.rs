@@ -62,20 +62,30 @@ impl Peer {
             }
         };
         let ip = text("nodeIP")?;
+        let cidr = text("podCIDR")?;
+        let mac = match obj.get("vtepMAC") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => return Err(format!("\"vtepMAC\" is {other}, not a string")),
+        };
+        Peer::from_text(ip, cidr, mac)
+    }
+
+    /// A peer from the texts of its `nodeIP`, `podCIDR` and `vtepMAC`; the error says what is
+    /// wrong, for a person.
+    fn from_text(ip: &str, cidr: &str, mac: Option<&str>) -> std::result::Result<Peer, String> {
         let node_ip: IpAddr = ip
             .parse()
             .map_err(|_| format!("\"nodeIP\" {ip:?} is not an IP address"))?;
-        let cidr = text("podCIDR")?;
         let pod_cidr: IpNetwork = cidr
             .parse()
             .map_err(|_| format!("\"podCIDR\" {cidr:?} is not a CIDR (address/prefix)"))?;
-        let vtep_mac = match obj.get("vtepMAC") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
+        let vtep_mac = match mac {
+            None => None,
+            Some(s) => Some(
                 s.parse::<MacAddr>()
                     .map_err(|e| format!("\"vtepMAC\": {e}"))?,
             ),
-            Some(other) => return Err(format!("\"vtepMAC\" is {other}, not a string")),
         };
         if node_ip.is_unspecified() || node_ip.is_loopback() || node_ip.is_multicast() {
             return Err(format!(
@@ -169,6 +179,24 @@ impl ViewSource {
         }
     }
 
+    /// The identity of a view file as it stands (what it leads to, when a symlink): `None`
+    /// for an inline view or a file that cannot be looked at. Equal stamps mean equal content
+    /// once the file's ctime is older than [`ViewStamp::settled`] asks (see there).
+    pub fn stamp(&self) -> Option<ViewStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ViewSource::File(path) = self else {
+            return None;
+        };
+        let m = std::fs::metadata(path).ok()?;
+        m.is_file().then(|| ViewStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+
     /// Reads and parses the view (see [`ClusterView::parse`]).
     pub fn read(&self) -> Result<ClusterView> {
         ClusterView::parse(&self.bytes()?, self)
@@ -180,6 +208,59 @@ impl fmt::Display for ViewSource {
         match self {
             ViewSource::Inline(_) => write!(f, "\"peers\""),
             ViewSource::File(p) => write!(f, "peersFile {}", p.display()),
+        }
+    }
+}
+
+/// A view file's identity: device, inode, size, change and modification times (ns).
+/// Writers replace the file (new inode) or write it in place (new ctime, which no one can set
+/// back); either changes the stamp, so a stamp recorded once its ctime had settled stands for
+/// the bytes read then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewStamp {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_ctime` in ns.
+    pub ctime_ns: i128,
+    /// `st_mtime` in ns.
+    pub mtime_ns: i128,
+}
+
+impl ViewStamp {
+    /// How old a ctime must be before a stamp is trusted: a write in the same clock tick as
+    /// the read that was stamped could otherwise keep the stamp (timestamps are as coarse as
+    /// the kernel's tick).
+    pub const SETTLE_NS: i128 = 1_000_000_000;
+
+    /// True when the file last changed at least [`ViewStamp::SETTLE_NS`] before `now_ns`
+    /// (ns since the epoch): a stamp taken now can stand for what is read now.
+    pub fn settled(&self, now_ns: i128) -> bool {
+        now_ns - self.ctime_ns >= Self::SETTLE_NS
+    }
+
+    /// The stamp as text (`dev ino size ctime mtime`), for run-state files.
+    pub fn to_fields(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.dev, self.ino, self.size, self.ctime_ns, self.mtime_ns
+        )
+    }
+
+    /// Parses [`ViewStamp::to_fields`]'s output.
+    pub fn from_fields(f: &[&str]) -> Option<ViewStamp> {
+        match f {
+            [dev, ino, size, c, m] => Some(ViewStamp {
+                dev: dev.parse().ok()?,
+                ino: ino.parse().ok()?,
+                size: size.parse().ok()?,
+                ctime_ns: c.parse().ok()?,
+                mtime_ns: m.parse().ok()?,
+            }),
+            _ => None,
         }
     }
 }
@@ -245,6 +326,20 @@ impl ClusterView {
     /// is parsed on its own ([`Peer::from_json`]), exact duplicates are dropped, and entries
     /// whose pod CIDRs overlap (one node's subnet claimed twice, or nested) are all skipped.
     pub fn parse(bytes: &[u8], source: &ViewSource) -> Result<ClusterView> {
+        // The common case, every entry well-formed: read in place, one allocation for the
+        // list. Anything else (an entry to skip, escapes in a string) takes the general path,
+        // which keeps each entry as JSON to say which one is skipped and why.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        if let Ok(raw) =
+            serde::Deserializer::deserialize_seq(&mut de, Entries::<RawPeer<'_>>::new())
+            && de.end().is_ok()
+            && let Ok(peers) = raw
+                .iter()
+                .map(|r| Peer::from_text(r.node_ip, r.pod_cidr, r.vtep_mac))
+                .collect::<std::result::Result<Vec<Peer>, String>>()
+        {
+            return Ok(Self::from_peers(peers, Vec::new()));
+        }
         let unreadable = |why: String| {
             Error::new(
                 code::LIMITED_CONNECTIVITY,
@@ -252,7 +347,7 @@ impl ClusterView {
             )
         };
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let entries = serde::Deserializer::deserialize_any(&mut de, Entries)
+        let entries = serde::Deserializer::deserialize_any(&mut de, Entries::<Value>::new())
             .and_then(|v| de.end().map(|()| v))
             .map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => unreadable(e.to_string()),
@@ -367,12 +462,29 @@ impl ClusterView {
     }
 }
 
+/// A well-formed view entry, its strings borrowed from the view's bytes.
+#[derive(Deserialize)]
+struct RawPeer<'a> {
+    #[serde(rename = "nodeIP")]
+    node_ip: &'a str,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: &'a str,
+    #[serde(rename = "vtepMAC", default)]
+    vtep_mac: Option<&'a str>,
+}
+
 /// The entries of a view's JSON list, at most [`MAX_VIEW_ENTRIES`]: parsing stops at the
 /// first one past it.
-struct Entries;
+struct Entries<T>(std::marker::PhantomData<T>);
 
-impl<'de> serde::de::Visitor<'de> for Entries {
-    type Value = Vec<Value>;
+impl<T> Entries<T> {
+    fn new() -> Self {
+        Entries(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+    type Value = Vec<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON list of {\"nodeIP\", \"podCIDR\"} objects")
@@ -381,9 +493,9 @@ impl<'de> serde::de::Visitor<'de> for Entries {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(
         self,
         mut seq: A,
-    ) -> std::result::Result<Vec<Value>, A::Error> {
+    ) -> std::result::Result<Vec<T>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(v) = seq.next_element::<Value>()? {
+        while let Some(v) = seq.next_element::<T>()? {
             if out.len() == MAX_VIEW_ENTRIES {
                 return Err(serde::de::Error::custom(format!(
                     "more than {MAX_VIEW_ENTRIES} entries, the most a view may hold (twice \

@@ -20,7 +20,7 @@ use crate::kernel::netlink::{
     FdbEntry, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec, VxlanSpec, nud, rt_table,
 };
 use crate::node::ipip::{self, IpipDevice};
-use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource};
+use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource, ViewStamp};
 use crate::node::state::{NodeState, StateFile};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,8 +238,15 @@ impl Object {
                 s.parse().ok().map(Some)
             }
         }
-        let f: Vec<&str> = line.split(' ').collect();
-        match f.as_slice() {
+        // Fields on the stack: a state file of thousands of lines parses without an
+        // allocation per line (musl's allocator maps and unmaps pages on such churn).
+        let mut buf = [""; 8];
+        let mut n = 0;
+        for part in line.split(' ') {
+            *buf.get_mut(n)? = part;
+            n += 1;
+        }
+        match &buf[..n] {
             ["route", dst, gw, oif, onlink, metric] => Some(Object::Route(PeerRoute {
                 dst: dst.parse().ok()?,
                 gateway: opt(gw)?,
@@ -509,13 +516,22 @@ pub fn reconcile(
     state: &StateFile,
     inputs: &Inputs<'_>,
 ) -> Result<Reconciled> {
-    if let Ok(bytes) = inputs.source.bytes() {
+    let ctx = context(inputs.own_ranges, inputs.plane);
+    let prev = state.read();
+    let stamp = inputs.source.stamp();
+    if prev.fingerprint.is_some() && stamp.is_some() && prev.view == stamp.map(|s| (s, ctx)) {
+        // The view file is the one fingerprinted last (same stamp, settled then): not read.
+        if kernel_holds(k, &prev.installed)? {
+            return Ok(Reconciled::Unchanged);
+        }
+    } else if let Ok(bytes) = inputs.source.bytes() {
         let fp = fingerprint(&bytes, inputs.own_ranges, inputs.plane);
-        let prev = state.read();
         if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
+            record_stamp(state, fp, stamp, ctx);
             return Ok(Reconciled::Unchanged);
         }
     }
+    drop(prev);
     let _lock = state.lock()?;
     state.remove_stale_temps();
     let mut prev = state.read();
@@ -536,6 +552,8 @@ pub fn reconcile(
     // Some plane rejections depend on the node (its addresses), not only on the inputs: while
     // there are any, the fingerprint is not recorded, so every call looks again.
     let mut node_dependent = false;
+    // Stamped before the read: a change after it makes the next stamp differ.
+    let stamp = inputs.source.stamp();
     let (desired, fp) = match inputs.source.bytes().and_then(|b| {
         let view = ClusterView::parse(&b, inputs.source)?;
         Ok((view, fingerprint(&b, inputs.own_ranges, inputs.plane)))
@@ -571,6 +589,7 @@ pub fn reconcile(
         state.write(&NodeState {
             fingerprint: None,
             installed: pending,
+            view: None,
         })?;
     }
     let done = k.apply_all(&plan.apply, &plan.remove);
@@ -587,9 +606,11 @@ pub fn reconcile(
         }
     }
     let complete = plan.conflicts.is_empty() && report.failures.is_empty() && !node_dependent;
+    let fp = fp.filter(|_| complete);
     state.write(&NodeState {
-        fingerprint: fp.filter(|_| complete),
+        fingerprint: fp,
         installed,
+        view: settled(stamp).filter(|_| fp.is_some()).map(|s| (s, ctx)),
     })?;
     if legacy.is_some() {
         state.remove_legacy();
@@ -597,6 +618,38 @@ pub fn reconcile(
     state.prune_dead();
     report.plan = plan;
     Ok(Reconciled::Applied(report))
+}
+
+/// The inputs of a reconcile besides the view: the own ranges and the plane (the fingerprint
+/// of an empty view), recorded next to a view's stamp.
+pub fn context(own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
+    fingerprint(b"", own_ranges, plane)
+}
+
+/// `stamp` when the file it stamps last changed long enough ago to stand for its content.
+fn settled(stamp: Option<ViewStamp>) -> Option<ViewStamp> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i128;
+    stamp.filter(|s| s.settled(now))
+}
+
+/// After a fast path that had to read the view: records its stamp, so the next call need not
+/// read it. Only when the namespace lock is free at once (a reconcile running holds it and
+/// writes the state itself) and the state still has fingerprint `fp`.
+fn record_stamp(state: &StateFile, fp: u64, stamp: Option<ViewStamp>, ctx: u64) {
+    let Some(stamp) = settled(stamp) else {
+        return;
+    };
+    let Ok(Some(_lock)) = state.try_lock() else {
+        return;
+    };
+    let mut now = state.read();
+    if now.fingerprint == Some(fp) && now.view != Some((stamp, ctx)) {
+        now.view = Some((stamp, ctx));
+        let _ = state.write(&now);
+    }
 }
 
 /// Removes a network's node objects, for a network that is gone: under the namespace lock,
@@ -629,6 +682,7 @@ pub fn forget(k: &mut dyn NodeKernel, state: &StateFile) -> Result<Report> {
         state.write(&NodeState {
             fingerprint: None,
             installed: kept,
+            view: None,
         })?;
     }
     Ok(report)
@@ -693,15 +747,20 @@ fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
     if installed.is_empty() {
         return Ok(true);
     }
-    let owned = k.list_owned_like(installed)?;
-    let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
-    for o in &owned {
-        by_key.entry(o.key()).or_default().push(o);
-    }
+    // Sorted by key and searched, rather than a map of lists: no allocation per object.
+    let mut owned: Vec<(Key, Object)> = k
+        .list_owned_like(installed)?
+        .into_iter()
+        .map(|o| (o.key(), o))
+        .collect();
+    owned.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(installed.iter().all(|w| {
-        by_key
-            .get(&w.key())
-            .is_some_and(|fs| fs.iter().any(|f| f.kind() == w.kind() && w.satisfied_by(f)))
+        let key = w.key();
+        let from = owned.partition_point(|(k, _)| *k < key);
+        owned[from..]
+            .iter()
+            .take_while(|(k, _)| *k == key)
+            .any(|(_, f)| f.kind() == w.kind() && w.satisfied_by(f))
     }))
 }
 
@@ -1449,12 +1508,14 @@ mod tests {
         mine.write(&NodeState {
             fingerprint: Some(1),
             installed: vec![shared.clone(), only_mine.clone()],
+            view: None,
         })
         .unwrap();
         other
             .write(&NodeState {
                 fingerprint: Some(2),
                 installed: vec![shared.clone(), theirs.clone()],
+                view: None,
             })
             .unwrap();
         let mut k = FakeKernel::default();

@@ -8,11 +8,13 @@
 //! cookie or, on kernels without one, its nsfs identity ([`NetnsKey`]).
 //!
 //! Format (text, written as temp file + rename): a version line, `fingerprint <hex>` or
-//! `fingerprint pending`, `netns <dev> <ino>`, then one installed object per line
+//! `fingerprint pending`, `netns <dev> <ino>`, optionally `view <dev> <ino> <size> <ctime ns>
+//! <mtime ns> <context hex>` (the view file's stamp), then one installed object per line
 //! ([`Object::to_line`]).
 
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
+use crate::node::peers::ViewStamp;
 use crate::node::reconcile::{Key, Object};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +33,10 @@ pub struct NodeState {
     pub fingerprint: Option<u64>,
     /// The objects this network installed (its claims; deletion candidates when unwanted).
     pub installed: Vec<Object>,
+    /// The view file's stamp when the fingerprint was taken, with a hash of the other inputs
+    /// ([`crate::node::reconcile::context`]): while both match, the view need not be read
+    /// again to know the fingerprint holds. None: read it.
+    pub view: Option<(ViewStamp, u64)>,
 }
 
 /// The state file of one network in one node namespace.
@@ -89,6 +95,9 @@ impl StateFile {
             None => text.push_str("fingerprint pending\n"),
         }
         text.push_str(&format!("netns {} {}\n", self.inode.0, self.inode.1));
+        if let (Some((stamp, context)), Some(_)) = (&state.view, state.fingerprint) {
+            text.push_str(&format!("view {} {context:016x}\n", stamp.to_fields()));
+        }
         for o in &state.installed {
             text.push_str(&o.to_line());
             text.push('\n');
@@ -184,6 +193,26 @@ impl StateFile {
         Ok(StateLock { _file: f })
     }
 
+    /// Takes the namespace's reconcile lock only if it is free now: `None` when another
+    /// reconcile holds it.
+    pub fn try_lock(&self) -> Result<Option<StateLock>> {
+        self.make_dir()?;
+        let path = self.dir.join(format!(".lock.{}", self.key));
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(StateLock { _file: f })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("lock {}", path.display()), e))
+            }
+        }
+    }
+
     /// The claim keys ([`Object::claim`]) of every other network's state in this namespace and
     /// run dir: what this network must not delete even when it no longer wants it.
     pub fn other_claims(&self) -> BTreeSet<Key> {
@@ -277,6 +306,12 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
             let mut it = ns.split(' ').map(str::parse::<u64>);
             if let (Some(Ok(d)), Some(Ok(i))) = (it.next(), it.next()) {
                 inode = Some((d, i));
+            }
+        } else if let Some(v) = line.strip_prefix("view ") {
+            let f: Vec<&str> = v.split(' ').collect();
+            if let [stamp @ .., context] = f.as_slice() {
+                state.view =
+                    ViewStamp::from_fields(stamp).zip(u64::from_str_radix(context, 16).ok());
             }
         } else if let Some(o) = Object::from_line(line) {
             state.installed.push(o);
@@ -408,6 +443,16 @@ mod tests {
                 route("10.244.2.0/24", "10.0.0.2"),
                 route("fd10:2::/64", "fd00::2"),
             ],
+            view: Some((
+                ViewStamp {
+                    dev: 2049,
+                    ino: 77,
+                    size: 120,
+                    ctime_ns: 1_700_000_000_123_456_789,
+                    mtime_ns: -5,
+                },
+                0xfeed,
+            )),
         };
         st.write(&s).unwrap();
         assert_eq!(st.read(), s);
@@ -422,6 +467,7 @@ mod tests {
             .write(&NodeState {
                 fingerprint: None,
                 installed: vec![route("10.244.9.0/24", "10.0.0.9")],
+                view: None,
             })
             .unwrap();
         let claims = st.other_claims();
@@ -454,6 +500,7 @@ mod tests {
         let s = NodeState {
             fingerprint: Some(3),
             installed: vec![route("10.244.2.0/24", "10.0.0.2")],
+            view: None,
         };
         st.write(&s).unwrap();
         other.write(&s).unwrap();
