@@ -92,6 +92,8 @@ fn a_view_symlinked_to_a_file_elsewhere_is_followed_and_a_change_of_that_file_is
     symlink_over(&node.peers_file, &target);
     let only1 = BTreeSet::from([(pod_cidr4(1), "10.99.0.2".to_string())]);
     wait_routes(&c, 0, &only1, WITHIN);
+    // Let the passes its own route removal started go by, so only the watch can tell.
+    std::thread::sleep(Duration::from_millis(500));
     // The file the link leads to is rewritten where it is: the daemon watches it there too.
     replace_file(&target, &c.peers(|_| true).to_string());
     wait_routes(&c, 0, &c.expected_peer_routes(0), WITHIN);

@@ -330,9 +330,12 @@ impl ClusterView {
         // list. Anything else (an entry to skip, escapes in a string) takes the general path,
         // which keeps each entry as JSON to say which one is skipped and why.
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        if let Ok(raw) =
-            serde::Deserializer::deserialize_seq(&mut de, Entries::<RawPeer<'_>>::new())
-            && de.end().is_ok()
+        // About 60 bytes per entry: the list is sized once rather than grown by doubling.
+        let guess = (bytes.len() / 48).min(MAX_VIEW_ENTRIES);
+        if let Ok(raw) = serde::Deserializer::deserialize_seq(
+            &mut de,
+            Entries::<RawPeer<'_>>::with_capacity(guess),
+        ) && de.end().is_ok()
             && let Ok(peers) = raw
                 .iter()
                 .map(|r| Peer::from_text(r.node_ip, r.pod_cidr, r.vtep_mac))
@@ -381,7 +384,8 @@ impl ClusterView {
                 ..p
             })
             .collect();
-        peers.sort_by_key(|p| (span(&p.pod_cidr), p.node_ip, p.vtep_mac));
+        // The key is the whole peer, so an unstable sort (no buffer) orders as a stable one.
+        peers.sort_unstable_by_key(|p| (span(&p.pod_cidr), p.node_ip, p.vtep_mac));
         peers.dedup();
         // Sorted by (family, first address, prefix): a CIDR overlaps an earlier one exactly
         // when it starts before the end of the widest earlier one of its family.
@@ -401,6 +405,10 @@ impl ClusterView {
                 }
                 _ => widest = Some(i),
             }
+        }
+        if bad.iter().all(Option::is_none) {
+            skipped.sort();
+            return ClusterView { peers, skipped };
         }
         let mut keep = Vec::with_capacity(peers.len());
         for (i, p) in peers.iter().enumerate() {
@@ -475,11 +483,16 @@ struct RawPeer<'a> {
 
 /// The entries of a view's JSON list, at most [`MAX_VIEW_ENTRIES`]: parsing stops at the
 /// first one past it.
-struct Entries<T>(std::marker::PhantomData<T>);
+struct Entries<T>(usize, std::marker::PhantomData<T>);
 
 impl<T> Entries<T> {
     fn new() -> Self {
-        Entries(std::marker::PhantomData)
+        Self::with_capacity(0)
+    }
+
+    /// Room for `n` entries from the start.
+    fn with_capacity(n: usize) -> Self {
+        Entries(n, std::marker::PhantomData)
     }
 }
 
@@ -494,7 +507,7 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
         self,
         mut seq: A,
     ) -> std::result::Result<Vec<T>, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(self.0).min(MAX_VIEW_ENTRIES));
         while let Some(v) = seq.next_element::<T>()? {
             if out.len() == MAX_VIEW_ENTRIES {
                 return Err(serde::de::Error::custom(format!(
