@@ -181,7 +181,8 @@ impl ViewSource {
 
     /// The identity of a view file as it stands (what it leads to, when a symlink): `None`
     /// for an inline view or a file that cannot be looked at. Equal stamps mean equal content
-    /// once the file's ctime is older than [`ViewStamp::settled`] asks (see there).
+    /// when the file had settled before the read the stamp was taken for
+    /// ([`ViewStamp::settled`]).
     pub fn stamp(&self) -> Option<ViewStamp> {
         use std::os::unix::fs::MetadataExt;
         let ViewSource::File(path) = self else {
@@ -231,13 +232,13 @@ pub struct ViewStamp {
 }
 
 impl ViewStamp {
-    /// How old a ctime must be before a stamp is trusted: a write in the same clock tick as
-    /// the read that was stamped could otherwise keep the stamp (timestamps are as coarse as
-    /// the kernel's tick).
-    pub const SETTLE_NS: i128 = 1_000_000_000;
+    /// How long before a read the file must have last changed for the read's stamp to be
+    /// trusted: a write in the same clock tick as the read could otherwise leave the ctime as
+    /// it was (file timestamps are as coarse as the kernel's tick, at most 10 ms).
+    pub const SETTLE_NS: i128 = 50_000_000;
 
     /// True when the file last changed at least [`ViewStamp::SETTLE_NS`] before `now_ns`
-    /// (ns since the epoch): a stamp taken now can stand for what is read now.
+    /// (ns since the epoch, taken before the read): the stamp stands for what was read.
     pub fn settled(&self, now_ns: i128) -> bool {
         now_ns - self.ctime_ns >= Self::SETTLE_NS
     }

@@ -20,7 +20,7 @@ use crate::kernel::netlink::{
     FdbEntry, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec, VxlanSpec, nud, rt_table,
 };
 use crate::node::ipip::{self, IpipDevice};
-use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource, ViewStamp};
+use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource};
 use crate::node::state::{NodeState, StateFile};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
@@ -527,7 +527,6 @@ pub fn reconcile(
     } else if let Ok(bytes) = inputs.source.bytes() {
         let fp = fingerprint(&bytes, inputs.own_ranges, inputs.plane);
         if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
-            record_stamp(state, fp, stamp, ctx);
             return Ok(Reconciled::Unchanged);
         }
     }
@@ -552,7 +551,9 @@ pub fn reconcile(
     // Some plane rejections depend on the node (its addresses), not only on the inputs: while
     // there are any, the fingerprint is not recorded, so every call looks again.
     let mut node_dependent = false;
-    // Stamped before the read: a change after it makes the next stamp differ.
+    // Stamped, and the time taken, before the read: a change after it makes the next stamp
+    // differ, and the stamp is kept only when the file had settled before the read.
+    let read_at = now_ns();
     let stamp = inputs.source.stamp();
     let (desired, fp) = match inputs.source.bytes().and_then(|b| {
         let view = ClusterView::parse(&b, inputs.source)?;
@@ -610,7 +611,10 @@ pub fn reconcile(
     state.write(&NodeState {
         fingerprint: fp,
         installed,
-        view: settled(stamp).filter(|_| fp.is_some()).map(|s| (s, ctx)),
+        view: stamp
+            .filter(|s| read_at.is_some_and(|t| s.settled(t)))
+            .filter(|_| fp.is_some())
+            .map(|s| (s, ctx)),
     })?;
     if legacy.is_some() {
         state.remove_legacy();
@@ -626,30 +630,12 @@ pub fn context(own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
     fingerprint(b"", own_ranges, plane)
 }
 
-/// `stamp` when the file it stamps last changed long enough ago to stand for its content.
-fn settled(stamp: Option<ViewStamp>) -> Option<ViewStamp> {
-    let now = std::time::SystemTime::now()
+/// Now, in ns since the epoch (the clock file timestamps use).
+fn now_ns() -> Option<i128> {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos() as i128;
-    stamp.filter(|s| s.settled(now))
-}
-
-/// After a fast path that had to read the view: records its stamp, so the next call need not
-/// read it. Only when the namespace lock is free at once (a reconcile running holds it and
-/// writes the state itself) and the state still has fingerprint `fp`.
-fn record_stamp(state: &StateFile, fp: u64, stamp: Option<ViewStamp>, ctx: u64) {
-    let Some(stamp) = settled(stamp) else {
-        return;
-    };
-    let Ok(Some(_lock)) = state.try_lock() else {
-        return;
-    };
-    let mut now = state.read();
-    if now.fingerprint == Some(fp) && now.view != Some((stamp, ctx)) {
-        now.view = Some((stamp, ctx));
-        let _ = state.write(&now);
-    }
+        .ok()
+        .map(|d| d.as_nanos() as i128)
 }
 
 /// Removes a network's node objects, for a network that is gone: under the namespace lock,

@@ -193,26 +193,6 @@ impl StateFile {
         Ok(StateLock { _file: f })
     }
 
-    /// Takes the namespace's reconcile lock only if it is free now: `None` when another
-    /// reconcile holds it.
-    pub fn try_lock(&self) -> Result<Option<StateLock>> {
-        self.make_dir()?;
-        let path = self.dir.join(format!(".lock.{}", self.key));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(StateLock { _file: f })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(Error::io(format!("lock {}", path.display()), e))
-            }
-        }
-    }
-
     /// The claim keys ([`Object::claim`]) of every other network's state in this namespace and
     /// run dir: what this network must not delete even when it no longer wants it.
     pub fn other_claims(&self) -> BTreeSet<Key> {
@@ -299,7 +279,9 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
     }
     let mut state = NodeState::default();
     // One object per line: sized once rather than grown by doubling.
-    state.installed.reserve(text.bytes().filter(|&b| b == b'\n').count());
+    state
+        .installed
+        .reserve(text.bytes().filter(|&b| b == b'\n').count());
     let mut inode = None;
     for line in lines {
         if let Some(fp) = line.strip_prefix("fingerprint ") {
