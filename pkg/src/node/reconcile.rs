@@ -9,7 +9,9 @@
 //!
 //! Fast path: when the fingerprint of the inputs (view bytes, own ranges, plane) matches the
 //! state file *and* the kernel still holds every object the state says was installed (one
-//! kernel-filtered dump of twill's routes), nothing else is asked. A route the kernel lost
+//! kernel-filtered dump of twill's routes), nothing else is asked. A view file whose stamp
+//! (device, inode, size, ctime, mtime) and other inputs match what the state recorded with
+//! the fingerprint is not even read. The fast path writes nothing. A route the kernel lost
 //! (uplink bounce, address flush, `ip route flush`) sends the next call down the slow path,
 //! which repairs it. The slow path runs under the namespace's lock and reads the view again
 //! there, so the view applied last is never older than one applied before it.
@@ -504,8 +506,10 @@ pub fn fingerprint(view_bytes: &[u8], own_ranges: &[IpNetwork], plane: &dyn Data
 
 /// Makes the node hold exactly what `inputs.plane` wants for the view, for one network.
 ///
-/// Fast path, no lock: the view's bytes hash to the recorded fingerprint and the kernel holds
-/// every installed object → [`Reconciled::Unchanged`]. Slow path, under the namespace lock:
+/// Fast path, no lock, no write: the view's stamp and the other inputs are those recorded
+/// with the fingerprint (else its bytes hash to it) and the kernel holds every installed
+/// object → [`Reconciled::Unchanged`]. Changes are sent as one batch
+/// ([`NodeKernel::apply_all`]). Slow path, under the namespace lock:
 /// read the view again, select the remote peers (this node's entries and unusable ones
 /// skipped), diff with the kernel, record the union of old and new objects as pending, apply,
 /// remove (never what another network claims), record the result, prune the state of dead
