@@ -1,5 +1,6 @@
 //! `twill-bench peers`: the cost of the cluster view on bridge-host-gw's ADD. Three nodes, each
 //! with an underlay (a veth pair inside the node, 10.250.0.1/16) so peer routes have a next hop:
+//! The view is a `peersFile` (what a cluster manager or twilld's feed writes):
 //! - "1 peer": a one-entry view, unchanged from ADD to ADD (applied once in the warm-up);
 //! - "250 peers": a 250-entry view, unchanged from ADD to ADD;
 //! - "250 changed": a 250-entry view whose next hops all change on every ADD, so every ADD
@@ -52,11 +53,22 @@ struct Node {
 }
 
 impl Node {
-    fn config(&self, i: usize) -> Value {
+    /// The config of pod `i`'s call. The view is a `peersFile` (as a cluster manager or
+    /// twilld's feed writes it), replaced by rename before the call when it changes.
+    fn config(&self, i: usize) -> Result<Value, String> {
         let ipam = self.data.path().join("ipam");
         let mut c = crate::bridge::twill_config(false, &ipam, &self.subnet_file);
-        c["peers"] = view(self.peers, if self.changing { i } else { 0 });
-        c
+        let file = self.data.path().join("peers.json");
+        if self.changing || !file.exists() {
+            let text = view(self.peers, if self.changing { i } else { 0 }).to_string();
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| format!("write {}: {e}", file.display()))?;
+        }
+        c.as_object_mut().map(|o| o.remove("peers"));
+        c["peersFile"] = json!(file);
+        Ok(c)
     }
 }
 
@@ -70,7 +82,7 @@ fn call(
     prev: Option<&Value>,
     strace: Option<(&Path, &Path)>,
 ) -> Result<(std::time::Duration, Value), String> {
-    let mut conf = node.config(i);
+    let mut conf = node.config(i)?;
     if let Some(p) = prev {
         conf["prevResult"] = p.clone();
     }
@@ -181,6 +193,12 @@ pub fn run(pods: usize) -> Result<Value, String> {
                 prev[k][i] = (op == Op::Add).then_some(r);
                 Ok::<_, String>(d)
             };
+            // The views are written some time before the pods come (a view changes rarely):
+            // the warm-up's reconcile then records the file's stamp, trusted from then on.
+            for n in &nodes {
+                n.config(0)?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
             for k in 0..nodes.len() {
                 run(k, Op::Add, 0, None)?;
                 run(k, Op::Del, 0, None)?;

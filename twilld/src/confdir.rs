@@ -52,9 +52,7 @@ pub fn read(dir: &Path) -> ConfDir {
     files.sort();
     let mut names = BTreeSet::new();
     for file in files {
-        let parsed = std::fs::read(&file)
-            .map_err(|e| format!("cannot read it: {e}"))
-            .and_then(|b| parse(&b));
+        let parsed = read_file(&file).and_then(|b| parse(&b));
         match parsed {
             Ok(None) => {}
             Ok(Some((name, plugins))) => {
@@ -75,6 +73,26 @@ pub fn read(dir: &Path) -> ConfDir {
         }
     }
     out
+}
+
+/// The largest config file read: what a plugin accepts on stdin (a larger one could not be
+/// handed to it by any runtime).
+pub const MAX_CONF_BYTES: usize = twill::cni::skeleton::MAX_STDIN_BYTES;
+
+/// The bytes of one config file. A symlink is followed, but what it leads to is judged before
+/// it is opened: only a regular file of at most [`MAX_CONF_BYTES`] is read (a FIFO, a device
+/// or a directory under a config's name never blocks or feeds the daemon).
+fn read_file(file: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a directory, device, FIFO or socket): ignored".into());
+    }
+    if meta.len() > MAX_CONF_BYTES as u64 {
+        return Err(format!(
+            "larger than {MAX_CONF_BYTES} bytes, more than a plugin accepts: ignored"
+        ));
+    }
+    twill::input_file::read_capped(file, MAX_CONF_BYTES).map_err(|e| format!("cannot read it: {e}"))
 }
 
 /// The network name and plugin entries of one file; `None` for a disabled conflist.

@@ -1,7 +1,8 @@
 //! inotify on the directories of the files twilld reads: the conf dir (every name) and the
 //! directories of the views and subnet files (their names only, so twill's own state files next
 //! to a view do not wake the daemon). A directory that does not exist yet is waited for through
-//! its nearest existing ancestor.
+//! its nearest existing ancestor. A view or subnet file that is a symlink is followed: the
+//! directories of the links on the way and of the file it leads to are watched too.
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +64,7 @@ impl Watches {
         };
         let (d, n) = existing(conf_dir, None);
         add(d, n);
-        for f in files {
+        for f in files.iter().flat_map(|f| resolution(f)) {
             let (dir, name) = match (f.parent(), f.file_name()) {
                 (Some(p), Some(n)) => (p, n.to_os_string()),
                 _ => continue,
@@ -131,6 +132,38 @@ impl Watches {
         }
         relevant
     }
+}
+
+/// How many symlinks are followed when working out what a watched file resolves to (the
+/// kernel gives up at 40; a loop ends here, and reading the file then fails with ELOOP).
+const MAX_HOPS: usize = 8;
+
+/// Every path whose change changes what `file` reads: `file` itself and, when it is a symlink
+/// (or sits under a symlinked directory, as a ConfigMap volume's `..data`), each link on the
+/// way and the file it leads to, so a view written through a symlink to a file elsewhere is
+/// noticed like one written in place.
+fn resolution(file: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut p = file.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        if let Some(dir) = p.parent() {
+            let mut prefix = PathBuf::new();
+            for c in dir.components() {
+                prefix.push(c);
+                if prefix.symlink_metadata().is_ok_and(|m| m.is_symlink()) {
+                    out.push(prefix.clone());
+                }
+            }
+        }
+        out.push(p.clone());
+        match std::fs::read_link(&p) {
+            Ok(target) => p = p.parent().map_or(target.clone(), |d| d.join(&target)),
+            Err(_) => break,
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The directory to watch for `dir` (and the name in it that matters, `name` when `dir`

@@ -66,20 +66,30 @@ impl Peer {
             }
         };
         let ip = text("nodeIP")?;
+        let cidr = text("podCIDR")?;
+        let mac = match obj.get("vtepMAC") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(other) => return Err(format!("\"vtepMAC\" is {other}, not a string")),
+        };
+        Peer::from_text(ip, cidr, mac)
+    }
+
+    /// A peer from the texts of its `nodeIP`, `podCIDR` and `vtepMAC`; the error says what is
+    /// wrong, for a person.
+    fn from_text(ip: &str, cidr: &str, mac: Option<&str>) -> std::result::Result<Peer, String> {
         let node_ip: IpAddr = ip
             .parse()
             .map_err(|_| format!("\"nodeIP\" {ip:?} is not an IP address"))?;
-        let cidr = text("podCIDR")?;
         let pod_cidr: IpNetwork = cidr
             .parse()
             .map_err(|_| format!("\"podCIDR\" {cidr:?} is not a CIDR (address/prefix)"))?;
-        let vtep_mac = match obj.get("vtepMAC") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(
+        let vtep_mac = match mac {
+            None => None,
+            Some(s) => Some(
                 s.parse::<MacAddr>()
                     .map_err(|e| format!("\"vtepMAC\": {e}"))?,
             ),
-            Some(other) => return Err(format!("\"vtepMAC\" is {other}, not a string")),
         };
         if node_ip.is_unspecified() || node_ip.is_loopback() || node_ip.is_multicast() {
             return Err(format!(
@@ -126,6 +136,11 @@ pub enum ViewSource {
 /// The largest cluster view file read (100k entries fit).
 pub const MAX_VIEW_BYTES: usize = 64 << 20;
 
+/// The most entries a cluster view may hold: twice Kubernetes' 5000-node limit, each node
+/// dual-stack. A longer view is refused as a whole (code 51, the last applied state kept);
+/// parsing stops at the first entry past it, so neither time nor memory grows beyond it.
+pub const MAX_VIEW_ENTRIES: usize = 20_000;
+
 impl ViewSource {
     /// The raw bytes of the view: the file's content, or the inline value serialized.
     /// A missing or unreadable file is code 51, naming the file.
@@ -134,19 +149,57 @@ impl ViewSource {
             ViewSource::Inline(v) => serde_json::to_vec(v)
                 .map_err(|e| Error::new(code::INTERNAL, format!("serialize peers: {e}"))),
             ViewSource::File(path) => {
-                crate::input_file::read_capped(path, MAX_VIEW_BYTES).map_err(|e| {
-                    let why = if e.kind() == std::io::ErrorKind::NotFound {
-                        "does not exist: whoever manages the cluster must write it".to_string()
+                // Following a symlink like any reader (a ConfigMap volume's file is one), but
+                // judging what it leads to before opening it: a device is never opened, a file
+                // larger than the cap never read.
+                let meta = std::fs::metadata(path).and_then(|m| {
+                    if !m.is_file() {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "is not a regular file (a directory, device, FIFO or socket)",
+                        ))
+                    } else if m.len() > MAX_VIEW_BYTES as u64 {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("is larger than {MAX_VIEW_BYTES} bytes"),
+                        ))
                     } else {
-                        format!("cannot be read: {e}")
-                    };
-                    Error::new(
-                        code::LIMITED_CONNECTIVITY,
-                        format!("peersFile {} {why}", path.display()),
-                    )
-                })
+                        Ok(m)
+                    }
+                });
+                meta.and_then(|_| crate::input_file::read_capped(path, MAX_VIEW_BYTES))
+                    .map_err(|e| {
+                        let why = if e.kind() == std::io::ErrorKind::NotFound {
+                            "does not exist: whoever manages the cluster must write it".to_string()
+                        } else {
+                            format!("cannot be read: {e}")
+                        };
+                        Error::new(
+                            code::LIMITED_CONNECTIVITY,
+                            format!("peersFile {} {why}", path.display()),
+                        )
+                    })
             }
         }
+    }
+
+    /// The identity of a view file as it stands (what it leads to, when a symlink): `None`
+    /// for an inline view or a file that cannot be looked at. Equal stamps mean equal content
+    /// when the file had settled before the read the stamp was taken for
+    /// ([`ViewStamp::settled`]).
+    pub fn stamp(&self) -> Option<ViewStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let ViewSource::File(path) = self else {
+            return None;
+        };
+        let m = std::fs::metadata(path).ok()?;
+        m.is_file().then(|| ViewStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
     }
 
     /// Reads and parses the view (see [`ClusterView::parse`]).
@@ -160,6 +213,59 @@ impl fmt::Display for ViewSource {
         match self {
             ViewSource::Inline(_) => write!(f, "\"peers\""),
             ViewSource::File(p) => write!(f, "peersFile {}", p.display()),
+        }
+    }
+}
+
+/// A view file's identity: device, inode, size, change and modification times (ns).
+/// Writers replace the file (new inode) or write it in place (new ctime, which no one can set
+/// back); either changes the stamp, so a stamp recorded once its ctime had settled stands for
+/// the bytes read then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewStamp {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// `st_size`.
+    pub size: u64,
+    /// `st_ctime` in ns.
+    pub ctime_ns: i128,
+    /// `st_mtime` in ns.
+    pub mtime_ns: i128,
+}
+
+impl ViewStamp {
+    /// How long before a read the file must have last changed for the read's stamp to be
+    /// trusted: a write in the same clock tick as the read could otherwise leave the ctime as
+    /// it was (file timestamps are as coarse as the kernel's tick, at most 10 ms).
+    pub const SETTLE_NS: i128 = 50_000_000;
+
+    /// True when the file last changed at least [`ViewStamp::SETTLE_NS`] before `now_ns`
+    /// (ns since the epoch, taken before the read): the stamp stands for what was read.
+    pub fn settled(&self, now_ns: i128) -> bool {
+        now_ns - self.ctime_ns >= Self::SETTLE_NS
+    }
+
+    /// The stamp as text (`dev ino size ctime mtime`), for run-state files.
+    pub fn to_fields(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.dev, self.ino, self.size, self.ctime_ns, self.mtime_ns
+        )
+    }
+
+    /// Parses [`ViewStamp::to_fields`]'s output.
+    pub fn from_fields(f: &[&str]) -> Option<ViewStamp> {
+        match f {
+            [dev, ino, size, c, m] => Some(ViewStamp {
+                dev: dev.parse().ok()?,
+                ino: ino.parse().ok()?,
+                size: size.parse().ok()?,
+                ctime_ns: c.parse().ok()?,
+                mtime_ns: m.parse().ok()?,
+            }),
+            _ => None,
         }
     }
 }
@@ -235,19 +341,36 @@ impl ClusterView {
     /// is parsed on its own ([`Peer::from_json`]), exact duplicates are dropped, and entries
     /// whose pod CIDRs overlap (one node's subnet claimed twice, or nested) are all skipped.
     pub fn parse(bytes: &[u8], source: &ViewSource) -> Result<ClusterView> {
+        // The common case, every entry well-formed: read in place, one allocation for the
+        // list. Anything else (an entry to skip, escapes in a string) takes the general path,
+        // which keeps each entry as JSON to say which one is skipped and why.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // About 60 bytes per entry: the list is sized once rather than grown by doubling.
+        let guess = (bytes.len() / 48).min(MAX_VIEW_ENTRIES);
+        if let Ok(raw) = serde::Deserializer::deserialize_seq(
+            &mut de,
+            Entries::<RawPeer<'_>>::with_capacity(guess),
+        ) && de.end().is_ok()
+            && let Ok(peers) = raw
+                .iter()
+                .map(|r| Peer::from_text(r.node_ip, r.pod_cidr, r.vtep_mac))
+                .collect::<std::result::Result<Vec<Peer>, String>>()
+        {
+            return Ok(Self::from_peers(peers, Vec::new()));
+        }
         let unreadable = |why: String| {
             Error::new(
                 code::LIMITED_CONNECTIVITY,
                 format!("{source} is not a usable cluster view: {why}"),
             )
         };
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| unreadable(format!("not JSON ({e})")))?;
-        let Value::Array(entries) = value else {
-            return Err(unreadable(
-                "expected a JSON list of {\"nodeIP\", \"podCIDR\"} objects".into(),
-            ));
-        };
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let entries = serde::Deserializer::deserialize_any(&mut de, Entries::<Value>::new())
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => unreadable(e.to_string()),
+                _ => unreadable(format!("not JSON ({e})")),
+            })?;
         let mut peers = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for e in &entries {
@@ -276,7 +399,8 @@ impl ClusterView {
                 ..p
             })
             .collect();
-        peers.sort_by_key(|p| (span(&p.pod_cidr), p.node_ip, p.vtep_mac));
+        // The key is the whole peer, so an unstable sort (no buffer) orders as a stable one.
+        peers.sort_unstable_by_key(|p| (span(&p.pod_cidr), p.node_ip, p.vtep_mac));
         peers.dedup();
         // Sorted by (family, first address, prefix): a CIDR overlaps an earlier one exactly
         // when it starts before the end of the widest earlier one of its family.
@@ -296,6 +420,10 @@ impl ClusterView {
                 }
                 _ => widest = Some(i),
             }
+        }
+        if bad.iter().all(Option::is_none) {
+            skipped.sort();
+            return ClusterView { peers, skipped };
         }
         let mut keep = Vec::with_capacity(peers.len());
         for (i, p) in peers.iter().enumerate() {
@@ -354,6 +482,57 @@ impl ClusterView {
             }
         }
         sel
+    }
+}
+
+/// A well-formed view entry, its strings borrowed from the view's bytes.
+#[derive(Deserialize)]
+struct RawPeer<'a> {
+    #[serde(rename = "nodeIP")]
+    node_ip: &'a str,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: &'a str,
+    #[serde(rename = "vtepMAC", default)]
+    vtep_mac: Option<&'a str>,
+}
+
+/// The entries of a view's JSON list, at most [`MAX_VIEW_ENTRIES`]: parsing stops at the
+/// first one past it.
+struct Entries<T>(usize, std::marker::PhantomData<T>);
+
+impl<T> Entries<T> {
+    fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// Room for `n` entries from the start.
+    fn with_capacity(n: usize) -> Self {
+        Entries(n, std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON list of {\"nodeIP\", \"podCIDR\"} objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(self.0).min(MAX_VIEW_ENTRIES));
+        while let Some(v) = seq.next_element::<T>()? {
+            if out.len() == MAX_VIEW_ENTRIES {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_VIEW_ENTRIES} entries, the most a view may hold (twice \
+                     Kubernetes' 5000 nodes, dual-stack): split the cluster or shorten the view"
+                )));
+            }
+            out.push(v);
+        }
+        Ok(out)
     }
 }
 
@@ -493,6 +672,19 @@ mod tests {
         let got = conf.source().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(got, Some(ViewSource::File(dir.join("cluster.json"))));
+    }
+
+    #[test]
+    fn a_view_past_the_entry_limit_is_refused_naming_the_limit() {
+        let src = ViewSource::File("/x/peers.json".into());
+        let entry = r#"{"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"}"#;
+        let list = |n: usize| format!("[{}]", vec![entry; n].join(","));
+        assert!(ClusterView::parse(list(MAX_VIEW_ENTRIES).as_bytes(), &src).is_ok());
+        let e = ClusterView::parse(list(MAX_VIEW_ENTRIES + 1).as_bytes(), &src).unwrap_err();
+        assert_eq!(e.code, code::LIMITED_CONNECTIVITY);
+        assert!(e.msg.contains("more than 20000 entries"), "{e}");
+        let e = ClusterView::parse(b"[1] x", &src).unwrap_err();
+        assert!(e.msg.contains("not JSON"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! Fast path: when the fingerprint of the inputs (view bytes, own ranges, plane) matches the
 //! state file *and* the kernel still holds every object the state says was installed (one
-//! kernel-filtered dump of twill's routes), nothing else is asked. A route the kernel lost
+//! kernel-filtered dump of twill's routes), nothing else is asked. A view file whose stamp
+//! (device, inode, size, ctime, mtime) and other inputs match what the state recorded with
+//! the fingerprint is not even read. The fast path writes nothing. A route the kernel lost
 //! (uplink bounce, address flush, `ip route flush`) sends the next call down the slow path,
 //! which repairs it. The slow path runs under the namespace's lock and reads the view again
 //! there, so the view applied last is never older than one applied before it.
@@ -238,8 +240,15 @@ impl Object {
                 s.parse().ok().map(Some)
             }
         }
-        let f: Vec<&str> = line.split(' ').collect();
-        match f.as_slice() {
+        // Fields on the stack: a state file of thousands of lines parses without an
+        // allocation per line (musl's allocator maps and unmaps pages on such churn).
+        let mut buf = [""; 8];
+        let mut n = 0;
+        for part in line.split(' ') {
+            *buf.get_mut(n)? = part;
+            n += 1;
+        }
+        match &buf[..n] {
             ["route", dst, gw, oif, onlink, metric] => Some(Object::Route(PeerRoute {
                 dst: dst.parse().ok()?,
                 gateway: opt(gw)?,
@@ -351,6 +360,25 @@ pub trait NodeKernel {
     fn apply(&mut self, o: &Object) -> Result<()>;
     /// Removes `o`, only if it is twill's; already gone is `Ok`.
     fn remove(&mut self, o: &Object) -> Result<()>;
+    /// Writes every object of `apply`, then removes every object of `remove` (as
+    /// [`NodeKernel::apply`] and [`NodeKernel::remove`] do), one result per object in order: a
+    /// refused object fails only itself. By default one at a time; [`Netlink`] sends them as
+    /// one batch.
+    fn apply_all(&mut self, apply: &[Object], remove: &[Object]) -> Applied {
+        Applied {
+            applied: apply.iter().map(|o| self.apply(o)).collect(),
+            removed: remove.iter().map(|o| self.remove(o)).collect(),
+        }
+    }
+}
+
+/// The answers to [`NodeKernel::apply_all`]: one per object, in the order given.
+#[derive(Debug)]
+pub struct Applied {
+    /// For each object to write.
+    pub applied: Vec<Result<()>>,
+    /// For each object to remove.
+    pub removed: Vec<Result<()>>,
 }
 
 /// A data plane: what it makes of the cluster view on this node.
@@ -478,8 +506,10 @@ pub fn fingerprint(view_bytes: &[u8], own_ranges: &[IpNetwork], plane: &dyn Data
 
 /// Makes the node hold exactly what `inputs.plane` wants for the view, for one network.
 ///
-/// Fast path, no lock: the view's bytes hash to the recorded fingerprint and the kernel holds
-/// every installed object → [`Reconciled::Unchanged`]. Slow path, under the namespace lock:
+/// Fast path, no lock, no write: the view's stamp and the other inputs are those recorded
+/// with the fingerprint (else its bytes hash to it) and the kernel holds every installed
+/// object → [`Reconciled::Unchanged`]. Changes are sent as one batch
+/// ([`NodeKernel::apply_all`]). Slow path, under the namespace lock:
 /// read the view again, select the remote peers (this node's entries and unusable ones
 /// skipped), diff with the kernel, record the union of old and new objects as pending, apply,
 /// remove (never what another network claims), record the result, prune the state of dead
@@ -490,14 +520,23 @@ pub fn reconcile(
     state: &StateFile,
     inputs: &Inputs<'_>,
 ) -> Result<Reconciled> {
-    if let Ok(bytes) = inputs.source.bytes() {
+    let ctx = context(inputs.own_ranges, inputs.plane);
+    let prev = state.read();
+    let stamp = inputs.source.stamp();
+    if prev.fingerprint.is_some() && stamp.is_some() && prev.view == stamp.map(|s| (s, ctx)) {
+        // The view file is the one fingerprinted last (same stamp, settled then): not read.
+        if kernel_holds(k, &prev.installed)? {
+            return Ok(Reconciled::Unchanged);
+        }
+    } else if let Ok(bytes) = inputs.source.bytes() {
         let fp = fingerprint(&bytes, inputs.own_ranges, inputs.plane);
-        let prev = state.read();
         if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
             return Ok(Reconciled::Unchanged);
         }
     }
+    drop(prev);
     let _lock = state.lock()?;
+    state.remove_stale_temps();
     let mut prev = state.read();
     // Upgrade from the previous state format: its destinations are this network's claims.
     let legacy = if prev == NodeState::default() {
@@ -516,6 +555,10 @@ pub fn reconcile(
     // Some plane rejections depend on the node (its addresses), not only on the inputs: while
     // there are any, the fingerprint is not recorded, so every call looks again.
     let mut node_dependent = false;
+    // Stamped, and the time taken, before the read: a change after it makes the next stamp
+    // differ, and the stamp is kept only when the file had settled before the read.
+    let read_at = now_ns();
+    let stamp = inputs.source.stamp();
     let (desired, fp) = match inputs.source.bytes().and_then(|b| {
         let view = ClusterView::parse(&b, inputs.source)?;
         Ok((view, fingerprint(&b, inputs.own_ranges, inputs.plane)))
@@ -551,24 +594,31 @@ pub fn reconcile(
         state.write(&NodeState {
             fingerprint: None,
             installed: pending,
+            view: None,
         })?;
     }
-    for o in &plan.apply {
-        if let Err(e) = k.apply(o) {
+    let done = k.apply_all(&plan.apply, &plan.remove);
+    for (o, r) in plan.apply.iter().zip(&done.applied) {
+        if let Err(e) = r {
             report.failures.push(format!("could not install {o}: {e}"));
         }
     }
     let mut installed = desired;
-    for o in &plan.remove {
-        if let Err(e) = k.remove(o) {
+    for (o, r) in plan.remove.iter().zip(&done.removed) {
+        if let Err(e) = r {
             report.failures.push(format!("could not remove {o}: {e}"));
             installed.push(o.clone()); // still claimed, so the next call removes it
         }
     }
     let complete = plan.conflicts.is_empty() && report.failures.is_empty() && !node_dependent;
+    let fp = fp.filter(|_| complete);
     state.write(&NodeState {
-        fingerprint: fp.filter(|_| complete),
+        fingerprint: fp,
         installed,
+        view: stamp
+            .filter(|s| read_at.is_some_and(|t| s.settled(t)))
+            .filter(|_| fp.is_some())
+            .map(|s| (s, ctx)),
     })?;
     if legacy.is_some() {
         state.remove_legacy();
@@ -576,6 +626,20 @@ pub fn reconcile(
     state.prune_dead();
     report.plan = plan;
     Ok(Reconciled::Applied(report))
+}
+
+/// The inputs of a reconcile besides the view: the own ranges and the plane (the fingerprint
+/// of an empty view), recorded next to a view's stamp.
+pub fn context(own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
+    fingerprint(b"", own_ranges, plane)
+}
+
+/// Now, in ns since the epoch (the clock file timestamps use).
+fn now_ns() -> Option<i128> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos() as i128)
 }
 
 /// Removes a network's node objects, for a network that is gone: under the namespace lock,
@@ -608,6 +672,7 @@ pub fn forget(k: &mut dyn NodeKernel, state: &StateFile) -> Result<Report> {
         state.write(&NodeState {
             fingerprint: None,
             installed: kept,
+            view: None,
         })?;
     }
     Ok(report)
@@ -672,15 +737,20 @@ fn kernel_holds(k: &mut dyn NodeKernel, installed: &[Object]) -> Result<bool> {
     if installed.is_empty() {
         return Ok(true);
     }
-    let owned = k.list_owned_like(installed)?;
-    let mut by_key: BTreeMap<Key, Vec<&Object>> = BTreeMap::new();
-    for o in &owned {
-        by_key.entry(o.key()).or_default().push(o);
-    }
+    // Sorted by key and searched, rather than a map of lists: no allocation per object.
+    let mut owned: Vec<(Key, Object)> = k
+        .list_owned_like(installed)?
+        .into_iter()
+        .map(|o| (o.key(), o))
+        .collect();
+    owned.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(installed.iter().all(|w| {
-        by_key
-            .get(&w.key())
-            .is_some_and(|fs| fs.iter().any(|f| f.kind() == w.kind() && w.satisfied_by(f)))
+        let key = w.key();
+        let from = owned.partition_point(|(k, _)| *k < key);
+        owned[from..]
+            .iter()
+            .take_while(|(k, _)| *k == key)
+            .any(|(_, f)| f.kind() == w.kind() && w.satisfied_by(f))
     }))
 }
 
@@ -985,6 +1055,89 @@ impl NodeKernel for Netlink {
         Ok(out)
     }
 
+    /// Devices one by one first (what the entries hang on); then every route, neighbour and
+    /// FDB write and removal queued and sent as one batch (device names resolved with one link
+    /// dump); device removals last.
+    fn apply_all(&mut self, apply: &[Object], remove: &[Object]) -> Applied {
+        let is_device = |o: &Object| o.kind() == Kind::Device;
+        let mut applied: Vec<Option<Result<()>>> = apply.iter().map(|_| None).collect();
+        let mut removed: Vec<Option<Result<()>>> = remove.iter().map(|_| None).collect();
+        for (o, slot) in apply.iter().zip(&mut applied) {
+            if is_device(o) {
+                *slot = Some(self.apply(o));
+            }
+        }
+        let needs_names = apply
+            .iter()
+            .chain(remove)
+            .any(|o| matches!(o, Object::Neighbour { .. } | Object::Fdb { .. }));
+        let index: BTreeMap<String, u32> = if needs_names {
+            match self.links() {
+                Ok(links) => links.into_iter().map(|l| (l.name, l.index)).collect(),
+                Err(e) => {
+                    let e: Error = e.into();
+                    let fail = |s: &mut Option<Result<()>>| {
+                        s.get_or_insert_with(|| Err(e.clone()));
+                    };
+                    applied.iter_mut().for_each(fail);
+                    removed.iter_mut().for_each(fail);
+                    return Applied::from_slots(applied, removed);
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        // (slot, is a removal, first and end position in the batch)
+        let mut queued: Vec<(usize, bool, usize, usize)> = Vec::new();
+        self.batch_begin();
+        let sides = [(apply, false), (remove, true)];
+        for (objects, removal) in sides {
+            for (i, o) in objects.iter().enumerate() {
+                if is_device(o) {
+                    continue;
+                }
+                let start = self.batch_len();
+                let slots = if removal { &mut removed } else { &mut applied };
+                match self.queue(o, removal, &index) {
+                    Ok(()) => queued.push((i, removal, start, self.batch_len())),
+                    Err(e) => slots[i] = Some(Err(e)),
+                }
+            }
+        }
+        match self.batch_finish() {
+            Ok(answers) => {
+                let mut answers: Vec<Option<_>> = answers.into_iter().map(Some).collect();
+                for (i, removal, start, end) in queued {
+                    let mut res: Result<()> = Ok(());
+                    for a in answers.get_mut(start..end).unwrap_or_default() {
+                        match a.take() {
+                            Some(Err(e)) if !(removal && e.is_not_found()) => {
+                                res = Err(e.into());
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    let slots = if removal { &mut removed } else { &mut applied };
+                    slots[i] = Some(res);
+                }
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                for (i, removal, _, _) in queued {
+                    let slots = if removal { &mut removed } else { &mut applied };
+                    slots[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        for (o, slot) in remove.iter().zip(&mut removed) {
+            if is_device(o) {
+                *slot = Some(self.remove(o));
+            }
+        }
+        Applied::from_slots(applied, removed)
+    }
+
     fn apply(&mut self, o: &Object) -> Result<()> {
         match o {
             Object::Route(r) => {
@@ -1064,7 +1217,61 @@ fn blackhole_of(r: &crate::kernel::netlink::Route) -> Object {
     }
 }
 
+impl Applied {
+    /// Every slot answered (one never reached counts as refused).
+    fn from_slots(applied: Vec<Option<Result<()>>>, removed: Vec<Option<Result<()>>>) -> Applied {
+        let unanswered = || {
+            Err(Error::new(
+                code::NETLINK,
+                "not sent: the batch stopped early",
+            ))
+        };
+        Applied {
+            applied: applied
+                .into_iter()
+                .map(|s| s.unwrap_or_else(unanswered))
+                .collect(),
+            removed: removed
+                .into_iter()
+                .map(|s| s.unwrap_or_else(unanswered))
+                .collect(),
+        }
+    }
+}
+
 impl Netlink {
+    /// Queues the write (or removal) of a route, blackhole, neighbour or FDB entry in the
+    /// open batch, resolving device names through `index`. A removal from a device that is
+    /// gone is done already.
+    fn queue(&mut self, o: &Object, removal: bool, index: &BTreeMap<String, u32>) -> Result<()> {
+        let dev_index = |dev: &String| {
+            index.get(dev).copied().ok_or_else(|| {
+                Error::new(
+                    code::NETLINK,
+                    format!("device {dev} does not exist on the node"),
+                )
+            })
+        };
+        match (o, removal) {
+            (Object::Neighbour { dev, ip, mac }, false) => {
+                Ok(self.replace_neighbour(&NeighbourSpec::permanent(dev_index(dev)?, *ip, *mac))?)
+            }
+            (Object::Neighbour { dev, ip, mac }, true) => match index.get(dev) {
+                None => Ok(()),
+                Some(i) => Ok(self.delete_neighbour(&NeighbourSpec::permanent(*i, *ip, *mac))?),
+            },
+            (Object::Fdb { dev, mac, dst }, false) => {
+                Ok(self.fdb_replace(&FdbEntry::vxlan(dev_index(dev)?, *mac, *dst))?)
+            }
+            (Object::Fdb { dev, mac, dst }, true) => match index.get(dev) {
+                None => Ok(()),
+                Some(i) => Ok(self.fdb_delete(&FdbEntry::vxlan(*i, *mac, *dst))?),
+            },
+            (_, false) => self.apply(o),
+            (_, true) => self.remove(o),
+        }
+    }
+
     fn link_names(&mut self) -> Result<BTreeMap<u32, String>> {
         Ok(self
             .links()?
@@ -1291,12 +1498,14 @@ mod tests {
         mine.write(&NodeState {
             fingerprint: Some(1),
             installed: vec![shared.clone(), only_mine.clone()],
+            view: None,
         })
         .unwrap();
         other
             .write(&NodeState {
                 fingerprint: Some(2),
                 installed: vec![shared.clone(), theirs.clone()],
+                view: None,
             })
             .unwrap();
         let mut k = FakeKernel::default();

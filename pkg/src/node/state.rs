@@ -8,11 +8,13 @@
 //! cookie or, on kernels without one, its nsfs identity ([`NetnsKey`]).
 //!
 //! Format (text, written as temp file + rename): a version line, `fingerprint <hex>` or
-//! `fingerprint pending`, `netns <dev> <ino>`, then one installed object per line
+//! `fingerprint pending`, `netns <dev> <ino>`, optionally `view <dev> <ino> <size> <ctime ns>
+//! <mtime ns> <context hex>` (the view file's stamp), then one installed object per line
 //! ([`Object::to_line`]).
 
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
+use crate::node::peers::ViewStamp;
 use crate::node::reconcile::{Key, Object};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +33,10 @@ pub struct NodeState {
     pub fingerprint: Option<u64>,
     /// The objects this network installed (its claims; deletion candidates when unwanted).
     pub installed: Vec<Object>,
+    /// The view file's stamp when the fingerprint was taken, with a hash of the other inputs
+    /// ([`crate::node::reconcile::context`]): while both match, the view need not be read
+    /// again to know the fingerprint holds. None: read it.
+    pub view: Option<(ViewStamp, u64)>,
 }
 
 /// The state file of one network in one node namespace.
@@ -89,6 +95,9 @@ impl StateFile {
             None => text.push_str("fingerprint pending\n"),
         }
         text.push_str(&format!("netns {} {}\n", self.inode.0, self.inode.1));
+        if let (Some((stamp, context)), Some(_)) = (&state.view, state.fingerprint) {
+            text.push_str(&format!("view {} {context:016x}\n", stamp.to_fields()));
+        }
         for o in &state.installed {
             text.push_str(&o.to_line());
             text.push('\n');
@@ -139,6 +148,33 @@ impl StateFile {
                 let _ = std::fs::remove_file(self.dir.join(format!("{network}.peers.lock")));
             }
         }
+    }
+
+    /// Removes the temp files a writer of this state killed between writing and renaming left
+    /// behind. Call it under [`StateFile::lock`]: every writer holds it, so any temp file of
+    /// this state seen then is a dead writer's. Returns the files removed.
+    pub fn remove_stale_temps(&self) -> Vec<PathBuf> {
+        let Some(prefix) = self.path.file_name().map(|n| {
+            let mut p = n.to_os_string();
+            p.push(".tmp");
+            p
+        }) else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            if e.file_name()
+                .as_encoded_bytes()
+                .starts_with(prefix.as_encoded_bytes())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed.push(e.path());
+            }
+        }
+        removed
     }
 
     /// Takes the exclusive reconcile lock of this namespace (all networks sharing the run dir),
@@ -242,6 +278,10 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
         return None;
     }
     let mut state = NodeState::default();
+    // One object per line: sized once rather than grown by doubling.
+    state
+        .installed
+        .reserve(text.bytes().filter(|&b| b == b'\n').count());
     let mut inode = None;
     for line in lines {
         if let Some(fp) = line.strip_prefix("fingerprint ") {
@@ -250,6 +290,12 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
             let mut it = ns.split(' ').map(str::parse::<u64>);
             if let (Some(Ok(d)), Some(Ok(i))) = (it.next(), it.next()) {
                 inode = Some((d, i));
+            }
+        } else if let Some(v) = line.strip_prefix("view ") {
+            let f: Vec<&str> = v.split(' ').collect();
+            if let [stamp @ .., context] = f.as_slice() {
+                state.view =
+                    ViewStamp::from_fields(stamp).zip(u64::from_str_radix(context, 16).ok());
             }
         } else if let Some(o) = Object::from_line(line) {
             state.installed.push(o);
@@ -381,6 +427,16 @@ mod tests {
                 route("10.244.2.0/24", "10.0.0.2"),
                 route("fd10:2::/64", "fd00::2"),
             ],
+            view: Some((
+                ViewStamp {
+                    dev: 2049,
+                    ino: 77,
+                    size: 120,
+                    ctime_ns: 1_700_000_000_123_456_789,
+                    mtime_ns: -5,
+                },
+                0xfeed,
+            )),
         };
         st.write(&s).unwrap();
         assert_eq!(st.read(), s);
@@ -395,6 +451,7 @@ mod tests {
             .write(&NodeState {
                 fingerprint: None,
                 installed: vec![route("10.244.9.0/24", "10.0.0.9")],
+                view: None,
             })
             .unwrap();
         let claims = st.other_claims();
@@ -416,6 +473,28 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn temp_files_of_a_killed_writer_are_removed_and_the_state_kept() {
+        let dir = TempDir::new("tmp");
+        let own_ns = crate::kernel::netns::Netns::current().unwrap().id();
+        let st = StateFile::new(&dir.0, "n", NetnsKey::Cookie(5), own_ns).unwrap();
+        let other = StateFile::new(&dir.0, "n2", NetnsKey::Cookie(5), own_ns).unwrap();
+        let s = NodeState {
+            fingerprint: Some(3),
+            installed: vec![route("10.244.2.0/24", "10.0.0.2")],
+            view: None,
+        };
+        st.write(&s).unwrap();
+        other.write(&s).unwrap();
+        let stale = dir.0.join("n.peers.c0000000000000005.tmp4242");
+        let theirs = dir.0.join("n2.peers.c0000000000000005.tmp4242");
+        std::fs::write(&stale, "twill-node-state 1\nfingerprint pen").unwrap();
+        std::fs::write(&theirs, "x").unwrap();
+        assert_eq!(st.remove_stale_temps(), vec![stale.clone()]);
+        assert!(!stale.exists() && theirs.exists());
+        assert_eq!(st.read(), s);
     }
 
     #[test]

@@ -43,7 +43,14 @@ pub(crate) struct NlSocket {
     tx: Vec<u8>,
     rx: Vec<u8>,
     strict: bool,
+    /// While batching ([`Netlink::batch_begin`]): the ACK-only requests queued, back to back,
+    /// each with its own sequence number, and how many.
+    batch: Option<(Vec<u8>, usize)>,
 }
+
+/// Requests of a batch sent per `send` (and answered before the next chunk goes out): their
+/// ACKs (about 700 bytes of receive buffer each) stay well inside the default 208 KiB buffer.
+const BATCH_CHUNK: usize = 128;
 
 /// What a reply handler sees: the message type and its payload (after the nlmsghdr).
 pub(crate) type Handler<'h> = &'h mut dyn FnMut(u16, &[u8]) -> NlResult<()>;
@@ -77,6 +84,7 @@ impl NlSocket {
             tx: Vec::with_capacity(512),
             rx: vec![0; RX_INITIAL],
             strict,
+            batch: None,
         })
     }
 
@@ -260,9 +268,105 @@ impl NlSocket {
         self.collect(seq, handler).map(|_| ())
     }
 
-    /// Sends a request and waits for its ACK, ignoring data replies.
+    /// Sends a request and waits for its ACK, ignoring data replies. While batching, the
+    /// request is queued instead and its answer comes from [`NlSocket::flush_batch`].
     pub(crate) fn ack(&mut self, msg: RouteNetlinkMessage, extra: u16) -> NlResult<()> {
+        if self.batch.is_some() {
+            self.encode(msg, NLM_F_REQUEST | NLM_F_ACK | extra);
+            if let Some((buf, n)) = &mut self.batch {
+                buf.extend_from_slice(&self.tx);
+                *n += 1;
+            }
+            return Ok(());
+        }
         self.request(msg, extra, &mut |_, _| Ok(()))
+    }
+
+    /// Sends every queued request, [`BATCH_CHUNK`] per send, each under its own sequence
+    /// number, and reads their ACKs: one result per request, in queue order. Err only when the
+    /// socket itself failed (the requests not answered then count as failed).
+    fn flush_batch(&mut self) -> NlResult<Vec<NlResult<()>>> {
+        let Some((buf, count)) = self.batch.take() else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<NlResult<()>> = Vec::with_capacity(count);
+        let mut off = 0;
+        while off < buf.len() {
+            // One chunk: up to BATCH_CHUNK messages, sequence numbers first..first+n.
+            self.tx.clear();
+            let first = self.seq.wrapping_add(1);
+            let mut n = 0u32;
+            while off + NLMSG_HDRLEN <= buf.len() && (n as usize) < BATCH_CHUNK {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
+                if len < NLMSG_HDRLEN || off + len > buf.len() {
+                    return Err(NetlinkError::decode("malformed batch"));
+                }
+                let at = self.tx.len();
+                self.tx.extend_from_slice(&buf[off..off + len]);
+                let seq = first.wrapping_add(n);
+                self.tx[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+                self.tx.resize(self.tx.len() + (((len + 3) & !3) - len), 0);
+                off += (len + 3) & !3;
+                n += 1;
+            }
+            self.seq = first.wrapping_add(n).wrapping_sub(1);
+            self.send_tx()?;
+            let mut answers: Vec<Option<NlResult<()>>> = (0..n).map(|_| None).collect();
+            let mut left = n;
+            while left > 0 {
+                let len = self.recv_datagram()?;
+                let rx = &self.rx[..len];
+                let mut at = 0;
+                while at + NLMSG_HDRLEN <= len {
+                    let mlen =
+                        u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]) as usize;
+                    if mlen < NLMSG_HDRLEN || at + mlen > len {
+                        return Err(NetlinkError::decode("message length exceeds datagram"));
+                    }
+                    let ty = u16::from_ne_bytes([rx[at + 4], rx[at + 5]]);
+                    let flags = u16::from_ne_bytes([rx[at + 6], rx[at + 7]]);
+                    let mseq =
+                        u32::from_ne_bytes([rx[at + 8], rx[at + 9], rx[at + 10], rx[at + 11]]);
+                    let payload = &rx[at + NLMSG_HDRLEN..at + mlen];
+                    at += (mlen + 3) & !3;
+                    let i = mseq.wrapping_sub(first) as usize;
+                    if ty != NLMSG_ERROR || i >= n as usize || answers[i].is_some() {
+                        continue; // not an answer to this chunk
+                    }
+                    let code = read_i32(payload)?;
+                    answers[i] = Some(if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(NetlinkError::kernel(-code, error_extack(payload, flags)))
+                    });
+                    left -= 1;
+                }
+            }
+            out.extend(answers.into_iter().flatten());
+        }
+        Ok(out)
+    }
+
+    /// Sends the whole send buffer as one datagram (retried on EINTR).
+    fn send_tx(&mut self) -> NlResult<()> {
+        loop {
+            let n = unsafe {
+                libc::send(
+                    self.sock.as_raw_fd(),
+                    self.tx.as_ptr().cast(),
+                    self.tx.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err.into());
+            }
+        }
     }
 
     /// Dumps (NLM_F_DUMP), keeping what `parse` makes of each message; an interrupted dump
@@ -331,6 +435,29 @@ impl NlSocket {
 }
 
 impl Netlink {
+    /// Starts a batch: from now on every change that only wants an ACK (route, neighbour and
+    /// FDB writes and deletes) is queued and answered `Ok` at once; requests that read (dumps,
+    /// lookups) still go out one by one. [`Netlink::batch_finish`] sends the queue.
+    pub fn batch_begin(&mut self) {
+        if self.sock.batch.is_none() {
+            self.sock.batch = Some((Vec::new(), 0));
+        }
+    }
+
+    /// How many changes the current batch holds (0 when none is open).
+    pub fn batch_len(&self) -> usize {
+        self.sock.batch.as_ref().map_or(0, |(_, n)| *n)
+    }
+
+    /// Sends the batch's changes back to back (chunked so their ACKs never overflow the
+    /// receive buffer) and collects every ACK: one result per queued change, in order, so one
+    /// refused change fails only itself. Err when the socket failed (nothing more is known).
+    pub fn batch_finish(&mut self) -> NlResult<Vec<NlResult<()>>> {
+        self.sock
+            .flush_batch()
+            .map_err(|e| e.with_op(|| "send a batch of changes".into()))
+    }
+
     /// Whether the kernel filters this socket's dumps (NETLINK_GET_STRICT_CHK, kernel 4.20+);
     /// every listing is correct either way, strict ones just carry less.
     pub fn strict_dumps(&self) -> bool {
