@@ -78,8 +78,15 @@ fn node_state(node: &Netns, data: &Path) -> Vec<(&'static str, BTreeSet<String>)
     vec![
         ("links", node.link_names().into_iter().collect()),
         (
+            // Without `linkdown`: the kernel derives it from the bridge's carrier, which it
+            // updates asynchronously (linkwatch) after the last port leaves; it is not state an
+            // ADD or DEL owns.
             "routes",
-            lines(&node.ip(&["route", "show", "table", "all"])),
+            lines(
+                &node
+                    .ip(&["route", "show", "table", "all"])
+                    .replace(" linkdown", ""),
+            ),
         ),
         (
             "permanent neighbours",
