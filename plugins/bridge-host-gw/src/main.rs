@@ -44,12 +44,11 @@ impl Plugin for BridgeHostGw {
             bridge: br.index,
             pod_mac: net.pod_mac,
         };
-        let host = veth::create(&mut node, &pair)?;
+        let host = veth::create_port(&mut node, &pair, net.port_flags())?;
         let made = host.clone();
         undo.push("delete the veth pair", move || {
             veth::delete_created(&mut Netlink::new()?, &made).map(drop)
         });
-        bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));

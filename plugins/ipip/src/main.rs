@@ -67,7 +67,7 @@ impl Plugin for IpipPlugin {
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
         refuse_ipv6(&addrs)?;
 
-        routed::setup_host(&host, true, false)?;
+        routed::setup_host(&mut node, &host, true, false)?;
         let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
         let pod = routed::configure_pod(
             &pod_ns,

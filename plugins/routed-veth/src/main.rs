@@ -55,7 +55,7 @@ impl Plugin for RoutedVeth {
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
         let (v4, v6) = routed::families(&addrs);
 
-        routed::setup_host(&host, v4, v6)?;
+        routed::setup_host(&mut node, &host, v4, v6)?;
         let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
         let pod = routed::configure_pod(
             &pod_ns,

@@ -158,12 +158,11 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
         bridge: br.index,
         pod_mac: net.pod_mac,
     };
-    let host = veth::create(&mut node, &pair)?;
+    let host = veth::create_port(&mut node, &pair, net.port_flags())?;
     let made = host.clone();
     undo.push("delete the veth pair", move || {
         veth::delete_created(&mut Netlink::new()?, &made).map(drop)
     });
-    bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
     let ipam = net.allocate(args)?;
     undo.push("release the IP addresses", || net.release(args));
@@ -235,7 +234,7 @@ fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
     let (v4, v6) = routed::families(&addrs);
 
-    routed::setup_host(&host, v4, v6)?;
+    routed::setup_host(&mut node, &host, v4, v6)?;
     let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
     let pod = routed::configure_pod(
         &pod_ns,

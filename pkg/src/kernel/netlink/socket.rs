@@ -33,8 +33,9 @@ const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 /// How many times a dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is redone.
 pub const DUMP_RETRIES: u32 = 5;
 
-/// Initial receive buffer; grown on demand when a datagram is larger (peeked first).
-const RX_INITIAL: usize = 32 * 1024;
+/// Receive buffer: twice the largest dump datagram the kernel makes (32 KiB), so every
+/// reply is read with one recv(2) (calloc'd: untouched pages cost nothing).
+const RX_SIZE: usize = 64 * 1024;
 
 /// A bound netlink socket (NETLINK_ROUTE unless opened with [`NlSocket::open_protocol`]) with its request/reply buffers and sequence counter.
 pub(crate) struct NlSocket {
@@ -75,7 +76,7 @@ impl NlSocket {
             sock,
             seq: seed,
             tx: Vec::with_capacity(512),
-            rx: vec![0; RX_INITIAL],
+            rx: vec![0; RX_SIZE],
             strict,
         })
     }
@@ -124,6 +125,12 @@ impl NlSocket {
             }
             off += (len + 3) & !3;
         }
+        self.send_tx()?;
+        Ok(seq)
+    }
+
+    /// Sends the send buffer as one datagram.
+    fn send_tx(&mut self) -> NlResult<()> {
         loop {
             let n = unsafe {
                 libc::send(
@@ -134,7 +141,7 @@ impl NlSocket {
                 )
             };
             if n >= 0 {
-                return Ok(seq);
+                return Ok(());
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -143,17 +150,19 @@ impl NlSocket {
         }
     }
 
-    /// Receives one datagram into `rx` (grown to fit), returns its length.
+    /// Receives one datagram into `rx` with one recv(2), returns its length. The buffer is
+    /// larger than anything the kernel sends in one datagram (dump parts are at most 32 KiB,
+    /// single replies a few KiB: twill never asks for VF lists); a larger one would be cut
+    /// (MSG_TRUNC reports its full size), which is an error rather than a silent loss.
     fn recv_datagram(&mut self) -> NlResult<usize> {
         let fd = self.sock.as_raw_fd();
         loop {
-            // Peek with MSG_TRUNC to learn the full size without consuming it.
             let n = unsafe {
                 libc::recv(
                     fd,
                     self.rx.as_mut_ptr().cast(),
                     self.rx.len(),
-                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                    libc::MSG_TRUNC,
                 )
             };
             if n < 0 {
@@ -164,15 +173,11 @@ impl NlSocket {
                 return Err(err.into());
             }
             if n as usize > self.rx.len() {
-                self.rx.resize(n as usize, 0);
-            }
-            let n = unsafe { libc::recv(fd, self.rx.as_mut_ptr().cast(), self.rx.len(), 0) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err.into());
+                return Err(NetlinkError::decode(format!(
+                    "a netlink datagram of {n} bytes exceeded the {}-byte receive buffer and \
+                     was cut",
+                    self.rx.len()
+                )));
             }
             return Ok(n as usize);
         }
@@ -258,6 +263,100 @@ impl NlSocket {
         self.encode(msg, NLM_F_REQUEST | NLM_F_ACK | extra);
         let seq = self.transmit()?;
         self.collect(seq, handler).map(|_| ())
+    }
+
+    /// Sends `msgs` (each with its flags; NLM_F_REQUEST | NLM_F_ACK are added) in one
+    /// send(2), each under its own sequence number, and reads every answer: the kernel handles
+    /// them in order, each on its own (a failing one does not stop the next). Returns the
+    /// index and error of the first that failed, after all were answered. Data replies are
+    /// ignored.
+    pub(crate) fn ack_all(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> Result<(), (usize, NetlinkError)> {
+        let n = msgs.len();
+        self.tx.clear();
+        for (msg, extra) in msgs {
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | extra;
+            let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            nl.finalize();
+            let start = self.tx.len();
+            self.tx.resize(start + nl.buffer_len(), 0);
+            nl.serialize(&mut self.tx[start..]);
+            self.tx.resize((self.tx.len() + 3) & !3, 0);
+        }
+        let first = self.transmit_numbered().map_err(|e| (0, e))?;
+        self.collect_acks(first, n)
+    }
+
+    /// Sends the send buffer's messages under consecutive fresh sequence numbers (one per
+    /// message, in order); returns the first.
+    fn transmit_numbered(&mut self) -> NlResult<u32> {
+        let first = self.seq.wrapping_add(1);
+        let mut off = 0;
+        let mut seq = first;
+        while off + NLMSG_HDRLEN <= self.tx.len() {
+            self.tx[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
+            self.seq = seq;
+            seq = seq.wrapping_add(1);
+            let t = &self.tx[off..off + 4];
+            let len = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]) as usize;
+            if len < NLMSG_HDRLEN {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+        self.send_tx()?;
+        Ok(first)
+    }
+
+    /// Reads the ACKs or errors of the `n` requests numbered from `first`; the first failure
+    /// in request order, once all are answered.
+    fn collect_acks(&mut self, first: u32, n: usize) -> Result<(), (usize, NetlinkError)> {
+        let mut answered = vec![false; n];
+        let mut left = n;
+        let mut failed: Option<(usize, NetlinkError)> = None;
+        while left > 0 {
+            let len = self.recv_datagram().map_err(|e| (0, e))?;
+            let buf = &self.rx[..len];
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= len {
+                let h = |i: usize| {
+                    [
+                        buf[off + i],
+                        buf[off + i + 1],
+                        buf[off + i + 2],
+                        buf[off + i + 3],
+                    ]
+                };
+                let mlen = u32::from_ne_bytes(h(0)) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+                let i = u32::from_ne_bytes(h(8)).wrapping_sub(first) as usize;
+                if mlen < NLMSG_HDRLEN || off + mlen > len {
+                    return Err((
+                        0,
+                        NetlinkError::decode(format!(
+                            "message length {mlen} at offset {off} exceeds datagram of {len} bytes"
+                        )),
+                    ));
+                }
+                let payload = &buf[off + NLMSG_HDRLEN..off + mlen];
+                off += (mlen + 3) & !3;
+                if ty != NLMSG_ERROR || i >= n || answered[i] {
+                    continue; // data, or an answer to another request
+                }
+                answered[i] = true;
+                left -= 1;
+                let code = read_i32(payload).map_err(|e| (i, e))?;
+                if code != 0 && failed.as_ref().is_none_or(|(j, _)| i < *j) {
+                    let extack = error_extack(payload, flags);
+                    failed = Some((i, NetlinkError::kernel(-code, extack)));
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Sends a request and waits for its ACK, ignoring data replies.
