@@ -3,7 +3,10 @@
 //! state the network owns (the cluster view's objects through one reconcile, the masquerade
 //! and the forward rules). A plugin adds only its own keys ([`PluginKeys`]) and its story.
 
+pub mod node_rules;
 pub mod undo;
+
+pub use node_rules::NodeRules;
 
 use std::path::PathBuf;
 
@@ -16,7 +19,7 @@ use crate::cni::args::CniArgs;
 use crate::cni::types::parse_netconf;
 use crate::flannel::subnet_file::{self, SubnetFile};
 use crate::ipam::host_local::{self, HostLocal};
-use crate::kernel::netlink::netfilter::{self, Netfilter};
+use crate::kernel::netlink::netfilter::Netfilter;
 use crate::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use crate::kernel::netns::Netns;
 use crate::node::peers::{PeersConf, ViewSource};
@@ -509,7 +512,9 @@ impl<K: PluginKeys> Network<K> {
     }
 
     /// The node rules this network owns, over one netfilter socket: the masquerade
-    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]).
+    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]), each
+    /// read and, when wrong, written (a node daemon's pass; ADD uses
+    /// [`Network::preflight_node_rules`] and [`Network::finish_node_rules`]).
     pub fn ensure_node_rules(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
         let mut nf = Netfilter::new()?;
         self.ensure_masq(&mut nf, pod_subnets)?;
@@ -611,24 +616,6 @@ impl<K: PluginKeys> Network<K> {
             })
             .collect();
         self.warn(&lines);
-    }
-
-    /// Before ADD changes anything: with ipMasq or `forwardRules` on, `nft` must be there
-    /// (code 106 naming the key to turn off), so a node without nftables fails up front.
-    pub fn preflight_node_rules(&self) -> Result<()> {
-        if netfilter::find_nft().is_some() {
-            return Ok(());
-        }
-        if self.ip_masq {
-            return Err(netfilter::nft_missing("ipMasq", "ipMasq"));
-        }
-        if self.forward_rules() {
-            return Err(netfilter::nft_missing(
-                "accepting pod traffic in the host's forward chains",
-                "forwardRules",
-            ));
-        }
-        Ok(())
     }
 
     /// STATUS of what ADD needs for ipMasq and `forwardRules`, creating nothing: `nft` is found

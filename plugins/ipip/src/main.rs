@@ -34,7 +34,7 @@ struct IpipPlugin;
 impl Plugin for IpipPlugin {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("ipip");
@@ -82,7 +82,7 @@ impl Plugin for IpipPlugin {
         let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
         let plane = plane.blackholing(&net.own_ranges_with(&subnets));
         net.reconcile_peers(&mut node, &subnets, &plane)?;
-        net.ensure_node_rules(&subnets)?;
+        net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();

@@ -26,7 +26,7 @@ use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
 use twill::network::pod_netns;
 use twill::network::undo::Undo;
-use twill::network::{Need, subnets_of};
+use twill::network::{Need, NodeRules, subnets_of};
 use twill::node::vxlan::PodMode;
 use twill::pod::bridge;
 use twill::pod::routed::{self, HOST_MAC, PodSettings};
@@ -39,10 +39,10 @@ struct VxlanPlugin;
 impl Plugin for VxlanPlugin {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         match net.pods {
-            PodMode::Bridge => add_bridged(&net, args),
-            PodMode::Routed => add_routed(&net, args),
+            PodMode::Bridge => add_bridged(&net, args, rules),
+            PodMode::Routed => add_routed(&net, args, rules),
         }
     }
 
@@ -143,7 +143,7 @@ impl Plugin for VxlanPlugin {
 }
 
 /// ADD of a pod on the bridge (flannel's vxlan).
-fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
+fn add_bridged(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResult> {
     let pod_ns = pod_netns(args)?;
     let mut node = Netlink::new()?;
     let mut undo = Undo::new("vxlan");
@@ -192,7 +192,7 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     let subnets = subnets_of(&addrs);
     overlay.ensure(&mut node, &subnets)?;
     net.reconcile_peers(&mut node, &subnets, &overlay)?;
-    net.ensure_node_rules(&subnets)?;
+    net.finish_node_rules(rules, &subnets)?;
     undo.commit();
 
     let sandbox = pod_ns.path().to_string_lossy().into_owned();
@@ -209,7 +209,7 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
 }
 
 /// ADD of a routed pod (Calico's VXLAN mode).
-fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
+fn add_routed(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResult> {
     let pod_ns = pod_netns(args)?;
     let mut node = Netlink::new()?;
     let mut undo = Undo::new("vxlan");
@@ -250,7 +250,7 @@ fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     overlay.ensure(&mut node, &subnets)?;
     overlay.blackhole(&subnets);
     net.reconcile_peers(&mut node, &subnets, &overlay)?;
-    net.ensure_node_rules(&subnets)?;
+    net.finish_node_rules(rules, &subnets)?;
     undo.commit();
 
     let sandbox = pod_ns.path().to_string_lossy().into_owned();
