@@ -151,6 +151,9 @@ pub struct Network<K> {
     /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
     /// `MAC`.
     pub pod_mac: Option<MacAddr>,
+    /// Whether loading read (or looked for) the subnet file: `subnet` is then final, and the
+    /// file is not read again.
+    subnet_read: bool,
 }
 
 impl<K: PluginKeys> Network<K> {
@@ -217,6 +220,7 @@ impl<K: PluginKeys> Network<K> {
         }
         Ok(Network {
             ip_masq,
+            subnet_read: wants_file && (subnet.is_some() || need == Need::Required),
             subnet,
             l2_only,
             view,
@@ -351,6 +355,7 @@ impl<K: PluginKeys> Network<K> {
     pub fn cluster_networks(&self) -> Result<Vec<IpNetwork>> {
         let mut out = match &self.subnet {
             Some(sf) => sf.cluster_networks(),
+            None if self.subnet_read => Vec::new(),
             None => SubnetFile::read_if_present(&subnet_path(self.common()))?
                 .map(|sf| sf.cluster_networks())
                 .unwrap_or_default(),
@@ -642,28 +647,26 @@ pub fn pod_netns(args: &CmdArgs) -> Result<Netns> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    if !path.exists() {
-        return Err(Error::new(
+    Netns::open_present(path)?.ok_or_else(|| {
+        Error::new(
             code::UNKNOWN_CONTAINER,
             format!("network namespace {} does not exist", path.display()),
-        ));
-    }
-    Netns::open(path)
+        )
+    })
 }
 
-/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: a
-/// main-table dump and one link lookup.
+/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: one
+/// main-table dump of both families and one link lookup.
 pub fn uplink_mtu(node: &mut Netlink) -> Result<Option<u32>> {
+    let filter = RouteFilter {
+        table: Some(rt_table::MAIN),
+        ..Default::default()
+    };
+    let routes = node.routes(&filter)?;
     for family in [Family::V4, Family::V6] {
-        let filter = RouteFilter {
-            family: Some(family),
-            table: Some(rt_table::MAIN),
-            ..Default::default()
-        };
-        let uplink = node
-            .routes(&filter)?
-            .into_iter()
-            .find(|r| r.dst.prefix() == 0 && r.kind == 1)
+        let uplink = routes
+            .iter()
+            .find(|r| r.family() == family && r.dst.prefix() == 0 && r.kind == 1)
             .and_then(|r| r.oif);
         if let Some(oif) = uplink
             && let Some(link) = node.link_by_index(oif)?
