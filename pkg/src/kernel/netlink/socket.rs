@@ -34,7 +34,7 @@ const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 pub const DUMP_RETRIES: u32 = 5;
 
 /// Receive buffer: twice the largest dump datagram the kernel makes (32 KiB), so every
-/// reply is read with one recv(2) (calloc'd: untouched pages cost nothing).
+/// reply is read with one recv(2). Never zeroed: untouched pages cost no memory.
 const RX_SIZE: usize = 64 * 1024;
 
 /// A bound netlink socket (NETLINK_ROUTE unless opened with [`NlSocket::open_protocol`]) with its request/reply buffers and sequence counter.
@@ -76,7 +76,7 @@ impl NlSocket {
             sock,
             seq: seed,
             tx: Vec::with_capacity(512),
-            rx: vec![0; RX_SIZE],
+            rx: Vec::with_capacity(RX_SIZE),
             strict,
         })
     }
@@ -156,15 +156,12 @@ impl NlSocket {
     /// (MSG_TRUNC reports its full size), which is an error rather than a silent loss.
     fn recv_datagram(&mut self) -> NlResult<usize> {
         let fd = self.sock.as_raw_fd();
+        let cap = self.rx.capacity();
+        self.rx.clear();
         loop {
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    self.rx.as_mut_ptr().cast(),
-                    self.rx.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
+            // Into the buffer's spare capacity: never zeroed, so only the pages the kernel
+            // writes are ever touched.
+            let n = unsafe { libc::recv(fd, self.rx.as_mut_ptr().cast(), cap, libc::MSG_TRUNC) };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
@@ -172,14 +169,16 @@ impl NlSocket {
                 }
                 return Err(err.into());
             }
-            if n as usize > self.rx.len() {
+            let n = n as usize;
+            if n > cap {
                 return Err(NetlinkError::decode(format!(
-                    "a netlink datagram of {n} bytes exceeded the {}-byte receive buffer and \
-                     was cut",
-                    self.rx.len()
+                    "a netlink datagram of {n} bytes exceeded the {cap}-byte receive buffer and \
+                     was cut"
                 )));
             }
-            return Ok(n as usize);
+            // SAFETY: recv(2) initialized the first n bytes, and n <= capacity.
+            unsafe { self.rx.set_len(n) };
+            return Ok(n);
         }
     }
 
