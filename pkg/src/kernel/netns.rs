@@ -38,6 +38,18 @@ impl Netns {
         Self::from_file(file, path)
     }
 
+    /// Like [`Netns::open`], but Ok(None) when nothing is at `path` (one open, no stat first).
+    pub fn open_present(path: &Path) -> Result<Option<Netns>> {
+        match File::open(path) {
+            Ok(file) => Self::from_file(file, path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("open network namespace {}", path.display()),
+                e,
+            )),
+        }
+    }
+
     /// Like [`Netns::open`], but Ok(None) when the path is gone or no longer a namespace
     /// (what an idempotent DEL tolerates).
     pub fn open_if_exists(path: &Path) -> Result<Option<Netns>> {
@@ -55,9 +67,19 @@ impl Netns {
         }
     }
 
-    /// The calling thread's current network namespace.
+    /// The calling thread's current network namespace (an open and a stat: the kernel's own
+    /// file needs no check that it is a network namespace).
     pub fn current() -> Result<Netns> {
-        Self::open(Path::new(THREAD_NETNS))
+        let path = Path::new(THREAD_NETNS);
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("open network namespace {THREAD_NETNS}"), e))?;
+        let st = fstat(&file).map_err(|e| Error::io(format!("stat {THREAD_NETNS}"), e.into()))?;
+        Ok(Netns {
+            file,
+            path: path.to_path_buf(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
     }
 
     fn from_file(file: File, path: &Path) -> Result<Netns> {

@@ -5,7 +5,7 @@
 //! (`net.ipv4.ip_forward`) or, for names containing dots such as `eth0.5`, in path form
 //! (`net/ipv4/conf/eth0.5/arp_notify`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -44,10 +44,34 @@ pub fn set(key: &str, value: &str) -> Result<()> {
 }
 
 /// Reads the sysctl `key`, without the trailing newline (code 5 naming the key on failure).
+/// One open and, for a value of up to 64 bytes (every per-device and forwarding setting), one
+/// read.
 pub fn get(key: &str) -> Result<String> {
     let p = path(key)?;
-    let mut s = std::fs::read_to_string(&p)
-        .map_err(|e| Error::io(format!("read sysctl {key} ({})", p.display()), e))?;
+    let fail = |e| Error::io(format!("read sysctl {key} ({})", p.display()), e);
+    let mut f = std::fs::File::open(&p).map_err(fail)?;
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // procfs answers a short value in one read: no second read for its end.
+                if n < chunk.len() && buf.ends_with(b"\n") {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let mut s = String::from_utf8(buf).map_err(|_| {
+        Error::io(
+            format!("read sysctl {key} ({})", p.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+        )
+    })?;
     while s.ends_with('\n') {
         s.pop();
     }

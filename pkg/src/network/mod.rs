@@ -3,7 +3,10 @@
 //! state the network owns (the cluster view's objects through one reconcile, the masquerade
 //! and the forward rules). A plugin adds only its own keys ([`PluginKeys`]) and its story.
 
+pub mod node_rules;
 pub mod undo;
+
+pub use node_rules::NodeRules;
 
 use std::path::PathBuf;
 
@@ -16,7 +19,7 @@ use crate::cni::args::CniArgs;
 use crate::cni::types::parse_netconf;
 use crate::flannel::subnet_file::{self, SubnetFile};
 use crate::ipam::host_local::{self, HostLocal};
-use crate::kernel::netlink::netfilter::{self, Netfilter};
+use crate::kernel::netlink::netfilter::Netfilter;
 use crate::kernel::netlink::{Family, MacAddr, Netlink, RouteFilter, rt_table};
 use crate::kernel::netns::Netns;
 use crate::node::peers::{PeersConf, ViewSource};
@@ -148,6 +151,9 @@ pub struct Network<K> {
     /// The pod MAC asked for (ADD): `runtimeConfig.mac`, else `args.cni.mac`, else CNI_ARGS
     /// `MAC`.
     pub pod_mac: Option<MacAddr>,
+    /// Whether loading read (or looked for) the subnet file: `subnet` is then final, and the
+    /// file is not read again.
+    subnet_read: bool,
 }
 
 impl<K: PluginKeys> Network<K> {
@@ -214,6 +220,7 @@ impl<K: PluginKeys> Network<K> {
         }
         Ok(Network {
             ip_masq,
+            subnet_read: wants_file && (subnet.is_some() || need == Need::Required),
             subnet,
             l2_only,
             view,
@@ -348,6 +355,7 @@ impl<K: PluginKeys> Network<K> {
     pub fn cluster_networks(&self) -> Result<Vec<IpNetwork>> {
         let mut out = match &self.subnet {
             Some(sf) => sf.cluster_networks(),
+            None if self.subnet_read => Vec::new(),
             None => SubnetFile::read_if_present(&subnet_path(self.common()))?
                 .map(|sf| sf.cluster_networks())
                 .unwrap_or_default(),
@@ -509,7 +517,9 @@ impl<K: PluginKeys> Network<K> {
     }
 
     /// The node rules this network owns, over one netfilter socket: the masquerade
-    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]).
+    /// ([`Network::ensure_masq`]) and the forward rules ([`Network::ensure_forward`]), each
+    /// read and, when wrong, written (a node daemon's pass; ADD uses
+    /// [`Network::preflight_node_rules`] and [`Network::finish_node_rules`]).
     pub fn ensure_node_rules(&self, pod_subnets: &[IpNetwork]) -> Result<()> {
         let mut nf = Netfilter::new()?;
         self.ensure_masq(&mut nf, pod_subnets)?;
@@ -613,24 +623,6 @@ impl<K: PluginKeys> Network<K> {
         self.warn(&lines);
     }
 
-    /// Before ADD changes anything: with ipMasq or `forwardRules` on, `nft` must be there
-    /// (code 106 naming the key to turn off), so a node without nftables fails up front.
-    pub fn preflight_node_rules(&self) -> Result<()> {
-        if netfilter::find_nft().is_some() {
-            return Ok(());
-        }
-        if self.ip_masq {
-            return Err(netfilter::nft_missing("ipMasq", "ipMasq"));
-        }
-        if self.forward_rules() {
-            return Err(netfilter::nft_missing(
-                "accepting pod traffic in the host's forward chains",
-                "forwardRules",
-            ));
-        }
-        Ok(())
-    }
-
     /// STATUS of what ADD needs for ipMasq and `forwardRules`, creating nothing: `nft` is found
     /// and nf_tables answers.
     pub fn netfilter_status(&self) -> Result<()> {
@@ -655,28 +647,26 @@ pub fn pod_netns(args: &CmdArgs) -> Result<Netns> {
         .netns
         .as_deref()
         .ok_or_else(|| Error::invalid_env("CNI_NETNS is required"))?;
-    if !path.exists() {
-        return Err(Error::new(
+    Netns::open_present(path)?.ok_or_else(|| {
+        Error::new(
             code::UNKNOWN_CONTAINER,
             format!("network namespace {} does not exist", path.display()),
-        ));
-    }
-    Netns::open(path)
+        )
+    })
 }
 
-/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: a
-/// main-table dump and one link lookup.
+/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: one
+/// main-table dump of both families and one link lookup.
 pub fn uplink_mtu(node: &mut Netlink) -> Result<Option<u32>> {
+    let filter = RouteFilter {
+        table: Some(rt_table::MAIN),
+        ..Default::default()
+    };
+    let routes = node.routes(&filter)?;
     for family in [Family::V4, Family::V6] {
-        let filter = RouteFilter {
-            family: Some(family),
-            table: Some(rt_table::MAIN),
-            ..Default::default()
-        };
-        let uplink = node
-            .routes(&filter)?
-            .into_iter()
-            .find(|r| r.dst.prefix() == 0 && r.kind == 1)
+        let uplink = routes
+            .iter()
+            .find(|r| r.family() == family && r.dst.prefix() == 0 && r.kind == 1)
             .and_then(|r| r.oif);
         if let Some(oif) = uplink
             && let Some(link) = node.link_by_index(oif)?

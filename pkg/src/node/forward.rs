@@ -130,6 +130,11 @@ struct Seen {
 
 fn read(nf: &mut Netfilter, network: &str) -> Result<Seen> {
     let chains = nf.chains(None)?;
+    read_rules(nf, network, chains)
+}
+
+/// [`read`] on a node whose chains are `chains` (already dumped): the rule dumps only.
+fn read_rules(nf: &mut Netfilter, network: &str, chains: Vec<NfChain>) -> Result<Seen> {
     // Only tables holding a host forward chain: twill's rules are never anywhere else, and
     // a node's other tables (kube-proxy's, say) may be large.
     let tables: BTreeSet<(NfFamily, String)> = host_chains(&chains)
@@ -264,6 +269,44 @@ fn nft_missing() -> Error {
         "accepting pod traffic in the host's forward chains",
         "forwardRules",
     )
+}
+
+/// What [`ensure`] or [`remove`] would do to a node, judged without changing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    /// The node holds exactly the wanted rules.
+    Nothing,
+    /// Only rules to delete (netlink; no `nft` needed).
+    Delete,
+    /// Rules to add (one `nft -f -` transaction).
+    Write,
+}
+
+/// What [`ensure`] (`space` given, with `grow` false) or [`remove`] (`space` None) would do
+/// for `network` on a node whose chains are `chains` (from one chain dump the caller made):
+/// one rule dump per table holding a host forward chain, none on a node without such chains.
+pub fn needed(
+    nf: &mut Netfilter,
+    network: &str,
+    chains: &[NfChain],
+    space: Option<&[IpNetwork]>,
+) -> Result<Needed> {
+    masq::table_name(network)?;
+    let seen = read_rules(nf, network, chains.to_vec())?;
+    let p = match space {
+        Some(space) => plan(&seen, &wanted(network, space, &host_chains(&seen.chains))?),
+        None => Plan {
+            delete: seen.ours,
+            add: Vec::new(),
+        },
+    };
+    Ok(if !p.add.is_empty() {
+        Needed::Write
+    } else if !p.delete.is_empty() {
+        Needed::Delete
+    } else {
+        Needed::Nothing
+    })
 }
 
 /// CHECK: the host's forward chains hold exactly the rules [`ensure`] would leave; code 105

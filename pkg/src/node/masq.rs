@@ -39,7 +39,7 @@
 use crate::error::{Error, Result, code};
 use crate::flannel::subnet_file::network_of;
 use crate::hash::fnv1a64;
-use crate::kernel::netlink::netfilter::{self, Netfilter, NfFamily, NfRule, NfTable};
+use crate::kernel::netlink::netfilter::{self, Netfilter, NfChain, NfFamily, NfRule, NfTable};
 use ipnetwork::IpNetwork;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -429,6 +429,37 @@ fn present(nf: &mut Netfilter, table: &str) -> Result<Vec<NfFamily>> {
         .filter(|t| t.name == table)
         .map(|t| t.family)
         .collect())
+}
+
+/// The families of the network's masquerade tables among `chains` (from one chain dump): a
+/// table twill wrote always holds its chain, so this is every table [`remove`] would delete,
+/// except one emptied by hand (which masquerades nothing).
+pub fn tables_in(chains: &[NfChain], network: &str) -> Result<Vec<NfFamily>> {
+    let table = table_name(network)?;
+    let mut out: Vec<NfFamily> = Vec::new();
+    for c in chains.iter().filter(|c| c.table == table) {
+        if !out.contains(&c.family) {
+            out.push(c.family);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the network's masquerade table holds exactly the rule set of `sources` and
+/// `cluster`, as [`ensure`] judges it, on a node whose chains are `chains` (from one chain
+/// dump): no table chain there is no table (nothing asked); otherwise one table request.
+pub fn in_sync(
+    nf: &mut Netfilter,
+    chains: &[NfChain],
+    network: &str,
+    sources: &[IpNetwork],
+    cluster: &[IpNetwork],
+) -> Result<bool> {
+    if tables_in(chains, network)?.is_empty() {
+        return Ok(false);
+    }
+    let rs = ruleset(network, sources, cluster)?;
+    Ok(drift(nf, &rs, false)? == Drift::None)
 }
 
 /// Deletes the network's masquerade table(s) over netlink, no `nft` needed (one request when

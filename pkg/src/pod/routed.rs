@@ -23,8 +23,8 @@ use serde_json::{Map, Value};
 use crate::cni::types::{CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, Family, Link, MacAddr, NeighbourSpec, Netlink, RouteFilter, RouteSpec,
-    TWILL_PROTO, nud, rt_scope, rt_table,
+    AddrOptions, Batch, Family, Link, LinkChange, MacAddr, NeighbourSpec, Netlink, RouteFilter,
+    RouteSpec, TWILL_PROTO, inet_conf, nud, rt_scope, rt_table,
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
@@ -46,6 +46,7 @@ pub fn host_spec(prefix: &str) -> HostSpec<'_> {
         prefix,
         master: None,
         mac: Some(HOST_MAC),
+        port: None,
     }
 }
 
@@ -129,18 +130,55 @@ pub fn pod_routes(ips: &[IpConfig], ipam_routes: &[Route]) -> (Vec<RouteSpec>, V
     (specs, result)
 }
 
-/// Sets up the host end `host` in the node netns (the calling thread's): `proxy_arp=1`,
-/// `proxy_delay=0` and `forwarding=1` for IPv4 (`v4`); DAD off, `proxy_ndp=1` and
-/// `forwarding=1` for IPv6 (`v6`); and the node's forwarding for those families. Done before
-/// the pod end comes up, so the host end's link-local address is born usable.
-pub fn setup_host(host: &HostEnd, v4: bool, v6: bool) -> Result<()> {
-    for (key, value) in host_sysctls(&host.name, v4, v6) {
-        sysctl::set(&key, value)?;
+/// Sets up the host end `host` on `node` (the node netns, which must be the calling
+/// thread's: IPv6 settings are sysctls): `proxy_arp=1`, `forwarding=1` and `proxy_delay=0`
+/// for IPv4 (`v4`; one batch of two requests); DAD off, `proxy_ndp=1` and `forwarding=1` for
+/// IPv6 (`v6`); and the node's forwarding for those families. Done before the pod end comes
+/// up, so the host end's link-local address is born usable.
+pub fn setup_host(node: &mut Netlink, host: &HostEnd, v4: bool, v6: bool) -> Result<()> {
+    if v4 {
+        let index = host_index(node, host)?;
+        let mut b = Batch::new();
+        b.change_link(
+            index,
+            &LinkChange {
+                inet_conf: &[(inet_conf::FORWARDING, 1), (inet_conf::PROXY_ARP, 1)],
+                ..Default::default()
+            },
+        );
+        b.set_arp_proxy_delay(index, 0);
+        node.send_batch(b)?;
+    }
+    if v6 {
+        // IPv6 per-device settings cannot be set over netlink.
+        for (key, value) in host_sysctls(&host.name, false, true) {
+            sysctl::set(&key, value)?;
+        }
     }
     crate::pod::bridge::enable_forwarding(v4, v6)
 }
 
-/// The sysctls of routed host end `name` for the families a pod has, with their values.
+/// The ifindex of `host`: as echoed at creation, else looked up by name.
+fn host_index(node: &mut Netlink, host: &HostEnd) -> Result<u32> {
+    match host.index {
+        Some(i) => Ok(i),
+        None => node
+            .link_by_name(&host.name)?
+            .map(|l| l.index)
+            .ok_or_else(|| {
+                Error::new(
+                    code::NETLINK,
+                    format!(
+                        "host veth {} vanished right after it was created",
+                        host.name
+                    ),
+                )
+            }),
+    }
+}
+
+/// The sysctls of routed host end `name` for the families a pod has, with their values (what
+/// [`setup_host`] sets; IPv4 ones over netlink, IPv6 ones as sysctls).
 fn host_sysctls(name: &str, v4: bool, v6: bool) -> Vec<(String, &'static str)> {
     let mut out = Vec::with_capacity(6);
     if v4 {
@@ -206,20 +244,29 @@ pub fn configure_pod(
             nodad: true,
             ..Default::default()
         };
+        // Everything in one batch, in order: addresses, up, gateway neighbours, routes.
+        let mut b = Batch::new();
         for a in addrs {
-            nl.add_address(index, *a, &opts)?;
+            b.add_address(index, *a, &opts);
         }
-        nl.set_link_up(index, true)?;
+        b.change_link(
+            index,
+            &LinkChange {
+                up: true,
+                ..Default::default()
+            },
+        );
         for (on, gw) in [(v4, IpAddr::V4(GATEWAY4)), (v6, IpAddr::V6(GATEWAY6))] {
             if on {
-                nl.replace_neighbour(&NeighbourSpec::permanent(index, gw, HOST_MAC))?;
+                b.replace_neighbour(&NeighbourSpec::permanent(index, gw, HOST_MAC));
             }
         }
         for r in routes {
             let mut r = r.clone();
             r.oif = Some(index);
-            nl.append_route(&r)?;
+            b.append_route(&r);
         }
+        nl.send_batch(b)?;
         if settings.allow_ip_forwarding {
             if v4 {
                 sysctl::set("net.ipv4.ip_forward", "1")?;
@@ -245,21 +292,7 @@ pub fn route_to_pod(
     host: &HostEnd,
     addrs: &[IpNetwork],
 ) -> Result<Vec<String>> {
-    let host_index = match host.index {
-        Some(i) => i,
-        None => node
-            .link_by_name(&host.name)?
-            .map(|l| l.index)
-            .ok_or_else(|| {
-                Error::new(
-                    code::NETLINK,
-                    format!(
-                        "host veth {} vanished right after it was created",
-                        host.name
-                    ),
-                )
-            })?,
-    };
+    let host_index = host_index(node, host)?;
     let mut replaced = Vec::new();
     for a in addrs {
         let spec = RouteSpec {

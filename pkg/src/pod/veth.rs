@@ -18,7 +18,8 @@ use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::hash::Fnv1a64;
 use crate::kernel::netlink::{
-    AddrOptions, Link, MacAddr, Netlink, NetlinkError, RouteFilter, RouteSpec, VethSpec,
+    AddrOptions, Batch, Link, LinkChange, MacAddr, Netlink, NetlinkError, PortFlags, RouteFilter,
+    RouteSpec, VethSpec, inet_conf,
 };
 use crate::kernel::netns::Netns;
 use crate::kernel::sysctl;
@@ -261,22 +262,33 @@ impl From<CreateError> for Error {
 /// MAC and bridge master; the pod end (down, MAC chosen here) directly in `spec.pod_ns` as
 /// `spec.owner.ifname`. The request asks for an echo, which tells both ifindexes (no lookups
 /// later). Then the host end gets its owner mark (the kernel ignores IFLA_IFALIAS in a create
-/// request, so this is one RTM_SETLINK).
+/// request, so this is one more request).
 ///
 /// A foreign link (not carrying this owner's mark) holding the host name: the next candidate
 /// name is tried. A link carrying the mark: [`CreateError::AttachmentExists`]. Nothing is left
 /// behind on failure. A name clash says which name (lookups on the error path only).
 pub fn create(nl: &mut Netlink, spec: &PairSpec<'_>) -> Result<HostEnd, CreateError> {
+    create_port(nl, spec, PortFlags::default())
+}
+
+/// [`create`] with the host end's bridge port flags `port` set in the same request as its
+/// mark (none when `port` is the kernel's default, all off).
+pub fn create_port(
+    nl: &mut Netlink,
+    spec: &PairSpec<'_>,
+    port: PortFlags,
+) -> Result<HostEnd, CreateError> {
     let host = HostSpec {
         prefix: HOST_PREFIX,
         master: Some(spec.bridge),
         mac: None,
+        port: (port != PortFlags::default()).then_some(port),
     };
     create_with(nl, spec, &host)
 }
 
 /// How the host end of a pair is made, where [`PairSpec`]'s bridge does not apply: its name
-/// prefix, its master and its MAC.
+/// prefix, its master, its MAC and its bridge port flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSpec<'a> {
     /// Name prefix of the host end (valid per [`validate_prefix`]).
@@ -285,6 +297,9 @@ pub struct HostSpec<'a> {
     pub master: Option<u32>,
     /// The host end's MAC; random when None.
     pub mac: Option<MacAddr>,
+    /// Bridge port flags, set with the owner mark (`master` must be a bridge); None leaves
+    /// the kernel's defaults.
+    pub port: Option<PortFlags>,
 }
 
 /// [`create`] with the host end made as `host` says (`spec.bridge` is not used): the same
@@ -314,9 +329,20 @@ pub fn create_with(
         match nl.create_veth_echo(&veth) {
             Ok(echo) => {
                 let index = echo.as_ref().map(|l| l.index);
+                let mark = owner.mark();
+                let change = LinkChange {
+                    alias: Some(&mark),
+                    port: host.port,
+                    ..Default::default()
+                };
                 let marked = match index {
-                    Some(i) => nl.set_alias(i, &owner.mark()),
-                    None => nl.set_alias_by_name(&name, &owner.mark()),
+                    Some(i) => nl.change_link(i, &change),
+                    // A kernel that echoes nothing (before 6.1): the index by name first.
+                    None => match nl.link_by_name(&name) {
+                        Ok(Some(l)) => nl.change_link(l.index, &change),
+                        Ok(None) => nl.set_alias_by_name(&name, &mark),
+                        Err(e) => Err(e),
+                    },
                 };
                 if let Err(e) = marked {
                     let _ = match index {
@@ -530,8 +556,8 @@ pub struct PodOptions {
     /// addresses; it is left down, and neither routes nor announcements are made).
     pub up: bool,
     /// IPv6 duplicate address detection on the interface (`enabledad`): `accept_dad=1`,
-    /// `enhanced_dad=1` and addresses added tentative. Off: `accept_dad=0` and every
-    /// address usable at once (the link-local one too).
+    /// `enhanced_dad=1` and addresses added tentative. Off: every address usable at once,
+    /// and for a pod with IPv6 addresses `accept_dad=0` (the link-local one too).
     pub dad: bool,
 }
 
@@ -548,15 +574,16 @@ impl Default for PodOptions {
 /// Configures the pod end inside `pod_ns` over one socket made there: DAD off (see
 /// [`PodOptions`]), addresses, up, an announcement of its IPv4 addresses (gratuitous ARP),
 /// then `routes` (their `oif` is set to the interface; protocol [`POD_ROUTE_PROTO`] unless
-/// set). One setns bracket.
+/// set). One setns bracket, two batches in the pod (addresses and up; MAC and routes).
 ///
 /// The announcement corrects stale neighbour entries of a reused IP on the node and the other
 /// pods. A gratuitous ARP sent as the interface comes up (arp_notify) is not reliable through a
 /// bridge: the host end's carrier reaches the bridge asynchronously (linkwatch), and until then
-/// its port may drop frames. So: up with `arp_notify` still 0; look the host end up on `node`
-/// (RTM_GETLINK runs the device's pending linkwatch work, so the port forwards from then on);
-/// set `arp_notify=1` and the pod end's MAC to itself, which makes the kernel announce every
-/// IPv4 address (NETDEV_CHANGEADDR). One ARP flood per ADD, two extra round trips, no waiting.
+/// its port may drop frames. So: up, and only then `arp_notify=1` (in the same request: the
+/// kernel applies IPv4 settings after the flags); look the host end up on `node` (RTM_GETLINK
+/// runs the device's pending linkwatch work, so the port forwards from then on); set the pod
+/// end's MAC to itself, which makes the kernel announce every IPv4 address
+/// (NETDEV_CHANGEADDR). One ARP flood per ADD, one extra round trip, no waiting.
 pub fn configure_pod(
     node: &mut Netlink,
     pod_ns: &Netns,
@@ -646,23 +673,48 @@ fn configure_pod_of(
             nodad: !opts.dad,
             ..Default::default()
         };
+        // The addresses and the interface coming up, in one batch; with `arp_notify` set in
+        // the same request, after the interface is up (the kernel applies the IPv4 settings
+        // after the flags), so the unreliable announcement at up is never sent.
+        let mut first = Batch::new();
         for a in addrs {
-            nl.add_address(link.index, *a, &addr_opts)?;
+            first.add_address(link.index, *a, &addr_opts);
         }
         if !opts.up {
+            nl.send_batch(first)?;
             return Ok(link);
         }
-        nl.set_link_up(link.index, true)?;
-        if v4 && let (Some(peer), Some(mac)) = (link.peer_index, link.mac) {
+        let announce = match (v4, link.peer_index, link.mac) {
+            (true, Some(peer), Some(mac)) => Some((peer, mac)),
+            _ => None,
+        };
+        let notify = [(inet_conf::ARP_NOTIFY, 1)];
+        first.change_link(
+            link.index,
+            &LinkChange {
+                up: true,
+                inet_conf: if announce.is_some() { &notify } else { &[] },
+                ..Default::default()
+            },
+        );
+        nl.send_batch(first)?;
+        let mut then = Batch::new();
+        if let Some((peer, mac)) = announce {
             node.link_by_index(peer)?;
-            sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1")?;
-            nl.set_mac(link.index, mac)?;
+            then.change_link(
+                link.index,
+                &LinkChange {
+                    mac: Some(mac),
+                    ..Default::default()
+                },
+            );
         }
         for r in routes {
             let mut r = r.clone();
             r.oif = Some(link.index);
-            nl.append_route(&r)?;
+            then.append_route(&r);
         }
+        nl.send_batch(then)?;
         if let Some(events) = &mut dad_events {
             let v6: Vec<std::net::Ipv6Addr> = addrs
                 .iter()
@@ -713,9 +765,15 @@ fn dad_settled(outcome: crate::kernel::netlink::DadOutcome, ifname: &str) -> Res
 
 /// IPv6 DAD of interface `ifname` in the calling thread's netns, set before it comes up so
 /// that its link-local address follows too: on, `accept_dad=1` and `enhanced_dad=1`; off,
-/// `accept_dad=0`. Without IPv6 in the kernel (no such file) there is nothing to set; with
-/// IPv6 addresses to add (`needed`) a failed write is an error, otherwise it is ignored.
+/// `accept_dad=0`, written only when IPv6 addresses are to be added (`needed`). Without IPv6
+/// in the kernel (no such file) there is nothing to set; with `needed` a failed write is an
+/// error, otherwise it is ignored.
 fn set_dad(ifname: &str, on: bool, needed: bool) -> Result<()> {
+    if !on && !needed {
+        // No IPv6 address to add: DAD has nothing of the pod's to hold back (the link-local
+        // address serves no pod traffic), so no write.
+        return Ok(());
+    }
     let keys: &[(&str, &str)] = if on {
         &[("accept_dad", "1"), ("enhanced_dad", "1")]
     } else {

@@ -29,7 +29,7 @@ struct BridgeHostGw;
 impl Plugin for BridgeHostGw {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("bridge-host-gw");
@@ -44,12 +44,11 @@ impl Plugin for BridgeHostGw {
             bridge: br.index,
             pod_mac: net.pod_mac,
         };
-        let host = veth::create(&mut node, &pair)?;
+        let host = veth::create_port(&mut node, &pair, net.port_flags())?;
         let made = host.clone();
         undo.push("delete the veth pair", move || {
             veth::delete_created(&mut Netlink::new()?, &made).map(drop)
         });
-        bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
@@ -80,7 +79,7 @@ impl Plugin for BridgeHostGw {
 
         let subnets = subnets_of(&addrs);
         net.reconcile_peers(&mut node, &subnets, &HostGw)?;
-        net.ensure_node_rules(&subnets)?;
+        net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();

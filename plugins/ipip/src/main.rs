@@ -34,7 +34,7 @@ struct IpipPlugin;
 impl Plugin for IpipPlugin {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("ipip");
@@ -67,7 +67,7 @@ impl Plugin for IpipPlugin {
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
         refuse_ipv6(&addrs)?;
 
-        routed::setup_host(&host, true, false)?;
+        routed::setup_host(&mut node, &host, true, false)?;
         let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
         let pod = routed::configure_pod(
             &pod_ns,
@@ -82,7 +82,7 @@ impl Plugin for IpipPlugin {
         let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
         let plane = plane.blackholing(&net.own_ranges_with(&subnets));
         net.reconcile_peers(&mut node, &subnets, &plane)?;
-        net.ensure_node_rules(&subnets)?;
+        net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();

@@ -31,7 +31,7 @@ struct RoutedVeth;
 impl Plugin for RoutedVeth {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         let pod_ns = pod_netns(args)?;
         let mut node = Netlink::new()?;
         let mut undo = Undo::new("routed-veth");
@@ -55,7 +55,7 @@ impl Plugin for RoutedVeth {
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
         let (v4, v6) = routed::families(&addrs);
 
-        routed::setup_host(&host, v4, v6)?;
+        routed::setup_host(&mut node, &host, v4, v6)?;
         let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
         let pod = routed::configure_pod(
             &pod_ns,
@@ -69,7 +69,7 @@ impl Plugin for RoutedVeth {
 
         let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
         net.reconcile_peers(&mut node, &subnets, &net.plane(&subnets))?;
-        net.ensure_node_rules(&subnets)?;
+        net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
         let sandbox = pod_ns.path().to_string_lossy().into_owned();

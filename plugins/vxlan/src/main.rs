@@ -26,7 +26,7 @@ use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
 use twill::network::pod_netns;
 use twill::network::undo::Undo;
-use twill::network::{Need, subnets_of};
+use twill::network::{Need, NodeRules, subnets_of};
 use twill::node::vxlan::PodMode;
 use twill::pod::bridge;
 use twill::pod::routed::{self, HOST_MAC, PodSettings};
@@ -39,10 +39,10 @@ struct VxlanPlugin;
 impl Plugin for VxlanPlugin {
     fn add(&self, args: &CmdArgs) -> Result<CniResult> {
         let net = Network::load(args, Need::Required)?;
-        net.preflight_node_rules()?;
+        let rules = net.preflight_node_rules()?;
         match net.pods {
-            PodMode::Bridge => add_bridged(&net, args),
-            PodMode::Routed => add_routed(&net, args),
+            PodMode::Bridge => add_bridged(&net, args, rules),
+            PodMode::Routed => add_routed(&net, args, rules),
         }
     }
 
@@ -143,7 +143,7 @@ impl Plugin for VxlanPlugin {
 }
 
 /// ADD of a pod on the bridge (flannel's vxlan).
-fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
+fn add_bridged(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResult> {
     let pod_ns = pod_netns(args)?;
     let mut node = Netlink::new()?;
     let mut undo = Undo::new("vxlan");
@@ -158,12 +158,11 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
         bridge: br.index,
         pod_mac: net.pod_mac,
     };
-    let host = veth::create(&mut node, &pair)?;
+    let host = veth::create_port(&mut node, &pair, net.port_flags())?;
     let made = host.clone();
     undo.push("delete the veth pair", move || {
         veth::delete_created(&mut Netlink::new()?, &made).map(drop)
     });
-    bridge::configure_port(&mut node, host.index, &host.name, net.port_flags())?;
 
     let ipam = net.allocate(args)?;
     undo.push("release the IP addresses", || net.release(args));
@@ -193,7 +192,7 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     let subnets = subnets_of(&addrs);
     overlay.ensure(&mut node, &subnets)?;
     net.reconcile_peers(&mut node, &subnets, &overlay)?;
-    net.ensure_node_rules(&subnets)?;
+    net.finish_node_rules(rules, &subnets)?;
     undo.commit();
 
     let sandbox = pod_ns.path().to_string_lossy().into_owned();
@@ -210,7 +209,7 @@ fn add_bridged(net: &Network, args: &CmdArgs) -> Result<CniResult> {
 }
 
 /// ADD of a routed pod (Calico's VXLAN mode).
-fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
+fn add_routed(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResult> {
     let pod_ns = pod_netns(args)?;
     let mut node = Netlink::new()?;
     let mut undo = Undo::new("vxlan");
@@ -235,7 +234,7 @@ fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
     let (v4, v6) = routed::families(&addrs);
 
-    routed::setup_host(&host, v4, v6)?;
+    routed::setup_host(&mut node, &host, v4, v6)?;
     let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
     let pod = routed::configure_pod(
         &pod_ns,
@@ -251,7 +250,7 @@ fn add_routed(net: &Network, args: &CmdArgs) -> Result<CniResult> {
     overlay.ensure(&mut node, &subnets)?;
     overlay.blackhole(&subnets);
     net.reconcile_peers(&mut node, &subnets, &overlay)?;
-    net.ensure_node_rules(&subnets)?;
+    net.finish_node_rules(rules, &subnets)?;
     undo.commit();
 
     let sandbox = pod_ns.path().to_string_lossy().into_owned();

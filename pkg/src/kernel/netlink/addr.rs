@@ -161,6 +161,48 @@ fn parse_addr(p: &[u8]) -> Option<Address> {
     Some(a)
 }
 
+/// The RTM_NEWADDR message adding `net` to link `index` with `opts`.
+fn new_address_msg(index: u32, net: IpNetwork, opts: &AddrOptions) -> RouteNetlinkMessage {
+    let mut m = addr_msg(index, &net);
+    let mut f = 0u32;
+    if opts.nodad && net.is_ipv6() {
+        f |= IFA_F_NODAD;
+    }
+    if opts.noprefixroute {
+        f |= IFA_F_NOPREFIXROUTE;
+    }
+    m.header.flags = AddressHeaderFlags::from_bits_retain(f as u8);
+    if f > 0xff {
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::from_bits_retain(f)));
+    }
+    if let Some(s) = opts.scope {
+        m.header.scope = AddressScope::from(s);
+    }
+    if net.is_ipv4() {
+        let brd = match opts.broadcast {
+            Broadcast::None => None,
+            Broadcast::Auto => auto_broadcast(&net),
+            Broadcast::Addr(b) => Some(b),
+        };
+        if let Some(b) = brd {
+            m.attributes.push(AddressAttribute::Broadcast(b));
+        }
+    }
+    RouteNetlinkMessage::NewAddress(m)
+}
+
+impl super::Batch {
+    /// Adds `net` to link `index` ([`Netlink::add_address`]).
+    pub fn add_address(&mut self, index: u32, net: IpNetwork, opts: &AddrOptions) {
+        self.push(
+            new_address_msg(index, net, opts),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add address {net} on ifindex {index}"),
+        );
+    }
+}
+
 impl Netlink {
     fn new_address(
         &mut self,
@@ -170,34 +212,8 @@ impl Netlink {
         flags: u16,
         verb: &str,
     ) -> NlResult<()> {
-        let mut m = addr_msg(index, &net);
-        let mut f = 0u32;
-        if opts.nodad && net.is_ipv6() {
-            f |= IFA_F_NODAD;
-        }
-        if opts.noprefixroute {
-            f |= IFA_F_NOPREFIXROUTE;
-        }
-        m.header.flags = AddressHeaderFlags::from_bits_retain(f as u8);
-        if f > 0xff {
-            m.attributes
-                .push(AddressAttribute::Flags(AddressFlags::from_bits_retain(f)));
-        }
-        if let Some(s) = opts.scope {
-            m.header.scope = AddressScope::from(s);
-        }
-        if net.is_ipv4() {
-            let brd = match opts.broadcast {
-                Broadcast::None => None,
-                Broadcast::Auto => auto_broadcast(&net),
-                Broadcast::Addr(b) => Some(b),
-            };
-            if let Some(b) = brd {
-                m.attributes.push(AddressAttribute::Broadcast(b));
-            }
-        }
         self.sock
-            .ack(RouteNetlinkMessage::NewAddress(m), flags)
+            .ack(new_address_msg(index, net, opts), flags)
             .map_err(|e| e.with_op(|| format!("{verb} address {net} on ifindex {index}")))
     }
 

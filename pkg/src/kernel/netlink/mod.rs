@@ -12,6 +12,7 @@
 mod addr;
 mod addr_events;
 mod attr;
+mod batch;
 mod bridge_port;
 mod error;
 mod link;
@@ -29,6 +30,7 @@ pub use addr::{
     IFA_F_TENTATIVE,
 };
 pub use addr_events::{DadOutcome, Ipv6AddrEvents};
+pub use batch::{Batch, LinkChange, inet_conf};
 pub use bridge_port::{IFF_PROMISC, PortFlags};
 pub use error::{NetlinkError, NetlinkErrorKind, NlResult};
 pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname};

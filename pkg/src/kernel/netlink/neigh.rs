@@ -302,6 +302,17 @@ fn describe_fdb(e: &FdbEntry) -> String {
     s
 }
 
+impl super::Batch {
+    /// Adds or overwrites a neighbour (or proxy) entry ([`Netlink::replace_neighbour`]).
+    pub fn replace_neighbour(&mut self, spec: &NeighbourSpec) {
+        self.push(
+            RouteNetlinkMessage::NewNeighbour(neigh_msg(spec)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("replace {}", describe_neigh(spec)),
+        );
+    }
+}
+
 impl Netlink {
     fn new_neighbour(&mut self, spec: &NeighbourSpec, flags: u16, verb: &str) -> NlResult<()> {
         self.sock

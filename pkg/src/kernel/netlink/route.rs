@@ -348,6 +348,22 @@ fn parse_route(p: &[u8]) -> Option<Route> {
     Some(r)
 }
 
+impl super::Batch {
+    /// Adds a route next to any with the same destination ([`Netlink::append_route`]). A
+    /// route of the wrong family fails the batch when it is sent, without sending anything.
+    pub fn append_route(&mut self, spec: &RouteSpec) {
+        let op = format!("append route {}", describe(spec));
+        match check_family(spec) {
+            Ok(()) => self.push(
+                RouteNetlinkMessage::NewRoute(route_msg(spec, false)),
+                NLM_F_CREATE | NLM_F_APPEND,
+                op,
+            ),
+            Err(e) => self.refuse(e.with_op(|| op)),
+        }
+    }
+}
+
 impl Netlink {
     fn new_route(&mut self, spec: &RouteSpec, flags: u16, verb: &str) -> NlResult<()> {
         let op = || format!("{verb} route {}", describe(spec));

@@ -33,8 +33,9 @@ const NLMSGERR_ATTR_MISS_TYPE: u16 = 5;
 /// How many times a dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is redone.
 pub const DUMP_RETRIES: u32 = 5;
 
-/// Initial receive buffer; grown on demand when a datagram is larger (peeked first).
-const RX_INITIAL: usize = 32 * 1024;
+/// Receive buffer: twice the largest dump datagram the kernel makes (32 KiB), so every
+/// reply is read with one recv(2). Never zeroed: untouched pages cost no memory.
+const RX_SIZE: usize = 64 * 1024;
 
 /// A bound netlink socket (NETLINK_ROUTE unless opened with [`NlSocket::open_protocol`]) with its request/reply buffers and sequence counter.
 pub(crate) struct NlSocket {
@@ -82,7 +83,7 @@ impl NlSocket {
             sock,
             seq: seed,
             tx: Vec::with_capacity(512),
-            rx: vec![0; RX_INITIAL],
+            rx: Vec::with_capacity(RX_SIZE),
             strict,
             batch: None,
         })
@@ -132,6 +133,12 @@ impl NlSocket {
             }
             off += (len + 3) & !3;
         }
+        self.send_tx()?;
+        Ok(seq)
+    }
+
+    /// Sends the send buffer as one datagram.
+    fn send_tx(&mut self) -> NlResult<()> {
         loop {
             let n = unsafe {
                 libc::send(
@@ -142,7 +149,7 @@ impl NlSocket {
                 )
             };
             if n >= 0 {
-                return Ok(seq);
+                return Ok(());
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -151,19 +158,18 @@ impl NlSocket {
         }
     }
 
-    /// Receives one datagram into `rx` (grown to fit), returns its length.
+    /// Receives one datagram into `rx` with one recv(2), returns its length. The buffer is
+    /// larger than anything the kernel sends in one datagram (dump parts are at most 32 KiB,
+    /// single replies a few KiB: twill never asks for VF lists); a larger one would be cut
+    /// (MSG_TRUNC reports its full size), which is an error rather than a silent loss.
     fn recv_datagram(&mut self) -> NlResult<usize> {
         let fd = self.sock.as_raw_fd();
+        let cap = self.rx.capacity();
+        self.rx.clear();
         loop {
-            // Peek with MSG_TRUNC to learn the full size without consuming it.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    self.rx.as_mut_ptr().cast(),
-                    self.rx.len(),
-                    libc::MSG_PEEK | libc::MSG_TRUNC,
-                )
-            };
+            // Into the buffer's spare capacity: never zeroed, so only the pages the kernel
+            // writes are ever touched.
+            let n = unsafe { libc::recv(fd, self.rx.as_mut_ptr().cast(), cap, libc::MSG_TRUNC) };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
@@ -171,18 +177,16 @@ impl NlSocket {
                 }
                 return Err(err.into());
             }
-            if n as usize > self.rx.len() {
-                self.rx.resize(n as usize, 0);
+            let n = n as usize;
+            if n > cap {
+                return Err(NetlinkError::decode(format!(
+                    "a netlink datagram of {n} bytes exceeded the {cap}-byte receive buffer and \
+                     was cut"
+                )));
             }
-            let n = unsafe { libc::recv(fd, self.rx.as_mut_ptr().cast(), self.rx.len(), 0) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err.into());
-            }
-            return Ok(n as usize);
+            // SAFETY: recv(2) initialized the first n bytes, and n <= capacity.
+            unsafe { self.rx.set_len(n) };
+            return Ok(n);
         }
     }
 
@@ -268,6 +272,104 @@ impl NlSocket {
         self.collect(seq, handler).map(|_| ())
     }
 
+    /// Sends `msgs` (each with its flags; NLM_F_REQUEST | NLM_F_ACK are added) in one
+    /// send(2), each under its own sequence number, and reads every answer: the kernel handles
+    /// them in order, each on its own (a failing one does not stop the next). Returns the
+    /// index and error of the first that failed, after all were answered. Data replies are
+    /// ignored.
+    pub(crate) fn ack_all(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> Result<(), (usize, NetlinkError)> {
+        let n = msgs.len();
+        self.tx.clear();
+        for (msg, extra) in msgs {
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | extra;
+            let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+            nl.finalize();
+            let start = self.tx.len();
+            self.tx.resize(start + nl.buffer_len(), 0);
+            nl.serialize(&mut self.tx[start..]);
+            self.tx.resize((self.tx.len() + 3) & !3, 0);
+        }
+        let first = self.transmit_numbered().map_err(|e| (0, e))?;
+        let answers = self.collect_acks(first, n).map_err(|e| (0, e))?;
+        match answers
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, r)| r.err().map(|e| (i, e)))
+        {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the send buffer's messages under consecutive fresh sequence numbers (one per
+    /// message, in order); returns the first.
+    fn transmit_numbered(&mut self) -> NlResult<u32> {
+        let first = self.seq.wrapping_add(1);
+        let mut off = 0;
+        let mut seq = first;
+        while off + NLMSG_HDRLEN <= self.tx.len() {
+            self.tx[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
+            self.seq = seq;
+            seq = seq.wrapping_add(1);
+            let t = &self.tx[off..off + 4];
+            let len = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]) as usize;
+            if len < NLMSG_HDRLEN {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+        self.send_tx()?;
+        Ok(first)
+    }
+
+    /// Reads the ACKs or errors of the `n` requests numbered from `first`: one answer per
+    /// request, in request order. Err only when the socket itself failed.
+    fn collect_acks(&mut self, first: u32, n: usize) -> NlResult<Vec<NlResult<()>>> {
+        let mut answers: Vec<Option<NlResult<()>>> = (0..n).map(|_| None).collect();
+        let mut left = n;
+        while left > 0 {
+            let len = self.recv_datagram()?;
+            let buf = &self.rx[..len];
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= len {
+                let word = |i: usize| {
+                    [
+                        buf[off + i],
+                        buf[off + i + 1],
+                        buf[off + i + 2],
+                        buf[off + i + 3],
+                    ]
+                };
+                let mlen = u32::from_ne_bytes(word(0)) as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let flags = u16::from_ne_bytes([buf[off + 6], buf[off + 7]]);
+                let i = u32::from_ne_bytes(word(8)).wrapping_sub(first) as usize;
+                if mlen < NLMSG_HDRLEN || off + mlen > len {
+                    return Err(NetlinkError::decode(format!(
+                        "message length {mlen} at offset {off} exceeds datagram of {len} bytes"
+                    )));
+                }
+                let payload = &buf[off + NLMSG_HDRLEN..off + mlen];
+                off += (mlen + 3) & !3;
+                if ty != NLMSG_ERROR || i >= n || answers[i].is_some() {
+                    continue; // data, or an answer to another request
+                }
+                let code = read_i32(payload)?;
+                answers[i] = Some(if code == 0 {
+                    Ok(())
+                } else {
+                    Err(NetlinkError::kernel(-code, error_extack(payload, flags)))
+                });
+                left -= 1;
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
     /// Sends a request and waits for its ACK, ignoring data replies. While batching, the
     /// request is queued instead and its answer comes from [`NlSocket::flush_batch`].
     pub(crate) fn ack(&mut self, msg: RouteNetlinkMessage, extra: u16) -> NlResult<()> {
@@ -292,81 +394,27 @@ impl NlSocket {
         let mut out: Vec<NlResult<()>> = Vec::with_capacity(count);
         let mut off = 0;
         while off < buf.len() {
-            // One chunk: up to BATCH_CHUNK messages, sequence numbers first..first+n.
+            // One chunk: up to BATCH_CHUNK messages, numbered by transmit_numbered.
             self.tx.clear();
-            let first = self.seq.wrapping_add(1);
-            let mut n = 0u32;
-            while off + NLMSG_HDRLEN <= buf.len() && (n as usize) < BATCH_CHUNK {
+            let mut n = 0;
+            while off + NLMSG_HDRLEN <= buf.len() && n < BATCH_CHUNK {
                 let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
                     as usize;
                 if len < NLMSG_HDRLEN || off + len > buf.len() {
                     return Err(NetlinkError::decode("malformed batch"));
                 }
-                let at = self.tx.len();
                 self.tx.extend_from_slice(&buf[off..off + len]);
-                let seq = first.wrapping_add(n);
-                self.tx[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
-                self.tx.resize(self.tx.len() + (((len + 3) & !3) - len), 0);
+                self.tx.resize((self.tx.len() + 3) & !3, 0);
                 off += (len + 3) & !3;
                 n += 1;
             }
-            self.seq = first.wrapping_add(n).wrapping_sub(1);
-            self.send_tx()?;
-            let mut answers: Vec<Option<NlResult<()>>> = (0..n).map(|_| None).collect();
-            let mut left = n;
-            while left > 0 {
-                let len = self.recv_datagram()?;
-                let rx = &self.rx[..len];
-                let mut at = 0;
-                while at + NLMSG_HDRLEN <= len {
-                    let mlen =
-                        u32::from_ne_bytes([rx[at], rx[at + 1], rx[at + 2], rx[at + 3]]) as usize;
-                    if mlen < NLMSG_HDRLEN || at + mlen > len {
-                        return Err(NetlinkError::decode("message length exceeds datagram"));
-                    }
-                    let ty = u16::from_ne_bytes([rx[at + 4], rx[at + 5]]);
-                    let flags = u16::from_ne_bytes([rx[at + 6], rx[at + 7]]);
-                    let mseq =
-                        u32::from_ne_bytes([rx[at + 8], rx[at + 9], rx[at + 10], rx[at + 11]]);
-                    let payload = &rx[at + NLMSG_HDRLEN..at + mlen];
-                    at += (mlen + 3) & !3;
-                    let i = mseq.wrapping_sub(first) as usize;
-                    if ty != NLMSG_ERROR || i >= n as usize || answers[i].is_some() {
-                        continue; // not an answer to this chunk
-                    }
-                    let code = read_i32(payload)?;
-                    answers[i] = Some(if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(NetlinkError::kernel(-code, error_extack(payload, flags)))
-                    });
-                    left -= 1;
-                }
+            if n == 0 {
+                break;
             }
-            out.extend(answers.into_iter().flatten());
+            let first = self.transmit_numbered()?;
+            out.extend(self.collect_acks(first, n)?);
         }
         Ok(out)
-    }
-
-    /// Sends the whole send buffer as one datagram (retried on EINTR).
-    fn send_tx(&mut self) -> NlResult<()> {
-        loop {
-            let n = unsafe {
-                libc::send(
-                    self.sock.as_raw_fd(),
-                    self.tx.as_ptr().cast(),
-                    self.tx.len(),
-                    0,
-                )
-            };
-            if n >= 0 {
-                return Ok(());
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err.into());
-            }
-        }
     }
 
     /// Dumps (NLM_F_DUMP), keeping what `parse` makes of each message; an interrupted dump

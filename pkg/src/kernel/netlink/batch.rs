@@ -1,0 +1,238 @@
+//! Several requests in one send(2): [`Batch`] collects them, [`Netlink::send_batch`] sends
+//! them together and reads every answer. The kernel handles them in order, each on its own,
+//! exactly as if they had been sent one by one; only the system calls are saved (one send and
+//! one receive for the lot instead of one each). And [`LinkChange`]: everything twill sets on
+//! an existing link in one RTM_NEWLINK (alias, bridge port flags, IPv4 settings, up, MAC).
+
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour_table::{
+    NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
+};
+
+use super::attr;
+use super::bridge_port::PortFlags;
+use super::error::{NetlinkError, NlResult};
+use super::{MacAddr, Netlink};
+
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INFO_SLAVE_KIND: u16 = 4;
+const IFLA_INFO_SLAVE_DATA: u16 = 5;
+const IFLA_INET_CONF: u16 = 1;
+const IFLA_BRPORT_MODE: u16 = 4;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
+const AF_INET: u16 = 2;
+
+/// IPv4 per-device settings (`IPV4_DEVCONF_*`, the files of `/proc/sys/net/ipv4/conf/<dev>/`)
+/// that [`LinkChange::inet_conf`] can set.
+pub mod inet_conf {
+    /// `forwarding`.
+    pub const FORWARDING: u16 = 1;
+    /// `proxy_arp`.
+    pub const PROXY_ARP: u16 = 3;
+    /// `arp_notify`.
+    pub const ARP_NOTIFY: u16 = 22;
+}
+
+/// One request of a batch: the message, its flags and what it does (for errors).
+struct Req {
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    op: String,
+}
+
+/// Requests to send together with [`Netlink::send_batch`], in the order they were added.
+#[derive(Default)]
+pub struct Batch {
+    reqs: Vec<Req>,
+    /// A request that could not be built: the batch fails with it, sending nothing.
+    refused: Option<NetlinkError>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds a request (`flags` beyond NLM_F_REQUEST | NLM_F_ACK) described by `op`.
+    pub(super) fn push(&mut self, msg: RouteNetlinkMessage, flags: u16, op: String) {
+        self.reqs.push(Req { msg, flags, op });
+    }
+
+    /// Records that a request could not be built: sending the batch then fails with `e` (the
+    /// first such error) and sends nothing.
+    pub(super) fn refuse(&mut self, e: NetlinkError) {
+        self.refused.get_or_insert(e);
+    }
+
+    /// How many requests it holds.
+    pub fn len(&self) -> usize {
+        self.reqs.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
+    /// Changes link `index` as `change` says (nothing when it asks for nothing).
+    pub fn change_link(&mut self, index: u32, change: &LinkChange<'_>) {
+        if let Some(m) = change.message(index) {
+            self.push(RouteNetlinkMessage::NewLink(m), 0, change.describe(index));
+        }
+    }
+
+    /// Sets the IPv4 neighbour table's `proxy_delay` of link `index` (in milliseconds; the
+    /// sysctl `net/ipv4/neigh/<dev>/proxy_delay`).
+    pub fn set_arp_proxy_delay(&mut self, index: u32, millis: u64) {
+        let mut m = NeighbourTableMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.attributes
+            .push(NeighbourTableAttribute::Name("arp_cache".to_string()));
+        m.attributes.push(NeighbourTableAttribute::Parms(vec![
+            NeighbourTableParameter::Ifindex(index),
+            NeighbourTableParameter::ProxyDelay(millis),
+        ]));
+        self.push(
+            RouteNetlinkMessage::SetNeighbourTable(m),
+            0,
+            format!("set proxy_delay {millis} ms on ifindex {index}"),
+        );
+    }
+}
+
+/// What to change on an existing link, in one RTM_NEWLINK without NLM_F_CREATE (the kernel
+/// applies the port flags, then the rest in its usual order: MAC, alias, up, IPv4 settings).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkChange<'a> {
+    /// The interface alias (IFLA_IFALIAS).
+    pub alias: Option<&'a str>,
+    /// Bridge port flags (the link must be a bridge port already).
+    pub port: Option<PortFlags>,
+    /// IPv4 settings of the link ([`inet_conf`] id, value), applied after it comes up.
+    pub inet_conf: &'a [(u16, u32)],
+    /// Bring the link up.
+    pub up: bool,
+    /// Set the MAC (to its own value, it makes the kernel announce the link's addresses when
+    /// `arp_notify` is on).
+    pub mac: Option<MacAddr>,
+}
+
+impl LinkChange<'_> {
+    fn message(&self, index: u32) -> Option<LinkMessage> {
+        if *self == LinkChange::default() {
+            return None;
+        }
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if self.up {
+            m.header.flags = LinkFlags::Up;
+            m.header.change_mask = LinkFlags::Up;
+        }
+        if let Some(mac) = self.mac {
+            m.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        if let Some(alias) = self.alias {
+            m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+        }
+        if let Some(flags) = self.port {
+            let mut data = Vec::with_capacity(16);
+            attr::push(&mut data, IFLA_BRPORT_MODE, &[flags.hairpin as u8]);
+            attr::push(&mut data, IFLA_BRPORT_ISOLATED, &[flags.isolated as u8]);
+            let mut info = Vec::with_capacity(32);
+            attr::push(&mut info, IFLA_INFO_SLAVE_KIND, b"bridge\0");
+            attr::push(&mut info, IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, &data);
+            m.attributes.push(LinkAttribute::Other(DefaultNla::new(
+                IFLA_LINKINFO | NLA_F_NESTED,
+                info,
+            )));
+        }
+        if !self.inet_conf.is_empty() {
+            let mut conf = Vec::with_capacity(8 * self.inet_conf.len());
+            for (id, value) in self.inet_conf {
+                attr::push(&mut conf, *id, &value.to_ne_bytes());
+            }
+            let mut inet = Vec::with_capacity(conf.len() + 4);
+            attr::push(&mut inet, IFLA_INET_CONF | NLA_F_NESTED, &conf);
+            let mut spec = Vec::with_capacity(inet.len() + 4);
+            attr::push(&mut spec, AF_INET | NLA_F_NESTED, &inet);
+            m.attributes.push(LinkAttribute::Other(DefaultNla::new(
+                IFLA_AF_SPEC | NLA_F_NESTED,
+                spec,
+            )));
+        }
+        Some(m)
+    }
+
+    fn describe(&self, index: u32) -> String {
+        let mut what = Vec::new();
+        if let Some(a) = self.alias {
+            what.push(format!("alias \"{a}\""));
+        }
+        if let Some(p) = self.port {
+            what.push(format!(
+                "hairpin {} isolated {}",
+                on_off(p.hairpin),
+                on_off(p.isolated)
+            ));
+        }
+        if self.up {
+            what.push("up".into());
+        }
+        if let Some(m) = self.mac {
+            what.push(format!("address {m}"));
+        }
+        for (id, v) in self.inet_conf {
+            what.push(format!("ipv4 conf {} {v}", conf_name(*id)));
+        }
+        format!("set ifindex {index} {}", what.join(" "))
+    }
+}
+
+fn conf_name(id: u16) -> String {
+    match id {
+        inet_conf::FORWARDING => "forwarding".into(),
+        inet_conf::PROXY_ARP => "proxy_arp".into(),
+        inet_conf::ARP_NOTIFY => "arp_notify".into(),
+        other => format!("#{other}"),
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+impl Netlink {
+    /// Sends every request of `batch` in one send(2) and reads all their answers; the first
+    /// failure (in the batch's order) names its request. The kernel handles each request
+    /// whatever happened to the ones before it. An empty batch sends nothing.
+    pub fn send_batch(&mut self, batch: Batch) -> NlResult<()> {
+        if let Some(e) = batch.refused {
+            return Err(e);
+        }
+        if batch.reqs.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(batch.reqs.len());
+        let mut msgs = Vec::with_capacity(batch.reqs.len());
+        for r in batch.reqs {
+            ops.push(r.op);
+            msgs.push((r.msg, r.flags));
+        }
+        self.sock.ack_all(msgs).map_err(|(i, e)| {
+            let op = ops.get(i).cloned().unwrap_or_default();
+            e.with_op(|| op)
+        })
+    }
+
+    /// Changes link `index` as `change` says, in one request (none when it asks for nothing).
+    pub fn change_link(&mut self, index: u32, change: &LinkChange<'_>) -> NlResult<()> {
+        let mut b = Batch::new();
+        b.change_link(index, change);
+        self.send_batch(b)
+    }
+}
