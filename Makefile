@@ -72,8 +72,11 @@ deps:
 	@command -v cargo-fuzz >/dev/null || { echo "installing cargo-fuzz"; $(CARGO) install --locked cargo-fuzz; }
 
 ## build: release binaries of every plugin and the bench harness.
+# relocation-model=static: a plain static executable, not a static PIE, so the start-up of every
+# plugin call skips the self-relocation and the copy-on-write faults it causes (about 0.1 ms per
+# exec measured here). The Go reference plugins are not position-independent either.
 build:
-	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static" \
+	CARGO_TARGET_$(TRIPLE_ENV)_RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
 	  $(CARGO) build --release --target $(TRIPLE) --workspace --bins
 
 ## clients: the libcni driver (Go, Debian's libcni, offline GOPATH build) into $(CLIENTS).

@@ -12,6 +12,7 @@
 //! - [`hash`]: the one stable hash behind every derived name and fingerprint;
 //! - [`input_file`]: bounded reads of the node files a config points at.
 
+pub mod alloc;
 pub mod cni;
 pub mod flannel;
 pub mod hash;

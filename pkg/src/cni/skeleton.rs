@@ -222,6 +222,11 @@ pub fn start_process() {
 #[macro_export]
 macro_rules! plugin_main {
     ($plugin:expr, $about:expr) => {
+        /// A plugin call is short-lived: small allocations from a never-freed arena
+        /// ([`twill::alloc::Arena`]) instead of musl's map-and-unmap per free.
+        #[cfg(not(test))]
+        #[global_allocator]
+        static TWILL_ALLOC: $crate::alloc::Arena = $crate::alloc::Arena::new();
         /// The process entry point: [`twill::cni::skeleton::start_process`], then the skeleton.
         #[cfg(not(test))]
         #[unsafe(no_mangle)]
