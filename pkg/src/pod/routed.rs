@@ -20,7 +20,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::cni::types::{CniResult, IpConfig, Route};
+use crate::cni::types::{CniResult, Interface, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
     AddrOptions, Batch, Family, Link, LinkChange, MacAddr, NeighbourSpec, Netlink, RouteFilter,
@@ -281,6 +281,38 @@ pub fn configure_pod(
             peer_index: host.index,
         })
     })?
+}
+
+/// ADD's pod part of a routed attachment whose veth `host` is made and whose addresses `ipam`
+/// are allocated: the host end's settings ([`setup_host`]), the pod end ([`configure_pod`])
+/// and one host route per address ([`route_to_pod`]). Returns the CNI result without its DNS
+/// (the caller merges the config's), and the lines to say on stderr (stale routes replaced).
+pub fn wire(
+    node: &mut Netlink,
+    pod_ns: &Netns,
+    ifname: &str,
+    host: &HostEnd,
+    ipam: &CniResult,
+    settings: PodSettings,
+) -> Result<(CniResult, Vec<String>)> {
+    let ips = pod_ips(&ipam.ips);
+    let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
+    let (v4, v6) = families(&addrs);
+    setup_host(node, host, v4, v6)?;
+    let (routes, result_routes) = pod_routes(&ips, &ipam.routes);
+    let pod = configure_pod(pod_ns, ifname, host, &addrs, &routes, settings)?;
+    let replaced = route_to_pod(node, host, &addrs)?;
+    let sandbox = pod_ns.path().to_string_lossy().into_owned();
+    let result = CniResult {
+        interfaces: vec![
+            Interface::named(&host.name, Some(HOST_MAC.to_string()), None),
+            Interface::named(ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
+        ],
+        ips,
+        routes: result_routes,
+        ..CniResult::default()
+    };
+    Ok((result, replaced))
 }
 
 /// Routes each of `addrs` (host addresses) to the host end `host` in the node netns:

@@ -24,10 +24,10 @@ use twill::network::pod_netns;
 use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
 use twill::node::ipip::{self, Ipip};
-use twill::pod::routed::{self, HOST_MAC};
+use twill::pod::routed;
 use twill::pod::veth::Owner;
 use twill::pod::veth::{self, PairSpec};
-use twill::{CmdArgs, CniResult, Dns, Error, Interface, Plugin, Result};
+use twill::{CmdArgs, CniResult, Dns, Error, IpConfig, Plugin, Result};
 
 struct IpipPlugin;
 
@@ -63,21 +63,16 @@ impl Plugin for IpipPlugin {
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
-        let ips = routed::pod_ips(&ipam.ips);
-        let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
-        refuse_ipv6(&addrs)?;
-
-        routed::setup_host(&mut node, &host, true, false)?;
-        let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
-        let pod = routed::configure_pod(
+        refuse_ipv6(&ipam.ips)?;
+        let (mut result, replaced) = routed::wire(
+            &mut node,
             &pod_ns,
             &args.ifname,
             &host,
-            &addrs,
-            &routes,
+            &ipam,
             net.pod_settings,
         )?;
-        net.warn(&routed::route_to_pod(&mut node, &host, &addrs)?);
+        net.warn(&replaced);
 
         let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
         let plane = plane.blackholing(&net.own_ranges_with(&subnets));
@@ -85,16 +80,8 @@ impl Plugin for IpipPlugin {
         net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
-        let sandbox = pod_ns.path().to_string_lossy().into_owned();
-        Ok(CniResult {
-            interfaces: vec![
-                Interface::named(&host.name, Some(HOST_MAC.to_string()), None),
-                Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
-            ],
-            ips,
-            routes: result_routes,
-            dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
-        })
+        result.dns = Dns::merged(net.conf.dns.clone(), ipam.dns);
+        Ok(result)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
@@ -164,13 +151,13 @@ impl Plugin for IpipPlugin {
 
 /// Code 7 when the IPAM handed out an IPv6 address (an IPAM that is not host-local names its
 /// ranges only in its result): ipip carries IPv4 only.
-fn refuse_ipv6(addrs: &[IpNetwork]) -> Result<()> {
-    match addrs.iter().find(|a| a.is_ipv6()) {
+fn refuse_ipv6(ips: &[IpConfig]) -> Result<()> {
+    match ips.iter().map(|c| c.address).find(IpNetwork::is_ipv6) {
         Some(a) => Err(Error::invalid_config(format!(
             "the IPAM gave the pod the IPv6 address {a}, but ipip carries IPv4 only: configure \
              IPv4 ranges only, or use the vxlan data plane for IPv6"
         ))),
-        None if addrs.is_empty() => Err(Error::invalid_config(
+        None if ips.is_empty() => Err(Error::invalid_config(
             "the IPAM gave the pod no IPv4 address: a routed pod is nothing but its addresses",
         )),
         None => Ok(()),
@@ -190,7 +177,11 @@ mod tests {
 
     #[test]
     fn ipv6_or_no_pod_address_is_refused_with_code_7() {
-        let a = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let a = |s: &str| IpConfig {
+            address: s.parse::<IpNetwork>().unwrap(),
+            gateway: None,
+            interface: None,
+        };
         assert!(refuse_ipv6(&[a("10.1.0.2/32")]).is_ok());
         let e = refuse_ipv6(&[a("10.1.0.2/32"), a("fd00::2/128")]).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);

@@ -15,16 +15,15 @@
 mod config;
 
 use config::Network;
-use ipnetwork::IpNetwork;
 use twill::error::{Failures, unavailable};
 use twill::kernel::netlink::Netlink;
 use twill::network::pod_netns;
 use twill::network::undo::Undo;
 use twill::network::{Need, subnets_of};
-use twill::pod::routed::{self, HOST_MAC};
+use twill::pod::routed;
 use twill::pod::veth::Owner;
 use twill::pod::veth::{self, PairSpec};
-use twill::{CmdArgs, CniResult, Dns, Error, Interface, Plugin, Result};
+use twill::{CmdArgs, CniResult, Dns, Error, Plugin, Result};
 
 struct RoutedVeth;
 
@@ -51,37 +50,23 @@ impl Plugin for RoutedVeth {
 
         let ipam = net.allocate(args)?;
         undo.push("release the IP addresses", || net.release(args));
-        let ips = routed::pod_ips(&ipam.ips);
-        let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
-        let (v4, v6) = routed::families(&addrs);
-
-        routed::setup_host(&mut node, &host, v4, v6)?;
-        let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
-        let pod = routed::configure_pod(
+        let (mut result, replaced) = routed::wire(
+            &mut node,
             &pod_ns,
             &args.ifname,
             &host,
-            &addrs,
-            &routes,
+            &ipam,
             net.pod_settings,
         )?;
-        net.warn(&routed::route_to_pod(&mut node, &host, &addrs)?);
+        net.warn(&replaced);
 
         let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
         net.reconcile_peers(&mut node, &subnets, &net.plane(&subnets))?;
         net.finish_node_rules(rules, &subnets)?;
         undo.commit();
 
-        let sandbox = pod_ns.path().to_string_lossy().into_owned();
-        Ok(CniResult {
-            interfaces: vec![
-                Interface::named(&host.name, Some(HOST_MAC.to_string()), None),
-                Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
-            ],
-            ips,
-            routes: result_routes,
-            dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
-        })
+        result.dns = Dns::merged(net.conf.dns.clone(), ipam.dns);
+        Ok(result)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<()> {

@@ -29,7 +29,7 @@ use twill::network::undo::Undo;
 use twill::network::{Need, NodeRules, subnets_of};
 use twill::node::vxlan::PodMode;
 use twill::pod::bridge;
-use twill::pod::routed::{self, HOST_MAC, PodSettings};
+use twill::pod::routed::{self, PodSettings};
 use twill::pod::veth::Owner;
 use twill::pod::veth::{self, PairSpec};
 use twill::{CmdArgs, CniResult, Dns, Error, Interface, IpConfig, Plugin, Result, code};
@@ -230,21 +230,15 @@ fn add_routed(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResu
 
     let ipam = net.allocate(args)?;
     undo.push("release the IP addresses", || net.release(args));
-    let ips = routed::pod_ips(&ipam.ips);
-    let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
-    let (v4, v6) = routed::families(&addrs);
-
-    routed::setup_host(&mut node, &host, v4, v6)?;
-    let (routes, result_routes) = routed::pod_routes(&ips, &ipam.routes);
-    let pod = routed::configure_pod(
+    let (mut result, replaced) = routed::wire(
+        &mut node,
         &pod_ns,
         &args.ifname,
         &host,
-        &addrs,
-        &routes,
+        &ipam,
         PodSettings::default(),
     )?;
-    net.warn(&routed::route_to_pod(&mut node, &host, &addrs)?);
+    net.warn(&replaced);
 
     let subnets = subnets_of(ipam.ips.iter().map(|c| &c.address));
     overlay.ensure(&mut node, &subnets)?;
@@ -253,16 +247,8 @@ fn add_routed(net: &Network, args: &CmdArgs, rules: NodeRules) -> Result<CniResu
     net.finish_node_rules(rules, &subnets)?;
     undo.commit();
 
-    let sandbox = pod_ns.path().to_string_lossy().into_owned();
-    Ok(CniResult {
-        interfaces: vec![
-            Interface::named(&host.name, Some(HOST_MAC.to_string()), None),
-            Interface::named(&args.ifname, pod.mac.map(|m| m.to_string()), Some(sandbox)),
-        ],
-        ips,
-        routes: result_routes,
-        dns: Dns::merged(net.conf.dns.clone(), ipam.dns),
-    })
+    result.dns = Dns::merged(net.conf.dns.clone(), ipam.dns);
+    Ok(result)
 }
 
 /// CHECK's pod part for a pod on the bridge: the bridge, the pair, the gateways. Returns the

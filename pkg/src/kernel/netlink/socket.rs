@@ -121,11 +121,22 @@ impl NlSocket {
     /// Sends the encoded request under a fresh sequence number, written into every message of
     /// the buffer (a batch is several messages); returns that number.
     fn transmit(&mut self) -> NlResult<u32> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
+        self.send_numbered(false)
+    }
+
+    /// Writes fresh sequence numbers into the send buffer's messages (one for all, or with
+    /// `each` one per message, consecutive, in order), sends the buffer and returns the first.
+    fn send_numbered(&mut self, each: bool) -> NlResult<u32> {
+        let first = self.seq.wrapping_add(1);
+        self.seq = first;
+        let mut seq = first;
         let mut off = 0;
         while off + NLMSG_HDRLEN <= self.tx.len() {
             self.tx[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
+            self.seq = seq;
+            if each {
+                seq = seq.wrapping_add(1);
+            }
             let t = &self.tx[off..off + 4];
             let len = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]) as usize;
             if len < NLMSG_HDRLEN {
@@ -134,7 +145,7 @@ impl NlSocket {
             off += (len + 3) & !3;
         }
         self.send_tx()?;
-        Ok(seq)
+        Ok(first)
     }
 
     /// Sends the send buffer as one datagram.
@@ -293,7 +304,7 @@ impl NlSocket {
             nl.serialize(&mut self.tx[start..]);
             self.tx.resize((self.tx.len() + 3) & !3, 0);
         }
-        let first = self.transmit_numbered().map_err(|e| (0, e))?;
+        let first = self.send_numbered(true).map_err(|e| (0, e))?;
         let answers = self.collect_acks(first, n).map_err(|e| (0, e))?;
         match answers
             .into_iter()
@@ -303,27 +314,6 @@ impl NlSocket {
             Some(failed) => Err(failed),
             None => Ok(()),
         }
-    }
-
-    /// Sends the send buffer's messages under consecutive fresh sequence numbers (one per
-    /// message, in order); returns the first.
-    fn transmit_numbered(&mut self) -> NlResult<u32> {
-        let first = self.seq.wrapping_add(1);
-        let mut off = 0;
-        let mut seq = first;
-        while off + NLMSG_HDRLEN <= self.tx.len() {
-            self.tx[off + 8..off + 12].copy_from_slice(&seq.to_ne_bytes());
-            self.seq = seq;
-            seq = seq.wrapping_add(1);
-            let t = &self.tx[off..off + 4];
-            let len = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]) as usize;
-            if len < NLMSG_HDRLEN {
-                break;
-            }
-            off += (len + 3) & !3;
-        }
-        self.send_tx()?;
-        Ok(first)
     }
 
     /// Reads the ACKs or errors of the `n` requests numbered from `first`: one answer per
@@ -394,7 +384,7 @@ impl NlSocket {
         let mut out: Vec<NlResult<()>> = Vec::with_capacity(count);
         let mut off = 0;
         while off < buf.len() {
-            // One chunk: up to BATCH_CHUNK messages, numbered by transmit_numbered.
+            // One chunk: up to BATCH_CHUNK messages, numbered by send_numbered.
             self.tx.clear();
             let mut n = 0;
             while off + NLMSG_HDRLEN <= buf.len() && n < BATCH_CHUNK {
@@ -411,7 +401,7 @@ impl NlSocket {
             if n == 0 {
                 break;
             }
-            let first = self.transmit_numbered()?;
+            let first = self.send_numbered(true)?;
             out.extend(self.collect_acks(first, n)?);
         }
         Ok(out)
