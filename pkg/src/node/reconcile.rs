@@ -360,7 +360,10 @@ pub trait NodeKernel {
     /// from [`NodeKernel::list_owned`] of routes and blackholes.
     fn owned_digest(&mut self, scope: DigestScope) -> Result<Digest> {
         let mut d = Digest::new(scope);
-        for (on, kind) in [(scope.routes, Kind::Route), (scope.blackholes, Kind::Blackhole)] {
+        for (on, kind) in [
+            (scope.routes, Kind::Route),
+            (scope.blackholes, Kind::Blackhole),
+        ] {
             if on {
                 for o in self.list_owned(kind)? {
                     d.add(&o);
@@ -537,17 +540,15 @@ pub fn reconcile(
     // Only the state's header: its size does not grow with the view.
     let head = state.read_head();
     let stamp = inputs.source.stamp();
-    let same_inputs = if head.fingerprint.is_some()
-        && stamp.is_some()
-        && head.view == stamp.map(|s| (s, ctx))
-    {
-        // The view file is the one fingerprinted last (same stamp, settled then): not read.
-        true
-    } else if let Ok(bytes) = inputs.source.bytes() {
-        head.fingerprint == Some(fingerprint(&bytes, inputs.own_ranges, inputs.plane))
-    } else {
-        false
-    };
+    let same_inputs =
+        if head.fingerprint.is_some() && stamp.is_some() && head.view == stamp.map(|s| (s, ctx)) {
+            // The view file is the one fingerprinted last (same stamp, settled then): not read.
+            true
+        } else if let Ok(bytes) = inputs.source.bytes() {
+            head.fingerprint == Some(fingerprint(&bytes, inputs.own_ranges, inputs.plane))
+        } else {
+            false
+        };
     if same_inputs && kernel_agrees(k, state, &head)? {
         return Ok(Reconciled::Unchanged);
     }
@@ -651,7 +652,7 @@ pub fn context(own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
 }
 
 /// Now, in ns since the epoch (the clock file timestamps use).
-fn now_ns() -> Option<i128> {
+pub(crate) fn now_ns() -> Option<i128> {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
@@ -1716,7 +1717,10 @@ mod tests {
             reconcile(k, &st, &inputs).unwrap()
         };
         assert!(matches!(run(&mut k), Reconciled::Applied(_)));
-        let d = st.read_head().digest.expect("a digest next to the fingerprint");
+        let d = st
+            .read_head()
+            .digest
+            .expect("a digest next to the fingerprint");
         assert_eq!(d.count, 2);
         assert!(d.scope.routes && d.scope.gateway_only && !d.scope.oif && !d.scope.blackholes);
         assert_eq!(run(&mut k), Reconciled::Unchanged);
@@ -1749,7 +1753,11 @@ mod tests {
         k.routes
             .retain(|f| f.object.key() != route("10.244.3.0/24", "10.0.0.3").key());
         assert!(matches!(run(&mut k), Reconciled::Applied(_)));
-        assert!(k.routes.iter().any(|f| f.object == route("10.244.3.0/24", "10.0.0.3")));
+        assert!(
+            k.routes
+                .iter()
+                .any(|f| f.object == route("10.244.3.0/24", "10.0.0.3"))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -463,7 +463,7 @@ fn live_netns_inodes() -> BTreeMap<u64, PathBuf> {
 }
 
 /// Network names become file names: letters, digits, `_`, `.`, `-`, not starting with `.`.
-fn check_network_name(network: &str) -> Result<()> {
+pub(crate) fn check_network_name(network: &str) -> Result<()> {
     let ok = !network.is_empty()
         && network.len() <= 200
         && !network.starts_with('.')
