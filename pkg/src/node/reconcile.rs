@@ -11,7 +11,12 @@
 //! state file *and* the kernel still holds every object the state says was installed (one
 //! kernel-filtered dump of twill's routes), nothing else is asked. A view file whose stamp
 //! (device, inode, size, ctime, mtime) and other inputs match what the state recorded with
-//! the fingerprint is not even read. The fast path writes nothing. A route the kernel lost
+//! the fingerprint is not even read, and of the state only the header is: it carries a count
+//! and an order-independent hash of the installed routes ([`Digest`]), compared with the
+//! same of the dump as it is read, so nothing on that path grows with the view but the
+//! kernel's own answer. When the kernel holds more of twill's routes than that (another
+//! network's, a routed pod's), or objects other than routes are installed, every installed
+//! object is looked up as before. The fast path writes nothing. A route the kernel lost
 //! (uplink bounce, address flush, `ip route flush`) sends the next call down the slow path,
 //! which repairs it. The slow path runs under the namespace's lock and reads the view again
 //! there, so the view applied last is never older than one applied before it.
