@@ -379,9 +379,14 @@ impl<K: PluginKeys> Network<K> {
     /// The cluster's own space as the node rules use it: [`Network::cluster_networks`]
     /// reduced to the networks no other one of them holds. Taken from the network's space
     /// file when the view file and the other inputs are those it was recorded for (the view
-    /// is then not read, see [`space`]); otherwise derived, and returned with the record
-    /// [`Network::remember_space`] keeps for the next call (when the view file had settled).
-    pub fn cluster_space(&self) -> Result<(Vec<IpNetwork>, Option<Derived>)> {
+    /// is then not read, see [`space`]); otherwise derived. Writes nothing.
+    pub fn cluster_space(&self) -> Result<Vec<IpNetwork>> {
+        Ok(self.space_lookup()?.0)
+    }
+
+    /// [`Network::cluster_space`], and when it had to be derived from a view file that had
+    /// settled, the record that would spare the next call the view.
+    fn space_lookup(&self) -> Result<(Vec<IpNetwork>, Option<Derived>)> {
         let mut base = self.subnet_networks()?;
         base.extend(self.common().cluster_networks.iter().flatten().copied());
         let Some(source) = &self.view else {
@@ -412,11 +417,13 @@ impl<K: PluginKeys> Network<K> {
         Ok((nets, derived))
     }
 
-    /// Keeps `derived` (from [`Network::cluster_space`]) in the network's space file for the
-    /// next call. Only a cache: a record that cannot be written costs the next call a parse
-    /// of the view, nothing else, so a failure is not reported.
-    pub fn remember_space(&self, derived: Option<Derived>) {
-        if let Some(d) = derived
+    /// Records the cluster space in the network's space file unless it is there already (a
+    /// view file that has not settled is not recorded). Called where a reconcile applied a
+    /// view, so an ADD writes it only when it changed the node anyway, and every unchanged
+    /// ADD after it makes the same calls. Only a cache: a record that cannot be written
+    /// costs later calls a parse of the view, nothing else, so a failure is not reported.
+    pub fn remember_space(&self) {
+        if let Ok((_, Some(d))) = self.space_lookup()
             && let Ok(f) = SpaceFile::new(self.conf.plugin.peers().run_dir(), &self.conf.name)
         {
             let _ = f.write(&d);
@@ -469,6 +476,10 @@ impl<K: PluginKeys> Network<K> {
         };
         if let Reconciled::Applied(report) = reconcile::reconcile(node, &state, &inputs)? {
             self.warn(&report.warnings());
+            // The view now trusted by its stamp: the node rules' space is taken by it too.
+            if state.read_head().view.is_some() && (self.ip_masq || self.forward_rules()) {
+                self.remember_space();
+            }
         }
         Ok(())
     }
@@ -593,7 +604,7 @@ impl<K: PluginKeys> Network<K> {
         if self.l2_only {
             return Ok(());
         }
-        let (cluster, derived) = self.cluster_space()?;
+        let cluster = self.cluster_space()?;
         match self.pod_ranges()? {
             Some(ranges) => masq::ensure(nf, &self.conf.name, &ranges, &cluster)?,
             None if pod_subnets.is_empty() => return Ok(()),
@@ -602,7 +613,6 @@ impl<K: PluginKeys> Network<K> {
                 masq::ensure_growing(nf, &self.conf.name, pod_subnets, &cluster, run_dir)?
             }
         };
-        self.remember_space(derived);
         Ok(())
     }
 
@@ -617,22 +627,18 @@ impl<K: PluginKeys> Network<K> {
         if self.l2_only {
             return Ok(());
         }
-        let (space, grow, derived) = self.forward_space(pod_subnets)?;
+        let (space, grow) = self.forward_space(pod_subnets)?;
         let run_dir = self.conf.plugin.peers().run_dir();
         forward::ensure(nf, &self.conf.name, &space, grow, run_dir)?;
-        self.remember_space(derived);
         Ok(())
     }
 
-    fn forward_space(
-        &self,
-        pod_subnets: &[IpNetwork],
-    ) -> Result<(Vec<IpNetwork>, bool, Option<Derived>)> {
-        let (mut space, derived) = self.cluster_space()?;
+    fn forward_space(&self, pod_subnets: &[IpNetwork]) -> Result<(Vec<IpNetwork>, bool)> {
+        let mut space = self.cluster_space()?;
         let ranges = self.pod_ranges()?;
         let grow = ranges.is_none();
         space.extend(ranges.unwrap_or_else(|| pod_subnets.to_vec()));
-        Ok((space, grow, derived))
+        Ok((space, grow))
     }
 
     /// CHECK of the node's masquerade and forward rules. They are node state shared by every
@@ -650,7 +656,7 @@ impl<K: PluginKeys> Network<K> {
         if self.ip_masq && !self.l2_only {
             let res = self
                 .cluster_space()
-                .and_then(|(cluster, _)| match self.pod_ranges()? {
+                .and_then(|cluster| match self.pod_ranges()? {
                     Some(ranges) => masq::check(&mut nf, &self.conf.name, &ranges, &cluster),
                     None => {
                         let mut sources = masq::sources(&mut nf, &self.conf.name)?;
@@ -663,9 +669,7 @@ impl<K: PluginKeys> Network<K> {
         if self.forward_rules() && !self.l2_only {
             let res = self
                 .forward_space(pod_subnets)
-                .and_then(|(space, grow, _)| {
-                    forward::check(&mut nf, &self.conf.name, &space, grow)
-                });
+                .and_then(|(space, grow)| forward::check(&mut nf, &self.conf.name, &space, grow));
             drift.extend(res.err());
         }
         let lines: Vec<String> = drift
@@ -917,23 +921,29 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        // Written just now: derived, but not remembered (the stamp is not trusted yet).
-        let (nets, derived) = n.cluster_space().unwrap();
-        assert_eq!((nets, derived), (want.clone(), None));
+        // Written just now: derived, and not remembered (the stamp is not trusted yet).
+        assert_eq!(n.cluster_space().unwrap(), want);
+        n.remember_space();
+        assert!(!dir.join("run/n.space").exists());
         std::thread::sleep(std::time::Duration::from_millis(60));
-        let (nets, derived) = n.cluster_space().unwrap();
-        assert_eq!(nets, want);
-        let d = derived.expect("a settled view is remembered");
-        n.remember_space(Some(d.clone()));
+        n.remember_space();
+        let file = SpaceFile::new(&dir.join("run"), "n").unwrap();
+        let stamp = ViewSource::File(view.clone()).stamp().unwrap();
+        let base: Vec<IpNetwork> = ["10.244.0.0/16", "10.96.0.0/12"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let inputs = space::inputs_hash(&base);
+        assert_eq!(file.read(&stamp, inputs), Some(want.clone()));
         // From the file now: a record with the same stamp and inputs is believed as is.
         let marker: Vec<IpNetwork> = vec!["192.0.2.0/24".parse().unwrap()];
-        let file = SpaceFile::new(&dir.join("run"), "n").unwrap();
         file.write(&Derived {
+            stamp,
+            inputs,
             nets: marker.clone(),
-            ..d.clone()
         })
         .unwrap();
-        assert_eq!(n.cluster_space().unwrap(), (marker.clone(), None));
+        assert_eq!(n.cluster_space().unwrap(), marker);
         // Another clusterNetworks: other inputs, derived again.
         let mut c2 = conf.clone();
         c2["clusterNetworks"] = json!(["10.97.0.0/16"]);
@@ -945,11 +955,11 @@ mod tests {
             Need::Required,
         )
         .unwrap();
-        assert_ne!(n2.cluster_space().unwrap().0, marker);
+        assert_ne!(n2.cluster_space().unwrap(), marker);
         // The view written again in place (same bytes, same size): a new ctime, derived again.
         let bytes = std::fs::read(&view).unwrap();
         std::fs::write(&view, bytes).unwrap();
-        assert_eq!(n.cluster_space().unwrap().0, want);
+        assert_eq!(n.cluster_space().unwrap(), want);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -18,7 +18,6 @@ use std::cell::OnceCell;
 
 use ipnetwork::IpNetwork;
 
-use super::space::Derived;
 use super::{Network, PluginKeys};
 use crate::Result;
 use crate::kernel::netlink::netfilter::{self, Netfilter};
@@ -30,8 +29,6 @@ pub struct NodeRules {
     nf: Netfilter,
     masq: bool,
     forward: bool,
-    /// A cluster space the preflight derived from the view, to remember once ADD succeeded.
-    space: Option<Derived>,
 }
 
 impl<K: PluginKeys> Network<K> {
@@ -52,13 +49,13 @@ impl<K: PluginKeys> Network<K> {
         // The cluster space only when rules are there to compare it with: a node without a
         // masquerade table or host forward chains needs nothing of the view here.
         // It comes from the network's space file while the view file is unchanged.
-        let space: OnceCell<(Vec<IpNetwork>, Option<Derived>)> = OnceCell::new();
+        let space: OnceCell<Vec<IpNetwork>> = OnceCell::new();
         let cluster = || -> Result<&Vec<IpNetwork>> {
-            if let Some((c, _)) = space.get() {
+            if let Some(c) = space.get() {
                 return Ok(c);
             }
             let s = self.cluster_space()?;
-            Ok(&space.get_or_init(|| s).0)
+            Ok(space.get_or_init(|| s))
         };
 
         let (masq, masq_nft) = match (&ranges, self.ip_masq) {
@@ -97,13 +94,7 @@ impl<K: PluginKeys> Network<K> {
                 )
             });
         }
-        let space = space.into_inner().and_then(|(_, d)| d);
-        Ok(NodeRules {
-            nf,
-            masq,
-            forward,
-            space,
-        })
+        Ok(NodeRules { nf, masq, forward })
     }
 
     /// At the end of ADD: makes the rules [`Network::preflight_node_rules`] found wrong
@@ -114,10 +105,7 @@ impl<K: PluginKeys> Network<K> {
             mut nf,
             masq,
             forward,
-            space,
         } = rules;
-        // First, so the writes below find it rather than parse the view again.
-        self.remember_space(space);
         if masq {
             self.ensure_masq(&mut nf, pod_subnets)?;
         }

@@ -8,7 +8,9 @@
 //! and other inputs are those of the record reads that one small file instead, whose size
 //! follows the reduced space (one network when the view's podCIDRs lie in the flannel
 //! network), not the view. A record that does not match, or cannot be read, is derived
-//! again; an inline view (no file, no stamp) is always derived.
+//! again; an inline view (no file, no stamp) is always derived. The record is written where
+//! a reconcile applied the view and recorded its stamp
+//! ([`crate::network::Network::remember_space`]), never by an ADD that changed nothing.
 //!
 //! Format (text, written as temp file + rename): `twill-space 1`, then `view <dev> <ino>
 //! <size> <ctime ns> <mtime ns> <inputs hex>`, then `space <cidr> <cidr> ...`.
