@@ -475,3 +475,228 @@ fn an_off_link_peer_is_routed_once_the_node_joins_its_segment() {
     plain(node, "STATUS", &c.conf(0)).assert_ok_empty();
     del_all(&[&p1, &p2]);
 }
+
+/// Waits until a view file written now is older than the 50 ms a stamp must have settled for
+/// (`ViewStamp::SETTLE_NS`), so the next reconcile records and later trusts its stamp.
+fn let_the_view_settle() {
+    std::thread::sleep(Duration::from_millis(120));
+}
+
+/// With an unchanged view, one peer route deleted by hand, and one put on another next hop
+/// under twill's own protocol (as many routes as before, one different): each is put back by
+/// the next ADD. The fast path compares a count and a hash of the kernel's routes, so a
+/// changed route must count as much as a missing one.
+#[test]
+fn a_peer_route_deleted_or_redirected_behind_twills_back_is_restored_by_the_next_add() {
+    let c = Cluster::new(Fabric::single_l2(4));
+    let node = c.node(0);
+    let want = c.expected_peer_routes(0);
+    let_the_view_settle();
+    let mut pods = vec![c.add_pod(0), c.add_pod(0)];
+    assert_eq!(peer_routes(&node.ns), want);
+    let (dst, _) = want.iter().next().expect("a peer route").clone();
+    let other_hop = c.node(3).ip.to_string();
+
+    let tamper: [(&str, &dyn Fn()); 2] = [
+        ("deleted", &|| {
+            node.ns.ip(&["route", "del", &dst, "proto", TWILL_PROTO]);
+        }),
+        ("redirected", &|| {
+            node.ns.ip(&[
+                "route",
+                "replace",
+                &dst,
+                "via",
+                &other_hop,
+                "proto",
+                TWILL_PROTO,
+            ]);
+        }),
+    ];
+    for (what, act) in tamper {
+        act();
+        let now = peer_routes(&node.ns);
+        assert_ne!(now, want, "{what}: the route was not touched");
+        let (p, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+        pods.push(p);
+        assert_eq!(peer_routes(&node.ns), want, "{what}: not repaired\n{out}");
+    }
+    del_all(&pods.iter().collect::<Vec<_>>());
+}
+
+/// The view rewritten in place (same inode) with content of the same size, its mtime then
+/// set back: the change time still moves, so the next ADD applies the new next hops.
+#[test]
+fn a_view_rewritten_in_place_with_the_same_size_and_mtime_is_applied_by_the_next_add() {
+    let c = Cluster::new(Fabric::single_l2(3));
+    let node = c.node(0);
+    let_the_view_settle();
+    let mut pods = vec![c.add_pod(0), c.add_pod(0)];
+    assert_eq!(peer_routes(&node.ns), c.expected_peer_routes(0));
+
+    // Nodes 1 and 2 swap addresses: same length, same size.
+    let (ip1, ip2) = (c.node(1).ip.to_string(), c.node(2).ip.to_string());
+    let text = std::fs::read_to_string(&node.peers_file).expect("view");
+    let swapped = text
+        .replace(&ip1, "SWAP")
+        .replace(&ip2, &ip1)
+        .replace("SWAP", &ip2);
+    assert_eq!(swapped.len(), text.len());
+    let meta = std::fs::metadata(&node.peers_file).expect("stat view");
+    let mtime = meta.modified().expect("mtime");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&node.peers_file)
+            .expect("open view");
+        f.write_all(swapped.as_bytes()).expect("rewrite view");
+        f.set_modified(mtime).expect("set mtime back");
+    }
+    let after = std::fs::metadata(&node.peers_file).expect("stat view");
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (after.ino(), after.len(), after.modified().ok()),
+            (meta.ino(), meta.len(), Some(mtime))
+        );
+    }
+
+    let (p, out) = node.try_add_pod(&plugin(), &c.conf(0), &unique_name("c"));
+    pods.push(p);
+    let want: BTreeSet<(String, String)> = [route(&pod_cidr4(1), &ip2), route(&pod_cidr4(2), &ip1)]
+        .into_iter()
+        .collect();
+    assert_eq!(peer_routes(&node.ns), want, "{out}");
+    del_all(&pods.iter().collect::<Vec<_>>());
+}
+
+/// A view's podCIDR outside the flannel network is cluster space: the masquerade leaves it
+/// alone from the ADD after it appears, and masquerades it again from the ADD after it is gone,
+/// also while the space is taken from the network's space file rather than the view.
+#[test]
+fn the_masquerade_follows_the_views_pod_cidrs_from_one_add_to_the_next() {
+    let c = Cluster::new(Fabric::single_l2(2));
+    let node = c.node(0);
+    let mut conf = c.conf(0);
+    conf["ipMasq"] = json!(true);
+    let outside = "10.77.0.0/24";
+    let mut view = c.peers(|_| true);
+    view.as_array_mut()
+        .expect("list")
+        .push(json!({"nodeIP": c.node(1).ip.to_string(), "podCIDR": outside}));
+    let mut pods = vec![c.add_pod_with(0, &conf)];
+    assert!(!node.ns.nft_ruleset().contains(outside));
+
+    write(&node.peers_file, &view.to_string());
+    let_the_view_settle();
+    for round in 0..2 {
+        pods.push(c.add_pod_with(0, &conf));
+        assert!(
+            node.ns.nft_ruleset().contains(outside),
+            "ADD {round} after the view named {outside}:\n{}",
+            node.ns.nft_ruleset()
+        );
+    }
+    assert!(
+        std::fs::read_to_string(node.run_dir.join(format!("{}.space", c.net)))
+            .is_ok_and(|t| t.contains(outside)),
+        "the space is remembered"
+    );
+
+    write(&node.peers_file, &c.peers(|_| true).to_string());
+    pods.push(c.add_pod_with(0, &conf));
+    assert!(
+        !node.ns.nft_ruleset().contains(outside),
+        "{}",
+        node.ns.nft_ruleset()
+    );
+    del_all(&pods.iter().collect::<Vec<_>>());
+}
+
+/// A wrapper running `plugin` under `strace -f -yy`, logging file opens and reads to `log`.
+struct TracedFiles {
+    dir: TempDir,
+}
+
+impl TracedFiles {
+    fn new(plugin: &Path) -> TracedFiles {
+        let dir = TempDir::new("viewtrace");
+        let script = format!(
+            "#!/bin/sh\nexec strace -f -qq -yy -s 0 -o {} -e trace=open,openat,read,pread64 {} \"$@\"\n",
+            dir.join("strace.log").display(),
+            plugin.display()
+        );
+        let path = dir.join("plugin");
+        std::fs::write(&path, script).expect("write wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod wrapper");
+        TracedFiles { dir }
+    }
+
+    fn plugin(&self) -> std::path::PathBuf {
+        self.dir.join("plugin")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("strace.log")).expect("strace log")
+    }
+}
+
+/// An ADD with an unchanged 250-peer view, on a node with a masquerade table and a host
+/// forward chain (both compared with the cluster space), opens neither the view nor more of
+/// the run state than its header: what it costs does not grow with the view. The routes are
+/// all there.
+#[test]
+fn an_add_with_an_unchanged_250_peer_view_reads_neither_the_view_nor_the_whole_run_state() {
+    let c = Cluster::new(Fabric::single_l2(3));
+    let node = c.node(0);
+    node.ns.nft_load(
+        "table ip filter {\n\tchain FORWARD {\n\t\ttype filter hook forward priority 0; policy drop;\n\t}\n}\n",
+    );
+    let mut view = c.peers(|_| true);
+    let mut want = c.expected_peer_routes(0);
+    for k in 0..250 {
+        let hop = format!("10.99.0.{}", 10 + k % 200);
+        let cidr = format!("10.{}.{}.0/24", 100 + k / 250, k % 250);
+        want.insert(route(&cidr, &hop));
+        view.as_array_mut()
+            .expect("list")
+            .push(json!({"nodeIP": hop, "podCIDR": cidr}));
+    }
+    write(&node.peers_file, &view.to_string());
+    let mut conf = c.conf(0);
+    conf["ipMasq"] = json!(true);
+    conf["clusterNetworks"] = json!(["10.0.0.0/8"]);
+    let_the_view_settle();
+    let mut pods = vec![c.add_pod_with(0, &conf), c.add_pod_with(0, &conf)];
+    assert_eq!(peer_routes(&node.ns), want);
+
+    let traced = TracedFiles::new(&plugin());
+    pods.push(node.add_pod(&traced.plugin(), &conf, &unique_name("c")));
+    let log = traced.log();
+    let view_name = node.peers_file.display().to_string();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("open") && l.contains(&view_name)),
+        "the view was opened:\n{log}"
+    );
+    let state_reads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("read") || l.contains(" read("))
+        .filter(|l| l.contains(".peers.") && !l.contains(".space"))
+        .collect();
+    let bytes: usize = state_reads
+        .iter()
+        .filter_map(|l| l.rsplit_once(" = ")?.1.trim().parse::<usize>().ok())
+        .sum();
+    assert!(
+        !state_reads.is_empty() && bytes <= 512,
+        "the run state was read past its header ({bytes} bytes):\n{}",
+        state_reads.join("\n")
+    );
+    assert_eq!(peer_routes(&node.ns), want);
+    assert!(node.ns.nft_ruleset().contains("twill forward"));
+    del_all(&pods.iter().collect::<Vec<_>>());
+}

@@ -4,6 +4,7 @@
 //! and the forward rules). A plugin adds only its own keys ([`PluginKeys`]) and its story.
 
 pub mod node_rules;
+pub mod space;
 pub mod undo;
 
 pub use node_rules::NodeRules;
@@ -27,6 +28,7 @@ use crate::node::reconcile::{self, DataPlane, Inputs, Reconciled, Report};
 use crate::node::state::StateFile;
 use crate::node::{forward, masq};
 use crate::{CmdArgs, CniResult, Error, NetConf, Result, code};
+use space::{Derived, SpaceFile};
 
 /// MTU when neither the config, the subnet file nor the node's uplink gives one.
 pub const FALLBACK_MTU: u32 = 1500;
@@ -353,19 +355,79 @@ impl<K: PluginKeys> Network<K> {
     /// (FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK; the file is read here when loading did not need
     /// it), every podCIDR of the cluster view and `clusterNetworks`.
     pub fn cluster_networks(&self) -> Result<Vec<IpNetwork>> {
-        let mut out = match &self.subnet {
-            Some(sf) => sf.cluster_networks(),
-            None if self.subnet_read => Vec::new(),
-            None => SubnetFile::read_if_present(&subnet_path(self.common()))?
-                .map(|sf| sf.cluster_networks())
-                .unwrap_or_default(),
-        };
+        let mut out = self.subnet_networks()?;
         // An unreadable view adds nothing here; STATUS reports it (51).
         if let Some(view) = self.view.as_ref().and_then(|v| v.read().ok()) {
             out.extend(view.peers().iter().map(|p| p.pod_cidr));
         }
         out.extend(self.common().cluster_networks.iter().flatten().copied());
         Ok(out)
+    }
+
+    /// The subnet file's networks (FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK); the file is read
+    /// here when loading did not need it.
+    fn subnet_networks(&self) -> Result<Vec<IpNetwork>> {
+        Ok(match &self.subnet {
+            Some(sf) => sf.cluster_networks(),
+            None if self.subnet_read => Vec::new(),
+            None => SubnetFile::read_if_present(&subnet_path(self.common()))?
+                .map(|sf| sf.cluster_networks())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The cluster's own space as the node rules use it: [`Network::cluster_networks`]
+    /// reduced to the networks no other one of them holds. Taken from the network's space
+    /// file when the view file and the other inputs are those it was recorded for (the view
+    /// is then not read, see [`space`]); otherwise derived. Writes nothing.
+    pub fn cluster_space(&self) -> Result<Vec<IpNetwork>> {
+        Ok(self.space_lookup()?.0)
+    }
+
+    /// [`Network::cluster_space`], and when it had to be derived from a view file that had
+    /// settled, the record that would spare the next call the view.
+    fn space_lookup(&self) -> Result<(Vec<IpNetwork>, Option<Derived>)> {
+        let mut base = self.subnet_networks()?;
+        base.extend(self.common().cluster_networks.iter().flatten().copied());
+        let Some(source) = &self.view else {
+            return Ok((space::reduce(&base, []), None));
+        };
+        let inputs = space::inputs_hash(&base);
+        let file = SpaceFile::new(self.conf.plugin.peers().run_dir(), &self.conf.name).ok();
+        // Stamped, and the time taken, before the read (as the reconcile does).
+        let stamp = source.stamp();
+        if let (Some(f), Some(s)) = (&file, &stamp)
+            && let Some(nets) = f.read(s, inputs)
+        {
+            return Ok((nets, None));
+        }
+        let read_at = reconcile::now_ns();
+        // An unreadable view adds nothing here; STATUS reports it (51).
+        let Ok(view) = source.read() else {
+            return Ok((space::reduce(&base, []), None));
+        };
+        let nets = space::reduce(&base, view.peers().iter().map(|p| p.pod_cidr));
+        let derived = stamp
+            .filter(|s| file.is_some() && read_at.is_some_and(|t| s.settled(t)))
+            .map(|stamp| Derived {
+                stamp,
+                inputs,
+                nets: nets.clone(),
+            });
+        Ok((nets, derived))
+    }
+
+    /// Records the cluster space in the network's space file unless it is there already (a
+    /// view file that has not settled is not recorded). Called where a reconcile applied a
+    /// view, so an ADD writes it only when it changed the node anyway, and every unchanged
+    /// ADD after it makes the same calls. Only a cache: a record that cannot be written
+    /// costs later calls a parse of the view, nothing else, so a failure is not reported.
+    pub fn remember_space(&self) {
+        if let Ok((_, Some(d))) = self.space_lookup()
+            && let Ok(f) = SpaceFile::new(self.conf.plugin.peers().run_dir(), &self.conf.name)
+        {
+            let _ = f.write(&d);
+        }
     }
 
     /// The network's own pod ranges: every subnet of the host-local range sets (configured,
@@ -414,6 +476,10 @@ impl<K: PluginKeys> Network<K> {
         };
         if let Reconciled::Applied(report) = reconcile::reconcile(node, &state, &inputs)? {
             self.warn(&report.warnings());
+            // The view now trusted by its stamp: the node rules' space is taken by it too.
+            if state.read_head().view.is_some() && (self.ip_masq || self.forward_rules()) {
+                self.remember_space();
+            }
         }
         Ok(())
     }
@@ -538,7 +604,7 @@ impl<K: PluginKeys> Network<K> {
         if self.l2_only {
             return Ok(());
         }
-        let cluster = self.cluster_networks()?;
+        let cluster = self.cluster_space()?;
         match self.pod_ranges()? {
             Some(ranges) => masq::ensure(nf, &self.conf.name, &ranges, &cluster)?,
             None if pod_subnets.is_empty() => return Ok(()),
@@ -568,7 +634,7 @@ impl<K: PluginKeys> Network<K> {
     }
 
     fn forward_space(&self, pod_subnets: &[IpNetwork]) -> Result<(Vec<IpNetwork>, bool)> {
-        let mut space = self.cluster_networks()?;
+        let mut space = self.cluster_space()?;
         let ranges = self.pod_ranges()?;
         let grow = ranges.is_none();
         space.extend(ranges.unwrap_or_else(|| pod_subnets.to_vec()));
@@ -589,7 +655,7 @@ impl<K: PluginKeys> Network<K> {
         let mut drift = Vec::new();
         if self.ip_masq && !self.l2_only {
             let res = self
-                .cluster_networks()
+                .cluster_space()
                 .and_then(|cluster| match self.pod_ranges()? {
                     Some(ranges) => masq::check(&mut nf, &self.conf.name, &ranges, &cluster),
                     None => {
@@ -818,6 +884,83 @@ mod tests {
         let mut rest = Map::new();
         rest.insert("OWN".into(), json!(1));
         assert!(refuse_miscased::<TestKeys>(&rest).is_err());
+    }
+
+    #[test]
+    fn the_cluster_space_comes_from_the_space_file_while_the_view_file_is_unchanged() {
+        let dir = std::env::temp_dir().join(format!("twill-net-space-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sf, view) = (dir.join("subnet.env"), dir.join("peers.json"));
+        std::fs::write(
+            &sf,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1400\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &view,
+            json!([{"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+                   {"nodeIP": "10.0.0.3", "podCIDR": "10.50.3.0/24"}])
+            .to_string(),
+        )
+        .unwrap();
+        let conf = json!({"cniVersion": "1.1.0", "name": "n", "type": "t", "subnetFile": sf,
+            "peersFile": view, "runDir": dir.join("run"), "clusterNetworks": ["10.96.0.0/12"]});
+        let args = CmdArgs {
+            command: crate::Command::Add,
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            args: String::new(),
+            path: Vec::new(),
+            stdin: conf.to_string().into_bytes(),
+            cni_version: String::new(),
+        };
+        let n = Network::<TestKeys>::load(&args, Need::Required).unwrap();
+        let want: Vec<IpNetwork> = ["10.50.3.0/24", "10.96.0.0/12", "10.244.0.0/16"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        // Written just now: derived, and not remembered (the stamp is not trusted yet).
+        assert_eq!(n.cluster_space().unwrap(), want);
+        n.remember_space();
+        assert!(!dir.join("run/n.space").exists());
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        n.remember_space();
+        let file = SpaceFile::new(&dir.join("run"), "n").unwrap();
+        let stamp = ViewSource::File(view.clone()).stamp().unwrap();
+        let base: Vec<IpNetwork> = ["10.244.0.0/16", "10.96.0.0/12"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let inputs = space::inputs_hash(&base);
+        assert_eq!(file.read(&stamp, inputs), Some(want.clone()));
+        // From the file now: a record with the same stamp and inputs is believed as is.
+        let marker: Vec<IpNetwork> = vec!["192.0.2.0/24".parse().unwrap()];
+        file.write(&Derived {
+            stamp,
+            inputs,
+            nets: marker.clone(),
+        })
+        .unwrap();
+        assert_eq!(n.cluster_space().unwrap(), marker);
+        // Another clusterNetworks: other inputs, derived again.
+        let mut c2 = conf.clone();
+        c2["clusterNetworks"] = json!(["10.97.0.0/16"]);
+        let n2 = Network::<TestKeys>::load(
+            &CmdArgs {
+                stdin: c2.to_string().into_bytes(),
+                ..args.clone()
+            },
+            Need::Required,
+        )
+        .unwrap();
+        assert_ne!(n2.cluster_space().unwrap(), marker);
+        // The view written again in place (same bytes, same size): a new ctime, derived again.
+        let bytes = std::fs::read(&view).unwrap();
+        std::fs::write(&view, bytes).unwrap();
+        assert_eq!(n.cluster_space().unwrap(), want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! after allocation: for such a network the decision is left to the end, as before, and `nft`
 //! is looked up in the preflight whenever it might be needed.
 
+use std::cell::OnceCell;
+
 use ipnetwork::IpNetwork;
 
 use super::{Network, PluginKeys};
@@ -44,16 +46,24 @@ impl<K: PluginKeys> Network<K> {
             self.pod_ranges()?
         };
         let grow = !self.l2_only && ranges.is_none();
-        let cluster = match &ranges {
-            Some(_) if self.ip_masq || self.forward_rules() => self.cluster_networks()?,
-            _ => Vec::new(),
+        // The cluster space only when rules are there to compare it with: a node without a
+        // masquerade table or host forward chains needs nothing of the view here.
+        // It comes from the network's space file while the view file is unchanged.
+        let space: OnceCell<Vec<IpNetwork>> = OnceCell::new();
+        let cluster = || -> Result<&Vec<IpNetwork>> {
+            if let Some(c) = space.get() {
+                return Ok(c);
+            }
+            let s = self.cluster_space()?;
+            Ok(space.get_or_init(|| s))
         };
 
         let (masq, masq_nft) = match (&ranges, self.ip_masq) {
             (_, false) => (!masq::tables_in(&chains, name)?.is_empty(), false),
             _ if self.l2_only => (false, false),
+            (Some(_), true) if masq::tables_in(&chains, name)?.is_empty() => (true, true),
             (Some(r), true) => {
-                let change = !masq::in_sync(&mut nf, &chains, name, r, &cluster)?;
+                let change = !masq::in_sync(&mut nf, &chains, name, r, cluster()?)?;
                 (change, change)
             }
             (None, true) => (true, true),
@@ -62,10 +72,11 @@ impl<K: PluginKeys> Network<K> {
         let (forward, forward_nft) = if !self.forward_rules() {
             let n = forward::needed(&mut nf, name, &chains, None)?;
             (n != Needed::Nothing, false)
-        } else if self.l2_only {
+        } else if self.l2_only || forward::host_chains(&chains).is_empty() {
+            // No host forward chain: nothing to accept in, nothing of ours anywhere.
             (false, false)
         } else if let Some(r) = &ranges {
-            let space: Vec<IpNetwork> = cluster.iter().chain(r).copied().collect();
+            let space: Vec<IpNetwork> = cluster()?.iter().chain(r).copied().collect();
             let n = forward::needed(&mut nf, name, &chains, Some(&space))?;
             (n != Needed::Nothing, n == Needed::Write)
         } else {

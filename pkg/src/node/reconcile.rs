@@ -11,7 +11,12 @@
 //! state file *and* the kernel still holds every object the state says was installed (one
 //! kernel-filtered dump of twill's routes), nothing else is asked. A view file whose stamp
 //! (device, inode, size, ctime, mtime) and other inputs match what the state recorded with
-//! the fingerprint is not even read. The fast path writes nothing. A route the kernel lost
+//! the fingerprint is not even read, and of the state only the header is: it carries a count
+//! and an order-independent hash of the installed routes ([`Digest`]), compared with the
+//! same of the dump as it is read, so nothing on that path grows with the view but the
+//! kernel's own answer. When the kernel holds more of twill's routes than that (another
+//! network's, a routed pod's), or objects other than routes are installed, every installed
+//! object is looked up as before. The fast path writes nothing. A route the kernel lost
 //! (uplink bounce, address flush, `ip route flush`) sends the next call down the slow path,
 //! which repairs it. The slow path runs under the namespace's lock and reads the view again
 //! there, so the view applied last is never older than one applied before it.
@@ -23,7 +28,7 @@ use crate::kernel::netlink::{
 };
 use crate::node::ipip::{self, IpipDevice};
 use crate::node::peers::{ClusterView, Peer, Skipped, ViewSource};
-use crate::node::state::{NodeState, StateFile};
+use crate::node::state::{NodeState, StateFile, StateHead};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -356,6 +361,22 @@ pub trait NodeKernel {
         }
         Ok(out)
     }
+    /// The [`Digest`] of twill's objects in `scope` as the kernel holds them now; by default
+    /// from [`NodeKernel::list_owned`] of routes and blackholes.
+    fn owned_digest(&mut self, scope: DigestScope) -> Result<Digest> {
+        let mut d = Digest::new(scope);
+        for (on, kind) in [
+            (scope.routes, Kind::Route),
+            (scope.blackholes, Kind::Blackhole),
+        ] {
+            if on {
+                for o in self.list_owned(kind)? {
+                    d.add(&o);
+                }
+            }
+        }
+        Ok(d)
+    }
     /// Creates or replaces `o` (never fails because it exists).
     fn apply(&mut self, o: &Object) -> Result<()>;
     /// Removes `o`, only if it is twill's; already gone is `Ok`.
@@ -521,20 +542,21 @@ pub fn reconcile(
     inputs: &Inputs<'_>,
 ) -> Result<Reconciled> {
     let ctx = context(inputs.own_ranges, inputs.plane);
-    let prev = state.read();
+    // Only the state's header: its size does not grow with the view.
+    let head = state.read_head();
     let stamp = inputs.source.stamp();
-    if prev.fingerprint.is_some() && stamp.is_some() && prev.view == stamp.map(|s| (s, ctx)) {
-        // The view file is the one fingerprinted last (same stamp, settled then): not read.
-        if kernel_holds(k, &prev.installed)? {
-            return Ok(Reconciled::Unchanged);
-        }
-    } else if let Ok(bytes) = inputs.source.bytes() {
-        let fp = fingerprint(&bytes, inputs.own_ranges, inputs.plane);
-        if prev.fingerprint == Some(fp) && kernel_holds(k, &prev.installed)? {
-            return Ok(Reconciled::Unchanged);
-        }
+    let same_inputs =
+        if head.fingerprint.is_some() && stamp.is_some() && head.view == stamp.map(|s| (s, ctx)) {
+            // The view file is the one fingerprinted last (same stamp, settled then): not read.
+            true
+        } else if let Ok(bytes) = inputs.source.bytes() {
+            head.fingerprint == Some(fingerprint(&bytes, inputs.own_ranges, inputs.plane))
+        } else {
+            false
+        };
+    if same_inputs && kernel_agrees(k, state, &head)? {
+        return Ok(Reconciled::Unchanged);
     }
-    drop(prev);
     let _lock = state.lock()?;
     state.remove_stale_temps();
     let mut prev = state.read();
@@ -635,7 +657,7 @@ pub fn context(own_ranges: &[IpNetwork], plane: &dyn DataPlane) -> u64 {
 }
 
 /// Now, in ns since the epoch (the clock file timestamps use).
-fn now_ns() -> Option<i128> {
+pub(crate) fn now_ns() -> Option<i128> {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
@@ -730,6 +752,173 @@ fn wanted(
     }
     skipped.sort();
     (inputs.plane.desired(&remote), skipped, node_dependent)
+}
+
+/// The fast path's kernel check: true when the kernel holds every object the state with
+/// header `head` records as installed. When the header carries a [`Digest`], the kernel's
+/// objects in its scope are counted and hashed (one filtered dump, nothing kept per object)
+/// and compared with it; equal, the kernel holds exactly the installed objects. Otherwise
+/// (no digest, or the kernel holds more in that scope: another network's routes, say) the
+/// whole state is read and every object looked up ([`kernel_holds`]), provided the state
+/// is still the one `head` was read from.
+fn kernel_agrees(k: &mut dyn NodeKernel, state: &StateFile, head: &StateHead) -> Result<bool> {
+    if let Some(d) = &head.digest {
+        if d.count == 0 {
+            return Ok(true);
+        }
+        if k.owned_digest(d.scope)? == *d {
+            return Ok(true);
+        }
+    }
+    let prev = state.read();
+    if prev.fingerprint != head.fingerprint || prev.view != head.view {
+        return Ok(false);
+    }
+    kernel_holds(k, &prev.installed)
+}
+
+/// What a [`Digest`] covers: which of twill's main-table objects, and which of their fields
+/// (exactly those [`Object::satisfied_by`] compares for the installed objects).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DigestScope {
+    /// Unicast routes are counted.
+    pub routes: bool,
+    /// Blackhole routes are counted.
+    pub blackholes: bool,
+    /// Only unicast routes with a gateway are counted (a routed pod's host route has none).
+    pub gateway_only: bool,
+    /// A route's output interface is hashed (every installed route names one).
+    pub oif: bool,
+}
+
+/// A count and an order-independent hash of objects in a [`DigestScope`]: the installed
+/// objects' digest equal to the kernel's ([`NodeKernel::owned_digest`]) means the kernel
+/// holds exactly those objects in that scope (up to a 64-bit hash collision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    /// What is counted.
+    pub scope: DigestScope,
+    /// How many objects.
+    pub count: u64,
+    /// The wrapping sum of the objects' mixed hashes.
+    pub sum: u64,
+}
+
+impl Digest {
+    /// An empty digest of `scope`.
+    pub fn new(scope: DigestScope) -> Digest {
+        Digest {
+            scope,
+            count: 0,
+            sum: 0,
+        }
+    }
+
+    /// The digest of `installed`, in the narrowest scope that holds it all; None when it
+    /// holds objects other than routes and blackholes, or routes both with and without an
+    /// output interface (the slow check then decides).
+    pub fn of_installed(installed: &[Object]) -> Option<Digest> {
+        let mut scope = DigestScope {
+            gateway_only: true,
+            ..DigestScope::default()
+        };
+        let (mut with_oif, mut without_oif) = (false, false);
+        for o in installed {
+            match o {
+                Object::Route(r) => {
+                    scope.routes = true;
+                    scope.gateway_only &= r.gateway.is_some();
+                    with_oif |= r.oif.is_some();
+                    without_oif |= r.oif.is_none();
+                }
+                Object::Blackhole { .. } => scope.blackholes = true,
+                _ => return None,
+            }
+        }
+        if with_oif && without_oif {
+            return None;
+        }
+        scope.oif = with_oif;
+        let mut d = Digest::new(scope);
+        for o in installed {
+            d.add(o);
+        }
+        Some(d)
+    }
+
+    /// Counts `o` when it is in scope.
+    pub fn add(&mut self, o: &Object) {
+        let mut h = Fnv1a64::default();
+        match o {
+            Object::Route(r) => {
+                if !self.scope.routes || (self.scope.gateway_only && r.gateway.is_none()) {
+                    return;
+                }
+                h.write(b"route");
+                h.write_net(&r.dst);
+                match &r.gateway {
+                    Some(g) => h.write_ip(g),
+                    None => h.write(&[0]),
+                }
+                h.write(&[u8::from(r.onlink)]);
+                h.write(&r.metric.to_le_bytes());
+                if self.scope.oif {
+                    h.write(&r.oif.map_or(u64::MAX, u64::from).to_le_bytes());
+                }
+            }
+            Object::Blackhole { dst, metric } => {
+                if !self.scope.blackholes {
+                    return;
+                }
+                h.write(b"blackhole");
+                h.write_net(dst);
+                h.write(&metric.to_le_bytes());
+            }
+            _ => return,
+        }
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(h.finish_mixed());
+    }
+
+    /// The digest as text (`<scope letters or -> <count> <sum hex>`), for run-state files.
+    pub fn to_fields(&self) -> String {
+        let s = self.scope;
+        let mut letters = String::new();
+        for (on, c) in [
+            (s.routes, 'r'),
+            (s.blackholes, 'b'),
+            (s.gateway_only, 'g'),
+            (s.oif, 'o'),
+        ] {
+            if on {
+                letters.push(c);
+            }
+        }
+        if letters.is_empty() {
+            letters.push('-');
+        }
+        format!("{letters} {} {:016x}", self.count, self.sum)
+    }
+
+    /// Parses [`Digest::to_fields`]'s output.
+    pub fn from_fields(f: &[&str]) -> Option<Digest> {
+        let [letters, count, sum] = f else {
+            return None;
+        };
+        if letters.is_empty() || !letters.chars().all(|c| "rbgo-".contains(c)) {
+            return None;
+        }
+        Some(Digest {
+            scope: DigestScope {
+                routes: letters.contains('r'),
+                blackholes: letters.contains('b'),
+                gateway_only: letters.contains('g'),
+                oif: letters.contains('o'),
+            },
+            count: count.parse().ok()?,
+            sum: u64::from_str_radix(sum, 16).ok()?,
+        })
+    }
 }
 
 /// True when the kernel holds every object of `installed` (one owned-listing per kind).
@@ -958,6 +1147,34 @@ impl NodeKernel for Netlink {
                 })
             })
             .collect())
+    }
+
+    /// One route dump the kernel filters by table and protocol; each route is hashed as it is
+    /// read, nothing is kept.
+    fn owned_digest(&mut self, scope: DigestScope) -> Result<Digest> {
+        let mut d = Digest::new(scope);
+        if !scope.routes && !scope.blackholes {
+            return Ok(d);
+        }
+        let filter = RouteFilter {
+            table: Some(rt_table::MAIN),
+            protocol: Some(TWILL_PROTO),
+            ..RouteFilter::default()
+        };
+        for r in self.routes(&filter)? {
+            if r.kind == RTN_BLACKHOLE {
+                d.add(&blackhole_of(&r));
+            } else if r.kind == RTN_UNICAST {
+                d.add(&Object::Route(PeerRoute {
+                    metric: effective_metric(&r.dst, r.metric.unwrap_or(0)),
+                    dst: r.dst,
+                    gateway: r.gateway,
+                    oif: r.oif,
+                    onlink: r.onlink,
+                }));
+            }
+        }
+        Ok(d)
     }
 
     /// One link dump shared by devices, neighbours and FDB entries; one route dump (the kernel
@@ -1484,6 +1701,98 @@ mod tests {
         assert_eq!(k.routes.len(), 1);
         assert_eq!(run(&mut k, &v2), Reconciled::Unchanged);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_digest_sees_a_changed_gateway_and_extra_routes_fall_back_to_the_full_check() {
+        let dir = std::env::temp_dir().join(format!("twill-digest-{}", std::process::id()));
+        let st =
+            StateFile::new(&dir, "n", crate::kernel::netns::NetnsKey::Cookie(1), (0, 0)).unwrap();
+        let mut k = FakeKernel::default();
+        let v = ViewSource::Inline(serde_json::json!([
+            {"nodeIP": "10.0.0.2", "podCIDR": "10.244.2.0/24"},
+            {"nodeIP": "10.0.0.3", "podCIDR": "10.244.3.0/24"},
+        ]));
+        let run = |k: &mut FakeKernel| {
+            let inputs = Inputs {
+                source: &v,
+                own_ranges: &[],
+                plane: &crate::node::host_gw::HostGw,
+            };
+            reconcile(k, &st, &inputs).unwrap()
+        };
+        assert!(matches!(run(&mut k), Reconciled::Applied(_)));
+        let d = st
+            .read_head()
+            .digest
+            .expect("a digest next to the fingerprint");
+        assert_eq!(d.count, 2);
+        assert!(d.scope.routes && d.scope.gateway_only && !d.scope.oif && !d.scope.blackholes);
+        assert_eq!(run(&mut k), Reconciled::Unchanged);
+
+        // Same count, another gateway: the digest differs, the full check agrees, repaired.
+        let hijacked = found("10.244.2.0/24", "10.0.0.9", true);
+        k.routes.retain(|f| f.object.key() != hijacked.object.key());
+        k.routes.push(hijacked);
+        let Reconciled::Applied(r) = run(&mut k) else {
+            panic!("a changed gateway must be repaired")
+        };
+        assert_eq!(r.plan.apply, vec![route("10.244.2.0/24", "10.0.0.2")]);
+        assert_eq!(run(&mut k), Reconciled::Unchanged);
+
+        // Another network's route and a gateway-less pod route: more than installed, yet all
+        // installed are there (the full check), or out of scope (no gateway).
+        k.routes.push(found("10.244.9.0/24", "10.0.0.9", true));
+        let Object::Route(mut pod) = route("10.244.1.5/32", "10.0.0.1") else {
+            unreachable!()
+        };
+        pod.gateway = None;
+        pod.oif = Some(7);
+        k.routes.push(Found {
+            object: Object::Route(pod),
+            ours: true,
+        });
+        assert_eq!(run(&mut k), Reconciled::Unchanged);
+
+        // One installed route gone: repaired.
+        k.routes
+            .retain(|f| f.object.key() != route("10.244.3.0/24", "10.0.0.3").key());
+        assert!(matches!(run(&mut k), Reconciled::Applied(_)));
+        assert!(
+            k.routes
+                .iter()
+                .any(|f| f.object == route("10.244.3.0/24", "10.0.0.3"))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn digest_fields_round_trip_and_only_route_kinds_get_one() {
+        let installed = [
+            route("10.244.2.0/24", "10.0.0.2"),
+            Object::blackhole(net("10.244.1.0/24")),
+        ];
+        let d = Digest::of_installed(&installed).unwrap();
+        assert!(d.scope.routes && d.scope.blackholes && d.scope.gateway_only);
+        let text = d.to_fields();
+        let f: Vec<&str> = text.split(' ').collect();
+        assert_eq!(Digest::from_fields(&f), Some(d));
+        // Order does not matter; content does.
+        let mut rev = installed.to_vec();
+        rev.reverse();
+        assert_eq!(Digest::of_installed(&rev), Some(d));
+        let other = [
+            route("10.244.2.0/24", "10.0.0.3"),
+            Object::blackhole(net("10.244.1.0/24")),
+        ];
+        assert_ne!(Digest::of_installed(&other).unwrap().sum, d.sum);
+        let neigh = Object::Neighbour {
+            dev: "twvx".into(),
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: "02:00:00:00:00:02".parse().unwrap(),
+        };
+        assert_eq!(Digest::of_installed(&[neigh]), None);
+        assert_eq!(Digest::from_fields(&["x", "1", "0"]), None);
     }
 
     #[test]

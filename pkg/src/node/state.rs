@@ -9,13 +9,15 @@
 //!
 //! Format (text, written as temp file + rename): a version line, `fingerprint <hex>` or
 //! `fingerprint pending`, `netns <dev> <ino>`, optionally `view <dev> <ino> <size> <ctime ns>
-//! <mtime ns> <context hex>` (the view file's stamp), then one installed object per line
-//! ([`Object::to_line`]).
+//! <mtime ns> <context hex>` (the view file's stamp), optionally `digest <scope> <count> <sum
+//! hex>` (of the installed objects, [`Digest`]), then one installed object per line
+//! ([`Object::to_line`]). The header lines come first, so the fast path reads only them
+//! ([`StateFile::read_head`]).
 
 use crate::error::{Error, Result};
 use crate::kernel::netns::NetnsKey;
 use crate::node::peers::ViewStamp;
-use crate::node::reconcile::{Key, Object};
+use crate::node::reconcile::{Digest, Key, Object};
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -38,6 +40,22 @@ pub struct NodeState {
     /// again to know the fingerprint holds. None: read it.
     pub view: Option<(ViewStamp, u64)>,
 }
+
+/// The header of a state file: what the reconcile's fast path needs, read without the
+/// installed objects ([`StateFile::read_head`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateHead {
+    /// As [`NodeState::fingerprint`].
+    pub fingerprint: Option<u64>,
+    /// As [`NodeState::view`].
+    pub view: Option<(ViewStamp, u64)>,
+    /// The count and hash of the installed objects ([`Digest::of_installed`]), recorded with
+    /// the fingerprint; None when there is none (the installed objects are then read).
+    pub digest: Option<Digest>,
+}
+
+/// How much of a state file [`StateFile::read_head`] reads: the header lines only.
+const HEAD_BYTES: usize = 512;
 
 /// The state file of one network in one node namespace.
 #[derive(Debug, Clone)]
@@ -86,6 +104,46 @@ impl StateFile {
         read_state(&self.path).map(|(s, _)| s).unwrap_or_default()
     }
 
+    /// The header only: one read of its first [`HEAD_BYTES`] bytes, whatever the number of
+    /// objects. Missing or of another format is the empty header; a header longer than that
+    /// (never written) is read as far as it goes.
+    pub fn read_head(&self) -> StateHead {
+        use std::io::Read;
+        let mut buf = [0u8; HEAD_BYTES];
+        let Ok(mut f) = File::open(&self.path) else {
+            return StateHead::default();
+        };
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return StateHead::default(),
+            }
+        }
+        // Complete lines only: a cut one is not read as something else.
+        let end = if len < buf.len() {
+            len
+        } else {
+            buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+        };
+        let Ok(text) = std::str::from_utf8(&buf[..end]) else {
+            return StateHead::default();
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(HEADER) {
+            return StateHead::default();
+        }
+        let mut head = StateHead::default();
+        for line in lines {
+            if !parse_header_line(line, &mut head, &mut None) {
+                break;
+            }
+        }
+        head
+    }
+
     /// Atomically replaces the state (temp file in the same directory + rename), creating
     /// the run directory when needed.
     pub fn write(&self, state: &NodeState) -> Result<()> {
@@ -97,6 +155,11 @@ impl StateFile {
         text.push_str(&format!("netns {} {}\n", self.inode.0, self.inode.1));
         if let (Some((stamp, context)), Some(_)) = (&state.view, state.fingerprint) {
             text.push_str(&format!("view {} {context:016x}\n", stamp.to_fields()));
+        }
+        if state.fingerprint.is_some()
+            && let Some(d) = Digest::of_installed(&state.installed)
+        {
+            text.push_str(&format!("digest {}\n", d.to_fields()));
         }
         for o in &state.installed {
             text.push_str(&o.to_line());
@@ -283,25 +346,50 @@ fn read_state(path: &Path) -> Option<(NodeState, Option<(u64, u64)>)> {
         .installed
         .reserve(text.bytes().filter(|&b| b == b'\n').count());
     let mut inode = None;
+    let mut head = StateHead::default();
     for line in lines {
-        if let Some(fp) = line.strip_prefix("fingerprint ") {
-            state.fingerprint = u64::from_str_radix(fp, 16).ok();
-        } else if let Some(ns) = line.strip_prefix("netns ") {
-            let mut it = ns.split(' ').map(str::parse::<u64>);
-            if let (Some(Ok(d)), Some(Ok(i))) = (it.next(), it.next()) {
-                inode = Some((d, i));
-            }
-        } else if let Some(v) = line.strip_prefix("view ") {
-            let f: Vec<&str> = v.split(' ').collect();
-            if let [stamp @ .., context] = f.as_slice() {
-                state.view =
-                    ViewStamp::from_fields(stamp).zip(u64::from_str_radix(context, 16).ok());
-            }
-        } else if let Some(o) = Object::from_line(line) {
+        if parse_header_line(line, &mut head, &mut inode) {
+            continue;
+        }
+        if let Some(o) = Object::from_line(line) {
             state.installed.push(o);
         }
     }
+    state.fingerprint = head.fingerprint;
+    state.view = head.view;
     Some((state, inode))
+}
+
+/// Reads `line` into `head` (and the namespace identity into `inode`) when it is a header
+/// line (`fingerprint`, `netns`, `view`, `digest`); false for anything else.
+fn parse_header_line(line: &str, head: &mut StateHead, inode: &mut Option<(u64, u64)>) -> bool {
+    if let Some(fp) = line.strip_prefix("fingerprint ") {
+        head.fingerprint = u64::from_str_radix(fp, 16).ok();
+    } else if let Some(ns) = line.strip_prefix("netns ") {
+        let mut it = ns.split(' ').map(str::parse::<u64>);
+        if let (Some(Ok(d)), Some(Ok(i))) = (it.next(), it.next()) {
+            *inode = Some((d, i));
+        }
+    } else if let Some(v) = line.strip_prefix("view ") {
+        let mut f = [""; 6];
+        let mut n = 0;
+        for part in v.split(' ') {
+            match f.get_mut(n) {
+                Some(slot) => *slot = part,
+                None => return true,
+            }
+            n += 1;
+        }
+        if let [stamp @ .., context] = &f[..n] {
+            head.view = ViewStamp::from_fields(stamp).zip(u64::from_str_radix(context, 16).ok());
+        }
+    } else if let Some(d) = line.strip_prefix("digest ") {
+        let f: Vec<&str> = d.split(' ').collect();
+        head.digest = Digest::from_fields(&f);
+    } else {
+        return false;
+    }
+    true
 }
 
 /// The cookie of the namespace at `path` (None when it cannot be told: then it counts as live).
@@ -375,7 +463,7 @@ fn live_netns_inodes() -> BTreeMap<u64, PathBuf> {
 }
 
 /// Network names become file names: letters, digits, `_`, `.`, `-`, not starting with `.`.
-fn check_network_name(network: &str) -> Result<()> {
+pub(crate) fn check_network_name(network: &str) -> Result<()> {
     let ok = !network.is_empty()
         && network.len() <= 200
         && !network.starts_with('.')
@@ -440,7 +528,26 @@ mod tests {
         };
         st.write(&s).unwrap();
         assert_eq!(st.read(), s);
+        let head = st.read_head();
+        assert_eq!((head.fingerprint, head.view), (s.fingerprint, s.view));
+        assert_eq!(head.digest, Digest::of_installed(&s.installed));
+        // The header is read alone: thousands of objects later in the file are not.
+        let many = NodeState {
+            installed: (0..4000u32)
+                .map(|i| {
+                    let dst = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
+                    route(&dst, "10.0.0.2")
+                })
+                .collect(),
+            ..s.clone()
+        };
+        st.write(&many).unwrap();
+        assert!(std::fs::metadata(st.path()).unwrap().len() > 100 * HEAD_BYTES as u64);
+        let head = st.read_head();
+        assert_eq!(head.digest.map(|d| d.count), Some(4000));
+        assert_eq!(head.view, s.view);
         st.write(&NodeState::default()).unwrap();
+        assert_eq!(st.read_head(), StateHead::default());
         assert_eq!(st.read().fingerprint, None);
 
         // Another network in the same namespace claims its routes; another namespace does not.
