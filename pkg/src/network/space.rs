@@ -143,7 +143,39 @@ impl SpaceFile {
         res.map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             Error::io(format!("write {}", self.path.display()), e)
-        })
+        })?;
+        self.remove_dead_temps();
+        Ok(())
+    }
+
+    /// Removes the temp files of writers that died between creating and renaming them: a
+    /// `<network>.space.tmp<pid>` whose pid is no longer a live process. Returns them.
+    pub fn remove_dead_temps(&self) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Vec::new();
+        };
+        let mut prefix = name.to_os_string();
+        prefix.push(".tmp");
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for e in rd.flatten() {
+            let file = e.file_name();
+            let Some(pid) = file
+                .as_encoded_bytes()
+                .strip_prefix(prefix.as_encoded_bytes())
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = Path::new("/proc").join(pid.to_string()).exists();
+            if !alive && std::fs::remove_file(e.path()).is_ok() {
+                removed.push(e.path());
+            }
+        }
+        removed
     }
 }
 
@@ -153,6 +185,41 @@ mod tests {
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_dead_writers_temp_file_is_removed_by_the_next_write_and_a_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("twill-space-tmp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = SpaceFile::new(&dir, "n").unwrap();
+        // pid_max is at most 2^22: this pid is never alive.
+        let dead = dir.join("n.space.tmp4194305");
+        let live = dir.join("n.space.tmp1"); // init: always alive
+        let other = dir.join("n2.space.tmp4194305");
+        for p in [&dead, &live, &other] {
+            std::fs::write(p, "half").unwrap();
+        }
+        let stamp = ViewStamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            ctime_ns: 4,
+            mtime_ns: 5,
+        };
+        let d = Derived {
+            stamp,
+            inputs: 7,
+            nets: vec![net("10.244.0.0/16")],
+        };
+        f.write(&d).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(live.exists(), "a live writer's temp file is kept");
+        assert!(
+            other.exists(),
+            "another network's temp file is not this one's"
+        );
+        assert_eq!(f.read(&stamp, 7), Some(vec![net("10.244.0.0/16")]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
