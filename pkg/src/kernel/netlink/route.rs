@@ -349,6 +349,20 @@ fn parse_route(p: &[u8]) -> Option<Route> {
 }
 
 impl super::Batch {
+    /// Adds a route ([`Netlink::add_route`]: `is_exists` when it is there). A route of the
+    /// wrong family fails the batch when it is sent, without sending anything.
+    pub fn add_route(&mut self, spec: &RouteSpec) {
+        let op = format!("add route {}", describe(spec));
+        match check_family(spec) {
+            Ok(()) => self.push(
+                RouteNetlinkMessage::NewRoute(route_msg(spec, false)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                op,
+            ),
+            Err(e) => self.refuse(e.with_op(|| op)),
+        }
+    }
+
     /// Adds a route next to any with the same destination ([`Netlink::append_route`]). A
     /// route of the wrong family fails the batch when it is sent, without sending anything.
     pub fn append_route(&mut self, spec: &RouteSpec) {
