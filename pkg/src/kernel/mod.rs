@@ -1,7 +1,5 @@
-//! Kernel access: rtnetlink and netfilter over one netlink framing, network namespaces, sysctls,
-//! gratuitous ARP.
+//! Kernel access: rtnetlink and netfilter over one netlink framing, network namespaces, sysctls.
 
-pub mod arp;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;

@@ -17,7 +17,6 @@ use ipnetwork::IpNetwork;
 use crate::cni::types::{Attachment, CniResult, IpConfig, Route};
 use crate::error::{Error, Result, code};
 use crate::hash::Fnv1a64;
-use crate::kernel::arp::Announcer;
 use crate::kernel::netlink::{
     AddrOptions, Batch, Link, LinkChange, MacAddr, Netlink, NetlinkError, PortFlags, RouteFilter,
     RouteSpec, VethSpec, inet_conf,
@@ -573,20 +572,18 @@ impl Default for PodOptions {
 }
 
 /// Configures the pod end inside `pod_ns` over one socket made there: DAD off (see
-/// [`PodOptions`]), addresses, up, `routes` (their `oif` is set to the interface; protocol
-/// [`POD_ROUTE_PROTO`] unless set), then an announcement of its IPv4 addresses (gratuitous
-/// ARP). One setns bracket, one batch in the pod.
+/// [`PodOptions`]), addresses, up, an announcement of its IPv4 addresses (gratuitous ARP),
+/// then `routes` (their `oif` is set to the interface; protocol [`POD_ROUTE_PROTO`] unless
+/// set). One setns bracket, two batches in the pod (addresses and up; MAC and routes).
 ///
 /// The announcement corrects stale neighbour entries of a reused IP on the node and the other
 /// pods. A gratuitous ARP sent as the interface comes up (arp_notify) is not reliable through a
 /// bridge: the host end's carrier reaches the bridge asynchronously (linkwatch), and until then
 /// its port may drop frames. So: up, and only then `arp_notify=1` (in the same request: the
-/// kernel applies IPv4 settings after the flags; it stays on, so later MAC changes and ups of
-/// the interface announce too); look the host end up on `node` (RTM_GETLINK runs the device's
-/// pending linkwatch work, so the port forwards from then on); then send the gratuitous ARP of
-/// each IPv4 address from a packet socket made in the pod netns ([`Announcer`]): the frame
-/// `arp_notify` would send, without the RTNL lock or a netdevice notifier. One ARP flood per
-/// address, no waiting.
+/// kernel applies IPv4 settings after the flags); look the host end up on `node` (RTM_GETLINK
+/// runs the device's pending linkwatch work, so the port forwards from then on); set the pod
+/// end's MAC to itself, which makes the kernel announce every IPv4 address
+/// (NETDEV_CHANGEADDR). One ARP flood per ADD, one extra round trip, no waiting.
 pub fn configure_pod(
     node: &mut Netlink,
     pod_ns: &Netns,
@@ -691,20 +688,6 @@ fn configure_pod_of(
             (true, Some(peer), Some(mac)) => Some((peer, mac)),
             _ => None,
         };
-        // The announcer lives in the pod netns: made in this bracket, used after the node's
-        // lookup below.
-        let announcer = match announce {
-            Some(_) => Some(Announcer::open().map_err(|e| {
-                Error::io(
-                    format!(
-                        "open a packet socket in netns {} to announce the pod's addresses",
-                        pod_ns.path().display()
-                    ),
-                    e,
-                )
-            })?),
-            None => None,
-        };
         let notify = [(inet_conf::ARP_NOTIFY, 1)];
         first.change_link(
             link.index,
@@ -714,25 +697,24 @@ fn configure_pod_of(
                 ..Default::default()
             },
         );
+        nl.send_batch(first)?;
+        let mut then = Batch::new();
+        if let Some((peer, mac)) = announce {
+            node.link_by_index(peer)?;
+            then.change_link(
+                link.index,
+                &LinkChange {
+                    mac: Some(mac),
+                    ..Default::default()
+                },
+            );
+        }
         for r in routes {
             let mut r = r.clone();
             r.oif = Some(link.index);
-            first.append_route(&r);
+            then.append_route(&r);
         }
-        nl.send_batch(first)?;
-        if let (Some((peer, mac)), Some(announcer)) = (announce, &announcer) {
-            node.link_by_index(peer)?;
-            for a in addrs {
-                if let std::net::IpAddr::V4(ip) = a.ip() {
-                    announcer.announce(link.index, mac, ip).map_err(|e| {
-                        Error::io(
-                            format!("announce {ip} on interface {ifname} (gratuitous ARP)"),
-                            e,
-                        )
-                    })?;
-                }
-            }
-        }
+        nl.send_batch(then)?;
         if let Some(events) = &mut dad_events {
             let v6: Vec<std::net::Ipv6Addr> = addrs
                 .iter()
