@@ -1659,3 +1659,58 @@ fn ip_masq_default_follows_flannel_ipmasq() {
         x.run("DEL").assert_ok_empty();
     }
 }
+
+/// The MAC the node (on `cni0`) or a pod (on `eth0`) has for `ip`, if any.
+fn neighbour_mac(ns: &Netns, ip: &str, dev: &str) -> Option<String> {
+    let out = ns.ip(&["neigh", "show", ip, "dev", dev]);
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "lladdr")?;
+    words.get(at + 1).map(|m| m.to_string())
+}
+
+#[test]
+fn add_of_a_reused_address_corrects_the_node_and_the_other_pods_at_once() {
+    // A pod's address used before by another pod: the node and the pods on the bridge still
+    // map it to the old MAC. The ADD's gratuitous ARP must correct both before the new pod has
+    // sent anything else.
+    let c = Cluster::new(Fabric::single_l2(1));
+    let node = c.node(0);
+    let other = c.add_pod(0);
+    let reused = "10.244.1.77";
+    let stale = "02:00:00:00:00:99";
+    node.ns.ip(&[
+        "neigh", "replace", reused, "lladdr", stale, "dev", "cni0", "nud", "stale",
+    ]);
+    other.ns.ip(&[
+        "neigh", "replace", reused, "lladdr", stale, "dev", "eth0", "nud", "stale",
+    ]);
+    let mut conf = c.conf(0);
+    conf["runtimeConfig"] = json!({"ips": [format!("{reused}/24")]});
+    let pod = c.add_pod_with(0, &conf);
+    assert_eq!(pod.result["ips"][0]["address"], format!("{reused}/24"));
+    let mac = pod.result["interfaces"][2]["mac"]
+        .as_str()
+        .expect("pod MAC")
+        .to_string();
+    // The ARP is processed as it is sent; a few reads cover a slow scheduler.
+    let corrected = |ns: &Netns, dev: &str| {
+        (0..50).any(|_| {
+            let now = neighbour_mac(ns, reused, dev);
+            if now.as_deref() != Some(mac.as_str()) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                return false;
+            }
+            true
+        })
+    };
+    assert!(
+        corrected(&node.ns, "cni0"),
+        "node still maps {reused} elsewhere"
+    );
+    assert!(
+        corrected(&other.ns, "eth0"),
+        "other pod still maps {reused} elsewhere"
+    );
+    pod.run("DEL").assert_ok_empty();
+    other.run("DEL").assert_ok_empty();
+}

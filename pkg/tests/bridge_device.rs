@@ -256,3 +256,25 @@ fn random_macs_differ() {
     let b: MacAddr = twill::pod::veth::random_mac();
     assert_ne!(a, b);
 }
+
+#[test]
+fn the_bridge_is_found_with_its_own_ipv4_addresses_which_answer_a_present_gateway() {
+    let ns = TestNs::new();
+    let mut nl = ns.netlink();
+    bridge::ensure(&mut nl, "twbr0", 1500).unwrap();
+    ns.ip(&["addr", "add", "10.1.0.1/24", "dev", "twbr0"]);
+    ns.ip(&["link", "add", "other0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.7.0.1/24", "dev", "other0"]);
+    let found = bridge::ensure(&mut nl, "twbr0", 1500).unwrap();
+    assert!(!found.created);
+    assert_eq!(
+        found.ipv4,
+        Some(vec![net("10.1.0.1/24")]),
+        "only the bridge's own"
+    );
+    // Listed: present, nothing sent; not listed: the conflict rule still holds.
+    bridge::ensure_gateway(&mut nl, &found, net("10.1.0.1/24"), false).unwrap();
+    let e = bridge::ensure_gateway(&mut nl, &found, net("10.7.0.1/24"), false).unwrap_err();
+    assert_eq!(e.code, code::CONFLICT, "{e}");
+    assert_eq!(addrs(&ns, "twbr0"), vec!["10.1.0.1/24".to_string()]);
+}

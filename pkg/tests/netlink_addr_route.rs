@@ -278,3 +278,36 @@ fn routes_gateway_default_onlink_filter_delete() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_default_route_is_found_in_one_lookup_and_a_more_specific_match_is_not_taken_for_it() {
+    let (ns, mut nl, br) = setup();
+    assert_eq!(nl.default_route(Family::V4).unwrap(), None);
+    assert_eq!(nl.default_route(Family::V6).unwrap(), None);
+    nl.add_address(br, net("10.77.0.1/24"), &AddrOptions::default())
+        .unwrap();
+    let v6 = AddrOptions {
+        nodad: true,
+        ..Default::default()
+    };
+    nl.add_address(br, net("fd77::1/64"), &v6).unwrap();
+    // Many more specific routes in the way change nothing.
+    for i in 0..20 {
+        ns.ip(&["route", "add", &format!("10.88.{i}.0/24"), "dev", "twbr0"]);
+    }
+    nl.add_route(&RouteSpec::default_via("10.77.0.254".parse().unwrap()))
+        .unwrap();
+    nl.add_route(&RouteSpec::default_via("fd77::fe".parse().unwrap()))
+        .unwrap();
+    let r4 = nl.default_route(Family::V4).unwrap().expect("v4");
+    assert_eq!(r4.dst, net("0.0.0.0/0"));
+    assert_eq!(r4.oif, Some(br));
+    assert_eq!(r4.gateway, Some("10.77.0.254".parse().unwrap()));
+    assert_eq!(r4.table, rt_table::MAIN);
+    let r6 = nl.default_route(Family::V6).unwrap().expect("v6");
+    assert_eq!(r6.dst, net("::/0"));
+    assert_eq!(r6.oif, Some(br));
+    // A route covering the probe address hides the default route: no answer, not a wrong one.
+    ns.ip(&["route", "add", "192.0.2.0/24", "dev", "twbr0"]);
+    assert_eq!(nl.default_route(Family::V4).unwrap(), None);
+}

@@ -1,8 +1,9 @@
 //! The node's bridge: made on first use (MTU, fixed MAC, no IPv6 DAD, up; promiscuous when
 //! asked), its gateway addresses, and the flags of its ports (hairpin, isolation).
 //!
-//! Hot path (bridge and gateway already there): one RTM_GETLINK and one address dump per
-//! gateway (served without the RTNL lock); no change requests.
+//! Hot path (bridge and gateway already there): one send with the bridge's RTM_GETLINK and a
+//! dump of the namespace's IPv4 addresses (served without the RTNL lock), which answers an
+//! IPv4 gateway; an IPv6 gateway costs one address dump of the bridge. No change requests.
 
 use std::net::IpAddr;
 
@@ -11,7 +12,7 @@ use ipnetwork::IpNetwork;
 use crate::cni::types::IpConfig;
 use crate::error::{Error, Result, code};
 use crate::kernel::netlink::{
-    AddrOptions, BridgeSpec, Family, IFF_PROMISC, Link, MacAddr, Netlink, PortFlags,
+    AddrOptions, Batch, BridgeSpec, Family, IFF_PROMISC, Link, MacAddr, Netlink, PortFlags,
     validate_ifname,
 };
 use crate::kernel::netns::Netns;
@@ -32,6 +33,9 @@ pub struct Bridge {
     pub created: bool,
     /// It had carrier (an active port) when looked up; see [`settle_carrier`].
     pub carrier: bool,
+    /// Its IPv4 addresses when it was looked up ([`ensure_with`] lists them in the same send);
+    /// None when not listed. [`ensure_gateway`] takes a gateway found here as present.
+    pub ipv4: Option<Vec<IpNetwork>>,
 }
 
 /// Checks a configured bridge name (code 7 when it cannot be an interface name).
@@ -47,7 +51,32 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// a link of another kind holds the name (what STATUS reports as 50).
 pub fn find(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
     validate_name(name)?;
-    match nl.link_by_name(name)? {
+    only_a_bridge(name, nl.link_by_name(name)?)
+}
+
+/// [`find`], and the bridge's IPv4 addresses, from a dump of the namespace's IPv4 addresses
+/// in the same send (served without the RTNL lock).
+fn find_listing_ipv4(nl: &mut Netlink, name: &str) -> Result<Option<(Link, Vec<IpNetwork>)>> {
+    validate_name(name)?;
+    let mut b = Batch::new();
+    b.get_link_by_name(name);
+    b.list_addresses(None, Some(Family::V4));
+    let replies = nl.send_batch_reading(b)?;
+    let Some(link) = only_a_bridge(name, replies.links.into_iter().next().flatten())? else {
+        return Ok(None);
+    };
+    let addrs = replies
+        .addresses
+        .iter()
+        .filter(|a| a.index == link.index)
+        .map(|a| a.network())
+        .collect();
+    Ok(Some((link, addrs)))
+}
+
+/// `link`, the link named `name`, when it is a bridge; code 104 when it is another kind.
+fn only_a_bridge(name: &str, link: Option<Link>) -> Result<Option<Link>> {
+    match link {
         Some(l) if l.kind.as_deref() == Some("bridge") => Ok(Some(l)),
         Some(l) => Err(Error::new(
             code::CONFLICT,
@@ -100,8 +129,10 @@ pub fn ensure_with(
     opts: &BridgeOptions,
     default_mtu: impl FnOnce(&mut Netlink) -> Result<u32>,
 ) -> Result<Bridge> {
-    if let Some(l) = find(nl, name)? {
-        return adopt(nl, l, opts, false);
+    if let Some((l, ipv4)) = find_listing_ipv4(nl, name)? {
+        let mut br = adopt(nl, l, opts, false)?;
+        br.ipv4 = Some(ipv4);
+        return Ok(br);
     }
     let mtu = match opts.mtu {
         Some(m) => m,
@@ -152,6 +183,7 @@ fn adopt(nl: &mut Netlink, mut l: Link, opts: &BridgeOptions, created: bool) -> 
         mtu: l.mtu,
         created,
         carrier: l.oper_up,
+        ipv4: None,
     })
 }
 
@@ -168,9 +200,10 @@ pub fn settle_carrier(nl: &mut Netlink, br: &Bridge) -> Result<()> {
 
 /// Puts gateway address `gw` (gateway/prefix of the pod subnet) on the bridge.
 ///
-/// On a bridge made by this call: one RTM_NEWADDR. On a bridge that existed before: its
-/// addresses of that family are listed first (an address dump, which the kernel serves without
-/// the RTNL lock): already there, nothing else is sent. Missing: any *other* address that
+/// On a bridge made by this call: one RTM_NEWADDR. On a bridge that existed before: an IPv4
+/// gateway among the addresses [`ensure_with`] listed ([`Bridge::ipv4`]) is there, nothing is
+/// sent. Otherwise its addresses of that family are listed (an address dump, which the kernel
+/// serves without the RTNL lock): already there, nothing else is sent. Missing: any *other* address that
 /// conflicts (IPv4: any; IPv6: one whose subnet overlaps `gw`'s) is an error, code 104, unless
 /// `force`, which replaces them; then `gw` is added (a concurrent adder's EEXIST is fine).
 /// IPv6 gateways skip DAD so pods can use them at once.
@@ -185,6 +218,9 @@ pub fn ensure_gateway(nl: &mut Netlink, br: &Bridge, gw: IpNetwork, force: bool)
     };
     if br.created {
         return add(nl);
+    }
+    if br.ipv4.as_ref().is_some_and(|listed| listed.contains(&gw)) {
+        return Ok(());
     }
     let have: Vec<IpNetwork> = nl
         .addresses(Some(br.index), Some(Family::of(&gw.ip())))?

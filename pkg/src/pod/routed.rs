@@ -137,25 +137,35 @@ pub fn pod_routes(ips: &[IpConfig], ipam_routes: &[Route]) -> (Vec<RouteSpec>, V
 /// up, so the host end's link-local address is born usable.
 pub fn setup_host(node: &mut Netlink, host: &HostEnd, v4: bool, v6: bool) -> Result<()> {
     if v4 {
-        let index = host_index(node, host)?;
         let mut b = Batch::new();
-        b.change_link(
-            index,
-            &LinkChange {
-                inet_conf: &[(inet_conf::FORWARDING, 1), (inet_conf::PROXY_ARP, 1)],
-                ..Default::default()
-            },
-        );
-        b.set_arp_proxy_delay(index, 0);
+        host_ipv4_settings(&mut b, host_index(node, host)?);
         node.send_batch(b)?;
     }
+    setup_host_ipv6(host, v6)?;
+    crate::pod::bridge::enable_forwarding(v4, v6)
+}
+
+/// The IPv6 part of [`setup_host`] (sysctls of the calling thread's netns), when `v6`.
+fn setup_host_ipv6(host: &HostEnd, v6: bool) -> Result<()> {
     if v6 {
         // IPv6 per-device settings cannot be set over netlink.
         for (key, value) in host_sysctls(&host.name, false, true) {
             sysctl::set(&key, value)?;
         }
     }
-    crate::pod::bridge::enable_forwarding(v4, v6)
+    Ok(())
+}
+
+/// The IPv4 settings of routed host end `index` ([`setup_host`]), added to `b`.
+fn host_ipv4_settings(b: &mut Batch, index: u32) {
+    b.change_link(
+        index,
+        &LinkChange {
+            inet_conf: &[(inet_conf::FORWARDING, 1), (inet_conf::PROXY_ARP, 1)],
+            ..Default::default()
+        },
+    );
+    b.set_arp_proxy_delay(index, 0);
 }
 
 /// The ifindex of `host`: as echoed at creation, else looked up by name.
@@ -287,6 +297,11 @@ pub fn configure_pod(
 /// are allocated: the host end's settings ([`setup_host`]), the pod end ([`configure_pod`])
 /// and one host route per address ([`route_to_pod`]). Returns the CNI result without its DNS
 /// (the caller merges the config's), and the lines to say on stderr (stale routes replaced).
+///
+/// The host end's IPv6 settings and the node's forwarding come first (the host end's
+/// link-local address must be born usable); its IPv4 settings go out after the pod side, in
+/// one batch with the host routes: nothing reaches the host end before the pod is up, and the
+/// ADD returns only once both are in place.
 pub fn wire(
     node: &mut Netlink,
     pod_ns: &Netns,
@@ -298,10 +313,11 @@ pub fn wire(
     let ips = pod_ips(&ipam.ips);
     let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
     let (v4, v6) = families(&addrs);
-    setup_host(node, host, v4, v6)?;
+    setup_host_ipv6(host, v6)?;
+    crate::pod::bridge::enable_forwarding(v4, v6)?;
     let (routes, result_routes) = pod_routes(&ips, &ipam.routes);
     let pod = configure_pod(pod_ns, ifname, host, &addrs, &routes, settings)?;
-    let replaced = route_to_pod(node, host, &addrs)?;
+    let replaced = finish_host(node, host, v4, &addrs)?;
     let sandbox = pod_ns.path().to_string_lossy().into_owned();
     let result = CniResult {
         interfaces: vec![
@@ -313,6 +329,39 @@ pub fn wire(
         ..CniResult::default()
     };
     Ok((result, replaced))
+}
+
+/// The host end's IPv4 settings (when `v4`) and the host route of each of `addrs`, in one
+/// batch on `node`. A route already there (a stale pod's) makes [`route_to_pod`] handle the
+/// routes again, replacing it; its lines for stderr are returned.
+fn finish_host(
+    node: &mut Netlink,
+    host: &HostEnd,
+    v4: bool,
+    addrs: &[IpNetwork],
+) -> Result<Vec<String>> {
+    let index = host_index(node, host)?;
+    let mut b = Batch::new();
+    if v4 {
+        host_ipv4_settings(&mut b, index);
+    }
+    for a in addrs {
+        b.add_route(&host_route(index, *a));
+    }
+    match node.send_batch(b) {
+        Ok(()) => Ok(Vec::new()),
+        Err(e) if e.is_exists() => route_to_pod(node, host, addrs),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `<addr> dev <host end> scope link proto 116`: the node's route to a routed pod address.
+fn host_route(host_index: u32, addr: IpNetwork) -> RouteSpec {
+    RouteSpec {
+        oif: Some(host_index),
+        scope: Some(rt_scope::LINK),
+        ..RouteSpec::new(addr)
+    }
 }
 
 /// Routes each of `addrs` (host addresses) to the host end `host` in the node netns:
@@ -327,11 +376,7 @@ pub fn route_to_pod(
     let host_index = host_index(node, host)?;
     let mut replaced = Vec::new();
     for a in addrs {
-        let spec = RouteSpec {
-            oif: Some(host_index),
-            scope: Some(rt_scope::LINK),
-            ..RouteSpec::new(*a)
-        };
+        let spec = host_route(host_index, *a);
         match node.add_route(&spec) {
             Ok(()) => continue,
             Err(e) if e.is_exists() => {}

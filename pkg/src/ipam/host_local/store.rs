@@ -452,6 +452,13 @@ impl Store {
             *cached = Some((self.unnamed_file(contents)?, contents.to_vec()));
         }
         let link = |file: &File| {
+            // The descriptor itself first (AT_EMPTY_PATH: no walk through /proc, which costs a
+            // proc inode per call); without CAP_DAC_READ_SEARCH that is ENOENT, and then the
+            // /proc/self/fd link says the same as before.
+            match link_fd(file, target) {
+                Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EPERM) => {}
+                done => return done,
+            }
             let magic = format!("/proc/self/fd/{}", file.as_raw_fd());
             nix::unistd::linkat(
                 AT_FDCWD,
@@ -615,6 +622,25 @@ impl Store {
 }
 
 /// Reads a reservation file's owner; `None` when it cannot be read.
+/// `linkat(fd, "", AT_FDCWD, target, AT_EMPTY_PATH)`: gives the open unnamed file `file` the
+/// name `target`.
+fn link_fd(file: &File, target: &Path) -> nix::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: both strings are NUL-terminated and live for the call.
+    let r = unsafe {
+        nix::libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_FDCWD,
+            target.as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
+}
+
 fn read_owner(path: &Path) -> Option<StoredOwner> {
     read_small(path).map(|b| StoredOwner::parse(&String::from_utf8_lossy(&b)))
 }

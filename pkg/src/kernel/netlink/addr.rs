@@ -126,7 +126,7 @@ fn addr_msg(index: u32, net: &IpNetwork) -> AddressMessage {
 }
 
 /// Decodes an RTM_NEWADDR payload.
-fn parse_addr(p: &[u8]) -> Option<Address> {
+pub(crate) fn parse_addr(p: &[u8]) -> Option<Address> {
     if p.len() < IFADDRMSG_LEN {
         return None;
     }

@@ -4,18 +4,21 @@
 //! one receive for the lot instead of one each). And [`LinkChange`]: everything twill sets on
 //! an existing link in one RTM_NEWLINK (alias, bridge port flags, IPv4 settings, up, MAC).
 
-use netlink_packet_core::{DefaultNla, NLA_F_NESTED};
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_DUMP};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour_table::{
     NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
 };
 
+use super::addr::{Address, parse_addr};
 use super::attr;
 use super::bridge_port::PortFlags;
 use super::error::{NetlinkError, NlResult};
-use super::{MacAddr, Netlink};
+use super::link::{Link, parse_link, validate_ifname};
+use super::{Family, MacAddr, Netlink};
 
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_AF_SPEC: u16 = 26;
@@ -25,6 +28,8 @@ const IFLA_INET_CONF: u16 = 1;
 const IFLA_BRPORT_MODE: u16 = 4;
 const IFLA_BRPORT_ISOLATED: u16 = 33;
 const AF_INET: u16 = 2;
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
 
 /// IPv4 per-device settings (`IPV4_DEVCONF_*`, the files of `/proc/sys/net/ipv4/conf/<dev>/`)
 /// that [`LinkChange::inet_conf`] can set.
@@ -37,11 +42,34 @@ pub mod inet_conf {
     pub const ARP_NOTIFY: u16 = 22;
 }
 
-/// One request of a batch: the message, its flags and what it does (for errors).
+/// One request of a batch: the message, its flags, what it does (for errors) and what its
+/// answer carries.
 struct Req {
     msg: RouteNetlinkMessage,
     flags: u16,
     op: String,
+    reads: Reads,
+}
+
+/// What the answer to a request of a batch carries besides its ACK.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reads {
+    /// Nothing (a change).
+    Nothing,
+    /// One link ([`Batch::get_link`]); "no such device" is an answer, not a failure.
+    Link,
+    /// A dump of addresses ([`Batch::list_addresses`]), redone on its own when interrupted.
+    Addresses(Option<u32>, Option<Family>),
+}
+
+/// What the reading requests of a batch sent with [`Netlink::send_batch_reading`] answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replies {
+    /// One entry per [`Batch::get_link`] or [`Batch::get_link_by_name`], in batch order: the
+    /// link, or None when there is no such link.
+    pub links: Vec<Option<Link>>,
+    /// Every address the [`Batch::list_addresses`] requests listed, in batch order.
+    pub addresses: Vec<Address>,
 }
 
 /// Requests to send together with [`Netlink::send_batch`], in the order they were added.
@@ -60,7 +88,59 @@ impl Batch {
 
     /// Adds a request (`flags` beyond NLM_F_REQUEST | NLM_F_ACK) described by `op`.
     pub(super) fn push(&mut self, msg: RouteNetlinkMessage, flags: u16, op: String) {
-        self.reqs.push(Req { msg, flags, op });
+        self.reqs.push(Req {
+            msg,
+            flags,
+            op,
+            reads: Reads::Nothing,
+        });
+    }
+
+    /// Looks link `index` up (RTM_GETLINK; its answer in [`Replies::links`]). On kernels from
+    /// about 6.8 the lookup also runs the link's pending carrier work (linkwatch) first.
+    pub fn get_link(&mut self, index: u32) {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.reqs.push(Req {
+            msg: RouteNetlinkMessage::GetLink(m),
+            flags: 0,
+            op: format!("get link ifindex {index}"),
+            reads: Reads::Link,
+        });
+    }
+
+    /// Looks the link named `name` up (its answer in [`Replies::links`]).
+    pub fn get_link_by_name(&mut self, name: &str) {
+        if let Err(e) = validate_ifname(name) {
+            self.refuse(e.with_op(|| format!("get link {name}")));
+            return;
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.reqs.push(Req {
+            msg: RouteNetlinkMessage::GetLink(m),
+            flags: 0,
+            op: format!("get link {name}"),
+            reads: Reads::Link,
+        });
+    }
+
+    /// Lists the addresses of link `index` (all links when None) of `family` (both when None):
+    /// a dump, served without the RTNL lock; its answer in [`Replies::addresses`].
+    pub fn list_addresses(&mut self, index: Option<u32>, family: Option<Family>) {
+        let mut m = AddressMessage::default();
+        m.header.family = match family {
+            Some(Family::V4) => AddressFamily::Inet,
+            Some(Family::V6) => AddressFamily::Inet6,
+            None => AddressFamily::Unspec,
+        };
+        m.header.index = index.unwrap_or(0);
+        self.reqs.push(Req {
+            msg: RouteNetlinkMessage::GetAddress(m),
+            flags: NLM_F_DUMP,
+            op: "list addresses".into(),
+            reads: Reads::Addresses(index, family),
+        });
     }
 
     /// Records that a request could not be built: sending the batch then fails with `e` (the
@@ -227,6 +307,63 @@ impl Netlink {
             let op = ops.get(i).cloned().unwrap_or_default();
             e.with_op(|| op)
         })
+    }
+
+    /// [`Netlink::send_batch`] for a batch that also reads: every request goes out in one
+    /// send(2), in order, and the answers of its lookups and listings come back as
+    /// [`Replies`]. A lookup of a link that does not exist answers None; any other failure is
+    /// the first one in batch order, naming its request (the requests after it still ran). An
+    /// address listing the kernel flags as interrupted by concurrent changes is redone on its
+    /// own.
+    pub fn send_batch_reading(&mut self, batch: Batch) -> NlResult<Replies> {
+        if let Some(e) = batch.refused {
+            return Err(e);
+        }
+        let mut ops = Vec::with_capacity(batch.reqs.len());
+        let mut reads = Vec::with_capacity(batch.reqs.len());
+        let mut msgs = Vec::with_capacity(batch.reqs.len());
+        for r in batch.reqs {
+            ops.push(r.op);
+            reads.push(r.reads);
+            msgs.push((r.msg, r.flags));
+        }
+        let mut links: Vec<Option<Link>> = vec![None; reads.len()];
+        let mut addresses: Vec<(usize, Address)> = Vec::new();
+        let answers = self
+            .sock
+            .exchange(msgs, &mut |i, ty, p| match reads.get(i) {
+                Some(Reads::Link) if ty == RTM_NEWLINK => links[i] = parse_link(p),
+                Some(Reads::Addresses(index, family)) if ty == RTM_NEWADDR => {
+                    if let Some(a) = parse_addr(p).filter(|a| {
+                        index.is_none_or(|x| x == a.index) && family.is_none_or(|f| f == a.family())
+                    }) {
+                        addresses.push((i, a));
+                    }
+                }
+                _ => {}
+            })?;
+        let mut replies = Replies::default();
+        for (i, answer) in answers.into_iter().enumerate() {
+            match (reads[i], answer.result) {
+                (Reads::Link, Err(e)) if e.is_not_found() => replies.links.push(None),
+                (_, Err(e)) => {
+                    let op = std::mem::take(&mut ops[i]);
+                    return Err(e.with_op(|| op));
+                }
+                (Reads::Link, Ok(())) => replies.links.push(links[i].take()),
+                (Reads::Addresses(index, family), Ok(())) if answer.interrupted => {
+                    replies.addresses.extend(self.addresses(index, family)?);
+                }
+                (Reads::Addresses(..), Ok(())) => replies.addresses.extend(
+                    addresses
+                        .iter()
+                        .filter(|(j, _)| *j == i)
+                        .map(|(_, a)| a.clone()),
+                ),
+                (Reads::Nothing, Ok(())) => {}
+            }
+        }
+        Ok(replies)
     }
 
     /// Changes link `index` as `change` says, in one request (none when it asks for nothing).

@@ -30,7 +30,7 @@ pub use addr::{
     IFA_F_TENTATIVE,
 };
 pub use addr_events::{DadOutcome, Ipv6AddrEvents};
-pub use batch::{Batch, LinkChange, inet_conf};
+pub use batch::{Batch, LinkChange, Replies, inet_conf};
 pub use bridge_port::{IFF_PROMISC, PortFlags};
 pub use error::{NetlinkError, NetlinkErrorKind, NlResult};
 pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname};

@@ -6,7 +6,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::RouteMetric;
 use netlink_packet_route::route::{
-    RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -349,6 +349,20 @@ fn parse_route(p: &[u8]) -> Option<Route> {
 }
 
 impl super::Batch {
+    /// Adds a route ([`Netlink::add_route`]: `is_exists` when it is there). A route of the
+    /// wrong family fails the batch when it is sent, without sending anything.
+    pub fn add_route(&mut self, spec: &RouteSpec) {
+        let op = format!("add route {}", describe(spec));
+        match check_family(spec) {
+            Ok(()) => self.push(
+                RouteNetlinkMessage::NewRoute(route_msg(spec, false)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                op,
+            ),
+            Err(e) => self.refuse(e.with_op(|| op)),
+        }
+    }
+
     /// Adds a route next to any with the same destination ([`Netlink::append_route`]). A
     /// route of the wrong family fails the batch when it is sent, without sending anything.
     pub fn append_route(&mut self, spec: &RouteSpec) {
@@ -431,6 +445,51 @@ impl Netlink {
         self.sock
             .ack(RouteNetlinkMessage::DelRoute(route_msg(spec, true)), 0)
             .map_err(|e| e.with_op(op))
+    }
+
+    /// The default route of `family` as the node's policy routing finds it, in one lookup
+    /// whatever the size of the routing tables (where a dump walks them all): the FIB entry
+    /// (RTM_GETROUTE with RTM_F_FIB_MATCH, 4.13+) chosen for a documentation address
+    /// (`192.0.2.1`, `2001:db8::1`: never routed on the Internet). Ok(None) when no route
+    /// matches, or when the match is not a default route (a more specific route covers that
+    /// address): then only a dump can tell.
+    pub fn default_route(&mut self, family: Family) -> NlResult<Option<Route>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = match family {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        };
+        m.header.flags = RouteFlags::FibMatch;
+        // A lookup names one address: a full-length destination (strict checking insists).
+        m.header.destination_prefix_length = match family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        };
+        m.attributes.push(RouteAttribute::Destination(match family {
+            Family::V4 => RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 1)),
+            Family::V6 => RouteAddress::Inet6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        }));
+        let mut found = None;
+        let res = self
+            .sock
+            .request(RouteNetlinkMessage::GetRoute(m), 0, &mut |ty, p| {
+                if ty == RTM_NEWROUTE {
+                    found = parse_route(p);
+                }
+                Ok(())
+            });
+        match res {
+            Ok(()) => Ok(found.filter(|r| r.dst.prefix() == 0)),
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(nix::libc::ENETUNREACH | nix::libc::EHOSTUNREACH)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.with_op(|| format!("look up the default route ({family:?})"))),
+        }
     }
 
     /// Routes matching `filter` (one dump per call; the kernel filters too where it can).

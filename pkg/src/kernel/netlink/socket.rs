@@ -53,6 +53,14 @@ pub(crate) struct NlSocket {
 /// ACKs (about 700 bytes of receive buffer each) stay well inside the default 208 KiB buffer.
 const BATCH_CHUNK: usize = 128;
 
+/// The answer to one request of [`NlSocket::exchange`].
+pub(crate) struct Answer {
+    /// Its ACK (Ok), or the kernel's error; for a dump, its end.
+    pub(crate) result: NlResult<()>,
+    /// A dump the kernel flagged as interrupted by concurrent changes (NLM_F_DUMP_INTR).
+    pub(crate) interrupted: bool,
+}
+
 /// What a reply handler sees: the message type and its payload (after the nlmsghdr).
 pub(crate) type Handler<'h> = &'h mut dyn FnMut(u16, &[u8]) -> NlResult<()>;
 
@@ -292,11 +300,36 @@ impl NlSocket {
         &mut self,
         msgs: Vec<(RouteNetlinkMessage, u16)>,
     ) -> Result<(), (usize, NetlinkError)> {
+        let answers = self.exchange(msgs, &mut |_, _, _| {}).map_err(|e| (0, e))?;
+        match answers
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, a)| a.result.err().map(|e| (i, e)))
+        {
+            Some(failed) => Err(failed),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `msgs` in one send(2), each under its own sequence number, and reads every
+    /// answer. A message whose flags hold NLM_F_DUMP is a dump (it ends with NLMSG_DONE; no
+    /// ACK is asked for, the kernel goes on with the next message once the dump started); every
+    /// other one gets NLM_F_REQUEST | NLM_F_ACK. Data replies go to `handler` with the index of
+    /// their request. One [`Answer`] per request, in order; Err only when the socket failed.
+    pub(crate) fn exchange(
+        &mut self,
+        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        handler: &mut dyn FnMut(usize, u16, &[u8]),
+    ) -> NlResult<Vec<Answer>> {
         let n = msgs.len();
         self.tx.clear();
         for (msg, extra) in msgs {
             let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_ACK | extra;
+            header.flags = if extra & NLM_F_DUMP == NLM_F_DUMP {
+                NLM_F_REQUEST | extra
+            } else {
+                NLM_F_REQUEST | NLM_F_ACK | extra
+            };
             let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
             nl.finalize();
             let start = self.tx.len();
@@ -304,22 +337,28 @@ impl NlSocket {
             nl.serialize(&mut self.tx[start..]);
             self.tx.resize((self.tx.len() + 3) & !3, 0);
         }
-        let first = self.send_numbered(true).map_err(|e| (0, e))?;
-        let answers = self.collect_acks(first, n).map_err(|e| (0, e))?;
-        match answers
-            .into_iter()
-            .enumerate()
-            .find_map(|(i, r)| r.err().map(|e| (i, e)))
-        {
-            Some(failed) => Err(failed),
-            None => Ok(()),
-        }
+        let first = self.send_numbered(true)?;
+        self.collect_answers(first, n, handler)
     }
 
     /// Reads the ACKs or errors of the `n` requests numbered from `first`: one answer per
     /// request, in request order. Err only when the socket itself failed.
     fn collect_acks(&mut self, first: u32, n: usize) -> NlResult<Vec<NlResult<()>>> {
+        let answers = self.collect_answers(first, n, &mut |_, _, _| {})?;
+        Ok(answers.into_iter().map(|a| a.result).collect())
+    }
+
+    /// Reads the answers of the `n` requests numbered from `first` (an ACK or error each, or
+    /// for a dump its data and NLMSG_DONE), passing data messages to `handler` with their
+    /// request's index. Err only when the socket itself failed.
+    fn collect_answers(
+        &mut self,
+        first: u32,
+        n: usize,
+        handler: &mut dyn FnMut(usize, u16, &[u8]),
+    ) -> NlResult<Vec<Answer>> {
         let mut answers: Vec<Option<NlResult<()>>> = (0..n).map(|_| None).collect();
+        let mut interrupted = vec![false; n];
         let mut left = n;
         while left > 0 {
             let len = self.recv_datagram()?;
@@ -345,19 +384,51 @@ impl NlSocket {
                 }
                 let payload = &buf[off + NLMSG_HDRLEN..off + mlen];
                 off += (mlen + 3) & !3;
-                if ty != NLMSG_ERROR || i >= n || answers[i].is_some() {
-                    continue; // data, or an answer to another request
+                if i >= n || answers[i].is_some() {
+                    continue; // an answer to another request
                 }
-                let code = read_i32(payload)?;
-                answers[i] = Some(if code == 0 {
-                    Ok(())
-                } else {
-                    Err(NetlinkError::kernel(-code, error_extack(payload, flags)))
-                });
+                if flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted[i] = true;
+                }
+                let answer = match ty {
+                    NLMSG_ERROR => {
+                        let code = read_i32(payload)?;
+                        if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(NetlinkError::kernel(-code, error_extack(payload, flags)))
+                        }
+                    }
+                    NLMSG_DONE => match payload.get(..4).map(read_i32).transpose()? {
+                        Some(code) if code < 0 => {
+                            let extack = if flags & NLM_F_ACK_TLVS != 0 {
+                                extack_from_tlvs(&payload[4..])
+                            } else {
+                                None
+                            };
+                            Err(NetlinkError::kernel(-code, extack))
+                        }
+                        _ => Ok(()),
+                    },
+                    NLMSG_NOOP => continue,
+                    NLMSG_OVERRUN => return Err(NetlinkError::decode("NLMSG_OVERRUN: data lost")),
+                    _ => {
+                        handler(i, ty, payload);
+                        continue;
+                    }
+                };
+                answers[i] = Some(answer);
                 left -= 1;
             }
         }
-        Ok(answers.into_iter().flatten().collect())
+        Ok(answers
+            .into_iter()
+            .zip(interrupted)
+            .map(|(a, interrupted)| Answer {
+                result: a.unwrap_or(Ok(())),
+                interrupted,
+            })
+            .collect())
     }
 
     /// Sends a request and waits for its ACK, ignoring data replies. While batching, the
