@@ -4,11 +4,12 @@
 //! on the command line. The bench times its whole execution like a plugin's, so the difference
 //! between a plugin's ADD and this program's is what the plugin adds on top of the kernel.
 //!
-//! Bridge mode also does the two things a bridged pod's ADD must do beyond making objects: it
-//! marks the host end (an alias, and the hairpin flag that `hairpinMode` defaults to) and
-//! announces the pod's address reliably (gratuitous ARP once the bridge port forwards), so
-//! that a reused address is corrected in the node's and the other pods' neighbour caches.
-//! Both in the cheapest order the kernel allows.
+//! The links carry the attributes the plugin gives them: in bridge mode the host end's mark
+//! (an alias) and the hairpin flag that `hairpinMode` defaults to, and the pod end's
+//! `arp_notify`. What the plugin does beyond making objects is not here: bridge-host-gw's
+//! second announcement of the pod's address once the bridge port forwards (a packet, not an
+//! object: the MAC set to itself after a lookup that runs the port's pending carrier work) is
+//! part of what the table's "vs floor" shows.
 //!
 //! Usage (run in the node netns; the pod end is made directly in POD_NETNS as `eth0`):
 //!   twill-bare-add bridge POD_NETNS HOST_IFNAME BRIDGE_IFINDEX IP/PREFIX GATEWAY
@@ -86,7 +87,7 @@ fn bridge(args: &[String]) -> Res<()> {
         },
     )
     .map_err(|e| e.to_string())?;
-    // In the pod: the address, up (arp_notify on after it, in the same request).
+    // In the pod: the address, up with arp_notify, the default route: one send.
     let mut nl = Netlink::new_in(&pod).map_err(|e| e.to_string())?;
     let mut b = Batch::new();
     b.add_address(index, ip, &AddrOptions::default());
@@ -95,19 +96,6 @@ fn bridge(args: &[String]) -> Res<()> {
         &LinkChange {
             up: true,
             inet_conf: &[(inet_conf::ARP_NOTIFY, 1)],
-            ..Default::default()
-        },
-    );
-    nl.send_batch(b).map_err(|e| e.to_string())?;
-    // The announcement once the port forwards: the host end's pending carrier work run by a
-    // lookup, then the pod end's MAC set to itself (the kernel announces its addresses); the
-    // default route in the same send.
-    node.link_by_index(host_index).map_err(|e| e.to_string())?;
-    let mut b = Batch::new();
-    b.change_link(
-        index,
-        &LinkChange {
-            mac: Some(mac),
             ..Default::default()
         },
     );
