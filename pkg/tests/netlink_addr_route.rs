@@ -311,3 +311,36 @@ fn the_default_route_is_found_in_one_lookup_and_a_more_specific_match_is_not_tak
     ns.ip(&["route", "add", "192.0.2.0/24", "dev", "twbr0"]);
     assert_eq!(nl.default_route(Family::V4).unwrap(), None);
 }
+
+#[test]
+fn the_uplink_mtu_is_the_default_routes_link_found_by_lookup_or_by_dump_when_a_route_hides_it() {
+    let (ns, mut nl, br) = setup();
+    // No route at all: no uplink.
+    assert_eq!(twill::network::uplink_mtu(&mut nl).unwrap(), None);
+    // Veth pairs with both ends here (this kernel has no dummy links), all up.
+    for (l, mtu) in [("up4", "1400"), ("up6", "1300"), ("cover", "1200")] {
+        let peer = format!("{l}p");
+        ns.ip(&[
+            "link", "add", l, "mtu", mtu, "type", "veth", "peer", "name", &peer,
+        ]);
+        ns.ip(&["link", "set", l, "up"]);
+        ns.ip(&["link", "set", &peer, "up"]);
+    }
+    // IPv6 only: its default route's link.
+    ns.ip(&["-6", "route", "add", "default", "dev", "up6"]);
+    assert_eq!(twill::network::uplink_mtu(&mut nl).unwrap(), Some(1300));
+    // IPv4 first once it has one; routes elsewhere (the bridge) change nothing.
+    ns.ip(&["route", "add", "10.88.0.0/16", "dev", "twbr0"]);
+    ns.ip(&["route", "add", "default", "dev", "up4"]);
+    assert_eq!(twill::network::uplink_mtu(&mut nl).unwrap(), Some(1400));
+    // A more specific route covering the lookup's probe address: the dump still finds the
+    // default route, not the covering route's link.
+    ns.ip(&["route", "add", "192.0.2.0/24", "dev", "cover"]);
+    assert_eq!(twill::network::uplink_mtu(&mut nl).unwrap(), Some(1400));
+    // An IPv4 default route that is not unicast is no uplink: IPv6's is taken.
+    ns.ip(&["route", "del", "192.0.2.0/24"]);
+    ns.ip(&["route", "del", "default"]);
+    ns.ip(&["route", "add", "unreachable", "default"]);
+    assert_eq!(twill::network::uplink_mtu(&mut nl).unwrap(), Some(1300));
+    let _ = br;
+}

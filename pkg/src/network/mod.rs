@@ -270,8 +270,7 @@ impl<K: PluginKeys> Network<K> {
 
     /// The pod MTU when the plugin has no better source: `mtu`, else the subnet file's
     /// FLANNEL_MTU, else the MTU of the link of the node's default route (IPv4, then IPv6),
-    /// else [`FALLBACK_MTU`]. Only the last two ask the kernel (a main-table dump and one
-    /// lookup).
+    /// else [`FALLBACK_MTU`]. Only the last two ask the kernel ([`uplink_mtu`]).
     pub fn default_mtu(&self, node: &mut Netlink) -> Result<u32> {
         if let Some(m) = self.configured_mtu() {
             return Ok(m);
@@ -721,9 +720,31 @@ pub fn pod_netns(args: &CmdArgs) -> Result<Netns> {
     })
 }
 
-/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: one
-/// main-table dump of both families and one link lookup.
+/// The MTU of the link of the node's default route (IPv4, then IPv6), if there is one: a
+/// main-table unicast default route. One route lookup per family answers when it finds such
+/// a route or no route at all; when it finds anything else (a more specific route covering
+/// the probe address, another table, another type) one main-table dump of both families
+/// decides. Then one link lookup.
 pub fn uplink_mtu(node: &mut Netlink) -> Result<Option<u32>> {
+    for family in [Family::V4, Family::V6] {
+        match node.route_to(crate::kernel::netlink::probe_address(family))? {
+            None => continue,
+            Some(r) if r.dst.prefix() == 0 && r.table == rt_table::MAIN && r.kind == 1 => {
+                if let Some(oif) = r.oif
+                    && let Some(link) = node.link_by_index(oif)?
+                {
+                    return Ok(Some(link.mtu));
+                }
+                return uplink_mtu_by_dump(node);
+            }
+            Some(_) => return uplink_mtu_by_dump(node),
+        }
+    }
+    Ok(None)
+}
+
+/// [`uplink_mtu`] from one main-table dump of both families and one link lookup.
+fn uplink_mtu_by_dump(node: &mut Netlink) -> Result<Option<u32>> {
     let filter = RouteFilter {
         table: Some(rt_table::MAIN),
         ..Default::default()

@@ -35,7 +35,7 @@ pub use bridge_port::{IFF_PROMISC, PortFlags};
 pub use error::{NetlinkError, NetlinkErrorKind, NlResult};
 pub use link::{BridgeSpec, Link, VethSpec, VxlanInfo, VxlanSpec, validate_ifname};
 pub use neigh::{FdbEntry, Neighbour, NeighbourSpec, nud};
-pub use route::{Route, RouteFilter, RouteSpec, TWILL_PROTO, rt_scope, rt_table};
+pub use route::{Route, RouteFilter, RouteSpec, TWILL_PROTO, probe_address, rt_scope, rt_table};
 pub use socket::DUMP_RETRIES;
 pub use tunnel::{IPIP_FALLBACK, IpipLink, IpipSpec, is_missing_kind};
 

@@ -145,6 +145,15 @@ pub struct Route {
     pub onlink: bool,
 }
 
+/// The documentation address (`192.0.2.1`, `2001:db8::1`) whose route lookup finds a
+/// family's default route unless a more specific route covers it.
+pub fn probe_address(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    }
+}
+
 impl Route {
     /// The family of the route.
     pub fn family(&self) -> Family {
@@ -449,26 +458,36 @@ impl Netlink {
 
     /// The default route of `family` as the node's policy routing finds it, in one lookup
     /// whatever the size of the routing tables (where a dump walks them all): the FIB entry
-    /// (RTM_GETROUTE with RTM_F_FIB_MATCH, 4.13+) chosen for a documentation address
-    /// (`192.0.2.1`, `2001:db8::1`: never routed on the Internet). Ok(None) when no route
-    /// matches, or when the match is not a default route (a more specific route covers that
-    /// address): then only a dump can tell.
+    /// chosen for a documentation address ([`probe_address`]: never routed on the Internet).
+    /// Ok(None) when no route matches, or when the match is not a default route (a more
+    /// specific route covers that address): then only a dump can tell.
     pub fn default_route(&mut self, family: Family) -> NlResult<Option<Route>> {
+        Ok(self
+            .route_to(probe_address(family))?
+            .filter(|r| r.dst.prefix() == 0))
+    }
+
+    /// The FIB entry the node's policy routing chooses for `dst` (RTM_GETROUTE with
+    /// RTM_F_FIB_MATCH, 4.13+: the route itself, not a cache entry), in one lookup; Ok(None)
+    /// when no route matches (ENETUNREACH, EHOSTUNREACH).
+    pub fn route_to(&mut self, dst: IpAddr) -> NlResult<Option<Route>> {
         let mut m = RouteMessage::default();
-        m.header.address_family = match family {
-            Family::V4 => AddressFamily::Inet,
-            Family::V6 => AddressFamily::Inet6,
-        };
         m.header.flags = RouteFlags::FibMatch;
         // A lookup names one address: a full-length destination (strict checking insists).
-        m.header.destination_prefix_length = match family {
-            Family::V4 => 32,
-            Family::V6 => 128,
-        };
-        m.attributes.push(RouteAttribute::Destination(match family {
-            Family::V4 => RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 1)),
-            Family::V6 => RouteAddress::Inet6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-        }));
+        match dst {
+            IpAddr::V4(a) => {
+                m.header.address_family = AddressFamily::Inet;
+                m.header.destination_prefix_length = 32;
+                m.attributes
+                    .push(RouteAttribute::Destination(RouteAddress::Inet(a)));
+            }
+            IpAddr::V6(a) => {
+                m.header.address_family = AddressFamily::Inet6;
+                m.header.destination_prefix_length = 128;
+                m.attributes
+                    .push(RouteAttribute::Destination(RouteAddress::Inet6(a)));
+            }
+        }
         let mut found = None;
         let res = self
             .sock
@@ -479,7 +498,7 @@ impl Netlink {
                 Ok(())
             });
         match res {
-            Ok(()) => Ok(found.filter(|r| r.dst.prefix() == 0)),
+            Ok(()) => Ok(found),
             Err(e)
                 if matches!(
                     e.errno(),
@@ -488,7 +507,7 @@ impl Netlink {
             {
                 Ok(None)
             }
-            Err(e) => Err(e.with_op(|| format!("look up the default route ({family:?})"))),
+            Err(e) => Err(e.with_op(|| format!("look up the route to {dst}"))),
         }
     }
 
