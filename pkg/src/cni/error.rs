@@ -156,7 +156,7 @@ impl Failures {
     }
 
     /// Ok when nothing failed; one failure as it is, named; else one error listing every
-    /// failure, with the first one's code.
+    /// failure with its reason (message and details), with the first one's code.
     pub fn into_result(mut self, command: &str) -> Result<()> {
         let Some(code) = self.items.first().map(|(_, e)| e.code) else {
             return Ok(());
@@ -169,7 +169,7 @@ impl Failures {
         let list: Vec<String> = self
             .items
             .iter()
-            .map(|(what, e)| format!("{what}: {}", e.msg))
+            .map(|(what, e)| format!("{what}: {e}"))
             .collect();
         Err(Error::new(
             code,
@@ -185,6 +185,22 @@ impl Failures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_listed_failure_keeps_its_reason() {
+        let mut f = Failures::default();
+        f.push(
+            "delete veth tw1",
+            Error::new(code::NETLINK, "delete link").with_details("EBUSY"),
+        );
+        f.push(
+            "release",
+            Error::new(code::IO, "unlink").with_details("EIO"),
+        );
+        let e = f.into_result("GC").unwrap_err();
+        assert!(e.msg.contains("delete veth tw1: delete link: EBUSY"), "{e}");
+        assert!(e.msg.contains("release: unlink: EIO"), "{e}");
+    }
 
     #[test]
     fn failures_report_one_as_is_and_many_as_a_list_with_the_first_code() {

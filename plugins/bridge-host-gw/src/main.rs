@@ -97,18 +97,11 @@ impl Plugin for BridgeHostGw {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        let mut failures = Failures::default();
-        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            let owner = Owner::of(net.name(), args);
-            veth::delete_attachment(&mut node, &owner, args.netns.as_deref())
-        });
-        if let Err(e) = removed {
-            failures.push("remove the host veth", e);
-        }
-        if let Err(e) = net.release(args) {
-            failures.push("release the addresses", e);
-        }
-        failures.into_result("DEL")
+        let owner = Owner::of(net.name(), args);
+        twill::pod::teardown::run(
+            |node| veth::delete_attachment(node, &owner, args.netns.as_deref()),
+            || net.release(args),
+        )
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {

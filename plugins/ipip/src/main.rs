@@ -86,19 +86,12 @@ impl Plugin for IpipPlugin {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        let mut failures = Failures::default();
-        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            let owner = Owner::of(net.name(), args);
-            let prefix = &net.host_veth_prefix;
-            routed::delete_host(&mut node, &owner, prefix, args.netns.as_deref())
-        });
-        if let Err(e) = removed {
-            failures.push("remove the host veth", e);
-        }
-        if let Err(e) = net.release(args) {
-            failures.push("release the addresses", e);
-        }
-        failures.into_result("DEL")
+        let owner = Owner::of(net.name(), args);
+        let prefix = &net.host_veth_prefix;
+        twill::pod::teardown::run(
+            |node| routed::delete_host(node, &owner, prefix, args.netns.as_deref()),
+            || net.release(args),
+        )
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {

@@ -48,24 +48,15 @@ impl Plugin for VxlanPlugin {
 
     fn del(&self, args: &CmdArgs) -> Result<()> {
         let net = Network::load(args, Need::Release)?;
-        let mut failures = Failures::default();
         let owner = Owner::of(net.name(), args);
-        let removed = Netlink::new().map_err(Error::from).and_then(|mut node| {
-            let netns = args.netns.as_deref();
-            match net.pods {
-                PodMode::Bridge => veth::delete_attachment(&mut node, &owner, netns),
-                PodMode::Routed => {
-                    routed::delete_host(&mut node, &owner, &net.host_veth_prefix, netns)
-                }
-            }
-        });
-        if let Err(e) = removed {
-            failures.push("remove the host veth", e);
-        }
-        if let Err(e) = net.release(args) {
-            failures.push("release the addresses", e);
-        }
-        failures.into_result("DEL")
+        let netns = args.netns.as_deref();
+        twill::pod::teardown::run(
+            |node| match net.pods {
+                PodMode::Bridge => veth::delete_attachment(node, &owner, netns),
+                PodMode::Routed => routed::delete_host(node, &owner, &net.host_veth_prefix, netns),
+            },
+            || net.release(args),
+        )
     }
 
     fn check(&self, args: &CmdArgs) -> Result<()> {
