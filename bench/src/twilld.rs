@@ -150,6 +150,19 @@ impl Drop for Daemon {
     }
 }
 
+/// A process's resident set and its peak (VmRSS, VmHWM of /proc/PID/status), in KiB.
+fn resident_kb(pid: u32) -> Result<(u64, u64), String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: no {name}"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
 fn summary(label: &str, samples: &[Duration], target: Target) -> Result<Value, String> {
     let s = Summary::of(samples).ok_or("no samples")?;
     let mut f = report::figure(&format!("{label}, p95"), s.p95_ms, " ms", target);
@@ -333,9 +346,27 @@ pub fn run() -> Result<Value, String> {
         &bounced,
         Target::AtMost(REACT_TARGET_MS),
     )?;
+    // Idle now (every route of the last reaction is back): its resident memory as it waits in
+    // poll(2), and its peak over the whole run (the initial apply of 250 peers included).
+    let (idle_kb, peak_kb) = resident_kb(daemon.0.id())?;
+    println!("-- twilld run, memory");
+    let f_idle = report::figure(
+        &format!("twilld idle RSS ({n} peers installed)"),
+        idle_kb as f64,
+        " KiB",
+        Target::Info,
+    );
+    let f_peak = report::figure(
+        "twilld peak RSS over the run",
+        peak_kb as f64,
+        " KiB",
+        Target::Info,
+    );
     drop(daemon);
     drop(mon);
     Ok(json!({
+        "idle_rss_kib": f_idle,
+        "peak_rss_kib": f_peak,
         "peers": PEERS,
         "sync_changed_view": f_changed,
         "sync_unchanged_view": f_unchanged,
