@@ -371,6 +371,22 @@ fn del_reports_a_failed_link_removal_and_a_failed_release_together_each_with_its
     }
 }
 
+/// A veth pair made by hand on `node`: `name` there, its peer `peer` in `pod` (no owner mark).
+fn veth_into(node: &Netns, name: &str, peer: &str, pod: &Netns) {
+    node.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        peer,
+        "netns",
+        pod.name(),
+    ]);
+}
+
 /// Bridged and routed: the pair an ADD killed between the create and the mark (a host end
 /// with the attachment's first candidate name and no alias, joined to `eth0` in the pod's
 /// netns) is found and deleted by DEL; an unmarked link of that name joined to anything else
@@ -388,18 +404,7 @@ fn del_removes_a_killed_adds_unmarked_pair_and_no_other_unmarked_link() {
         let cid = &p.container_id;
 
         let killed = Netns::with_tag("pod");
-        node.ns.ip(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            killed.name(),
-        ]);
+        veth_into(&node.ns, &name, "eth0", &killed);
         plane.del_raw(cid, &killed, None).assert_ok_empty();
         assert!(
             node.ns.link(&name).is_none(),
@@ -409,18 +414,7 @@ fn del_removes_a_killed_adds_unmarked_pair_and_no_other_unmarked_link() {
 
         // Its peer has another name.
         let other = Netns::with_tag("pod");
-        node.ns.ip(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth9",
-            "netns",
-            other.name(),
-        ]);
+        veth_into(&node.ns, &name, "eth9", &other);
         plane.del_raw(cid, &other, None).assert_ok_empty();
         assert!(node.ns.link(&name).is_some(), "{l}: a pair to eth9 went");
         node.ns.ip(&["link", "del", &name]);
@@ -429,18 +423,7 @@ fn del_removes_a_killed_adds_unmarked_pair_and_no_other_unmarked_link() {
         let stranger = Netns::with_tag("pod");
         let elsewhere = Netns::with_tag("pod");
         stranger.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "x0"]);
-        node.ns.ip(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            elsewhere.name(),
-        ]);
+        veth_into(&node.ns, &name, "eth0", &elsewhere);
         plane.del_raw(cid, &stranger, None).assert_ok_empty();
         assert!(
             node.ns.link(&name).is_some(),

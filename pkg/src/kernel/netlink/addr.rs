@@ -245,13 +245,7 @@ impl Netlink {
         index: Option<u32>,
         family: Option<Family>,
     ) -> NlResult<Vec<Address>> {
-        let mut m = AddressMessage::default();
-        m.header.family = match family {
-            Some(Family::V4) => AddressFamily::Inet,
-            Some(Family::V6) => AddressFamily::Inet6,
-            None => AddressFamily::Unspec,
-        };
-        m.header.index = index.unwrap_or(0);
+        let m = address_dump(index, family);
         self.sock
             .dump(RouteNetlinkMessage::GetAddress(m), &mut |ty, p| {
                 let a = parse_addr(p).filter(|_| ty == RTM_NEWADDR)?;
@@ -266,6 +260,19 @@ impl Netlink {
                 })
             })
     }
+}
+
+/// The RTM_GETADDR dump request for the addresses of link `index` (all links when None) of
+/// `family` (both when None).
+pub(crate) fn address_dump(index: Option<u32>, family: Option<Family>) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = match family {
+        Some(Family::V4) => AddressFamily::Inet,
+        Some(Family::V6) => AddressFamily::Inet6,
+        None => AddressFamily::Unspec,
+    };
+    m.header.index = index.unwrap_or(0);
+    m
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 use netlink_packet_core::{DefaultNla, NLA_F_NESTED, NLM_F_DUMP};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour_table::{
     NeighbourTableAttribute, NeighbourTableMessage, NeighbourTableParameter,
@@ -128,13 +127,7 @@ impl Batch {
     /// Lists the addresses of link `index` (all links when None) of `family` (both when None):
     /// a dump, served without the RTNL lock; its answer in [`Replies::addresses`].
     pub fn list_addresses(&mut self, index: Option<u32>, family: Option<Family>) {
-        let mut m = AddressMessage::default();
-        m.header.family = match family {
-            Some(Family::V4) => AddressFamily::Inet,
-            Some(Family::V6) => AddressFamily::Inet6,
-            None => AddressFamily::Unspec,
-        };
-        m.header.index = index.unwrap_or(0);
+        let m = super::addr::address_dump(index, family);
         self.reqs.push(Req {
             msg: RouteNetlinkMessage::GetAddress(m),
             flags: NLM_F_DUMP,
