@@ -187,6 +187,17 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A view file's stamp as a test needs one: any fixed values.
+    fn stamp() -> ViewStamp {
+        ViewStamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            ctime_ns: 4,
+            mtime_ns: 5,
+        }
+    }
+
     #[test]
     fn a_dead_writers_temp_file_is_removed_by_the_next_write_and_a_live_ones_kept() {
         let dir = std::env::temp_dir().join(format!("twill-space-tmp-{}", std::process::id()));
@@ -199,13 +210,7 @@ mod tests {
         for p in [&dead, &live, &other] {
             std::fs::write(p, "half").unwrap();
         }
-        let stamp = ViewStamp {
-            dev: 1,
-            ino: 2,
-            size: 3,
-            ctime_ns: 4,
-            mtime_ns: 5,
-        };
+        let stamp = stamp();
         let d = Derived {
             stamp,
             inputs: 7,
@@ -226,13 +231,7 @@ mod tests {
     fn a_record_is_read_back_only_for_its_stamp_and_inputs() {
         let dir = std::env::temp_dir().join(format!("twill-space-{}", std::process::id()));
         let f = SpaceFile::new(&dir, "n").unwrap();
-        let stamp = ViewStamp {
-            dev: 1,
-            ino: 2,
-            size: 3,
-            ctime_ns: 4,
-            mtime_ns: 5,
-        };
+        let stamp = stamp();
         let base = [net("10.244.0.0/16"), net("10.96.0.0/12")];
         let nets = reduce(&base, [net("10.244.7.0/24"), net("10.50.0.0/24")]);
         assert_eq!(
