@@ -145,8 +145,9 @@ pub struct Route {
     pub onlink: bool,
 }
 
-/// The documentation address (`192.0.2.1`, `2001:db8::1`) whose route lookup finds a
-/// family's default route unless a more specific route covers it.
+/// The documentation address (`192.0.2.1`, `2001:db8::1`, never routed on the Internet) whose
+/// route lookup ([`Netlink::route_to`]) finds a family's default route unless a more specific
+/// route covers it.
 pub fn probe_address(family: Family) -> IpAddr {
     match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
@@ -361,25 +362,23 @@ impl super::Batch {
     /// Adds a route ([`Netlink::add_route`]: `is_exists` when it is there). A route of the
     /// wrong family fails the batch when it is sent, without sending anything.
     pub fn add_route(&mut self, spec: &RouteSpec) {
-        let op = format!("add route {}", describe(spec));
-        match check_family(spec) {
-            Ok(()) => self.push(
-                RouteNetlinkMessage::NewRoute(route_msg(spec, false)),
-                NLM_F_CREATE | NLM_F_EXCL,
-                op,
-            ),
-            Err(e) => self.refuse(e.with_op(|| op)),
-        }
+        self.push_route(spec, NLM_F_EXCL, "add");
     }
 
     /// Adds a route next to any with the same destination ([`Netlink::append_route`]). A
     /// route of the wrong family fails the batch when it is sent, without sending anything.
     pub fn append_route(&mut self, spec: &RouteSpec) {
-        let op = format!("append route {}", describe(spec));
+        self.push_route(spec, NLM_F_APPEND, "append");
+    }
+
+    /// Queues the RTM_NEWROUTE of `spec` with NLM_F_CREATE and `flags` (`verb` names it in
+    /// errors), or the refusal of a route of the wrong family.
+    fn push_route(&mut self, spec: &RouteSpec, flags: u16, verb: &str) {
+        let op = format!("{verb} route {}", describe(spec));
         match check_family(spec) {
             Ok(()) => self.push(
                 RouteNetlinkMessage::NewRoute(route_msg(spec, false)),
-                NLM_F_CREATE | NLM_F_APPEND,
+                NLM_F_CREATE | flags,
                 op,
             ),
             Err(e) => self.refuse(e.with_op(|| op)),
@@ -454,17 +453,6 @@ impl Netlink {
         self.sock
             .ack(RouteNetlinkMessage::DelRoute(route_msg(spec, true)), 0)
             .map_err(|e| e.with_op(op))
-    }
-
-    /// The default route of `family` as the node's policy routing finds it, in one lookup
-    /// whatever the size of the routing tables (where a dump walks them all): the FIB entry
-    /// chosen for a documentation address ([`probe_address`]: never routed on the Internet).
-    /// Ok(None) when no route matches, or when the match is not a default route (a more
-    /// specific route covers that address): then only a dump can tell.
-    pub fn default_route(&mut self, family: Family) -> NlResult<Option<Route>> {
-        Ok(self
-            .route_to(probe_address(family))?
-            .filter(|r| r.dst.prefix() == 0))
     }
 
     /// The FIB entry the node's policy routing chooses for `dst` (RTM_GETROUTE with
