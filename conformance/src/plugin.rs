@@ -21,6 +21,7 @@ pub struct Invocation {
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
     node: Option<PathBuf>,
+    wrapper: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -43,6 +44,7 @@ impl Invocation {
             env,
             stdin: Vec::new(),
             node: None,
+            wrapper: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -108,6 +110,12 @@ impl Invocation {
         self
     }
 
+    /// Runs the binary through `wrapper` (`WRAPPER BINARY`, e.g. twill-spawn for its peak RSS).
+    pub fn under(mut self, wrapper: impl Into<PathBuf>) -> Self {
+        self.wrapper = Some(wrapper.into());
+        self
+    }
+
     /// Overrides the wall-time bound (default 20 s; exceeding it fails the test).
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
@@ -117,14 +125,19 @@ impl Invocation {
     /// Runs the call and collects its outcome. Panics only if the binary cannot be started
     /// or exceeds the time bound.
     pub fn run(&self) -> Outcome {
+        let mut argv: Vec<&Path> = self.wrapper.iter().map(PathBuf::as_path).collect();
+        argv.push(&self.program);
         let mut cmd = match &self.node {
             Some(node) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", node.display()))
-                    .arg(&self.program);
+                c.arg(format!("--net={}", node.display())).args(&argv);
                 c
             }
-            None => Command::new(&self.program),
+            None => {
+                let mut c = Command::new(argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
         };
         cmd.env_clear().envs(&self.env);
         let out = run_bounded(&mut cmd, &self.stdin, self.timeout);
