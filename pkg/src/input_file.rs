@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// The whole content of the regular file at `path`, at most `cap` bytes.
@@ -15,10 +15,7 @@ use std::path::Path;
 /// FIFO, socket or directory fails the positioned read (ESPIPE, EISDIR); a device reads empty
 /// or past the cap. Those outcomes, and only they, ask `fstat` whether the file is regular.
 pub fn read_capped(path: &Path, cap: usize) -> io::Result<Vec<u8>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)?;
+    let file = crate::file::open(path, nix::libc::O_RDONLY | nix::libc::O_NONBLOCK, 0)?;
     match read_to_cap(&file, cap) {
         Ok(bytes) if !bytes.is_empty() => Ok(bytes),
         res => {

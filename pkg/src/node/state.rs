@@ -132,7 +132,7 @@ impl StateFile {
     pub fn read_head(&self) -> StateHead {
         use std::io::Read;
         let mut buf = [0u8; HEAD_BYTES];
-        let Ok(mut f) = File::open(&self.path) else {
+        let Ok(mut f) = crate::file::open_read(&self.path) else {
             return StateHead::default();
         };
         let mut len = 0;

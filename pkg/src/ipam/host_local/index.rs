@@ -433,11 +433,7 @@ impl Index {
         };
         let path = index_dir.join(format!("{}-{}", state.dev, state.ino));
         index.dir_state = Some(state);
-        if let Ok(mut file) = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
+        if let Ok(mut file) = crate::file::open(&path, nix::libc::O_RDWR | nix::libc::O_NOFOLLOW, 0)
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
