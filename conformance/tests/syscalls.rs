@@ -1,0 +1,120 @@
+//! The system calls of an ADD on a node already set up (a second pod), proven from outside
+//! with strace: what the fast path no longer asks the kernel.
+//!
+//! - The run state's nsfs identity (SIOCGSKNS) is asked only when a state is written: an ADD
+//!   whose cluster view is unchanged only reads the state's header, so it makes no SIOCGSKNS.
+//!   The previous code asked it on every ADD.
+//! - The flannel subnet file is read without an fstat and in at most two reads (the content
+//!   and its end). The previous code made an fstat and four reads (a growing buffer).
+//!
+//! Each test runs its own one-node fabric; strace writes its log into a temp dir; every
+//! namespace and directory is removed by its guard.
+
+use conformance::hostgw::Cluster;
+use conformance::routed::RoutedCluster;
+use conformance::{Fabric, Node, TempDir, unique_name};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// A wrapper that runs `plugin` under `strace -f -yy` (every system call, paths of fds
+/// shown), logging to a file in its temp dir.
+struct Traced {
+    dir: TempDir,
+}
+
+impl Traced {
+    fn new(plugin: &Path) -> Traced {
+        let dir = TempDir::new("syscalls");
+        let log = dir.join("strace.log");
+        let script = format!(
+            "#!/bin/sh\nexec strace -f -qq -yy -s 0 -o {} {} \"$@\"\n",
+            log.display(),
+            plugin.display()
+        );
+        let path = dir.join("plugin");
+        std::fs::write(&path, script).expect("write wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod wrapper");
+        Traced { dir }
+    }
+
+    fn plugin(&self) -> PathBuf {
+        self.dir.join("plugin")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("strace.log")).expect("strace log")
+    }
+}
+
+/// ADDs a first pod with `plugin` (it sets the node up and records the run state), then a
+/// second one under strace; returns the second ADD's strace log. Both pods are deleted.
+fn second_add_log(node: &Node, plugin: &Path, conf: &Value) -> String {
+    let first = node.add_pod(plugin, conf, &unique_name("c"));
+    let traced = Traced::new(plugin);
+    let second = node.add_pod(&traced.plugin(), conf, &unique_name("c"));
+    let log = traced.log();
+    for pod in [&second, &first] {
+        pod.run("DEL").assert_ok_empty();
+    }
+    log
+}
+
+/// Every line of `log` whose call is one of `names`, whatever the pid prefix.
+fn lines_of<'a>(log: &'a str, names: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| {
+            let body = match l.split_once(' ') {
+                Some((pid, rest)) if pid.bytes().all(|b| b.is_ascii_digit()) => rest.trim_start(),
+                _ => l.trim_start(),
+            };
+            names.iter().any(|n| body.starts_with(&format!("{n}(")))
+        })
+        .collect()
+}
+
+fn assert_no_nsfs_lookup_and_one_subnet_read(log: &str, subnet_file: &Path, what: &str) {
+    let sksns: Vec<&str> = lines_of(log, &["ioctl"])
+        .into_iter()
+        .filter(|l| l.contains("SIOCGSKNS"))
+        .collect();
+    assert!(
+        sksns.is_empty(),
+        "{what}: an ADD with an unchanged view asks no nsfs identity: {sksns:?}"
+    );
+    let name = subnet_file.display().to_string();
+    let on_subnet = |names: &[&str]| -> Vec<String> {
+        lines_of(log, names)
+            .into_iter()
+            .filter(|l| l.contains(&name))
+            .map(str::to_string)
+            .collect()
+    };
+    let stats = on_subnet(&["fstat", "newfstatat", "statx", "stat"]);
+    assert!(
+        stats.is_empty(),
+        "{what}: the subnet file is read without a stat: {stats:?}"
+    );
+    let reads = on_subnet(&["read", "pread64"]);
+    assert!(
+        !reads.is_empty() && reads.len() <= 2,
+        "{what}: the subnet file is read in one read and the one that sees its end: {reads:?}"
+    );
+}
+
+#[test]
+fn bridge_add_with_an_unchanged_view_asks_no_nsfs_identity_and_reads_the_subnet_file_once() {
+    let c = Cluster::new(Fabric::single_l2(1));
+    let plugin = conformance::hostgw::plugin();
+    let log = second_add_log(c.node(0), &plugin, &c.conf(0));
+    assert_no_nsfs_lookup_and_one_subnet_read(&log, &c.node(0).subnet_file, "bridge-host-gw");
+}
+
+#[test]
+fn routed_add_with_an_unchanged_view_asks_no_nsfs_identity_and_reads_the_subnet_file_once() {
+    let c = RoutedCluster::new(Fabric::single_l2(1));
+    let plugin = conformance::routed::plugin();
+    let log = second_add_log(c.node(0), &plugin, &c.conf(0));
+    assert_no_nsfs_lookup_and_one_subnet_read(&log, &c.node(0).subnet_file, "routed-veth");
+}
