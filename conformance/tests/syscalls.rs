@@ -118,3 +118,72 @@ fn routed_add_with_an_unchanged_view_asks_no_nsfs_identity_and_reads_the_subnet_
     let log = second_add_log(c.node(0), &plugin, &c.conf(0));
     assert_no_nsfs_lookup_and_one_subnet_read(&log, &c.node(0).subnet_file, "routed-veth");
 }
+
+/// The node namespace's `net.ipv4.ip_forward`.
+fn ip_forward(node: &Node) -> String {
+    node.ns
+        .exec_ok(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .trim()
+        .to_string()
+}
+
+fn set_ip_forward(node: &Node, value: &str) {
+    node.ns.exec_ok(&[
+        "sysctl",
+        "-q",
+        "-w",
+        &format!("net.ipv4.ip_forward={value}"),
+    ]);
+    assert_eq!(
+        ip_forward(node),
+        value,
+        "set ip_forward in the node namespace"
+    );
+}
+
+/// IPv4 forwarding through netconf: an ADD on a node whose forwarding is off turns it on (on
+/// a fresh node and on one already set up), and an ADD on a node where it is on leaves it and
+/// never opens /proc/sys/net/ipv4/ip_forward. The previous code read that file on every ADD.
+fn forwarding_is_asked_of_netconf_and_set_when_off(node: &Node, plugin: &Path, conf: &Value) {
+    set_ip_forward(node, "0");
+    let first = node.add_pod(plugin, conf, &unique_name("c"));
+    assert_eq!(ip_forward(node), "1", "the first ADD turns forwarding on");
+
+    let traced = Traced::new(plugin);
+    let second = node.add_pod(&traced.plugin(), conf, &unique_name("c"));
+    let log = traced.log();
+    let opened: Vec<&str> = lines_of(&log, &["open", "openat"])
+        .into_iter()
+        .filter(|l| l.contains("ip_forward"))
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "forwarding on: the ADD asks netconf and opens no /proc file: {opened:?}"
+    );
+    assert_eq!(ip_forward(node), "1");
+
+    set_ip_forward(node, "0");
+    let third = node.add_pod(plugin, conf, &unique_name("c"));
+    assert_eq!(
+        ip_forward(node),
+        "1",
+        "an ADD on a set-up node whose forwarding was turned off turns it on again"
+    );
+    for pod in [&third, &second, &first] {
+        pod.run("DEL").assert_ok_empty();
+    }
+}
+
+#[test]
+fn bridge_add_turns_ip_forward_on_when_off_and_leaves_it_without_reading_proc_when_on() {
+    let c = Cluster::new(Fabric::single_l2(1));
+    let plugin = conformance::hostgw::plugin();
+    forwarding_is_asked_of_netconf_and_set_when_off(c.node(0), &plugin, &c.conf(0));
+}
+
+#[test]
+fn routed_add_turns_ip_forward_on_when_off_and_leaves_it_without_reading_proc_when_on() {
+    let c = RoutedCluster::new(Fabric::single_l2(1));
+    let plugin = conformance::routed::plugin();
+    forwarding_is_asked_of_netconf_and_set_when_off(c.node(0), &plugin, &c.conf(0));
+}
