@@ -187,3 +187,35 @@ fn routed_add_turns_ip_forward_on_when_off_and_leaves_it_without_reading_proc_wh
     let plugin = conformance::routed::plugin();
     forwarding_is_asked_of_netconf_and_set_when_off(c.node(0), &plugin, &c.conf(0));
 }
+
+/// The opens of `log` naming `file`.
+fn opens_of<'a>(log: &'a str, file: &str) -> Vec<&'a str> {
+    lines_of(log, &["open", "openat"])
+        .into_iter()
+        .filter(|l| l.contains(file))
+        .collect()
+}
+
+/// The second ADD of a boot on an unchanged IPAM directory takes "no earlier boot's
+/// reservation here" from the owner index and does not open the boot file; the first one
+/// (which made it) did. The previous code read the boot file on every ADD.
+#[test]
+fn second_add_of_a_boot_does_not_read_the_ipam_boot_file() {
+    let c = Cluster::new(Fabric::single_l2(1));
+    let plugin = conformance::hostgw::plugin();
+    let node = c.node(0);
+    let conf = c.conf(0);
+    let traced_first = Traced::new(&plugin);
+    let first = node.add_pod(&traced_first.plugin(), &conf, &unique_name("c"));
+    assert!(
+        !opens_of(&traced_first.log(), ".twill-boot-id").is_empty(),
+        "the first ADD of a boot reads or makes the boot file"
+    );
+    let log = second_add_log(node, &plugin, &conf);
+    let opened = opens_of(&log, ".twill-boot-id");
+    assert!(
+        opened.is_empty(),
+        "a later ADD of the same boot opens no boot file: {opened:?}"
+    );
+    first.run("DEL").assert_ok_empty();
+}

@@ -498,10 +498,20 @@ impl Store {
     /// name `boot`, removes every reservation file (and left-over temporary file) last
     /// modified before `boot` began, narrows the directory to mode 0700, and records `boot`.
     /// Returns the number of reservations released.
+    ///
+    /// The owner index remembers the boot under which it last found or made the boot file
+    /// right ([`Index::boot_checked_under`]): while the directory is unchanged since, the
+    /// boot file is not read (no earlier boot's reservation can have appeared without
+    /// changing the directory, which invalidates the index).
     pub fn release_earlier_boots(&self, boot: &Boot) -> Result<usize> {
+        let hash = index::boot_hash(&boot.id);
+        if self.index.borrow().boot_checked_under(hash) {
+            return Ok(0);
+        }
         let path = self.dir.join(BOOT_FILE);
         let contents = boot.file_contents();
         if read_small(&path).is_some_and(|b| b == contents.as_bytes()) {
+            self.index.borrow_mut().boot_checked(hash);
             return Ok(0);
         }
         // without the boot time nothing is known to be older: the boot is still recorded
@@ -542,6 +552,7 @@ impl Store {
             file.set_len(contents.len() as u64)
         };
         write().map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        self.index.borrow_mut().boot_checked(hash);
         Ok(released)
     }
 
