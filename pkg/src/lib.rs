@@ -14,6 +14,7 @@
 
 pub mod alloc;
 pub mod cni;
+pub mod file;
 pub mod flannel;
 pub mod hash;
 pub mod input_file;

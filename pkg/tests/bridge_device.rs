@@ -278,3 +278,48 @@ fn the_bridge_is_found_with_its_own_ipv4_addresses_which_answer_a_present_gatewa
     assert_eq!(e.code, code::CONFLICT, "{e}");
     assert_eq!(addrs(&ns, "twbr0"), vec!["10.1.0.1/24".to_string()]);
 }
+
+#[test]
+fn netconf_forwarding_answers_as_proc_and_a_known_value_decides_the_write() {
+    use twill::kernel::netlink::{Batch, Family};
+    let ns = TestNs::new();
+    let n = ns.open();
+    let mut nl = ns.netlink();
+    for (v4, v6) in [("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")] {
+        n.run(|| {
+            twill::kernel::sysctl::set("net/ipv4/ip_forward", v4).unwrap();
+            twill::kernel::sysctl::set("net/ipv6/conf/all/forwarding", v6).unwrap();
+        })
+        .unwrap();
+        let mut b = Batch::new();
+        b.get_link_by_name("lo");
+        b.ask_forwarding(Family::V4);
+        b.ask_forwarding(Family::V6);
+        let r = nl.send_batch_reading(b).unwrap();
+        assert_eq!(r.ipv4_forwarding, Some(v4 == "1"), "ip_forward={v4}");
+        assert_eq!(r.ipv6_forwarding, Some(v6 == "1"), "all.forwarding={v6}");
+        assert_eq!(
+            r.links.len(),
+            1,
+            "the other requests of the batch still answer"
+        );
+    }
+    // A known "on" is believed (no write even though /proc says 0 now); a known "off" and an
+    // unknown one that /proc says is 0 are written.
+    n.run(|| twill::kernel::sysctl::set("net/ipv4/ip_forward", "0").unwrap())
+        .unwrap();
+    n.run(|| bridge::enable_forwarding_known(true, false, Some(true), None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ns.sysctl("net/ipv4/ip_forward"), "0");
+    n.run(|| bridge::enable_forwarding_known(true, false, Some(false), None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ns.sysctl("net/ipv4/ip_forward"), "1");
+    n.run(|| twill::kernel::sysctl::set("net/ipv4/ip_forward", "0").unwrap())
+        .unwrap();
+    n.run(|| bridge::enable_forwarding_known(true, false, None, None))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ns.sysctl("net/ipv4/ip_forward"), "1");
+}

@@ -129,6 +129,9 @@ struct Counting<'a> {
 }
 
 impl NodeKernel for Counting<'_> {
+    fn netns_inode(&mut self) -> twill::Result<Option<(u64, u64)>> {
+        NodeKernel::netns_inode(self.inner)
+    }
     fn local_addrs(&mut self) -> twill::Result<Vec<IpNetwork>> {
         self.calls.push("local_addrs");
         self.inner.local_addrs()

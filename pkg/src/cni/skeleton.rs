@@ -291,7 +291,7 @@ thread_local! {
 /// Moves the runtime's stdout to a close-on-exec descriptor and points fd 1 at stderr. `None`
 /// (answer on plain stdout) if stdout cannot be duplicated.
 fn answer_channel() -> Option<&'static File> {
-    let saved = io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let saved = crate::file::dup_cloexec(io::stdout().as_fd()).ok()?;
     let file = ANSWER.get_or_init(|| File::from(saved));
     // If this fails, stray output keeps going to the real stdout; the answer is unaffected.
     let _ = nix::unistd::dup2_stdout(io::stderr());

@@ -33,14 +33,14 @@ impl Netns {
     /// Code 5 (I/O) when it cannot be opened, code 7 (invalid config) when it is not a
     /// network namespace file.
     pub fn open(path: &Path) -> Result<Netns> {
-        let file = File::open(path)
+        let file = crate::file::open_read(path)
             .map_err(|e| Error::io(format!("open network namespace {}", path.display()), e))?;
         Self::from_file(file, path)
     }
 
     /// Like [`Netns::open`], but Ok(None) when nothing is at `path` (one open, no stat first).
     pub fn open_present(path: &Path) -> Result<Option<Netns>> {
-        match File::open(path) {
+        match crate::file::open_read(path) {
             Ok(file) => Self::from_file(file, path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(
@@ -53,7 +53,7 @@ impl Netns {
     /// Like [`Netns::open`], but Ok(None) when the path is gone or no longer a namespace
     /// (what an idempotent DEL tolerates).
     pub fn open_if_exists(path: &Path) -> Result<Option<Netns>> {
-        match File::open(path) {
+        match crate::file::open_read(path) {
             Ok(file) => match Self::from_file(file, path) {
                 Ok(ns) => Ok(Some(ns)),
                 Err(e) if e.code == code::INVALID_CONFIG => Ok(None),
@@ -71,7 +71,7 @@ impl Netns {
     /// file needs no check that it is a network namespace).
     pub fn current() -> Result<Netns> {
         let path = Path::new(THREAD_NETNS);
-        let file = File::open(path)
+        let file = crate::file::open_read(path)
             .map_err(|e| Error::io(format!("open network namespace {THREAD_NETNS}"), e))?;
         let st = fstat(&file).map_err(|e| Error::io(format!("stat {THREAD_NETNS}"), e.into()))?;
         Ok(Netns {

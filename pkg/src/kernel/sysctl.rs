@@ -35,9 +35,7 @@ pub fn path(key: &str) -> Result<PathBuf> {
 /// Writes `value` to the sysctl `key` (code 5 naming the key on failure).
 pub fn set(key: &str, value: &str) -> Result<()> {
     let p = path(key)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&p)
+    let mut f = crate::file::open(&p, nix::libc::O_WRONLY, 0)
         .map_err(|e| Error::io(format!("open sysctl {key} ({})", p.display()), e))?;
     f.write_all(value.as_bytes())
         .map_err(|e| Error::io(format!("set sysctl {key}={value}"), e))
@@ -49,7 +47,7 @@ pub fn set(key: &str, value: &str) -> Result<()> {
 pub fn get(key: &str) -> Result<String> {
     let p = path(key)?;
     let fail = |e| Error::io(format!("read sysctl {key} ({})", p.display()), e);
-    let mut f = std::fs::File::open(&p).map_err(fail)?;
+    let mut f = crate::file::open_read(&p).map_err(fail)?;
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 64];
     loop {

@@ -573,11 +573,11 @@ impl<K: PluginKeys> Network<K> {
     }
 
     fn peer_state(&self, node: &mut Netlink) -> Result<StateFile> {
-        StateFile::new(
+        // The nsfs identity is asked by the reconcile only when it writes the state.
+        StateFile::of_key(
             self.conf.plugin.peers().run_dir(),
             &self.conf.name,
             node.netns_key()?,
-            node.netns_inode()?,
         )
     }
 

@@ -361,6 +361,12 @@ pub trait NodeKernel {
         }
         Ok(out)
     }
+    /// The nsfs (st_dev, st_ino) of the node namespace, recorded in a written state so that
+    /// another namespace's reconcile can tell when this one is gone; by default None (not
+    /// recorded: such a state is never pruned).
+    fn netns_inode(&mut self) -> Result<Option<(u64, u64)>> {
+        Ok(None)
+    }
     /// The [`Digest`] of twill's objects in `scope` as the kernel holds them now; by default
     /// from [`NodeKernel::list_owned`] of routes and blackholes.
     fn owned_digest(&mut self, scope: DigestScope) -> Result<Digest> {
@@ -558,6 +564,7 @@ pub fn reconcile(
         return Ok(Reconciled::Unchanged);
     }
     let _lock = state.lock()?;
+    state.resolve_inode(|| k.netns_inode())?;
     state.remove_stale_temps();
     let mut prev = state.read();
     // Upgrade from the previous state format: its destinations are this network's claims.
@@ -672,6 +679,7 @@ pub(crate) fn now_ns() -> Option<i128> {
 /// what was asked to go.
 pub fn forget(k: &mut dyn NodeKernel, state: &StateFile) -> Result<Report> {
     let _lock = state.lock()?;
+    state.resolve_inode(|| k.netns_inode())?;
     let prev = state.read();
     let others = state.other_claims();
     let mut report = Report::default();
@@ -1010,6 +1018,10 @@ fn effective_metric(dst: &IpNetwork, priority: u32) -> u32 {
 
 /// The node's kernel over twill's rtnetlink client (the socket's namespace).
 impl NodeKernel for Netlink {
+    fn netns_inode(&mut self) -> Result<Option<(u64, u64)>> {
+        Ok(Some(Netlink::netns_inode(self)?))
+    }
+
     fn local_addrs(&mut self) -> Result<Vec<IpNetwork>> {
         Ok(self
             .addresses(None, None)?

@@ -19,6 +19,7 @@ use crate::kernel::netns::NetnsKey;
 use crate::node::peers::ViewStamp;
 use crate::node::reconcile::{Digest, Key, Object};
 use ipnetwork::IpNetwork;
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
@@ -62,7 +63,9 @@ const HEAD_BYTES: usize = 512;
 pub struct StateFile {
     dir: PathBuf,
     key: NetnsKey,
-    inode: (u64, u64),
+    // The namespace's nsfs identity, recorded in a written state for pruning; None until
+    // known ([`StateFile::resolve_inode`]).
+    inode: Cell<Option<(u64, u64)>>,
     path: PathBuf,
     legacy: Option<PathBuf>,
 }
@@ -78,11 +81,20 @@ impl StateFile {
     /// (recorded for pruning). The network name becomes part of a file name: letters, digits,
     /// `_`, `.`, `-`, not starting with `.` (code 7 otherwise).
     pub fn new(run_dir: &Path, network: &str, key: NetnsKey, inode: (u64, u64)) -> Result<Self> {
+        let st = StateFile::of_key(run_dir, network, key)?;
+        st.inode.set(Some(inode));
+        Ok(st)
+    }
+
+    /// Like [`StateFile::new`], with the nsfs identity asked only when a state is written
+    /// ([`StateFile::resolve_inode`]): the unchanged-view fast path reads the header and never
+    /// needs it.
+    pub fn of_key(run_dir: &Path, network: &str, key: NetnsKey) -> Result<Self> {
         check_network_name(network)?;
         Ok(StateFile {
             dir: run_dir.to_path_buf(),
             key,
-            inode,
+            inode: Cell::new(None),
             path: run_dir.join(format!("{network}{STATE_INFIX}{key}")),
             legacy: match key {
                 NetnsKey::Cookie(c) => {
@@ -91,6 +103,16 @@ impl StateFile {
                 NetnsKey::Inode { .. } => None,
             },
         })
+    }
+
+    /// Learns the namespace's nsfs identity from `ask` when it is not known yet (call it
+    /// before [`StateFile::write`]; a state written without it is never pruned by another
+    /// namespace's reconcile).
+    pub fn resolve_inode(&self, ask: impl FnOnce() -> Result<Option<(u64, u64)>>) -> Result<()> {
+        if self.inode.get().is_none() {
+            self.inode.set(ask()?);
+        }
+        Ok(())
     }
 
     /// The state file's path.
@@ -110,7 +132,7 @@ impl StateFile {
     pub fn read_head(&self) -> StateHead {
         use std::io::Read;
         let mut buf = [0u8; HEAD_BYTES];
-        let Ok(mut f) = File::open(&self.path) else {
+        let Ok(mut f) = crate::file::open_read(&self.path) else {
             return StateHead::default();
         };
         let mut len = 0;
@@ -152,7 +174,9 @@ impl StateFile {
             Some(fp) => text.push_str(&format!("fingerprint {fp:016x}\n")),
             None => text.push_str("fingerprint pending\n"),
         }
-        text.push_str(&format!("netns {} {}\n", self.inode.0, self.inode.1));
+        if let Some((dev, ino)) = self.inode.get() {
+            text.push_str(&format!("netns {dev} {ino}\n"));
+        }
         if let (Some((stamp, context)), Some(_)) = (&state.view, state.fingerprint) {
             text.push_str(&format!("view {} {context:016x}\n", stamp.to_fields()));
         }

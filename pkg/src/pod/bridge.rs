@@ -36,6 +36,9 @@ pub struct Bridge {
     /// Its IPv4 addresses when it was looked up ([`ensure_with`] lists them in the same send);
     /// None when not listed. [`ensure_gateway`] takes a gateway found here as present.
     pub ipv4: Option<Vec<IpNetwork>>,
+    /// The node's IPv4 forwarding (`net.ipv4.ip_forward`) as the lookup's send found it
+    /// ([`ensure_with`] asks it there); None when not known. For [`enable_forwarding_known`].
+    pub ipv4_forwarding: Option<bool>,
 }
 
 /// Checks a configured bridge name (code 7 when it cannot be an interface name).
@@ -56,14 +59,19 @@ pub fn find(nl: &mut Netlink, name: &str) -> Result<Option<Link>> {
 
 /// [`find`], and the bridge's IPv4 addresses, from a dump of the namespace's IPv4 addresses
 /// in the same send (served without the RTNL lock).
-fn find_listing_ipv4(nl: &mut Netlink, name: &str) -> Result<Option<(Link, Vec<IpNetwork>)>> {
+fn find_listing_ipv4(
+    nl: &mut Netlink,
+    name: &str,
+) -> Result<(Option<BridgeListing>, Option<bool>)> {
     validate_name(name)?;
     let mut b = Batch::new();
     b.get_link_by_name(name);
     b.list_addresses(None, Some(Family::V4));
+    b.ask_forwarding(Family::V4);
     let replies = nl.send_batch_reading(b)?;
+    let forwarding = replies.ipv4_forwarding;
     let Some(link) = only_a_bridge(name, replies.links.into_iter().next().flatten())? else {
-        return Ok(None);
+        return Ok((None, forwarding));
     };
     let addrs = replies
         .addresses
@@ -71,8 +79,11 @@ fn find_listing_ipv4(nl: &mut Netlink, name: &str) -> Result<Option<(Link, Vec<I
         .filter(|a| a.index == link.index)
         .map(|a| a.network())
         .collect();
-    Ok(Some((link, addrs)))
+    Ok((Some((link, addrs)), forwarding))
 }
+
+/// A bridge found by [`find_listing_ipv4`] with its IPv4 addresses.
+type BridgeListing = (Link, Vec<IpNetwork>);
 
 /// `link`, the link named `name`, when it is a bridge; code 104 when it is another kind.
 fn only_a_bridge(name: &str, link: Option<Link>) -> Result<Option<Link>> {
@@ -129,9 +140,11 @@ pub fn ensure_with(
     opts: &BridgeOptions,
     default_mtu: impl FnOnce(&mut Netlink) -> Result<u32>,
 ) -> Result<Bridge> {
-    if let Some((l, ipv4)) = find_listing_ipv4(nl, name)? {
+    let (found, ipv4_forwarding) = find_listing_ipv4(nl, name)?;
+    if let Some((l, ipv4)) = found {
         let mut br = adopt(nl, l, opts, false)?;
         br.ipv4 = Some(ipv4);
+        br.ipv4_forwarding = ipv4_forwarding;
         return Ok(br);
     }
     let mtu = match opts.mtu {
@@ -155,7 +168,9 @@ pub fn ensure_with(
             format!("bridge {name:?} disappeared right after it was created"),
         )
     })?;
-    adopt(nl, l, opts, created)
+    let mut br = adopt(nl, l, opts, created)?;
+    br.ipv4_forwarding = ipv4_forwarding;
+    Ok(br)
 }
 
 fn adopt(nl: &mut Netlink, mut l: Link, opts: &BridgeOptions, created: bool) -> Result<Bridge> {
@@ -184,6 +199,7 @@ fn adopt(nl: &mut Netlink, mut l: Link, opts: &BridgeOptions, created: bool) -> 
         created,
         carrier: l.oper_up,
         ipv4: None,
+        ipv4_forwarding: None,
     })
 }
 
@@ -337,12 +353,29 @@ pub fn default_gateway(net: &IpNetwork) -> IpAddr {
 /// `net.ipv4.ip_forward`, IPv6: `net.ipv6.conf.all.forwarding`), reading first and writing
 /// only when it is off.
 pub fn enable_forwarding(v4: bool, v6: bool) -> Result<()> {
+    enable_forwarding_known(v4, v6, None, None)
+}
+
+/// [`enable_forwarding`] with what the kernel already answered for IPv4 and IPv6 (netconf
+/// asked in a send made anyway, [`Bridge::ipv4_forwarding`]): a known 1 is left alone with no
+/// /proc read, a known 0 is written; an unknown one is read from /proc/sys first, as
+/// [`enable_forwarding`] does.
+pub fn enable_forwarding_known(
+    v4: bool,
+    v6: bool,
+    known_v4: Option<bool>,
+    known_v6: Option<bool>,
+) -> Result<()> {
     let keys = [
-        (v4, "net.ipv4.ip_forward"),
-        (v6, "net.ipv6.conf.all.forwarding"),
+        (v4, known_v4, "net.ipv4.ip_forward"),
+        (v6, known_v6, "net.ipv6.conf.all.forwarding"),
     ];
-    for (_, key) in keys.iter().filter(|(on, _)| *on) {
-        if sysctl::get(key)? != "1" {
+    for (_, known, key) in keys.iter().filter(|(on, _, _)| *on) {
+        let on = match known {
+            Some(on) => *on,
+            None => sysctl::get(key)? == "1",
+        };
+        if !on {
             sysctl::set(key, "1")?;
         }
     }

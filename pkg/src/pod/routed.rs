@@ -47,6 +47,7 @@ pub fn host_spec(prefix: &str) -> HostSpec<'_> {
         master: None,
         mac: Some(HOST_MAC),
         port: None,
+        ask_forwarding: true,
     }
 }
 
@@ -314,7 +315,7 @@ pub fn wire(
     let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
     let (v4, v6) = families(&addrs);
     setup_host_ipv6(host, v6)?;
-    crate::pod::bridge::enable_forwarding(v4, v6)?;
+    crate::pod::bridge::enable_forwarding_known(v4, v6, host.ipv4_forwarding, None)?;
     let (routes, result_routes) = pod_routes(&ips, &ipam.routes);
     let pod = configure_pod(pod_ns, ifname, host, &addrs, &routes, settings)?;
     let replaced = finish_host(node, host, v4, &addrs)?;

@@ -203,6 +203,9 @@ pub struct HostEnd {
     pub pod_index: Option<u32>,
     /// The pod end's MAC (`spec.pod_mac`, else chosen here).
     pub pod_mac: MacAddr,
+    /// The node's IPv4 forwarding as asked with the owner mark ([`HostSpec::ask_forwarding`]);
+    /// None when not asked or not answered.
+    pub ipv4_forwarding: Option<bool>,
 }
 
 /// Why [`create`] failed.
@@ -283,6 +286,7 @@ pub fn create_port(
         master: Some(spec.bridge),
         mac: None,
         port: (port != PortFlags::default()).then_some(port),
+        ask_forwarding: false,
     };
     create_with(nl, spec, &host)
 }
@@ -300,6 +304,9 @@ pub struct HostSpec<'a> {
     /// Bridge port flags, set with the owner mark (`master` must be a bridge); None leaves
     /// the kernel's defaults.
     pub port: Option<PortFlags>,
+    /// Ask the node's IPv4 forwarding in the send that marks the host end
+    /// ([`HostEnd::ipv4_forwarding`]), for a plane with no earlier node send to carry it.
+    pub ask_forwarding: bool,
 }
 
 /// [`create`] with the host end made as `host` says (`spec.bridge` is not used): the same
@@ -335,7 +342,16 @@ pub fn create_with(
                     port: host.port,
                     ..Default::default()
                 };
+                let mut ipv4_forwarding = None;
                 let marked = match index {
+                    Some(i) if host.ask_forwarding => {
+                        let mut b = Batch::new();
+                        b.change_link(i, &change);
+                        b.ask_forwarding(crate::kernel::netlink::Family::V4);
+                        nl.send_batch_reading(b).map(|r| {
+                            ipv4_forwarding = r.ipv4_forwarding;
+                        })
+                    }
                     Some(i) => nl.change_link(i, &change),
                     // A kernel that echoes nothing (before 6.1): the index by name first.
                     None => match nl.link_by_name(&name) {
@@ -357,6 +373,7 @@ pub fn create_with(
                     index,
                     pod_index: echo.and_then(|l| l.link).filter(|&i| i != 0),
                     pod_mac,
+                    ipv4_forwarding,
                 });
             }
             Err(e) if e.is_exists() => match nl.link_by_name(&name)? {

@@ -55,9 +55,11 @@ impl Plugin for BridgeHostGw {
         let ips = with_gateways(&net, ipam.ips);
         let addrs: Vec<IpNetwork> = ips.iter().map(|c| c.address).collect();
 
-        bridge::enable_forwarding(
+        bridge::enable_forwarding_known(
             addrs.iter().any(IpNetwork::is_ipv4),
             addrs.iter().any(IpNetwork::is_ipv6),
+            br.ipv4_forwarding,
+            None,
         )?;
         for gw in ips.iter().filter(|_| net.is_gateway) {
             if let Some(gw) = bridge::gateway_address(gw) {

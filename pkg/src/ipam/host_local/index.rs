@@ -12,13 +12,17 @@
 //! environment variable [`INDEX_DIR_ENV`] (empty: no index). Contents, in text:
 //!
 //! ```text
-//! twill-host-local-index 2 <dev> <ino> <mtime s> <mtime ns> <ctime s> <ctime ns> <dir path>
+//! twill-host-local-index 3 <dev> <ino> <mtime s> <mtime ns> <ctime s> <ctime ns> <boot> <dir path>
 //! <owner key, 16 hex digits> <reservation file name, padded with spaces to 46 bytes>
 //! ...
 //! end<padded with spaces to 63 bytes>
 //! ```
 //!
-//! The times are zero-padded (20 and 9 digits), so the header keeps its length. One
+//! The times are zero-padded (20 and 9 digits), so the header keeps its length. `<boot>` is
+//! 16 hex digits: the hash of the boot ID under which the directory's boot file
+//! ([`super::reboot::BOOT_FILE`]) was last found or made to name the current boot (so no
+//! reservation of an earlier boot was left), zero when none. It is believed only with the rest
+//! of the header (the directory unchanged since): an ADD then skips reading the boot file. One
 //! fixed-width line (a 64-byte record) per reservation file of the directory, in no particular
 //! order; bytes after the `end` record are ignored (left over when the index shrank). The key
 //! is a 64-bit FNV-1a hash of the owner ([`exact_key`] for `<id>\r\n<ifname>` files,
@@ -95,7 +99,7 @@ pub const DEFAULT_INDEX_DIR: &str = "/run/twill/host-local";
 pub const INDEX_DIR_ENV: &str = "TWILL_HOST_LOCAL_INDEX_DIR";
 
 /// First word and format version of an index file.
-const MAGIC: &str = "twill-host-local-index 2";
+const MAGIC: &str = "twill-host-local-index 3";
 /// Last record of a complete index file.
 const END_RECORD: &[u8; 64] = b"end                                                            \n";
 /// Bytes left after the `end` record above which a shrinking index is truncated.
@@ -190,7 +194,7 @@ impl Records {
 
     /// Takes an index file's bytes; `None` unless the header line is followed by well-formed
     /// records and an `end` record (anything after it is dropped).
-    fn parse(mut buf: Vec<u8>) -> Option<(DirState, Records)> {
+    fn parse(mut buf: Vec<u8>) -> Option<((DirState, u64), Records)> {
         let nl = buf.iter().position(|b| *b == b'\n')?;
         let header = parse_header(std::str::from_utf8(&buf[..nl]).ok()?)?;
         let start = nl + 1;
@@ -408,6 +412,10 @@ pub struct Index {
     dirty: bool,
     /// Something contradicted the index: it must not be written back (it is deleted).
     broken: bool,
+    /// The boot hash of the loaded header, when it matched the directory.
+    boot: u64,
+    /// The boot hash this operation checked the boot file against (see the module doc).
+    boot_checked: Option<u64>,
 }
 
 impl Index {
@@ -421,6 +429,8 @@ impl Index {
             known: Known::Nothing,
             dirty: false,
             broken: false,
+            boot: 0,
+            boot_checked: None,
         }
     }
 
@@ -433,24 +443,34 @@ impl Index {
         };
         let path = index_dir.join(format!("{}-{}", state.dev, state.ino));
         index.dir_state = Some(state);
-        if let Ok(mut file) = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
+        if let Ok(mut file) = crate::file::open(&path, nix::libc::O_RDWR | nix::libc::O_NOFOLLOW, 0)
             && let Some(bytes) = read_all(&mut file)
         {
             let len = bytes.len() as u64;
-            if let Some((written_for, records)) = Records::parse(bytes)
+            if let Some(((written_for, boot), records)) = Records::parse(bytes)
                 && written_for == state
             {
                 index.stamp = Some(state.mtime);
                 index.known = Known::Indexed(records);
+                index.boot = boot;
             }
             index.file = Some((file, len));
         }
         index.path = Some(path);
         index
+    }
+
+    /// True when the index matched the directory and records that its boot file was checked
+    /// under the boot whose ID hashes to `boot` ([`boot_hash`]): no earlier boot's reservation
+    /// can be there (the directory has not changed since), so the boot file need not be read.
+    pub fn boot_checked_under(&self, boot: u64) -> bool {
+        boot != 0 && self.is_indexed() && self.boot == boot
+    }
+
+    /// Records that this operation found or made the boot file naming the boot `boot`, for
+    /// the header this operation writes.
+    pub fn boot_checked(&mut self, boot: u64) {
+        self.boot_checked = Some(boot);
     }
 
     /// True when the index file matched the directory (owner questions need no scan).
@@ -554,9 +574,15 @@ impl Index {
             let _ = fs::remove_file(&path);
             return;
         }
+        // An indexed directory changed only by this operation (under the lock, in this boot)
+        // keeps the boot its header recorded; a scanned one only what this operation checked.
+        let mut boot = self.boot_checked.unwrap_or(0);
         let (mut records, stamp) = match std::mem::replace(&mut self.known, Known::Nothing) {
             Known::Indexed(records) => match self.stamp.filter(|_| self.dirty) {
-                Some(stamp) => (records, stamp),
+                Some(stamp) => {
+                    boot = self.boot_checked.unwrap_or(self.boot);
+                    (records, stamp)
+                }
                 None => return,
             },
             Known::Scanned(records) => {
@@ -587,7 +613,7 @@ impl Index {
         if now.dev != state.dev || now.ino != state.ino {
             return;
         }
-        records.set_header(header_line(&now, dir_text).as_bytes());
+        records.set_header(header_line(&now, boot, dir_text).as_bytes());
         self.write(&path, &records);
     }
 
@@ -679,21 +705,26 @@ fn read_all(file: &mut File) -> Option<Vec<u8>> {
 }
 
 /// Number of space-separated fields after the magic, the directory path being the last.
-const HEADER_FIELDS: usize = 7;
+const HEADER_FIELDS: usize = 8;
+
+/// The hash of a boot ID recorded in the header (never 0, which means "none").
+pub fn boot_hash(id: &str) -> u64 {
+    fnv1a(&[b"boot\0", id.as_bytes()]).max(1)
+}
 
 /// The first line of an index file for a directory in `state` at path `dir_text`. The numbers
 /// are zero-padded so that the line keeps its length from one operation to the next (it is
 /// rewritten by every operation that changes the directory; the records then stay in place).
-fn header_line(state: &DirState, dir_text: &str) -> String {
+fn header_line(state: &DirState, boot: u64, dir_text: &str) -> String {
     format!(
-        "{MAGIC} {} {} {:020} {:09} {:020} {:09} {dir_text}\n",
+        "{MAGIC} {} {} {:020} {:09} {:020} {:09} {boot:016x} {dir_text}\n",
         state.dev, state.ino, state.mtime.sec, state.mtime.nsec, state.ctime.sec, state.ctime.nsec
     )
 }
 
 /// Parses the first line: the state of the directory the index was written for (the path at
 /// its end is not needed to validate).
-fn parse_header(line: &str) -> Option<DirState> {
+fn parse_header(line: &str) -> Option<(DirState, u64)> {
     let rest = line.strip_prefix(MAGIC)?.strip_prefix(' ')?;
     let mut f = rest.splitn(HEADER_FIELDS, ' ');
     let dev = f.next()?.parse().ok()?;
@@ -707,14 +738,22 @@ fn parse_header(line: &str) -> Option<DirState> {
         sec: num()?,
         nsec: num()?,
     };
-    Some(DirState {
-        dev,
-        ino,
-        mtime,
-        ctime,
-    })
+    let boot = u64::from_str_radix(f.next()?, 16).ok()?;
+    Some((
+        DirState {
+            dev,
+            ino,
+            mtime,
+            ctime,
+        },
+        boot,
+    ))
 }
 
+/// Format 2's magic (no boot in its header); its files are only pruned (or replaced).
+const MAGIC_2: &str = "twill-host-local-index 2";
+/// Fields after format 2's magic, the directory path being the last.
+const HEADER_FIELDS_2: usize = 7;
 /// Format 1's magic (no ctime in its header); its files are only pruned.
 const MAGIC_1: &str = "twill-host-local-index 1";
 /// Fields after format 1's magic, the directory path being the last.
@@ -722,9 +761,12 @@ const HEADER_FIELDS_1: usize = 5;
 
 /// The network directory path recorded in an index file's first line (format 2 or 1).
 fn header_dir(line: &str) -> Option<&str> {
-    let (rest, fields) = match line.strip_prefix(MAGIC) {
-        Some(rest) => (rest, HEADER_FIELDS),
-        None => (line.strip_prefix(MAGIC_1)?, HEADER_FIELDS_1),
+    let (rest, fields) = if let Some(rest) = line.strip_prefix(MAGIC) {
+        (rest, HEADER_FIELDS)
+    } else if let Some(rest) = line.strip_prefix(MAGIC_2) {
+        (rest, HEADER_FIELDS_2)
+    } else {
+        (line.strip_prefix(MAGIC_1)?, HEADER_FIELDS_1)
     };
     rest.strip_prefix(' ')?.splitn(fields, ' ').nth(fields - 1)
 }
@@ -788,7 +830,7 @@ mod tests {
         assert_ne!(exact_key("c", "1eth0"), exact_key("c1", "eth0"));
     }
 
-    fn parse(bytes: &[u8]) -> Option<(DirState, Records)> {
+    fn parse(bytes: &[u8]) -> Option<((DirState, u64), Records)> {
         Records::parse(bytes.to_vec())
     }
 
@@ -811,7 +853,7 @@ mod tests {
                 nsec: 999_999_999,
             },
         };
-        let header = header_line(&state, "/var/lib/cni/networks/a b");
+        let header = header_line(&state, 0xabc, "/var/lib/cni/networks/a b");
         // fixed width: the records do not move when the times change
         let later = DirState {
             ctime: Stamp {
@@ -822,7 +864,7 @@ mod tests {
         };
         assert_eq!(
             header.len(),
-            header_line(&later, "/var/lib/cni/networks/a b").len()
+            header_line(&later, u64::MAX, "/var/lib/cni/networks/a b").len()
         );
         let text = format!(
             "{header}{}{}{end}",
@@ -830,7 +872,7 @@ mod tests {
             record(0x0123_4567_89ab_cdef, "fd00::2"),
         );
         let (h, mut r) = parse(text.as_bytes()).unwrap();
-        assert_eq!(h, state);
+        assert_eq!(h, (state, 0xabc));
         assert_eq!(
             r.matching(&[0x0123_4567_89ab_cdef, 7]),
             [Entry {
@@ -864,7 +906,12 @@ mod tests {
             )
             .is_none()
         );
-        assert!(parse(text.replace("index 2", "index 1").as_bytes()).is_none());
+        assert!(parse(text.replace("index 3", "index 1").as_bytes()).is_none());
+        assert!(parse(text.replace("index 3", "index 2").as_bytes()).is_none());
+        assert_eq!(
+            header_dir("twill-host-local-index 2 2049 77 1 0 1 0 /var/lib/x y"),
+            Some("/var/lib/x y")
+        );
         // a version 1 header (no ctime) is not read as version 2
         let v1 = format!("twill-host-local-index 1 2049 77 1700000000 123 /x\n{end}");
         assert!(parse(v1.as_bytes()).is_none());

@@ -57,7 +57,8 @@ impl Boot {
 /// its end).
 fn read_boot_id() -> Option<String> {
     use std::io::Read;
-    let mut f = fs::File::open("/proc/sys/kernel/random/boot_id").ok()?;
+    let mut f =
+        crate::file::open_read(std::path::Path::new("/proc/sys/kernel/random/boot_id")).ok()?;
     let mut buf = [0u8; 64];
     let n = loop {
         match f.read(&mut buf) {

@@ -229,14 +229,11 @@ impl Store {
     ) -> Result<Option<Store>> {
         let lock_path = dir.join(LOCK_FILE);
         let open_lock = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(FILE_MODE)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&lock_path)
+            crate::file::open(
+                &lock_path,
+                nix::libc::O_RDWR | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
+                FILE_MODE as nix::libc::mode_t,
+            )
         };
         let lock = match open_lock() {
             Ok(f) => f,
@@ -487,12 +484,12 @@ impl Store {
 
     /// A new unnamed file in the directory holding `contents`.
     fn unnamed_file(&self, contents: &[u8]) -> Option<File> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_TMPFILE)
-            .mode(FILE_MODE)
-            .open(&self.dir)
-            .ok()?;
+        let mut file = crate::file::open(
+            &self.dir,
+            nix::libc::O_WRONLY | nix::libc::O_TMPFILE,
+            FILE_MODE as nix::libc::mode_t,
+        )
+        .ok()?;
         file.write_all(contents).ok()?;
         Some(file)
     }
@@ -501,10 +498,20 @@ impl Store {
     /// name `boot`, removes every reservation file (and left-over temporary file) last
     /// modified before `boot` began, narrows the directory to mode 0700, and records `boot`.
     /// Returns the number of reservations released.
+    ///
+    /// The owner index remembers the boot under which it last found or made the boot file
+    /// right ([`Index::boot_checked_under`]): while the directory is unchanged since, the
+    /// boot file is not read (no earlier boot's reservation can have appeared without
+    /// changing the directory, which invalidates the index).
     pub fn release_earlier_boots(&self, boot: &Boot) -> Result<usize> {
+        let hash = index::boot_hash(&boot.id);
+        if self.index.borrow().boot_checked_under(hash) {
+            return Ok(0);
+        }
         let path = self.dir.join(BOOT_FILE);
         let contents = boot.file_contents();
         if read_small(&path).is_some_and(|b| b == contents.as_bytes()) {
+            self.index.borrow_mut().boot_checked(hash);
             return Ok(0);
         }
         // without the boot time nothing is known to be older: the boot is still recorded
@@ -545,6 +552,7 @@ impl Store {
             file.set_len(contents.len() as u64)
         };
         write().map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        self.index.borrow_mut().boot_checked(hash);
         Ok(released)
     }
 
@@ -564,12 +572,8 @@ impl Store {
     /// open for [`Store::set_cursor`].
     pub fn cursor(&self, set: usize) -> Option<IpAddr> {
         let path = self.dir.join(format!("{CURSOR_PREFIX}{set}"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
-            .ok()?;
+        let mut file =
+            crate::file::open(&path, nix::libc::O_RDWR | nix::libc::O_NOFOLLOW, 0).ok()?;
         let bytes = read_some(&mut file)?;
         self.cursors.borrow_mut().push(OpenCursor {
             set,
@@ -648,11 +652,7 @@ fn read_owner(path: &Path) -> Option<StoredOwner> {
 /// Reads a file that is normally tiny (an owner, a cursor); `None` when it cannot be read or
 /// is a symlink (never followed).
 fn read_small(path: &Path) -> Option<Vec<u8>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
+    let mut file = crate::file::open(path, nix::libc::O_RDONLY | nix::libc::O_NOFOLLOW, 0).ok()?;
     read_some(&mut file)
 }
 

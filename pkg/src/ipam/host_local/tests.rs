@@ -1108,7 +1108,7 @@ fn stale_index_files_are_pruned() {
     let live = idx.join(format!("{}-{}", m.dev(), m.ino()));
     let header = |dev: u64, ino: u64, p: &Path| {
         format!(
-            "twill-host-local-index 2 {dev} {ino} 1 0 1 0 {}\nend\n",
+            "twill-host-local-index 3 {dev} {ino} 1 0 1 0 0 {}\nend\n",
             p.display()
         )
     };

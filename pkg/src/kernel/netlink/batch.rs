@@ -17,7 +17,14 @@ use super::attr;
 use super::bridge_port::PortFlags;
 use super::error::{NetlinkError, NlResult};
 use super::link::{Link, parse_link, validate_ifname};
+use super::socket::Outgoing;
 use super::{Family, MacAddr, Netlink};
+
+/// Address family numbers of `struct netconfmsg`.
+mod libc_af {
+    pub(super) const INET: u8 = 2;
+    pub(super) const INET6: u8 = 10;
+}
 
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_AF_SPEC: u16 = 26;
@@ -29,6 +36,13 @@ const IFLA_BRPORT_ISOLATED: u16 = 33;
 const AF_INET: u16 = 2;
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
+const RTM_NEWNETCONF: u16 = 80;
+const RTM_GETNETCONF: u16 = 82;
+const NETCONFA_IFINDEX: u16 = 1;
+const NETCONFA_FORWARDING: u16 = 2;
+/// NETCONFA_IFINDEX naming the `all` settings (`net.ipv4.ip_forward` is IPv4's `all`
+/// forwarding).
+const NETCONFA_IFINDEX_ALL: i32 = -1;
 
 /// IPv4 per-device settings (`IPV4_DEVCONF_*`, the files of `/proc/sys/net/ipv4/conf/<dev>/`)
 /// that [`LinkChange::inet_conf`] can set.
@@ -44,7 +58,7 @@ pub mod inet_conf {
 /// One request of a batch: the message, its flags, what it does (for errors) and what its
 /// answer carries.
 struct Req {
-    msg: RouteNetlinkMessage,
+    msg: Outgoing,
     flags: u16,
     op: String,
     reads: Reads,
@@ -59,6 +73,8 @@ enum Reads {
     Link,
     /// A dump of addresses ([`Batch::list_addresses`]), redone on its own when interrupted.
     Addresses(Option<u32>, Option<Family>),
+    /// A family's `all` forwarding setting ([`Batch::ask_forwarding`]); a refusal is no answer.
+    Forwarding(Family),
 }
 
 /// What the reading requests of a batch sent with [`Netlink::send_batch_reading`] answered.
@@ -69,6 +85,11 @@ pub struct Replies {
     pub links: Vec<Option<Link>>,
     /// Every address the [`Batch::list_addresses`] requests listed, in batch order.
     pub addresses: Vec<Address>,
+    /// IPv4 forwarding (`net.ipv4.ip_forward`) as [`Batch::ask_forwarding`] found it; None
+    /// when not asked or when the kernel did not answer (read /proc/sys then).
+    pub ipv4_forwarding: Option<bool>,
+    /// IPv6 forwarding (`net.ipv6.conf.all.forwarding`), as for IPv4.
+    pub ipv6_forwarding: Option<bool>,
 }
 
 /// Requests to send together with [`Netlink::send_batch`], in the order they were added.
@@ -88,10 +109,36 @@ impl Batch {
     /// Adds a request (`flags` beyond NLM_F_REQUEST | NLM_F_ACK) described by `op`.
     pub(super) fn push(&mut self, msg: RouteNetlinkMessage, flags: u16, op: String) {
         self.reqs.push(Req {
-            msg,
+            msg: Outgoing::Route(msg),
             flags,
             op,
             reads: Reads::Nothing,
+        });
+    }
+
+    /// Asks the `all` forwarding setting of `family` (RTM_GETNETCONF, NETCONFA_IFINDEX_ALL:
+    /// `net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`), answered in
+    /// [`Replies::ipv4_forwarding`] / [`Replies::ipv6_forwarding`]: one receive more in a send
+    /// the caller makes anyway, instead of an open, read and close of /proc/sys.
+    pub fn ask_forwarding(&mut self, family: Family) {
+        let af = match family {
+            Family::V4 => libc_af::INET,
+            Family::V6 => libc_af::INET6,
+        };
+        let mut payload = vec![af, 0, 0, 0]; // struct netconfmsg, padded
+        super::attr::push(
+            &mut payload,
+            NETCONFA_IFINDEX,
+            &NETCONFA_IFINDEX_ALL.to_ne_bytes(),
+        );
+        self.reqs.push(Req {
+            msg: Outgoing::Get(RTM_GETNETCONF, payload),
+            flags: 0,
+            op: match family {
+                Family::V4 => "get IPv4 forwarding".into(),
+                Family::V6 => "get IPv6 forwarding".into(),
+            },
+            reads: Reads::Forwarding(family),
         });
     }
 
@@ -101,7 +148,7 @@ impl Batch {
         let mut m = LinkMessage::default();
         m.header.index = index;
         self.reqs.push(Req {
-            msg: RouteNetlinkMessage::GetLink(m),
+            msg: Outgoing::Route(RouteNetlinkMessage::GetLink(m)),
             flags: 0,
             op: format!("get link ifindex {index}"),
             reads: Reads::Link,
@@ -117,7 +164,7 @@ impl Batch {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         self.reqs.push(Req {
-            msg: RouteNetlinkMessage::GetLink(m),
+            msg: Outgoing::Route(RouteNetlinkMessage::GetLink(m)),
             flags: 0,
             op: format!("get link {name}"),
             reads: Reads::Link,
@@ -129,7 +176,7 @@ impl Batch {
     pub fn list_addresses(&mut self, index: Option<u32>, family: Option<Family>) {
         let m = super::addr::address_dump(index, family);
         self.reqs.push(Req {
-            msg: RouteNetlinkMessage::GetAddress(m),
+            msg: Outgoing::Route(RouteNetlinkMessage::GetAddress(m)),
             flags: NLM_F_DUMP,
             op: "list addresses".into(),
             reads: Reads::Addresses(index, family),
@@ -290,11 +337,16 @@ impl Netlink {
         if batch.reqs.is_empty() {
             return Ok(());
         }
+        if batch.reqs.iter().any(|r| r.reads != Reads::Nothing) {
+            return self.send_batch_reading(batch).map(drop);
+        }
         let mut ops = Vec::with_capacity(batch.reqs.len());
         let mut msgs = Vec::with_capacity(batch.reqs.len());
         for r in batch.reqs {
             ops.push(r.op);
-            msgs.push((r.msg, r.flags));
+            if let Outgoing::Route(m) = r.msg {
+                msgs.push((m, r.flags));
+            }
         }
         self.sock.ack_all(msgs).map_err(|(i, e)| {
             let op = ops.get(i).cloned().unwrap_or_default();
@@ -322,6 +374,7 @@ impl Netlink {
         }
         let mut links: Vec<Option<Link>> = vec![None; reads.len()];
         let mut addresses: Vec<(usize, Address)> = Vec::new();
+        let mut forwarding: Vec<Option<bool>> = vec![None; reads.len()];
         let answers = self
             .sock
             .exchange(msgs, &mut |i, ty, p| match reads.get(i) {
@@ -333,12 +386,24 @@ impl Netlink {
                         addresses.push((i, a));
                     }
                 }
+                Some(Reads::Forwarding(_)) if ty == RTM_NEWNETCONF => {
+                    forwarding[i] = super::attr::Attrs::after(p, 4)
+                        .find(|(t, _)| *t == NETCONFA_FORWARDING)
+                        .and_then(|(_, v)| super::attr::i32_ne(v))
+                        .map(|v| v != 0);
+                }
                 _ => {}
             })?;
         let mut replies = Replies::default();
         for (i, answer) in answers.into_iter().enumerate() {
             match (reads[i], answer.result) {
                 (Reads::Link, Err(e)) if e.is_not_found() => replies.links.push(None),
+                // Refused (a kernel without netconf for the family): no answer, /proc decides.
+                (Reads::Forwarding(_), Err(_)) => {}
+                (Reads::Forwarding(family), Ok(())) => match family {
+                    Family::V4 => replies.ipv4_forwarding = forwarding[i],
+                    Family::V6 => replies.ipv6_forwarding = forwarding[i],
+                },
                 (_, Err(e)) => {
                     let op = std::mem::take(&mut ops[i]);
                     return Err(e.with_op(|| op));

@@ -53,6 +53,16 @@ pub(crate) struct NlSocket {
 /// ACKs (about 700 bytes of receive buffer each) stay well inside the default 208 KiB buffer.
 const BATCH_CHUNK: usize = 128;
 
+/// One request of [`NlSocket::exchange`].
+pub(crate) enum Outgoing {
+    /// An rtnetlink message netlink-packet-route builds.
+    Route(RouteNetlinkMessage),
+    /// A lookup of a type netlink-packet-route has no message for (RTM_GETNETCONF): its
+    /// message type and payload, sent without NLM_F_ACK, so its one data reply (or an error)
+    /// is its whole answer: one receive, not two.
+    Get(u16, Vec<u8>),
+}
+
 /// The answer to one request of [`NlSocket::exchange`].
 pub(crate) struct Answer {
     /// Its ACK (Ok), or the kernel's error; for a dump, its end.
@@ -300,6 +310,10 @@ impl NlSocket {
         &mut self,
         msgs: Vec<(RouteNetlinkMessage, u16)>,
     ) -> Result<(), (usize, NetlinkError)> {
+        let msgs = msgs
+            .into_iter()
+            .map(|(m, f)| (Outgoing::Route(m), f))
+            .collect();
         let answers = self.exchange(msgs, &mut |_, _, _| {}).map_err(|e| (0, e))?;
         match answers
             .into_iter()
@@ -314,16 +328,34 @@ impl NlSocket {
     /// Sends `msgs` in one send(2), each under its own sequence number, and reads every
     /// answer. A message whose flags hold NLM_F_DUMP is a dump (it ends with NLMSG_DONE; no
     /// ACK is asked for, the kernel goes on with the next message once the dump started); every
-    /// other one gets NLM_F_REQUEST | NLM_F_ACK. Data replies go to `handler` with the index of
-    /// their request. One [`Answer`] per request, in order; Err only when the socket failed.
+    /// other one gets NLM_F_REQUEST | NLM_F_ACK, except an [`Outgoing::Get`], answered by its
+    /// one data reply. Data replies go to `handler` with the index of their request. One
+    /// [`Answer`] per request, in order; Err only when the socket failed.
     pub(crate) fn exchange(
         &mut self,
-        msgs: Vec<(RouteNetlinkMessage, u16)>,
+        msgs: Vec<(Outgoing, u16)>,
         handler: &mut dyn FnMut(usize, u16, &[u8]),
     ) -> NlResult<Vec<Answer>> {
         let n = msgs.len();
+        let mut by_reply = vec![false; n];
         self.tx.clear();
-        for (msg, extra) in msgs {
+        for (i, (msg, extra)) in msgs.into_iter().enumerate() {
+            let msg = match msg {
+                Outgoing::Route(m) => m,
+                Outgoing::Get(ty, payload) => {
+                    by_reply[i] = true;
+                    let len = NLMSG_HDRLEN + payload.len();
+                    let start = self.tx.len();
+                    self.tx.extend_from_slice(&(len as u32).to_ne_bytes());
+                    self.tx.extend_from_slice(&ty.to_ne_bytes());
+                    self.tx
+                        .extend_from_slice(&(NLM_F_REQUEST | extra).to_ne_bytes());
+                    self.tx.extend_from_slice(&[0; 8]); // sequence (set at send) and port id
+                    self.tx.extend_from_slice(&payload);
+                    self.tx.resize(start + ((len + 3) & !3), 0);
+                    continue;
+                }
+            };
             let mut header = NetlinkHeader::default();
             header.flags = if extra & NLM_F_DUMP == NLM_F_DUMP {
                 NLM_F_REQUEST | extra
@@ -338,13 +370,13 @@ impl NlSocket {
             self.tx.resize((self.tx.len() + 3) & !3, 0);
         }
         let first = self.send_numbered(true)?;
-        self.collect_answers(first, n, handler)
+        self.collect_answers(first, n, &by_reply, handler)
     }
 
     /// Reads the ACKs or errors of the `n` requests numbered from `first`: one answer per
     /// request, in request order. Err only when the socket itself failed.
     fn collect_acks(&mut self, first: u32, n: usize) -> NlResult<Vec<NlResult<()>>> {
-        let answers = self.collect_answers(first, n, &mut |_, _, _| {})?;
+        let answers = self.collect_answers(first, n, &[], &mut |_, _, _| {})?;
         Ok(answers.into_iter().map(|a| a.result).collect())
     }
 
@@ -355,6 +387,7 @@ impl NlSocket {
         &mut self,
         first: u32,
         n: usize,
+        by_reply: &[bool],
         handler: &mut dyn FnMut(usize, u16, &[u8]),
     ) -> NlResult<Vec<Answer>> {
         let mut answers: Vec<Option<NlResult<()>>> = (0..n).map(|_| None).collect();
@@ -414,7 +447,10 @@ impl NlSocket {
                     NLMSG_OVERRUN => return Err(NetlinkError::decode("NLMSG_OVERRUN: data lost")),
                     _ => {
                         handler(i, ty, payload);
-                        continue;
+                        if !by_reply.get(i).copied().unwrap_or(false) {
+                            continue;
+                        }
+                        Ok(()) // a lookup sent without NLM_F_ACK: its reply is its answer
                     }
                 };
                 answers[i] = Some(answer);
