@@ -39,6 +39,7 @@ pub mod process;
 pub mod routed;
 pub mod runtimes;
 pub mod snapshot;
+pub mod strace;
 pub mod twilld;
 pub mod vxlan;
 

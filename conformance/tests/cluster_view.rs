@@ -8,6 +8,7 @@
 //! with pods in `10.244.(i+1).0/24`); nothing touches the root namespace.
 
 use conformance::hostgw::*;
+use conformance::strace::Traced;
 use conformance::{Fabric, Netns, Pod, TempDir, unique_name};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -614,36 +615,6 @@ fn the_masquerade_follows_the_views_pod_cidrs_from_one_add_to_the_next() {
     del_all(&pods.iter().collect::<Vec<_>>());
 }
 
-/// A wrapper running `plugin` under `strace -f -yy`, logging file opens and reads to `log`.
-struct TracedFiles {
-    dir: TempDir,
-}
-
-impl TracedFiles {
-    fn new(plugin: &Path) -> TracedFiles {
-        let dir = TempDir::new("viewtrace");
-        let script = format!(
-            "#!/bin/sh\nexec strace -f -qq -yy -s 0 -o {} -e trace=open,openat,read,pread64 {} \"$@\"\n",
-            dir.join("strace.log").display(),
-            plugin.display()
-        );
-        let path = dir.join("plugin");
-        std::fs::write(&path, script).expect("write wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod wrapper");
-        TracedFiles { dir }
-    }
-
-    fn plugin(&self) -> std::path::PathBuf {
-        self.dir.join("plugin")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("strace.log")).expect("strace log")
-    }
-}
-
 /// An ADD with an unchanged 250-peer view, on a node with a masquerade table and a host
 /// forward chain (both compared with the cluster space), opens neither the view nor more of
 /// the run state than its header: what it costs does not grow with the view. The routes are
@@ -673,7 +644,7 @@ fn an_add_with_an_unchanged_250_peer_view_reads_neither_the_view_nor_the_whole_r
     let mut pods = vec![c.add_pod_with(0, &conf), c.add_pod_with(0, &conf)];
     assert_eq!(peer_routes(&node.ns), want);
 
-    let traced = TracedFiles::new(&plugin());
+    let traced = Traced::new(&plugin(), "-yy -s 0 -e trace=open,openat,read,pread64");
     pods.push(node.add_pod(&traced.plugin(), &conf, &unique_name("c")));
     let log = traced.log();
     let view_name = node.peers_file.display().to_string();

@@ -12,7 +12,8 @@
 
 use conformance::hostgw::{Cluster, NodeSnapshot, link_aliases, owner_mark, reservations};
 use conformance::routed::RoutedCluster;
-use conformance::{Fabric, Invocation, Netns, Node, Outcome, Pod, TempDir, result_ips};
+use conformance::strace::Traced;
+use conformance::{Fabric, Invocation, Netns, Node, Outcome, Pod, result_ips};
 use conformance::{twill_bin, unique_name};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -120,11 +121,11 @@ impl Plane {
             .add_pod(&self.add_bin, &self.add_conf, &unique_name("c"))
     }
 
-    /// DEL of `container_id` (ifname eth0) with `CNI_NETNS` = `netns`, run through `wrap`
-    /// (a command line the plugin's path is appended to) when given.
-    fn del_raw(&self, container_id: &str, netns: &Netns, wrap: Option<&Wrapper>) -> Outcome {
+    /// DEL of `container_id` (ifname eth0) with `CNI_NETNS` = `netns`, run under `wrap`
+    /// (strace) when given.
+    fn del_raw(&self, container_id: &str, netns: &Netns, wrap: Option<&Traced>) -> Outcome {
         let program = match wrap {
-            Some(w) => w.script.clone(),
+            Some(w) => w.plugin(),
             None => self.del_bin.clone(),
         };
         let cni_path = self
@@ -164,29 +165,6 @@ impl Plane {
         result_ips(&p.result)
             .iter()
             .any(|ip| res.contains_key(&ip.to_string()))
-    }
-}
-
-/// A shell script running `strace -f` with fault injections around the plugin.
-struct Wrapper {
-    _dir: TempDir,
-    script: PathBuf,
-}
-
-impl Wrapper {
-    fn strace(bin: &std::path::Path, injections: &[&str]) -> Wrapper {
-        let dir = TempDir::new("delwrap");
-        let script = dir.join("wrap.sh");
-        let mut line = String::from("exec strace -f -qq -o /dev/null");
-        for i in injections {
-            line.push_str(&format!(" -e inject={i}"));
-        }
-        line.push_str(&format!(" {}", bin.display()));
-        std::fs::write(&script, format!("#!/bin/sh\n{line}\n")).expect("write wrapper");
-        let mut perm = std::fs::metadata(&script).expect("stat").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&script, perm).expect("chmod wrapper");
-        Wrapper { _dir: dir, script }
     }
 }
 
@@ -341,9 +319,9 @@ fn del_reports_a_failed_link_removal_and_a_failed_release_together_each_with_its
         let p = plane.add();
         let hv = plane.host_veth(&p);
         // The plugin's netlink sends are the host end's lookup, then its deletion.
-        let wrap = Wrapper::strace(
+        let wrap = Traced::new(
             &plane.del_bin,
-            &["sendto:error=EACCES:when=2", "unlink:error=EIO"],
+            "-e inject=sendto:error=EACCES:when=2 -e inject=unlink:error=EIO",
         );
         let out = plane.del_raw(&p.container_id, &p.ns, Some(&wrap));
         let err = out

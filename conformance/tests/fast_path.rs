@@ -11,42 +11,10 @@
 
 use conformance::hostgw::Cluster;
 use conformance::routed::RoutedCluster;
-use conformance::{Fabric, Node, TempDir, unique_name};
+use conformance::strace::Traced;
+use conformance::{Fabric, Node, unique_name};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-
-/// A wrapper that runs `plugin` under `strace -f -yy`, logging execs, netlink sends and path
-/// lookups to `log`.
-struct Traced {
-    dir: TempDir,
-}
-
-impl Traced {
-    fn new(plugin: &Path) -> Traced {
-        let dir = TempDir::new("fastpath");
-        let log = dir.join("strace.log");
-        let script = format!(
-            "#!/bin/sh\nexec strace -f -qq -yy -s 0 -o {} \
-             -e trace=execve,sendto,sendmsg,stat,statx,newfstatat,access,faccessat2 {} \"$@\"\n",
-            log.display(),
-            plugin.display()
-        );
-        let path = dir.join("plugin");
-        std::fs::write(&path, script).expect("write wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod wrapper");
-        Traced { dir }
-    }
-
-    fn plugin(&self) -> PathBuf {
-        self.dir.join("plugin")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("strace.log")).expect("strace log")
-    }
-}
+use std::path::Path;
 
 /// What one traced ADD did: programs exec'd, nf_tables requests, lookups of an `nft` path.
 #[derive(Debug)]
@@ -76,7 +44,10 @@ fn seen(log: &str) -> Seen {
 /// strace; returns what the second ADD did. Both pods are deleted.
 fn second_add(node: &Node, plugin: &Path, conf: &Value) -> Seen {
     let first = node.add_pod(plugin, conf, &unique_name("c"));
-    let traced = Traced::new(plugin);
+    let traced = Traced::new(
+        plugin,
+        "-yy -s 0 -e trace=execve,sendto,sendmsg,stat,statx,newfstatat,access,faccessat2",
+    );
     let second = node.add_pod(&traced.plugin(), conf, &unique_name("c"));
     let s = seen(&traced.log());
     for pod in [&second, &first] {

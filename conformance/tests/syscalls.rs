@@ -12,47 +12,16 @@
 
 use conformance::hostgw::Cluster;
 use conformance::routed::RoutedCluster;
-use conformance::{Fabric, Node, TempDir, unique_name};
+use conformance::strace::Traced;
+use conformance::{Fabric, Node, unique_name};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-/// A wrapper that runs `plugin` under `strace -f -yy` (every system call, paths of fds
-/// shown), logging to a file in its temp dir.
-struct Traced {
-    dir: TempDir,
-}
-
-impl Traced {
-    fn new(plugin: &Path) -> Traced {
-        let dir = TempDir::new("syscalls");
-        let log = dir.join("strace.log");
-        let script = format!(
-            "#!/bin/sh\nexec strace -f -qq -yy -s 0 -o {} {} \"$@\"\n",
-            log.display(),
-            plugin.display()
-        );
-        let path = dir.join("plugin");
-        std::fs::write(&path, script).expect("write wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod wrapper");
-        Traced { dir }
-    }
-
-    fn plugin(&self) -> PathBuf {
-        self.dir.join("plugin")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("strace.log")).expect("strace log")
-    }
-}
+use std::path::Path;
 
 /// ADDs a first pod with `plugin` (it sets the node up and records the run state), then a
 /// second one under strace; returns the second ADD's strace log. Both pods are deleted.
 fn second_add_log(node: &Node, plugin: &Path, conf: &Value) -> String {
     let first = node.add_pod(plugin, conf, &unique_name("c"));
-    let traced = Traced::new(plugin);
+    let traced = Traced::new(plugin, "-yy -s 0");
     let second = node.add_pod(&traced.plugin(), conf, &unique_name("c"));
     let log = traced.log();
     for pod in [&second, &first] {
@@ -149,7 +118,7 @@ fn forwarding_is_asked_of_netconf_and_set_when_off(node: &Node, plugin: &Path, c
     let first = node.add_pod(plugin, conf, &unique_name("c"));
     assert_eq!(ip_forward(node), "1", "the first ADD turns forwarding on");
 
-    let traced = Traced::new(plugin);
+    let traced = Traced::new(plugin, "-yy -s 0");
     let second = node.add_pod(&traced.plugin(), conf, &unique_name("c"));
     let log = traced.log();
     let opened: Vec<&str> = lines_of(&log, &["open", "openat"])
@@ -205,7 +174,7 @@ fn second_add_of_a_boot_does_not_read_the_ipam_boot_file() {
     let plugin = conformance::hostgw::plugin();
     let node = c.node(0);
     let conf = c.conf(0);
-    let traced_first = Traced::new(&plugin);
+    let traced_first = Traced::new(&plugin, "-yy -s 0");
     let first = node.add_pod(&traced_first.plugin(), &conf, &unique_name("c"));
     assert!(
         !opens_of(&traced_first.log(), ".twill-boot-id").is_empty(),
