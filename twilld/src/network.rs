@@ -222,9 +222,10 @@ pub fn forget(
     Ok(out)
 }
 
-/// The state file of `network` in the namespace of `node` (the one the plugins use).
+/// The state file of `network` in the namespace of `node` (the one the plugins use); the
+/// reconcile learns the namespace's nsfs identity when it writes, as the plugins' does.
 pub fn state_file(node: &mut Netlink, run_dir: &Path, network: &str) -> Result<StateFile> {
-    StateFile::new(run_dir, network, node.netns_key()?, node.netns_inode()?)
+    StateFile::of_key(run_dir, network, node.netns_key()?)
 }
 
 fn report_into(r: &Report, out: &mut Outcome) {
